@@ -1,0 +1,277 @@
+"""Typed values of config.ini.
+
+Every parser takes the raw text of an option and returns a typed value, or raises
+``ValueError`` whose message says what is allowed; the configuration loader adds the
+file, section, option and the bad value to make the operator's one-line error.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from dataclasses import dataclass
+
+LOG_LEVELS = ("CRITICAL", "ERROR", "WARNING", "INFO", "DEBUG")
+
+_TRUE = {"yes", "true", "on", "1"}
+_FALSE = {"no", "false", "off", "0"}
+
+
+def boolean(text: str) -> bool:
+    value = text.strip().lower()
+    if value in _TRUE:
+        return True
+    if value in _FALSE:
+        return False
+    raise ValueError("expected yes/no, true/false, on/off or 1/0")
+
+
+def integer(text: str) -> int:
+    try:
+        return int(text.strip(), 10)
+    except ValueError:
+        raise ValueError("expected a decimal integer") from None
+
+
+def positive_integer(text: str) -> int:
+    value = integer(text)
+    if value <= 0:
+        raise ValueError("expected an integer greater than 0")
+    return value
+
+
+def non_negative_integer(text: str) -> int:
+    value = integer(text)
+    if value < 0:
+        raise ValueError("expected an integer of 0 or more")
+    return value
+
+
+_DURATION_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+_DURATION = re.compile(r"^\s*(\d+)\s*([smhd]?)\s*$", re.IGNORECASE)
+
+
+def duration(text: str) -> int:
+    """Seconds, written as a plain number or with a unit: ``90``, ``90s``, ``5m``, ``2h``, ``1d``."""
+    match = _DURATION.match(text)
+    if not match:
+        raise ValueError("expected a number of seconds, optionally with a unit s, m, h or d (e.g. 90, 5m, 2h)")
+    return int(match.group(1)) * _DURATION_UNITS[match.group(2).lower()]
+
+
+def positive_duration(text: str) -> int:
+    value = duration(text)
+    if value <= 0:
+        raise ValueError("expected a duration greater than 0 (e.g. 10, 5m)")
+    return value
+
+
+def log_level(text: str) -> str:
+    value = text.strip().upper()
+    if value not in LOG_LEVELS:
+        raise ValueError("expected one of " + ", ".join(LOG_LEVELS))
+    return value
+
+
+def ipv4_address(text: str) -> str:
+    value = text.strip()
+    try:
+        return str(ipaddress.IPv4Address(value))
+    except ValueError:
+        raise ValueError("expected a dotted IPv4 address such as 192.0.2.1") from None
+
+
+def optional_ipv4_address(text: str) -> str | None:
+    if text.strip().lower() in ("", "none"):
+        return None
+    return ipv4_address(text)
+
+
+def _port(text: str) -> int:
+    try:
+        port = int(text, 10)
+    except ValueError:
+        raise ValueError(f"port {text!r} is not a number") from None
+    if not 0 < port < 65536:
+        raise ValueError(f"port {port} is outside 1-65535")
+    return port
+
+
+@dataclass(frozen=True)
+class NetworkAddress:
+    """A local listening address; host ``0.0.0.0`` stands for every interface."""
+
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"{self.host}:{self.port}"
+
+
+def network_address(default_port: int):
+    def parse(text: str) -> NetworkAddress:
+        value = text.strip()
+        host, sep, port = value.partition(":")
+        if host.lower() in ("any", "", "0.0.0.0"):
+            host = "0.0.0.0"
+        else:
+            try:
+                host = str(ipaddress.IPv4Address(host))
+            except ValueError:
+                raise ValueError("expected ip[:port] where ip is a dotted IPv4 address or 'any'") from None
+        return NetworkAddress(host, _port(port) if sep else default_port)
+
+    return parse
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """A remote ``host[:port]``; host may be an IPv4 address or a domain name."""
+
+    host: str
+    port: int
+
+    @property
+    def is_ip(self) -> bool:
+        try:
+            ipaddress.IPv4Address(self.host)
+        except ValueError:
+            return False
+        return True
+
+    def __str__(self) -> str:
+        return f"{self.host}:{self.port}"
+
+
+_HOSTNAME = re.compile(r"^(?=.{1,253}$)([A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9])?)(\.[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9])?)*\.?$")
+
+
+def endpoint_list(default_port: int):
+    def parse(text: str) -> tuple[Endpoint, ...]:
+        result = []
+        for item in string_list(text):
+            host, sep, port = item.rpartition(":") if ":" in item else (item, "", "")
+            if not _HOSTNAME.match(host):
+                raise ValueError(f"{item!r} is not host[:port] (host: IPv4 address or domain name)")
+            endpoint = Endpoint(host.rstrip("."), _port(port) if sep else default_port)
+            if endpoint not in result:
+                result.append(endpoint)
+        return tuple(result)
+
+    return parse
+
+
+@dataclass(frozen=True)
+class PortRange:
+    start: int
+    end: int
+
+    def __str__(self) -> str:
+        return f"{self.start}:{self.end}"
+
+    @property
+    def pairs(self) -> int:
+        return (self.end - self.start) // 2
+
+
+def port_range(text: str) -> PortRange:
+    allowed = "expected start:end with even numbers, start < end, both within 1024-65536"
+    start_text, sep, end_text = text.strip().partition(":")
+    if not sep:
+        raise ValueError(allowed)
+    try:
+        start, end = int(start_text, 10), int(end_text, 10)
+    except ValueError:
+        raise ValueError(allowed) from None
+    if start % 2 or end % 2:
+        raise ValueError("both ends must be even numbers (RTP uses the even port, RTCP the odd one)")
+    if not (1024 <= start < end <= 65536):
+        raise ValueError(allowed)
+    return PortRange(start, end)
+
+
+def string_list(text: str) -> tuple[str, ...]:
+    return tuple(item for item in re.split(r"[,\s]+", text.strip()) if item)
+
+
+def network_range_list(text: str) -> tuple[ipaddress.IPv4Network, ...]:
+    result = []
+    for item in string_list(text):
+        try:
+            result.append(ipaddress.IPv4Network(item, strict=False))
+        except ValueError:
+            raise ValueError(f"{item!r} is not an IPv4 network; expected a comma-separated list of CIDRs such as 10.0.0.0/8") from None
+    return tuple(result)
+
+
+PASSPORT_ATTRIBUTES = ("CN", "O", "OU", "C", "L", "ST", "EMAIL")
+
+
+@dataclass(frozen=True)
+class Passport:
+    """Required values of a peer certificate's subject; ``*`` at the start or end is a wildcard."""
+
+    checks: tuple[tuple[str, str], ...]
+
+    def accepts(self, subject: dict[str, str]) -> bool:
+        for name, pattern in self.checks:
+            value = subject.get(name)
+            if value is None:
+                return False
+            if pattern.startswith("*"):
+                if not value.endswith(pattern[1:]):
+                    return False
+            elif pattern.endswith("*"):
+                if not value.startswith(pattern[:-1]):
+                    return False
+            elif value != pattern:
+                return False
+        return True
+
+    def __str__(self) -> str:
+        return ", ".join(f"{name}:{value.replace(',', chr(92) + ',')}" for name, value in self.checks)
+
+
+def passport(text: str) -> Passport | None:
+    value = text.strip()
+    if value.lower() in ("", "none"):
+        return None
+    checks = []
+    for pair in re.split(r"(?<!\\),\s*", value):
+        name, sep, pattern = pair.partition(":")
+        name = name.strip().upper()
+        if not sep:
+            raise ValueError(f"{pair!r} has no ':'; expected ATTRIBUTE:value pairs such as 'O:AG Projects, CN:*relay' or None")
+        if name not in PASSPORT_ATTRIBUTES:
+            raise ValueError(f"unknown attribute {name!r}; allowed: " + ", ".join(PASSPORT_ATTRIBUTES))
+        checks.append((name, pattern.strip().replace("\\,", ",")))
+    return Passport(tuple(checks))
+
+
+def choice(*allowed: str):
+    def parse(text: str) -> str:
+        value = text.strip().lower()
+        if value not in allowed:
+            raise ValueError("expected one of " + ", ".join(allowed))
+        return value
+
+    return parse
+
+
+def text_value(text: str) -> str:
+    return text.strip()
+
+
+def identifier(text: str) -> str:
+    value = text.strip()
+    if not re.match(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$", value):
+        raise ValueError("expected an SQL identifier: letters, digits and '_', not starting with a digit")
+    return value
+
+
+def accounting_list(text: str) -> tuple[str, ...]:
+    backends = string_list(text)
+    for backend in backends:
+        if backend not in ("database", "radius"):
+            raise ValueError(f"unknown accounting backend {backend!r}; allowed: database, radius")
+    return backends

@@ -1,0 +1,1 @@
+"""The dispatcher: proxy control socket, relay links, call table, plugins."""

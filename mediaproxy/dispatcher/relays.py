@@ -1,0 +1,201 @@
+"""Relays connected to the dispatcher: the TLS link, per-command timeouts, relay states."""
+
+from __future__ import annotations
+
+import random
+
+from twisted.internet import defer, protocol
+from twisted.internet.interfaces import IHandshakeListener
+from twisted.logger import Logger
+from twisted.protocols.basic import LineOnlyReceiver
+from zope.interface import implementer
+
+from mediaproxy.wire import relaylink
+
+log = Logger(namespace="dispatcher.relays")
+
+
+class RelayError(Exception):
+    """The relay answered ``error``."""
+
+
+class RelayHalting(RelayError):
+    """The relay is draining and takes no new sessions."""
+
+
+class RelayTimeout(RelayError):
+    """No answer within relay_timeout."""
+
+
+class RelayDisconnected(RelayError):
+    """The link went away before the answer came."""
+
+
+@implementer(IHandshakeListener)
+class RelayLink(LineOnlyReceiver):
+    delimiter = b"\r\n"
+    MAX_LENGTH = relaylink.MAX_RELAY_LINE
+
+    def __init__(self, registry: RelayRegistry) -> None:
+        self.registry = registry
+        self.ip: str | None = None
+        self.seq = 0
+        self.pending: dict[int, tuple[defer.Deferred, object]] = {}
+        self.halting = False
+        self.timedout = False
+        self.accepted = False
+        self._recover_timer = None
+
+    @property
+    def active(self) -> bool:
+        return self.accepted and not self.halting and not self.timedout
+
+    def connectionMade(self) -> None:  # noqa: N802
+        self.ip = self.transport.getPeer().host
+
+    def handshakeCompleted(self) -> None:  # noqa: N802
+        if self.registry.verifier.accept(self.transport):
+            self.accepted = True
+            self.registry.relay_connected(self)
+
+    def connectionLost(self, reason) -> None:  # noqa: N802, ANN001
+        self.registry.verifier.forget(self.transport)
+        self._cancel_recover_timer()
+        pending, self.pending = self.pending, {}
+        for deferred, timer in pending.values():
+            timer.cancel()
+            deferred.errback(RelayDisconnected("relay disconnected"))
+        if self.accepted:
+            self.registry.relay_lost(self)
+
+    def lineLengthExceeded(self, line: bytes) -> None:  # noqa: N802
+        log.error("Relay {ip} sent a line longer than {limit} bytes; dropping the link", ip=self.ip, limit=self.MAX_LENGTH)
+        self.transport.abortConnection()
+
+    def lineReceived(self, raw: bytes) -> None:  # noqa: N802
+        if not self.accepted:
+            return
+        line = raw.decode("utf-8", "replace")
+        message = relaylink.parse_relay_line(line)
+        if isinstance(message, relaylink.Ping):
+            self._recovered()
+            self.sendLine(b"pong")
+        elif isinstance(message, relaylink.Reply):
+            self._reply(message)
+        elif isinstance(message, relaylink.Expired):
+            self.registry.expired_received(self.ip, message.statistics_json)
+        else:
+            log.warn("Relay {ip} sent an unexpected line {line!r}: {reason}", ip=self.ip, line=message.line[:200], reason=message.reason)
+
+    def send_command(self, command: str, header_block: bytes = b"") -> defer.Deferred:
+        seq = self.seq
+        self.seq += 1
+        deferred = defer.Deferred()
+        timer = self.registry.clock.callLater(self.registry.relay_timeout, self._timeout, seq)
+        self.pending[seq] = (deferred, timer)
+        self.transport.write(relaylink.format_command(command, seq, header_block))
+        return deferred
+
+    def _reply(self, message: relaylink.Reply) -> None:
+        entry = self.pending.pop(message.seq, None)
+        if entry is None:
+            log.warn("Relay {ip} answered unknown sequence number {seq}", ip=self.ip, seq=message.seq)
+            return
+        deferred, timer = entry
+        timer.cancel()
+        if message.payload == "error":
+            deferred.errback(RelayError("relay answered error"))
+        elif message.payload == "halting":
+            if not self.halting:
+                log.info("Relay {ip} is halting; it takes no new sessions", ip=self.ip)
+            self.halting = True
+            deferred.errback(RelayHalting("relay is halting"))
+        else:
+            deferred.callback(message.payload)
+
+    def _timeout(self, seq: int) -> None:
+        deferred, _ = self.pending.pop(seq)
+        if not self.timedout:
+            log.warn("Relay {ip} did not answer within {timeout}s; not using it for new calls until it pings", ip=self.ip, timeout=self.registry.relay_timeout)
+        self.timedout = True
+        if self._recover_timer is None:
+            self._recover_timer = self.registry.clock.callLater(self.registry.relay_recover_interval, self._give_up)
+        deferred.errback(RelayTimeout("relay timed out"))
+
+    def _recovered(self) -> None:
+        if self.timedout:
+            log.info("Relay {ip} is answering again", ip=self.ip)
+        self.timedout = False
+        self._cancel_recover_timer()
+
+    def _give_up(self) -> None:
+        self._recover_timer = None
+        log.warn("Relay {ip} did not recover within {interval}s; disconnecting it", ip=self.ip, interval=self.registry.relay_recover_interval)
+        self.transport.abortConnection()
+
+    def _cancel_recover_timer(self) -> None:
+        if self._recover_timer is not None and self._recover_timer.active():
+            self._recover_timer.cancel()
+        self._recover_timer = None
+
+
+class RelayFactory(protocol.Factory):
+    def __init__(self, registry: RelayRegistry) -> None:
+        self.registry = registry
+
+    def buildProtocol(self, addr) -> RelayLink:  # noqa: N802, ANN001
+        return RelayLink(self.registry)
+
+
+class RelayRegistry:
+    """Which relay is connected from which IP; the dispatcher core reacts to its events."""
+
+    def __init__(self, clock, verifier, relay_timeout: int, relay_recover_interval: int, rng: random.Random | None = None) -> None:  # noqa: ANN001
+        self.clock = clock
+        self.verifier = verifier
+        self.relay_timeout = relay_timeout
+        self.relay_recover_interval = relay_recover_interval
+        self.relays: dict[str, RelayLink] = {}
+        self.rng = rng or random.Random()
+        self.listener = None  # the dispatcher core: relay_up(ip), relay_down(ip), expired(ip, text)
+
+    def relay_connected(self, link: RelayLink) -> None:
+        old = self.relays.get(link.ip)
+        self.relays[link.ip] = link
+        if old is not None and old is not link:
+            log.info("Relay {ip} reconnected; replacing its old link", ip=link.ip)
+            old.accepted = False  # its pending commands fail when the abort completes
+            old.transport.abortConnection()
+        else:
+            log.info("Relay {ip} connected", ip=link.ip)
+        if self.listener is not None:
+            self.listener.relay_up(link.ip)
+
+    def relay_lost(self, link: RelayLink) -> None:
+        if self.relays.get(link.ip) is link:
+            del self.relays[link.ip]
+            log.info("Relay {ip} disconnected", ip=link.ip)
+            if self.listener is not None:
+                self.listener.relay_down(link.ip)
+
+    def expired_received(self, ip: str, text: str) -> None:
+        if self.listener is not None:
+            self.listener.expired(ip, text)
+
+    def get(self, ip: str) -> RelayLink | None:
+        return self.relays.get(ip)
+
+    def candidates(self, preferred: str | None) -> list[RelayLink]:
+        """Active relays in the order a new call should try them."""
+        others = [link for ip, link in self.relays.items() if link.active and ip != preferred]
+        self.rng.shuffle(others)
+        if preferred:
+            link = self.relays.get(preferred)
+            if link is not None and link.active:
+                return [link, *others]
+            log.warn("Preferred relay {ip} is not available; choosing another", ip=preferred)
+        return others
+
+    def disconnect_all(self) -> None:
+        for link in list(self.relays.values()):
+            link.transport.loseConnection()

@@ -1,0 +1,88 @@
+"""Wiring of the dispatcher: control socket, relay listener, plugins, orderly shutdown."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+from twisted.application import service
+from twisted.internet import defer, error
+from twisted.logger import Logger
+
+from mediaproxy import __version__, plugin
+from mediaproxy.dispatcher.control import ControlFactory
+from mediaproxy.dispatcher.core import Dispatcher
+from mediaproxy.dispatcher.relays import RelayFactory, RelayRegistry
+from mediaproxy.process import StartupError
+from mediaproxy.tls import ContextFactory, Credentials, PeerVerifier
+
+log = Logger(namespace="dispatcher")
+
+
+@dataclass
+class PluginContext:
+    """What a plugin may use: the dispatcher core, the reactor, TLS credentials, the runtime dir."""
+
+    dispatcher: Dispatcher
+    reactor: object
+    credentials: Credentials
+    runtime_dir: str
+
+
+class DispatcherService(service.Service):
+    def __init__(self, configuration, credentials: Credentials, runtime_dir: str, reactor, plugin_factories: list | None = None) -> None:  # noqa: ANN001
+        self.configuration = configuration
+        self.config = configuration.dispatcher
+        self.credentials = credentials
+        self.runtime_dir = runtime_dir
+        self.reactor = reactor
+        self.verifier = PeerVerifier(credentials, self.config.passport, configuration.tls.verify_interval, reactor, "relay")
+        self.registry = RelayRegistry(reactor, self.verifier, self.config.relay_timeout, self.config.relay_recover_interval)
+        self.plugins = plugin.PluginSet([])
+        self.dispatcher = Dispatcher(reactor, self.registry, self.plugins, runtime_dir, self.config)
+        self.control_factory = ControlFactory(self.dispatcher)
+        context = PluginContext(self.dispatcher, reactor, credentials, runtime_dir)
+        factories = plugin.discover() if plugin_factories is None else plugin_factories
+        for factory in factories:
+            instance = factory.create(configuration, context)
+            if instance is not None:
+                self.plugins.plugins.append(instance)
+        self.control_port = None
+        self.relay_port = None
+
+    @property
+    def socket_path(self) -> str:
+        return os.path.join(self.runtime_dir, self.config.socket_path)
+
+    @defer.inlineCallbacks
+    def startService(self):  # noqa: N802, ANN201
+        service.Service.startService(self)
+        log.info("MediaProxy dispatcher {version} starting; own certificate {subject}", version=__version__, subject=self.credentials.describe())
+        self.dispatcher.start()
+        path = self.socket_path
+        if os.path.exists(path):
+            os.unlink(path)
+        try:
+            self.control_port = self.reactor.listenUNIX(path, self.control_factory, mode=0o666)
+            address = self.config.listen
+            self.relay_port = self.reactor.listenSSL(address.port, RelayFactory(self.registry), ContextFactory(self.credentials), interface=address.host)
+            log.info("Listening for the proxy on {path} and for relays on {address} (TLS)", path=path, address=str(address))
+            self.verifier.start()
+            yield self.plugins.start()
+        except error.CannotListenError as failure:
+            raise StartupError(f"Failed to create the listening socket {failure.interface}:{failure.port}: {failure.socketError}") from None
+        log.info("Dispatcher started")
+
+    @defer.inlineCallbacks
+    def stopService(self):  # noqa: N802, ANN201
+        service.Service.stopService(self)
+        log.info("Dispatcher stopping")
+        for port in (self.control_port, self.relay_port):
+            if port is not None:
+                yield port.stopListening()
+        yield self.control_factory.drain()
+        yield self.plugins.stop()
+        self.verifier.stop()
+        self.registry.disconnect_all()
+        self.dispatcher.stop()
+        log.info("Dispatcher stopped; call table saved")

@@ -1,0 +1,100 @@
+"""Log set-up: console with --no-fork, syslog when daemonised; SIGUSR1 toggles DEBUG."""
+
+from __future__ import annotations
+
+import sys
+import syslog
+from typing import TextIO
+
+from twisted.logger import (
+    FilteringLogObserver,
+    PredicateResult,
+    LogLevel,
+    LogLevelFilterPredicate,
+    formatEvent,
+    globalLogBeginner,
+)
+from twisted.logger import ILogObserver
+from zope.interface import implementer
+
+_LEVELS = {
+    "CRITICAL": LogLevel.critical,
+    "ERROR": LogLevel.error,
+    "WARNING": LogLevel.warn,
+    "INFO": LogLevel.info,
+    "DEBUG": LogLevel.debug,
+}
+_NAMES = {LogLevel.critical: "CRITICAL", LogLevel.error: "ERROR", LogLevel.warn: "WARNING", LogLevel.info: "INFO", LogLevel.debug: "DEBUG"}
+_SYSLOG_PRIORITY = {LogLevel.critical: syslog.LOG_CRIT, LogLevel.error: syslog.LOG_ERR, LogLevel.warn: syslog.LOG_WARNING, LogLevel.info: syslog.LOG_INFO, LogLevel.debug: syslog.LOG_DEBUG}
+
+
+def format_line(event: dict) -> str:
+    level = _NAMES.get(event.get("log_level"), "INFO")
+    text = formatEvent(event)
+    failure = event.get("log_failure")
+    if failure is not None:
+        text = f"{text}\n{failure.getTraceback()}"
+    return f"{level:<8} {text}"
+
+
+@implementer(ILogObserver)
+class ConsoleObserver:
+    def __init__(self, stream: TextIO) -> None:
+        self.stream = stream
+
+    def __call__(self, event: dict) -> None:
+        try:
+            self.stream.write(format_line(event) + "\n")
+            self.stream.flush()
+        except (OSError, ValueError):
+            pass
+
+
+@implementer(ILogObserver)
+class SyslogObserver:
+    def __init__(self, ident: str) -> None:
+        syslog.openlog(ident, syslog.LOG_PID, syslog.LOG_DAEMON)
+
+    def __call__(self, event: dict) -> None:
+        priority = _SYSLOG_PRIORITY.get(event.get("log_level"), syslog.LOG_INFO)
+        for line in format_line(event).splitlines():
+            syslog.syslog(priority, line)
+
+
+# Twisted's own chatter about ports and factories, which says nothing an operator needs
+_NOISE = ("Starting factory", "Stopping factory", "Main loop terminated", " starting on ", " Closed)")
+
+
+def quiet_twisted(event: dict) -> PredicateResult:
+    if event.get("log_level") is LogLevel.info and event.get("log_namespace", "").startswith(("twisted", "log_legacy")):
+        text = formatEvent(event)
+        if any(marker in text for marker in _NOISE):
+            return PredicateResult.no
+    return PredicateResult.maybe
+
+
+class LogControl:
+    """Owns the level filter so signals can switch DEBUG on and off."""
+
+    def __init__(self, level: str) -> None:
+        self.configured = _LEVELS[level]
+        self.predicate = LogLevelFilterPredicate(defaultLogLevel=self.configured)
+
+    @property
+    def debugging(self) -> bool:
+        return self.predicate.logLevelForNamespace(None) is LogLevel.debug
+
+    def toggle_debug(self) -> str:
+        level = self.configured if self.debugging else LogLevel.debug
+        self.predicate.setLogLevelForNamespace(None, level)
+        self.predicate.defaultLogLevel = level
+        return _NAMES[level]
+
+    def set_level(self, level: str) -> None:
+        self.configured = _LEVELS[level]
+        self.predicate.defaultLogLevel = self.configured
+        self.predicate.setLogLevelForNamespace(None, self.configured)
+
+    def start(self, ident: str, to_console: bool) -> None:
+        observer = ConsoleObserver(sys.stderr) if to_console else SyslogObserver(ident)
+        globalLogBeginner.beginLoggingTo([FilteringLogObserver(observer, [quiet_twisted, self.predicate])], redirectStandardIO=False)

@@ -1,0 +1,106 @@
+"""The dispatcher's plugin interface and discovery.
+
+Every job beside the core — accounting, ending expired dialogs, the management interface — is a
+plugin. A plugin module in ``mediaproxy.plugins`` (or ``twisted.plugins``) exposes an object
+providing :class:`IDispatcherPluginFactory`; the dispatcher asks each factory whether the
+configuration enables it and, if so, for the plugin itself.
+"""
+
+from __future__ import annotations
+
+from twisted.internet import defer
+from twisted.logger import Logger
+from twisted.plugin import IPlugin, getPlugins
+from zope.interface import Attribute, Interface
+
+log = Logger(namespace="plugins")
+
+
+class IDispatcherPlugin(Interface):
+    name = Attribute("short name used in logs")
+
+    def start() -> object:
+        """Start listening/connecting; may return a Deferred. Raising stops the dispatcher's start-up."""
+
+    def stop() -> object:
+        """Stop; may return a Deferred that fires when the plugin has drained."""
+
+    def session_ended(record: dict) -> None:
+        """A call's statistics after remove or expiry (with dialog_id, timed_out[, all_streams_ice])."""
+
+    def end_dialog(call_id: str, dialog_id: str) -> None:
+        """Ask the SIP proxy to end this dialog (its media expired)."""
+
+
+class IDispatcherPluginFactory(IPlugin):
+    name = Attribute("plugin name")
+
+    def create(configuration: object, dispatcher: object) -> IDispatcherPlugin | None:
+        """Return the plugin, or None when the configuration does not enable it."""
+
+
+class PluginBase:
+    """Do-nothing defaults so a plugin implements only what it cares about."""
+
+    name = "plugin"
+
+    def start(self) -> object:
+        return None
+
+    def stop(self) -> object:
+        return None
+
+    def session_ended(self, record: dict) -> None:
+        pass
+
+    def end_dialog(self, call_id: str, dialog_id: str) -> None:
+        pass
+
+
+def discover() -> list:
+    import mediaproxy.plugins  # noqa: PLC0415 - imported when plugins are wanted, not at import time
+
+    factories = {factory.name: factory for factory in getPlugins(IDispatcherPluginFactory, mediaproxy.plugins)}
+    try:
+        import twisted.plugins  # noqa: PLC0415
+
+        for factory in getPlugins(IDispatcherPluginFactory, twisted.plugins):
+            factories.setdefault(factory.name, factory)
+    except ImportError:
+        pass
+    return sorted(factories.values(), key=lambda factory: factory.name)
+
+
+class PluginSet:
+    """Calls every plugin, containing each one's failures so the others and the media path go on."""
+
+    def __init__(self, plugins: list) -> None:
+        self.plugins = plugins
+
+    def _each(self, method: str, *args: object) -> None:
+        for plugin in self.plugins:
+            try:
+                getattr(plugin, method)(*args)
+            except Exception:  # noqa: BLE001 - one plugin's bug must not hurt the others
+                log.failure("Plugin {plugin} failed in {method}", plugin=plugin.name, method=method)
+
+    def session_ended(self, record: dict) -> None:
+        self._each("session_ended", record)
+
+    def end_dialog(self, call_id: str, dialog_id: str) -> None:
+        self._each("end_dialog", call_id, dialog_id)
+
+    @defer.inlineCallbacks
+    def start(self):  # noqa: ANN201
+        for plugin in self.plugins:
+            yield plugin.start()
+            log.info("Plugin {plugin} started", plugin=plugin.name)
+
+    def stop(self) -> defer.Deferred:
+        results = []
+        for plugin in reversed(self.plugins):
+            try:
+                results.append(defer.maybeDeferred(plugin.stop))
+            except Exception:  # noqa: BLE001
+                log.failure("Plugin {plugin} failed to stop", plugin=plugin.name)
+        return defer.DeferredList(results, consumeErrors=True)

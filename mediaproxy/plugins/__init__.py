@@ -1,0 +1,1 @@
+"""Built-in dispatcher plugins, found through Twisted plugin discovery."""

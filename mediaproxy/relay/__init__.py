@@ -1,0 +1,1 @@
+"""The media relay: sessions, ports, forwarding, dispatcher links."""

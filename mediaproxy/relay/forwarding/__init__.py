@@ -1,0 +1,1 @@
+"""Media forwarding backends: userspace (Twisted UDP) and kernel (conntrack)."""

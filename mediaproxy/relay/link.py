@@ -1,0 +1,122 @@
+"""The relay's end of a dispatcher link: commands in, replies/pings/expired out, keepalives."""
+
+from __future__ import annotations
+
+import json
+
+from twisted.internet import protocol, task
+from twisted.internet.interfaces import IHandshakeListener
+from twisted.logger import Logger
+from twisted.protocols.basic import LineOnlyReceiver
+from zope.interface import implementer
+
+from mediaproxy.relay.session import Halting, UpdateError
+from mediaproxy.wire import relaylink
+from mediaproxy.wire.headers import decode_headers
+
+log = Logger(namespace="relay.link")
+
+MAX_OUTSTANDING_PINGS = 3
+
+
+@implementer(IHandshakeListener)
+class DispatcherLink(LineOnlyReceiver):
+    delimiter = b"\r\n"
+    MAX_LENGTH = 1024 * 1024
+
+    def __init__(self, connector) -> None:  # noqa: ANN001
+        self.connector = connector
+        self.framer = relaylink.CommandFramer()
+        self.outstanding_pings = 0
+        self.accepted = False
+        self._keepalive = None
+
+    def handshakeCompleted(self) -> None:  # noqa: N802
+        if not self.connector.relay.verifier.accept(self.transport):
+            return
+        self.accepted = True
+        self._keepalive = task.LoopingCall(self._ping)
+        self._keepalive.clock = self.connector.relay.reactor
+        self._keepalive.start(self.connector.relay.config.keepalive_interval, now=False)
+        self.connector.link_up(self)
+
+    def connectionLost(self, reason) -> None:  # noqa: N802, ANN001
+        self.connector.relay.verifier.forget(self.transport)
+        if self._keepalive is not None and self._keepalive.running:
+            self._keepalive.stop()
+        self.connector.link_down(self, reason)
+
+    def _ping(self) -> None:
+        if self.outstanding_pings >= MAX_OUTSTANDING_PINGS:
+            log.warn("Dispatcher {dispatcher} missed {count} pongs; reconnecting", dispatcher=self.connector.name, count=self.outstanding_pings)
+            self.transport.abortConnection()
+            return
+        self.outstanding_pings += 1
+        self.sendLine(b"ping")
+
+    def lineLengthExceeded(self, line: bytes) -> None:  # noqa: N802
+        log.error("Dispatcher {dispatcher} sent an over-long line; reconnecting", dispatcher=self.connector.name)
+        self.transport.abortConnection()
+
+    def lineReceived(self, raw: bytes) -> None:  # noqa: N802
+        if not self.accepted:
+            return
+        line = raw.decode("utf-8", "surrogateescape")
+        if line == "pong" and self.framer._current is None:
+            self.outstanding_pings = max(self.outstanding_pings - 1, 0)
+            return
+        event = self.framer.line(line)
+        if event is None:
+            return
+        kind, value = event
+        if kind == "bad":
+            log.error("Dispatcher {dispatcher}: {problem}", dispatcher=self.connector.name, problem=value)
+        elif kind == "unknown":
+            log.error("Dispatcher {dispatcher} sent an unknown command (seq {seq})", dispatcher=self.connector.name, seq=value)
+            self.reply(value, "error")
+        else:
+            self.reply(value.seq, self.execute(value))
+
+    def execute(self, command: relaylink.RelayCommand) -> str:
+        relay = self.connector.relay
+        manager = relay.sessions
+
+        def problem(text: str) -> None:
+            log.warn("Dispatcher {dispatcher} {command}: {problem}", dispatcher=self.connector.name, command=command.command, problem=text)
+
+        headers = decode_headers(command.lines, problem)
+        try:
+            if command.command == "update":
+                return manager.update(headers, self.connector.key)
+            if command.command == "remove":
+                statistics = manager.remove(headers)
+                relay.session_gone()
+                return json.dumps(statistics)
+            if command.command == "summary":
+                return json.dumps(relay.summary())
+            return json.dumps(manager.statistics())
+        except Halting:
+            return "halting"
+        except UpdateError as error:
+            log.warn("{command} failed: {error}", command=command.command, error=str(error))
+            return "error"
+        except Exception:  # noqa: BLE001 - a bug in one call must not take the relay down
+            log.failure("{command} for call {call_id} failed", command=command.command, call_id=headers.get("call_id"))
+            return "error"
+
+    def reply(self, seq: str, payload: str) -> None:
+        self.transport.write(relaylink.format_reply(seq, payload))
+
+    def send_expired(self, statistics: dict) -> None:
+        self.sendLine(b"expired " + json.dumps(statistics).encode())
+
+
+class LinkFactory(protocol.ClientFactory):
+    def __init__(self, connector) -> None:  # noqa: ANN001
+        self.connector = connector
+
+    def buildProtocol(self, addr) -> DispatcherLink:  # noqa: N802, ANN001
+        return DispatcherLink(self.connector)
+
+    def clientConnectionFailed(self, connector, reason) -> None:  # noqa: N802, ANN001
+        self.connector.connect_failed(reason)

@@ -1,0 +1,341 @@
+"""Media streams on the relay: sides, substreams (RTP/RTCP) and streams, with latching and timers.
+
+Pure logic: sockets are *endpoints* handed in by the session manager (anything with ``send``,
+``close``, ``local`` and a ``receiver`` attribute), time comes from an injected clock.
+"""
+
+from __future__ import annotations
+
+from twisted.logger import Logger
+
+from mediaproxy.relay import packets
+
+log = Logger(namespace="relay.media")
+
+CALLER, CALLEE = "caller", "callee"
+ALIVE = ("active", "on hold")
+UNSELECTED_ICE = "unselected ICE candidate"
+# conntrack counts whole IP packets; userspace counts the same way so both paths report alike
+IP_UDP_OVERHEAD = 28
+
+
+def other_party(party: str) -> str:
+    return CALLEE if party == CALLER else CALLER
+
+
+class Party:
+    """What one party's latest SDP said about a stream."""
+
+    __slots__ = ("ip", "port", "direction", "uses_ice", "seen")
+
+    def __init__(self) -> None:
+        self.ip: str | None = None
+        self.port = 0
+        self.direction = "sendrecv"
+        self.uses_ice = False
+        self.seen = False
+
+    @property
+    def sdp(self) -> tuple[str, int] | None:
+        return (self.ip, self.port) if self.ip is not None else None
+
+    @property
+    def on_hold(self) -> bool:
+        return self.seen and (self.direction in ("sendonly", "inactive") or self.ip == "0.0.0.0")
+
+    def describe(self, entry) -> None:  # noqa: ANN001 - a MediaEntry
+        self.ip, self.port, self.direction, self.uses_ice, self.seen = entry.ip, entry.port, entry.direction, entry.uses_ice, True
+
+
+class Side:
+    """One party's view of one substream: the relay socket facing it and what was learnt from it."""
+
+    __slots__ = ("substream", "party", "endpoint", "remote", "in_use", "got_rtp", "got_stun_probing", "timer", "packets", "bytes", "send_counter", "stun_queue", "codec")
+
+    def __init__(self, substream: Substream, party: str, endpoint) -> None:  # noqa: ANN001
+        self.substream = substream
+        self.party = party
+        self.endpoint = endpoint
+        self.remote: tuple[str, int] | None = None
+        self.in_use = False
+        self.got_rtp = False
+        self.got_stun_probing = False
+        self.timer = None
+        self.packets = 0
+        self.bytes = 0
+        self.send_counter = 0
+        self.stun_queue: list[bytes] = []
+        self.codec: str | None = None
+
+    def start_timer(self, seconds: int, reason: str) -> None:
+        self.cancel_timer()
+        self.timer = self.substream.stream.clock.callLater(seconds, self.substream.expire, reason, seconds)
+
+    def cancel_timer(self) -> None:
+        if self.timer is not None:
+            if self.timer.active():
+                self.timer.cancel()
+            self.timer = None
+
+    def reset(self, stream_timeout: int) -> None:
+        """The party announced a new address: ignore the old one and wait for media again."""
+        self.start_timer(stream_timeout, "no-traffic timeout")
+        self.in_use = False
+        self.got_rtp = False
+        self.got_stun_probing = False
+        self.send_counter = 0
+
+    def forget(self) -> None:
+        self.remote = None
+        self.in_use = False
+        self.got_rtp = False
+        self.send_counter = 0
+
+
+class Substream:
+    """RTP or RTCP of one stream: packets from one side go out of the other side's socket."""
+
+    def __init__(self, stream: Stream, kind: str, caller_endpoint, callee_endpoint) -> None:  # noqa: ANN001
+        self.stream = stream
+        self.kind = kind
+        self.caller = Side(self, CALLER, caller_endpoint)
+        self.callee = Side(self, CALLEE, callee_endpoint)
+        self.kernel = None  # handle of the kernel forwarding entry, when there is one
+        self.kernel_totals = {CALLER: (0, 0), CALLEE: (0, 0)}  # (packets, bytes) of removed entries
+        caller_endpoint.receiver = self._from_caller
+        callee_endpoint.receiver = self._from_callee
+
+    @property
+    def sides(self) -> tuple[Side, Side]:
+        return self.caller, self.callee
+
+    def side(self, party: str) -> Side:
+        return self.caller if party == CALLER else self.callee
+
+    def _from_caller(self, data: bytes, source: tuple[str, int]) -> None:
+        self.received(self.caller, self.callee, data, source)
+
+    def _from_callee(self, data: bytes, source: tuple[str, int]) -> None:
+        self.received(self.callee, self.caller, data, source)
+
+    def received(self, side: Side, other: Side, data: bytes, source: tuple[str, int]) -> None:
+        if side.remote == source:
+            if not side.in_use:
+                return  # the party's obsolete address after it moved
+        elif side.in_use:
+            return  # someone else than the latched party
+        else:
+            side.remote = source
+            side.in_use = True
+            log.debug("{kind} {party} of {stream} learnt at {ip}:{port}", kind=self.kind, party=side.party, stream=self.stream, ip=source[0], port=source[1])
+        if packets.is_stun(data):
+            if packets.is_stun_binding_request(data):
+                side.got_stun_probing = True
+            other.stun_queue.append(data)
+            destination = self.destination(other)
+            if destination is not None:
+                queue, other.stun_queue = other.stun_queue, []
+                for packet in queue:
+                    other.endpoint.send(packet, destination)
+            return
+        if not side.got_rtp:
+            self._first_media(side, data)
+        destination = self.destination(other)
+        if destination is None:
+            return
+        every = self.stream.manager.transmit_every
+        if every == 1 or other.send_counter % every == 0:
+            other.endpoint.send(data, destination)
+            side.packets += 1
+            side.bytes += len(data) + IP_UDP_OVERHEAD
+        other.send_counter += 1
+
+    def _first_media(self, side: Side, data: bytes) -> None:
+        side.got_rtp = True
+        side.cancel_timer()
+        stream = self.stream
+        if self.kind == "rtp":
+            side.codec = packets.codec_name(data)
+        if stream.first_media_time is None:
+            stream.first_media_time = stream.clock.seconds()
+        if self.caller.got_rtp and self.callee.got_rtp and self.caller.in_use and self.callee.in_use:
+            stream.manager.forwarder.offload(self)
+
+    def destination(self, side: Side) -> tuple[str, int] | None:
+        if side.in_use:
+            return side.remote
+        if self.kind == "rtp":
+            party = self.stream.parties[side.party]
+            if party.ip is not None and party.port and self.stream.manager.routable(party.ip):
+                return party.ip, party.port
+        return None
+
+    def remove_kernel_entry(self) -> None:
+        if self.kernel is not None:
+            self.stream.manager.forwarder.remove(self)
+
+    def counters(self, party: str) -> tuple[int, int]:
+        """(packets, bytes) received from ``party`` and relayed, over both paths."""
+        side = self.side(party)
+        kernel_packets, kernel_bytes = self.kernel_totals[party]
+        if self.kernel is not None:
+            live_packets, live_bytes = self.stream.manager.forwarder.counters(self, party)
+            kernel_packets, kernel_bytes = kernel_packets + live_packets, kernel_bytes + live_bytes
+        return side.packets + kernel_packets, side.bytes + kernel_bytes
+
+    def expire(self, reason: str, timeout_wait: int) -> None:
+        stream = self.stream
+        if stream.status not in ALIVE:
+            return
+        for side in self.sides:
+            side.cancel_timer()
+        self.remove_kernel_entry()
+        if self.kind == "rtcp":
+            # RTCP going quiet is normal (some phones never send it); start over rather than end the call
+            for side in self.sides:
+                side.forget()
+            log.debug("RTCP of {stream} expired ({reason}); will learn it afresh", stream=stream, reason=reason)
+            return
+        if stream.uses_ice:
+            if not (self.caller.got_stun_probing or self.callee.got_stun_probing):
+                log.info("ICE stream {stream} expired and neither side sent a STUN binding request", stream=stream)
+            reason = UNSELECTED_ICE
+        stream.close(reason, timeout_wait)
+        stream.session.stream_expired(stream)
+
+
+class Stream:
+    def __init__(self, session, media_type: str, ports, manager) -> None:  # noqa: ANN001
+        self.session = session
+        self.manager = manager
+        self.clock = manager.clock
+        self.media_type = media_type
+        self.parties = {CALLER: Party(), CALLEE: Party()}
+        self.status = "active"
+        self.timeout_wait = 0
+        self.create_time = self.clock.seconds()
+        self.start_time: float | None = None
+        self.end_time: float | None = None
+        self.first_media_time: float | None = None
+        (self.caller_port, caller_endpoints), (self.callee_port, callee_endpoints) = ports
+        self.rtp = Substream(self, "rtp", caller_endpoints[0], callee_endpoints[0])
+        self.rtcp = Substream(self, "rtcp", caller_endpoints[1], callee_endpoints[1])
+        for side in self.all_sides():
+            side.start_timer(manager.stream_timeout, "no-traffic timeout")
+
+    def __str__(self) -> str:
+        return f"{self.media_type} stream of {self.session.call_id} ({self.caller_port}/{self.callee_port})"
+
+    @property
+    def alive(self) -> bool:
+        return self.status in ALIVE
+
+    @property
+    def uses_ice(self) -> bool:
+        return self.parties[CALLER].uses_ice and self.parties[CALLEE].uses_ice
+
+    @property
+    def on_hold(self) -> bool:
+        return self.parties[CALLER].on_hold or self.parties[CALLEE].on_hold
+
+    def all_sides(self) -> list[Side]:
+        return [*self.rtp.sides, *self.rtcp.sides]
+
+    def local(self, party: str) -> tuple[str, int]:
+        return self.rtp.side(party).endpoint.local
+
+    def matches(self, party: str, entry) -> bool:  # noqa: ANN001
+        sdp = self.parties[party].sdp
+        if sdp is None or entry.media_type != self.media_type:
+            return False
+        ip, port = sdp
+        return (ip, port) == (entry.ip, entry.port) or (port == entry.port and "0.0.0.0" in (ip, entry.ip)) or (ip == entry.ip and entry.port == 0)
+
+    def describe_party(self, party: str, entry) -> None:  # noqa: ANN001
+        was_on_hold = self.on_hold
+        self.parties[party].describe(entry)
+        self._hold_changed(was_on_hold)
+
+    def _hold_changed(self, was_on_hold: bool) -> None:
+        if not self.alive or self.on_hold == was_on_hold:
+            return
+        if self.on_hold:
+            self.status = "on hold"
+            for side in self.all_sides():
+                side.start_timer(self.manager.on_hold_timeout, "on hold timeout")
+            log.info("{stream} is on hold", stream=self)
+        else:
+            self.status = "active"
+            for side in self.all_sides():
+                side.cancel_timer()
+                if not side.in_use:
+                    side.start_timer(self.manager.stream_timeout, "no-traffic timeout")
+            log.info("{stream} is off hold", stream=self)
+
+    def answer(self, party: str, entry) -> None:  # noqa: ANN001
+        """Apply the answering party's SDP for this stream."""
+        old = self.parties[party].sdp
+        self.describe_party(party, entry)
+        if old is None or old[0] == "0.0.0.0":
+            return
+        if entry.port != old[1] or (entry.ip != old[0] and entry.ip != "0.0.0.0"):
+            log.info("{party} of {stream} moved to {ip}:{port}", party=party, stream=self, ip=entry.ip, port=entry.port)
+            for substream in (self.rtp, self.rtcp):
+                substream.remove_kernel_entry()
+                substream.side(party).reset(self.manager.stream_timeout)
+
+    def close(self, status: str = "closed", timeout_wait: int = 0) -> None:
+        if not self.alive:
+            return
+        self.status = status
+        self.timeout_wait = timeout_wait
+        self.end_time = self.clock.seconds()
+        for substream in (self.rtp, self.rtcp):
+            substream.remove_kernel_entry()
+        for side in self.all_sides():
+            side.cancel_timer()
+            side.endpoint.close()
+        self.manager.release_ports(self)
+        if status not in ("closed", "rejected"):
+            log.info("{stream} ended: {status}", stream=self, status=status)
+
+    def counters(self, party: str) -> tuple[int, int]:
+        rtp_packets, rtp_bytes = self.rtp.counters(party)
+        rtcp_packets, rtcp_bytes = self.rtcp.counters(party)
+        return rtp_packets + rtcp_packets, rtp_bytes + rtcp_bytes
+
+    def statistics(self, session_start: float | None, duration: int) -> dict:
+        if session_start is None or self.start_time is None:
+            start = end = 0
+        else:
+            start = max(int(self.start_time - session_start), 0)
+            if self.status == "rejected":
+                end = start
+            elif self.alive:
+                end = duration
+            else:
+                end = min(int((self.end_time or self.clock.seconds()) - session_start), duration)
+        caller_packets, caller_bytes = self.counters(CALLER)
+        callee_packets, callee_bytes = self.counters(CALLEE)
+        return {
+            "media_type": self.media_type,
+            "status": self.status,
+            "timeout_wait": self.timeout_wait,
+            "caller_codec": self.rtp.caller.codec or "Unknown",
+            "callee_codec": self.rtp.callee.codec or "Unknown",
+            "start_time": start,
+            "end_time": end,
+            "post_dial_delay": None if self.first_media_time is None else self.first_media_time - self.create_time,
+            "caller_bytes": caller_bytes,
+            "callee_bytes": callee_bytes,
+            "caller_packets": caller_packets,
+            "callee_packets": callee_packets,
+            "caller_local": _address(self.local(CALLER)),
+            "callee_local": _address(self.local(CALLEE)),
+            "caller_remote": _address(self.rtp.caller.remote),
+            "callee_remote": _address(self.rtp.callee.remote),
+        }
+
+
+def _address(address: tuple[str, int] | None) -> str:
+    return "Unknown" if address is None else f"{address[0]}:{address[1]}"

@@ -1,0 +1,281 @@
+"""Wiring of the relay: dispatcher links, DNS re-checks, sessions, traffic sampling, shutdown."""
+
+from __future__ import annotations
+
+import resource
+import socket
+
+from twisted.application import service
+from twisted.internet import defer, task
+from twisted.logger import Logger
+from twisted.names import client as dns_client
+from twisted.names import dns
+
+from mediaproxy import __version__
+from mediaproxy.process import StartupError
+from mediaproxy.relay.forwarding.userspace import UDPBinder
+from mediaproxy.relay.link import LinkFactory
+from mediaproxy.relay.session import SessionManager
+from mediaproxy.tls import ClientContextFactory, Credentials, PeerVerifier
+
+log = Logger(namespace="relay")
+
+LONG_ENOUGH_CONNECTION = 5
+
+
+def local_address_towards(ip: str) -> str:
+    """The source address the kernel would use to reach ``ip`` (no packet is sent)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        probe.connect((ip, 9))
+        return probe.getsockname()[0]
+
+
+def default_relay_ip() -> str:
+    try:
+        # TEST-NET-2 is never answered; connecting a UDP socket only asks for the route
+        return local_address_towards("198.51.100.1")
+    except OSError as error:
+        raise StartupError(f"cannot determine relay_ip from the default route ({error.strerror}); set [Relay] relay_ip") from None
+
+
+def raise_file_limit(port_range) -> int:  # noqa: ANN001
+    wanted = port_range.end - port_range.start + 1000
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft >= wanted:
+        return soft
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, max(wanted, hard)))
+    except (ValueError, OSError) as error:
+        raise StartupError(f"cannot raise the open-file limit to {wanted} for port_range {port_range} (now {soft}/{hard}): {error}; run as root, raise LimitNOFILE, or narrow port_range") from None
+    return wanted
+
+
+class DispatcherConnector:
+    """Keeps one dispatcher connected, reconnecting by the rules of the original."""
+
+    def __init__(self, relay: RelayService, name: str, host: str, port: int) -> None:
+        self.relay = relay
+        self.name = name
+        self.key = (host, port)
+        self.host, self.port = host, port
+        self.link = None
+        self.retired = False
+        self._connected_at: float | None = None
+        self._retry = None
+        self._connector = None
+
+    def connect(self) -> None:
+        self._retry = None
+        if self.retired:
+            return
+        self._connector = self.relay.reactor.connectSSL(self.host, self.port, LinkFactory(self), ClientContextFactory(self.relay.credentials), timeout=10)
+
+    def link_up(self, link) -> None:  # noqa: ANN001
+        self.link = link
+        self._connected_at = self.relay.reactor.seconds()
+        log.info("Connected to dispatcher {name} ({host}:{port})", name=self.name, host=self.host, port=self.port)
+
+    def link_down(self, link, reason) -> None:  # noqa: ANN001
+        was_up = self.link is link
+        if was_up:
+            self.link = None
+            log.info("Lost the connection to dispatcher {name}: {reason}", name=self.name, reason=reason.getErrorMessage())
+        up_for = self.relay.reactor.seconds() - self._connected_at if was_up and self._connected_at is not None else 0
+        delay = min(self.relay.config.reconnect_delay, 1) if up_for >= LONG_ENOUGH_CONNECTION else self.relay.config.reconnect_delay
+        self._schedule(delay)
+
+    def connect_failed(self, reason) -> None:  # noqa: ANN001
+        log.warn("Cannot connect to dispatcher {name} ({host}:{port}): {reason}; retrying in {delay}s", name=self.name, host=self.host, port=self.port, reason=reason.getErrorMessage(), delay=self.relay.config.reconnect_delay)
+        self._schedule(self.relay.config.reconnect_delay)
+
+    def _schedule(self, delay: float) -> None:
+        if self.retired or self.relay.stopping or self._retry is not None:
+            self.relay.connector_closed(self)
+            return
+        self._retry = self.relay.reactor.callLater(delay, self.connect)
+
+    def retire(self) -> None:
+        self.retired = True
+        if self._retry is not None and self._retry.active():
+            self._retry.cancel()
+        self._retry = None
+        if self.link is not None:
+            self.link.transport.loseConnection()  # link_down then reports the connector closed
+            return
+        if self._connector is not None and self._connector.state == "connecting":
+            self._connector.stopConnecting()
+        self.relay.connector_closed(self)
+
+
+class RelayService(service.Service):
+    def __init__(self, configuration, credentials: Credentials, reactor, resolver=None) -> None:  # noqa: ANN001
+        self.configuration = configuration
+        self.config = configuration.relay
+        self.credentials = credentials
+        self.reactor = reactor
+        self.resolver = resolver
+        self.verifier = PeerVerifier(credentials, self.config.passport, configuration.tls.verify_interval, reactor, "dispatcher")
+        self.relay_ip = self.config.relay_ip or default_relay_ip()
+        bind_addresses = None
+        if self.config.auto_detect_interfaces and not self.config.advertised_ip:
+            bind_addresses = self._bind_addresses
+        self.sessions = SessionManager(reactor, self.config, UDPBinder(reactor), self._session_expired, self.relay_ip, bind_addresses=bind_addresses)
+        self.connectors: dict[tuple[str, int], DispatcherConnector] = {}
+        self.stopping = False
+        self._stopped: defer.Deferred | None = None
+        self.bps_relayed: float = 0.0
+        self._last_live_bytes = 0
+        self._last_closed_bytes = 0
+        self._sampler = None
+        self._dns_loop = None
+
+    # -- start and stop
+
+    def startService(self) -> None:  # noqa: N802
+        service.Service.startService(self)
+        log.info("MediaProxy relay {version} starting on {ip}; own certificate {subject}", version=__version__, ip=self.relay_ip, subject=self.credentials.describe())
+        if not self.config.dispatchers:
+            log.error("No dispatchers configured ([Relay] dispatchers); this relay will not be used")
+        self.verifier.start()
+        if self.config.traffic_sampling_period > 0:
+            self._sampler = task.LoopingCall(self.sample_traffic)
+            self._sampler.clock = self.reactor
+            self._sampler.start(self.config.traffic_sampling_period, now=False)
+        self._dns_loop = task.LoopingCall(self.refresh_dispatchers)
+        self._dns_loop.clock = self.reactor
+        self._dns_loop.start(self.config.dns_check_interval, now=True).addErrback(lambda failure: log.failure("Dispatcher lookups stopped", failure))
+
+    def stopService(self) -> defer.Deferred:  # noqa: N802
+        """Hard stop: expire every session (each reports ``expired``), then disconnect."""
+        service.Service.stopService(self)
+        return self.shutdown()
+
+    def shutdown(self) -> defer.Deferred:
+        if self._stopped is not None:
+            return self._stopped
+        self._stopped = defer.Deferred()
+        self.stopping = True
+        self.sessions.halting = True
+        for loop in (self._dns_loop, self._sampler):
+            if loop is not None and loop.running:
+                loop.stop()
+        self.verifier.stop()
+        self.sessions.expire_all()
+        for connector in list(self.connectors.values()):
+            connector.retire()
+        self._check_stopped()
+        return self._stopped
+
+    def graceful_shutdown(self) -> None:
+        if self.sessions.halting:
+            return
+        log.info("Graceful shutdown: refusing new sessions, exiting after the last call ({count} now)", count=len(self.sessions.sessions))
+        self.sessions.halting = True
+        self.session_gone()
+
+    def session_gone(self) -> None:
+        """Called when a session ended; finishes a graceful shutdown and retires removed dispatchers."""
+        if self.sessions.halting and not self.sessions.sessions and not self.stopping:
+            self.reactor.callLater(0, self._stop_reactor)
+        for key, connector in list(self.connectors.items()):
+            if key not in self._wanted and not self._owns_sessions(key):
+                connector.retire()
+
+    def _stop_reactor(self) -> None:
+        if self.reactor.running:
+            self.reactor.stop()
+
+    def connector_closed(self, connector: DispatcherConnector) -> None:
+        if connector.retired and self.connectors.get(connector.key) is connector:
+            del self.connectors[connector.key]
+        self._check_stopped()
+
+    def _check_stopped(self) -> None:
+        if self._stopped is not None and not self.connectors and not self._stopped.called:
+            self._stopped.callback(None)
+
+    # -- dispatchers
+
+    _wanted: frozenset = frozenset()
+
+    @defer.inlineCallbacks
+    def refresh_dispatchers(self):  # noqa: ANN201
+        wanted = {}
+        for endpoint in self.config.dispatchers:
+            if endpoint.is_ip:
+                wanted[(endpoint.host, endpoint.port)] = str(endpoint)
+                continue
+            ip = yield self._resolve(endpoint.host)
+            if ip is None:
+                log.error("Could resolve neither SRV nor A record for dispatcher {name}", name=endpoint.host)
+                continue
+            wanted[(ip, endpoint.port)] = str(endpoint)
+        if self.stopping:
+            return
+        self._wanted = frozenset(wanted)
+        for key, name in wanted.items():
+            connector = self.connectors.get(key)
+            if connector is None or connector.retired:
+                connector = self.connectors[key] = DispatcherConnector(self, name, *key)
+                connector.connect()
+        for key, connector in list(self.connectors.items()):
+            if key not in wanted and not self._owns_sessions(key):
+                log.info("Dispatcher {name} is no longer configured; disconnecting", name=connector.name)
+                connector.retire()
+
+    @defer.inlineCallbacks
+    def _resolve(self, name: str):  # noqa: ANN201
+        resolver = self.resolver or dns_client
+        target = name
+        try:
+            answers, _, _ = yield resolver.lookupService(f"_sip._udp.{name}")
+            records = [answer.payload for answer in answers if answer.type == dns.SRV]
+            if records and str(records[0].target) not in ("", "."):
+                target = str(records[0].target)
+        except Exception:  # noqa: BLE001 - no SRV record is the usual case
+            pass
+        try:
+            address = yield resolver.getHostByName(target)
+        except Exception:  # noqa: BLE001
+            return None
+        return address
+
+    def _owns_sessions(self, key: tuple[str, int]) -> bool:
+        return any(session.dispatcher == key for session in self.sessions.sessions.values())
+
+    # -- sessions and statistics
+
+    def _session_expired(self, session, statistics: dict) -> None:  # noqa: ANN001
+        connector = self.connectors.get(session.dispatcher)
+        if connector is not None and connector.link is not None:
+            connector.link.send_expired(statistics)
+        else:
+            log.warn("Statistics of expired session {call_id} are lost: its dispatcher is not connected", call_id=session.call_id)
+        self.session_gone()
+
+    def sample_traffic(self) -> None:
+        started = self.reactor.seconds()
+        live = sum(session.relayed_bytes() for session in self.sessions.sessions.values())
+        closed = self.sessions.closed_bytes - self._last_closed_bytes
+        self.bps_relayed = 8.0 * (live + closed - self._last_live_bytes) / self.config.traffic_sampling_period
+        self._last_live_bytes = live
+        self._last_closed_bytes = self.sessions.closed_bytes
+        spent = self.reactor.seconds() - started
+        if spent > 0.01:
+            log.warn("Traffic sampling took {ms:.1f} ms", ms=spent * 1000)
+
+    def summary(self) -> dict:
+        return self.sessions.summary(self.bps_relayed if self.config.traffic_sampling_period else 0)
+
+    def _bind_addresses(self, signaling) -> tuple[str, str]:  # noqa: ANN001
+        caller = self._address_towards(signaling.caller_ip)
+        callee = self._address_towards(signaling.destination_ip) if signaling.destination_ip else caller
+        return caller, callee
+
+    def _address_towards(self, ip: str | None) -> str:
+        if not ip:
+            return self.relay_ip
+        try:
+            return local_address_towards(ip)
+        except OSError:
+            return self.relay_ip

@@ -1,0 +1,251 @@
+"""Mutual TLS for the relay and management links: credentials, contexts, passports, re-checks."""
+
+from __future__ import annotations
+
+import datetime
+import os
+from dataclasses import dataclass
+
+from cryptography import x509
+from OpenSSL import SSL, crypto
+from twisted.internet import task
+from twisted.internet.interfaces import IOpenSSLContextFactory
+from twisted.logger import Logger
+
+from zope.interface import implementer
+
+from mediaproxy.datatypes import Passport
+
+log = Logger(namespace="tls")
+
+_SUBJECT_NAMES = {b"CN": "CN", b"O": "O", b"OU": "OU", b"C": "C", b"L": "L", b"ST": "ST", b"emailAddress": "EMAIL"}
+
+
+class TLSConfigurationError(Exception):
+    """The TLS files are missing or unusable; the message names the file and the problem."""
+
+
+@dataclass
+class _LoadedFile:
+    path: str
+    mtime: float
+
+
+class Credentials:
+    """The CA, optional CRL and own certificate/key of one role, re-read when the files change."""
+
+    def __init__(self, certs_dir: str, role: str) -> None:
+        self.certs_dir = certs_dir
+        self.role = role
+        self.ca_path = os.path.join(certs_dir, "ca.pem")
+        self.crl_path = os.path.join(certs_dir, "crl.pem")
+        self.cert_path = os.path.join(certs_dir, f"{role}.crt")
+        self.key_path = os.path.join(certs_dir, f"{role}.key")
+        self._stamp: tuple | None = None
+        self._crl_missing_logged = False
+        self.reload()
+
+    def _mtimes(self) -> tuple:
+        return tuple(_mtime(path) for path in (self.ca_path, self.crl_path, self.cert_path, self.key_path))
+
+    def reload_if_changed(self) -> bool:
+        if self._mtimes() != self._stamp:
+            self.reload()
+            return True
+        return False
+
+    def reload(self) -> None:
+        stamp = self._mtimes()
+        self.ca = _load_certificate(self.ca_path, "CA certificate")
+        self.certificate = _load_certificate(self.cert_path, f"{self.role} certificate")
+        self.key = _load_key(self.key_path)
+        self.crl = None
+        if os.path.exists(self.crl_path):
+            try:
+                with open(self.crl_path, "rb") as stream:
+                    self.crl = x509.load_pem_x509_crl(stream.read())
+            except (OSError, ValueError) as error:
+                raise TLSConfigurationError(f"{self.crl_path}: cannot load the CRL: {error}") from None
+        elif not self._crl_missing_logged:
+            self._crl_missing_logged = True
+            log.info("No CRL at {path}; revocation is not checked", path=self.crl_path)
+        self._stamp = stamp
+        self._context = None
+
+    def describe(self) -> str:
+        subject = subject_of(self.certificate)
+        return "CN={}, OU={}, O={}".format(subject.get("CN", "-"), subject.get("OU", "-"), subject.get("O", "-"))
+
+    def context(self) -> SSL.Context:
+        if self._context is None:
+            self._context = self._build_context()
+        return self._context
+
+    def _build_context(self) -> SSL.Context:
+        context = SSL.Context(SSL.TLS_METHOD)
+        context.set_min_proto_version(SSL.TLS1_2_VERSION)
+        context.set_options(SSL.OP_NO_COMPRESSION)
+        try:
+            context.use_certificate(self.certificate)
+            context.use_privatekey(self.key)
+            context.check_privatekey()
+        except SSL.Error as error:
+            raise TLSConfigurationError(f"{self.key_path} does not match {self.cert_path}: {error}") from None
+        store = context.get_cert_store()
+        store.add_cert(self.ca)
+        if self.crl is not None:
+            store.add_crl(self.crl)
+            store.set_flags(crypto.X509StoreFlags.CRL_CHECK)
+        context.set_verify(SSL.VERIFY_PEER | SSL.VERIFY_FAIL_IF_NO_PEER_CERT, _verify_callback)
+        context.set_verify_depth(4)
+        # a single session id context lets servers verify clients without session-cache errors
+        context.set_session_id(b"mediaproxy-" + self.role.encode())
+        return context
+
+    def revocation_reason(self, peer: crypto.X509) -> str | None:
+        """Why ``peer`` may no longer be used (expired, revoked), or None if it is still good."""
+        certificate = peer.to_cryptography()
+        now = datetime.datetime.now(datetime.timezone.utc)
+        if certificate.not_valid_after_utc < now:
+            return f"certificate expired at {certificate.not_valid_after_utc:%Y-%m-%d %H:%M:%S} UTC"
+        if self.crl is not None and self.crl.get_revoked_certificate_by_serial_number(certificate.serial_number) is not None:
+            return "certificate revoked by the CRL"
+        return None
+
+
+def _verify_callback(connection, certificate, errno, depth, ok):  # noqa: ANN001 - OpenSSL callback signature
+    if not ok:
+        subject = subject_of(certificate)
+        log.warn("TLS peer certificate rejected (depth {depth}, CN={cn}): {reason}", depth=depth, cn=subject.get("CN", "?"), reason=_x509_error_text(errno))
+    return ok
+
+
+def _x509_error_text(errno: int) -> str:
+    try:
+        from OpenSSL._util import ffi, lib  # noqa: PLC0415 - only needed on failures
+
+        return ffi.string(lib.X509_verify_cert_error_string(errno)).decode()
+    except Exception:  # noqa: BLE001 - a private API; the number still helps
+        return f"X509 verification error {errno}"
+
+
+def _mtime(path: str) -> float | None:
+    try:
+        return os.stat(path).st_mtime
+    except OSError:
+        return None
+
+
+def _load_certificate(path: str, what: str) -> crypto.X509:
+    try:
+        with open(path, "rb") as stream:
+            return crypto.load_certificate(crypto.FILETYPE_PEM, stream.read())
+    except OSError as error:
+        raise TLSConfigurationError(f"cannot read the {what} {path}: {error.strerror}") from None
+    except crypto.Error:
+        raise TLSConfigurationError(f"{path} is not a PEM {what}") from None
+
+
+def _load_key(path: str) -> crypto.PKey:
+    try:
+        with open(path, "rb") as stream:
+            return crypto.load_privatekey(crypto.FILETYPE_PEM, stream.read())
+    except OSError as error:
+        raise TLSConfigurationError(f"cannot read the private key {path}: {error.strerror}") from None
+    except crypto.Error:
+        raise TLSConfigurationError(f"{path} is not a PEM private key") from None
+
+
+def subject_of(certificate: crypto.X509) -> dict[str, str]:
+    return {_SUBJECT_NAMES[name]: value.decode("utf-8", "replace") for name, value in certificate.get_subject().get_components() if name in _SUBJECT_NAMES}
+
+
+@implementer(IOpenSSLContextFactory)
+class ContextFactory:
+    """Twisted context factory for both ends; the context is rebuilt when the files change."""
+
+    isClient = False
+
+    def __init__(self, credentials: Credentials) -> None:
+        self.credentials = credentials
+
+    def getContext(self) -> SSL.Context:  # noqa: N802 - Twisted interface name
+        try:
+            self.credentials.reload_if_changed()
+        except TLSConfigurationError as error:
+            log.error("Keeping the previous TLS credentials: {error}", error=str(error))
+        return self.credentials.context()
+
+
+class ClientContextFactory(ContextFactory):
+    isClient = True
+    method = SSL.TLS_METHOD
+
+
+class PeerVerifier:
+    """Checks the passport at the handshake, then re-checks expiry and revocation periodically."""
+
+    def __init__(self, credentials: Credentials, passport: Passport | None, interval: int, reactor, what: str) -> None:  # noqa: ANN001
+        self.credentials = credentials
+        self.passport = passport
+        self.what = what
+        self.peers: dict = {}
+        self._loop = task.LoopingCall(self.verify_all)
+        self._loop.clock = reactor
+        self.interval = interval
+
+    def start(self) -> None:
+        if not self._loop.running:
+            self._loop.start(self.interval, now=False)
+
+    def stop(self) -> None:
+        if self._loop.running:
+            self._loop.stop()
+
+    def accept(self, transport) -> bool:  # noqa: ANN001
+        """Called when a handshake completed; returns False (and drops the peer) on a wrong passport."""
+        certificate = transport.getPeerCertificate()
+        peer = transport.getPeer()
+        if certificate is None:
+            log.warn("{what} {peer} refused: no certificate", what=self.what, peer=_host(peer))
+            transport.abortConnection()
+            return False
+        subject = subject_of(certificate)
+        if self.passport is not None and not self.passport.accepts(subject):
+            log.warn("{what} {peer} refused due to wrong passport: subject {subject} does not match {passport}", what=self.what, peer=_host(peer), subject=_format_subject(subject), passport=str(self.passport))
+            transport.abortConnection()
+            return False
+        self.peers[transport] = certificate
+        return True
+
+    def forget(self, transport) -> None:  # noqa: ANN001
+        self.peers.pop(transport, None)
+
+    def verify_all(self) -> None:
+        try:
+            self.credentials.reload_if_changed()
+        except TLSConfigurationError as error:
+            log.error("Keeping the previous TLS credentials: {error}", error=str(error))
+        for transport, certificate in list(self.peers.items()):
+            reason = self.credentials.revocation_reason(certificate)
+            if reason is not None:
+                log.warn("Dropping {what} {peer}: {reason}", what=self.what, peer=_host(transport.getPeer()), reason=reason)
+                self.peers.pop(transport, None)
+                transport.abortConnection()
+
+
+def _format_subject(subject: dict[str, str]) -> str:
+    return ", ".join(f"{name}:{value}" for name, value in subject.items())
+
+
+def _host(address) -> str:  # noqa: ANN001
+    return getattr(address, "host", str(address))
+
+
+def load_credentials(configuration, role: str) -> Credentials:  # noqa: ANN001
+    certs_path = configuration.tls.certs_path
+    directory = configuration.find(certs_path)
+    if directory is None or not os.path.isdir(directory):
+        searched = certs_path if os.path.isabs(certs_path) else ", ".join(os.path.join(d, certs_path) for d in configuration.search_path)
+        raise TLSConfigurationError(f"[TLS] certs_path {certs_path!r}: no such directory (searched {searched}); create certificates with mediaproxy-gen-certs")
+    return Credentials(directory, role)

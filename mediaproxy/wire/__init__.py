@@ -1,0 +1,1 @@
+"""Proxy, relay and management wire formats (pure parse/format code)."""

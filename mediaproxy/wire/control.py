@@ -1,0 +1,124 @@
+"""The SIP proxy's requests to the dispatcher (UNIX stream socket), as Kamailio/OpenSIPS send them.
+
+A request is a command line, ``name: value`` header lines and an empty line, all CRLF-terminated.
+Kamailio writes an empty value as ``name: `` (trailing space); such a line means the header is
+absent and is dropped, as are the lines of an over-long or malformed request once it ends.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+MAX_LINE_LENGTH = 16384
+MAX_HEADER_LINES = 64
+
+
+class RequestError(ValueError):
+    """A request that cannot be routed; the text says what was wrong for the log."""
+
+
+@dataclass
+class ProxyRequest:
+    command: str
+    lines: list[str] = field(default_factory=list)
+    headers: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def call_id(self) -> str:
+        return self.headers["call_id"]
+
+    def encode_headers(self) -> bytes:
+        return b"".join(line.encode("utf-8", "surrogateescape") + b"\r\n" for line in self.lines)
+
+
+def parse_request(lines: list[str]) -> ProxyRequest:
+    command = lines[0].strip()
+    if not command:
+        raise RequestError("empty command line")
+    request = ProxyRequest(command)
+    for line in lines[1:]:
+        name, sep, value = line.partition(": ")
+        if not sep or not name:
+            raise RequestError(f"header line {_show(line)} has no 'name: value' form")
+        request.lines.append(line)
+        request.headers.setdefault(name, value)
+    if not request.headers.get("call_id"):
+        raise RequestError(f"{command!r} request without call_id")
+    return request
+
+
+def _show(text: str, limit: int = 80) -> str:
+    return repr(text if len(text) <= limit else text[:limit] + "...")
+
+
+class RequestFramer:
+    """Turns a byte stream into complete requests or per-request errors.
+
+    ``feed`` returns a list whose items are :class:`ProxyRequest` or :class:`RequestError`; every
+    item corresponds to one request (one empty line), so the caller answers each with one line.
+    """
+
+    def __init__(self, max_line: int = MAX_LINE_LENGTH, max_lines: int = MAX_HEADER_LINES) -> None:
+        self.max_line = max_line
+        self.max_lines = max_lines
+        self._buffer = b""
+        self._lines: list[str] = []
+        self._problem: str | None = None
+        self._discarding = False
+
+    @property
+    def pending(self) -> bool:
+        """True while part of a request has arrived and its end has not."""
+        return bool(self._lines or self._buffer or self._problem)
+
+    def feed(self, data: bytes) -> list[ProxyRequest | RequestError]:
+        results: list[ProxyRequest | RequestError] = []
+        self._buffer += data
+        while True:
+            end = self._buffer.find(b"\n")
+            if end < 0:
+                if len(self._buffer) > self.max_line:
+                    self._problem = self._problem or f"line longer than {self.max_line} bytes"
+                    self._buffer = b""
+                    self._discarding = True
+                break
+            raw, self._buffer = self._buffer[:end], self._buffer[end + 1 :]
+            if self._discarding:
+                self._discarding = False
+                continue
+            if raw.endswith(b"\r"):
+                raw = raw[:-1]
+            result = self._line(raw)
+            if result is not None:
+                results.append(result)
+        return results
+
+    def _line(self, raw: bytes) -> ProxyRequest | RequestError | None:
+        if not raw:
+            if not self._lines and self._problem is None:
+                return None
+            lines, problem = self._lines, self._problem
+            self._lines, self._problem = [], None
+            if problem is not None:
+                return RequestError(problem)
+            try:
+                return parse_request(lines)
+            except RequestError as error:
+                return error
+        if self._problem is not None:
+            return None
+        if len(raw) > self.max_line:
+            self._problem = f"line longer than {self.max_line} bytes"
+            return None
+        try:
+            line = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            self._problem = f"line {_show(raw.decode('latin-1'))} is not UTF-8"
+            return None
+        if line.endswith(": "):
+            return None
+        if len(self._lines) >= self.max_lines:
+            self._problem = f"more than {self.max_lines} lines in one request"
+            return None
+        self._lines.append(line)
+        return None

@@ -1,0 +1,92 @@
+"""Dispatcher ↔ relay framing over the mutual-TLS link.
+
+Dispatcher → relay: ``<command> <seq>`` CRLF, the proxy's header lines, an empty line.
+Relay → dispatcher: one line each — ``<seq> <payload>``, ``ping``, or ``expired <json>``;
+the dispatcher answers ``ping`` with ``pong``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+COMMANDS = ("update", "remove", "summary", "sessions")
+MAX_RELAY_LINE = 4 * 1024 * 1024
+
+
+def format_command(command: str, seq: int, header_block: bytes = b"") -> bytes:
+    return f"{command} {seq}\r\n".encode() + header_block + b"\r\n"
+
+
+def format_reply(seq: str, payload: str) -> bytes:
+    return f"{seq} {payload}\r\n".encode("utf-8", "surrogateescape")
+
+
+@dataclass(frozen=True)
+class Reply:
+    seq: int
+    payload: str
+
+
+@dataclass(frozen=True)
+class Expired:
+    statistics_json: str
+
+
+@dataclass(frozen=True)
+class Ping:
+    pass
+
+
+@dataclass(frozen=True)
+class Garbage:
+    line: str
+    reason: str
+
+
+RelayMessage = Reply | Expired | Ping | Garbage
+
+
+def parse_relay_line(line: str) -> RelayMessage:
+    if line == "ping":
+        return Ping()
+    first, _, rest = line.partition(" ")
+    if first == "expired":
+        return Expired(rest)
+    try:
+        seq = int(first)
+    except ValueError:
+        return Garbage(line, "neither a reply, ping nor expired")
+    return Reply(seq, rest)
+
+
+@dataclass
+class RelayCommand:
+    command: str
+    seq: str
+    lines: list[str]
+
+
+class CommandFramer:
+    """Relay side: collects ``<command> <seq>`` plus header lines up to the empty line."""
+
+    def __init__(self) -> None:
+        self._current: RelayCommand | None = None
+
+    def line(self, line: str) -> tuple[str, object] | None:
+        """Returns ('command', RelayCommand), ('unknown', seq) or ('bad', text) when something completes."""
+        if self._current is None:
+            if not line:
+                return None
+            parts = line.split()
+            if len(parts) != 2:
+                return ("bad", f"command line {line[:80]!r} is not '<command> <seq>'")
+            command, seq = parts
+            if command not in COMMANDS:
+                return ("unknown", seq)
+            self._current = RelayCommand(command, seq, [])
+            return None
+        if not line:
+            complete, self._current = self._current, None
+            return ("command", complete)
+        self._current.lines.append(line)
+        return None

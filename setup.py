@@ -1,0 +1,44 @@
+"""MediaProxy: far-end NAT traversal media relay for SIP."""
+
+import re
+
+from setuptools import find_packages, setup
+
+with open("mediaproxy/__init__.py") as stream:
+    VERSION = re.search(r'__version__ = "([^"]+)"', stream.read()).group(1)
+
+setup(
+    name="mediaproxy",
+    version=VERSION,
+    description="Far-end NAT traversal media relay for SIP: dispatcher and media relays (MediaProxy 2.x compatible)",
+    long_description=open("README.md").read(),
+    long_description_content_type="text/markdown",
+    license="GPL-2.0-or-later",
+    python_requires=">=3.11",
+    packages=find_packages(include=["mediaproxy", "mediaproxy.*"]),
+    scripts=["media-dispatcher", "media-relay"],
+    entry_points={
+        "console_scripts": [
+            "mediaproxy-gen-certs = mediaproxy.certgen:main",
+        ],
+    },
+    install_requires=[
+        "twisted>=22.4",
+        "pyOpenSSL>=22.0",
+        "service-identity>=21.1",
+        "cryptography>=38",
+        "zope.interface>=5",
+    ],
+    extras_require={
+        "database": ["SQLObject>=3.10"],
+        "radius": ["pyrad>=2.4"],
+        "kernel": ["pyroute2>=0.7"],
+    },
+    data_files=[("share/mediaproxy", ["config.ini.sample"])],
+    classifiers=[
+        "Programming Language :: Python :: 3",
+        "Operating System :: POSIX :: Linux",
+        "Topic :: Communications :: Internet Phone",
+        "Framework :: Twisted",
+    ],
+)

@@ -29,7 +29,7 @@ def _name(common_name: str, organization: str, unit: str | None = None) -> x509.
 
 
 def _now() -> datetime.datetime:
-    return datetime.datetime.now(datetime.timezone.utc)
+    return datetime.datetime.now(datetime.UTC)
 
 
 class CertificateAuthority:
@@ -52,7 +52,9 @@ class CertificateAuthority:
         )
         self.revoked: list[x509.Certificate] = []
 
-    def issue(self, common_name: str, organization: str = ORGANIZATION, unit: str | None = None, days: int = 825, expired: bool = False) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
+    def issue(
+        self, common_name: str, organization: str = ORGANIZATION, unit: str | None = None, days: int = 825, expired: bool = False
+    ) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
         key = ec.generate_private_key(ec.SECP256R1())
         now = _now()
         if expired:
@@ -79,9 +81,19 @@ class CertificateAuthority:
 
     def crl(self) -> x509.CertificateRevocationList:
         now = _now()
-        builder = x509.CertificateRevocationListBuilder().issuer_name(self.name).last_update(now - datetime.timedelta(minutes=5)).next_update(now + datetime.timedelta(days=30))
+        builder = (
+            x509.CertificateRevocationListBuilder()
+            .issuer_name(self.name)
+            .last_update(now - datetime.timedelta(minutes=5))
+            .next_update(now + datetime.timedelta(days=30))
+        )
         for certificate in self.revoked:
-            builder = builder.add_revoked_certificate(x509.RevokedCertificateBuilder().serial_number(certificate.serial_number).revocation_date(now - datetime.timedelta(minutes=1)).build())
+            builder = builder.add_revoked_certificate(
+                x509.RevokedCertificateBuilder()
+                .serial_number(certificate.serial_number)
+                .revocation_date(now - datetime.timedelta(minutes=1))
+                .build()
+            )
         return builder.sign(self.key, hashes.SHA256())
 
 
@@ -119,7 +131,10 @@ def generate(directory: str, with_crl: bool = True) -> CertificateAuthority:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="mediaproxy-gen-certs", description="Create a test CA and dispatcher, relay and management-client certificates (for tests and demos only).")
+    parser = argparse.ArgumentParser(
+        prog="mediaproxy-gen-certs",
+        description="Create a test CA and dispatcher, relay and management-client certificates (for tests and demos only).",
+    )
     parser.add_argument("directory", help="where to write ca.pem, crl.pem, dispatcher.crt/.key, relay.crt/.key, client.crt/.key")
     parser.add_argument("--force", action="store_true", help="overwrite existing files")
     args = parser.parse_args(argv)

@@ -5,8 +5,9 @@ from __future__ import annotations
 import configparser
 import difflib
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field, fields, replace
-from typing import Any, Callable
+from typing import Any
 
 from mediaproxy import datatypes as dt
 

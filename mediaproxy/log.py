@@ -8,13 +8,13 @@ from typing import TextIO
 
 from twisted.logger import (
     FilteringLogObserver,
-    PredicateResult,
+    ILogObserver,
     LogLevel,
     LogLevelFilterPredicate,
+    PredicateResult,
     formatEvent,
     globalLogBeginner,
 )
-from twisted.logger import ILogObserver
 from zope.interface import implementer
 
 _LEVELS = {
@@ -25,7 +25,13 @@ _LEVELS = {
     "DEBUG": LogLevel.debug,
 }
 _NAMES = {LogLevel.critical: "CRITICAL", LogLevel.error: "ERROR", LogLevel.warn: "WARNING", LogLevel.info: "INFO", LogLevel.debug: "DEBUG"}
-_SYSLOG_PRIORITY = {LogLevel.critical: syslog.LOG_CRIT, LogLevel.error: syslog.LOG_ERR, LogLevel.warn: syslog.LOG_WARNING, LogLevel.info: syslog.LOG_INFO, LogLevel.debug: syslog.LOG_DEBUG}
+_SYSLOG_PRIORITY = {
+    LogLevel.critical: syslog.LOG_CRIT,
+    LogLevel.error: syslog.LOG_ERR,
+    LogLevel.warn: syslog.LOG_WARNING,
+    LogLevel.info: syslog.LOG_INFO,
+    LogLevel.debug: syslog.LOG_DEBUG,
+}
 
 
 def format_line(event: dict) -> str:

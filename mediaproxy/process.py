@@ -7,8 +7,8 @@ import errno
 import os
 import signal
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from twisted.logger import Logger
 
@@ -38,9 +38,16 @@ class Options:
 
 def parse_arguments(program: str, description: str, argv: list[str] | None) -> Options:
     parser = argparse.ArgumentParser(prog=program, description=description)
-    parser.add_argument("--config-dir", metavar="PATH", help=f"directory holding config.ini and tls/ (searched before {configuration.SYSTEM_CONFIG_DIR})")
-    parser.add_argument("--runtime-dir", metavar="PATH", default=configuration.DEFAULT_RUNTIME_DIR, help="directory for sockets, state and pid files (default: %(default)s)")
-    parser.add_argument("--pid", metavar="FILE", help="pid file (default when daemonised: <runtime-dir>/%s.pid)" % program)
+    parser.add_argument(
+        "--config-dir", metavar="PATH", help=f"directory holding config.ini and tls/ (searched before {configuration.SYSTEM_CONFIG_DIR})"
+    )
+    parser.add_argument(
+        "--runtime-dir",
+        metavar="PATH",
+        default=configuration.DEFAULT_RUNTIME_DIR,
+        help="directory for sockets, state and pid files (default: %(default)s)",
+    )
+    parser.add_argument("--pid", metavar="FILE", help=f"pid file (default when daemonised: <runtime-dir>/{program}.pid)")
     parser.add_argument("--no-fork", action="store_true", help="stay in the foreground and log to the terminal")
     parser.add_argument("--systemd", action="store_true", help="stay in the foreground and log for the journal")
     parser.add_argument("--debug", action="store_true", help="log at DEBUG level, overriding log_level")

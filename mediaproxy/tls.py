@@ -11,7 +11,6 @@ from OpenSSL import SSL, crypto
 from twisted.internet import task
 from twisted.internet.interfaces import IOpenSSLContextFactory
 from twisted.logger import Logger
-
 from zope.interface import implementer
 
 from mediaproxy.datatypes import Passport
@@ -105,7 +104,7 @@ class Credentials:
     def revocation_reason(self, peer: crypto.X509) -> str | None:
         """Why ``peer`` may no longer be used (expired, revoked), or None if it is still good."""
         certificate = peer.to_cryptography()
-        now = datetime.datetime.now(datetime.timezone.utc)
+        now = datetime.datetime.now(datetime.UTC)
         if certificate.not_valid_after_utc < now:
             return f"certificate expired at {certificate.not_valid_after_utc:%Y-%m-%d %H:%M:%S} UTC"
         if self.crl is not None and self.crl.get_revoked_certificate_by_serial_number(certificate.serial_number) is not None:
@@ -116,7 +115,12 @@ class Credentials:
 def _verify_callback(connection, certificate, errno, depth, ok):  # noqa: ANN001 - OpenSSL callback signature
     if not ok:
         subject = subject_of(certificate)
-        log.warn("TLS peer certificate rejected (depth {depth}, CN={cn}): {reason}", depth=depth, cn=subject.get("CN", "?"), reason=_x509_error_text(errno))
+        log.warn(
+            "TLS peer certificate rejected (depth {depth}, CN={cn}): {reason}",
+            depth=depth,
+            cn=subject.get("CN", "?"),
+            reason=_x509_error_text(errno),
+        )
     return ok
 
 
@@ -157,7 +161,11 @@ def _load_key(path: str) -> crypto.PKey:
 
 
 def subject_of(certificate: crypto.X509) -> dict[str, str]:
-    return {_SUBJECT_NAMES[name]: value.decode("utf-8", "replace") for name, value in certificate.get_subject().get_components() if name in _SUBJECT_NAMES}
+    return {
+        _SUBJECT_NAMES[name]: value.decode("utf-8", "replace")
+        for name, value in certificate.get_subject().get_components()
+        if name in _SUBJECT_NAMES
+    }
 
 
 @implementer(IOpenSSLContextFactory)
@@ -212,7 +220,13 @@ class PeerVerifier:
             return False
         subject = subject_of(certificate)
         if self.passport is not None and not self.passport.accepts(subject):
-            log.warn("{what} {peer} refused due to wrong passport: subject {subject} does not match {passport}", what=self.what, peer=_host(peer), subject=_format_subject(subject), passport=str(self.passport))
+            log.warn(
+                "{what} {peer} refused due to wrong passport: subject {subject} does not match {passport}",
+                what=self.what,
+                peer=_host(peer),
+                subject=_format_subject(subject),
+                passport=str(self.passport),
+            )
             transport.abortConnection()
             return False
         self.peers[transport] = certificate
@@ -247,5 +261,7 @@ def load_credentials(configuration, role: str) -> Credentials:  # noqa: ANN001
     directory = configuration.find(certs_path)
     if directory is None or not os.path.isdir(directory):
         searched = certs_path if os.path.isabs(certs_path) else ", ".join(os.path.join(d, certs_path) for d in configuration.search_path)
-        raise TLSConfigurationError(f"[TLS] certs_path {certs_path!r}: no such directory (searched {searched}); create certificates with mediaproxy-gen-certs")
+        raise TLSConfigurationError(
+            f"[TLS] certs_path {certs_path!r}: no such directory (searched {searched}); create certificates with mediaproxy-gen-certs"
+        )
     return Credentials(directory, role)

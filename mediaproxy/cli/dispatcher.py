@@ -15,7 +15,11 @@ log = Logger(namespace="dispatcher")
 
 def main(argv: list[str] | None = None) -> int:
     options, config, credentials, log_control = prepare(
-        "media-dispatcher", "MediaProxy dispatcher: takes media requests from the SIP proxy and hands them to media relays.", argv, "dispatcher", lambda c: c.dispatcher.log_level
+        "media-dispatcher",
+        "MediaProxy dispatcher: takes media requests from the SIP proxy and hands them to media relays.",
+        argv,
+        "dispatcher",
+        lambda c: c.dispatcher.log_level,
     )
     if config.path:
         log.info("Configuration read from {path}", path=config.path)

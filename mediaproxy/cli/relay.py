@@ -15,7 +15,11 @@ log = Logger(namespace="relay")
 
 def main(argv: list[str] | None = None) -> int:
     options, config, credentials, log_control = prepare(
-        "media-relay", "MediaProxy media relay: forwards RTP/RTCP for calls handed to it by the dispatchers.", argv, "relay", lambda c: c.relay.log_level
+        "media-relay",
+        "MediaProxy media relay: forwards RTP/RTCP for calls handed to it by the dispatchers.",
+        argv,
+        "relay",
+        lambda c: c.relay.log_level,
     )
     if config.path:
         log.info("Configuration read from {path}", path=config.path)

@@ -70,6 +70,8 @@ class ControlProtocol(protocol.Protocol):
 
 
 class ControlFactory(protocol.Factory):
+    noisy = False
+
     def __init__(self, dispatcher) -> None:  # noqa: ANN001
         self.dispatcher = dispatcher
         self.connections: set[ControlProtocol] = set()

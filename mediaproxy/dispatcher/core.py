@@ -30,7 +30,10 @@ class Dispatcher:
         self.table = CallTable()
         self.state_path = os.path.join(runtime_dir, STATE_FILE)
         self.dead_relay_timers: dict[str, object] = {}
-        self._loops = [self._loop(self.cleanup_expired_sessions, EXPIRED_CHECK_INTERVAL), self._loop(self.save_state_if_changed, STATE_SAVE_INTERVAL)]
+        self._loops = [
+            self._loop(self.cleanup_expired_sessions, EXPIRED_CHECK_INTERVAL),
+            self._loop(self.save_state_if_changed, STATE_SAVE_INTERVAL),
+        ]
 
     def _loop(self, function, interval: int) -> tuple[task.LoopingCall, int]:  # noqa: ANN001
         loop = task.LoopingCall(function)
@@ -76,7 +79,9 @@ class Dispatcher:
         return defer.maybeDeferred(self._route, request).addErrback(self._unexpected, request)
 
     def _unexpected(self, failure, request: ProxyRequest) -> str:  # noqa: ANN001
-        log.failure("Unexpected failure handling {command} for {call_id}", failure, command=request.command, call_id=request.headers.get("call_id"))
+        log.failure(
+            "Unexpected failure handling {command} for {call_id}", failure, command=request.command, call_id=request.headers.get("call_id")
+        )
         return "error"
 
     def _route(self, request: ProxyRequest):  # noqa: ANN202
@@ -97,12 +102,23 @@ class Dispatcher:
     def _to_known_relay(self, request: ProxyRequest, entry: CallEntry):  # noqa: ANN202
         link = self.registry.get(entry.relay_ip)
         if link is None:
-            log.warn("{command} for call {call_id}: its relay {ip} is not connected", command=request.command, call_id=request.call_id, ip=entry.relay_ip)
+            log.warn(
+                "{command} for call {call_id}: its relay {ip} is not connected",
+                command=request.command,
+                call_id=request.call_id,
+                ip=entry.relay_ip,
+            )
             return "error"
         try:
             payload = yield link.send_command(request.command, request.encode_headers())
         except RelayError as error:
-            log.warn("Relay {ip} failed {command} for call {call_id}: {error}", ip=entry.relay_ip, command=request.command, call_id=request.call_id, error=error)
+            log.warn(
+                "Relay {ip} failed {command} for call {call_id}: {error}",
+                ip=entry.relay_ip,
+                command=request.command,
+                call_id=request.call_id,
+                error=error,
+            )
             return "error"
         if request.command == "remove":
             return self._removed(request.call_id, entry, payload)
@@ -117,7 +133,12 @@ class Dispatcher:
             try:
                 payload = yield link.send_command(request.command, request.encode_headers())
             except RelayError as error:
-                log.info("Relay {ip} did not take call {call_id} ({error}); trying the next one", ip=link.ip, call_id=request.call_id, error=error)
+                log.info(
+                    "Relay {ip} did not take call {call_id} ({error}); trying the next one",
+                    ip=link.ip,
+                    call_id=request.call_id,
+                    error=error,
+                )
                 continue
             self.table.set(request.call_id, CallEntry(link.ip, request.headers.get("dialog_id")))
             return self._update_reply(request, payload, link.ip)
@@ -132,7 +153,13 @@ class Dispatcher:
             return payload if len(tokens) > 1 else relay_ip
         expected = len([item for item in media.split(",") if item.strip()])
         if len(tokens) != expected + 1:
-            log.error("Relay {ip} answered {payload!r} to an update with {count} media streams for call {call_id}; answering error", ip=relay_ip, payload=payload[:100], count=expected, call_id=request.call_id)
+            log.error(
+                "Relay {ip} answered {payload!r} to an update with {count} media streams for call {call_id}; answering error",
+                ip=relay_ip,
+                payload=payload[:100],
+                count=expected,
+                call_id=request.call_id,
+            )
             return "error"
         return payload
 
@@ -192,7 +219,12 @@ class Dispatcher:
         for call_id, _ in calls:
             self.table.pop(call_id)
         if calls:
-            log.warn("Relay {ip} stayed away for {after}s; forgot its {count} calls", ip=ip, after=self.config.cleanup_dead_relays_after, count=len(calls))
+            log.warn(
+                "Relay {ip} stayed away for {after}s; forgot its {count} calls",
+                ip=ip,
+                after=self.config.cleanup_dead_relays_after,
+                count=len(calls),
+            )
 
     def expired(self, ip: str, text: str) -> None:
         try:
@@ -208,7 +240,9 @@ class Dispatcher:
             log.error("Relay {ip} reported unknown call {call_id} as expired", ip=ip, call_id=call_id)
             return
         if entry.relay_ip != ip:
-            log.info("Ignoring expiry of call {call_id} from relay {ip}: the call is on {owner}", call_id=call_id, ip=ip, owner=entry.relay_ip)
+            log.info(
+                "Ignoring expiry of call {call_id} from relay {ip}: the call is on {owner}", call_id=call_id, ip=ip, owner=entry.relay_ip
+            )
             return
         record["all_streams_ice"] = all_streams_ice
         record["timed_out"] = not all_streams_ice
@@ -227,17 +261,25 @@ class Dispatcher:
         for call_id in stale:
             self.table.pop(call_id)
         if stale:
-            log.warn("Removed {count} calls whose dialogs were ended more than {after}s ago without a remove", count=len(stale), after=self.config.cleanup_expired_sessions_after)
+            log.warn(
+                "Removed {count} calls whose dialogs were ended more than {after}s ago without a remove",
+                count=len(stale),
+                after=self.config.cleanup_expired_sessions_after,
+            )
 
     # -- management
 
     def _gather(self, command: str) -> defer.Deferred:
         links = list(self.registry.relays.values())
         deferreds = [link.send_command(command).addCallback(json.loads) for link in links]
-        return defer.DeferredList(deferreds, consumeErrors=True).addCallback(lambda results: [(link.ip, ok, value) for link, (ok, value) in zip(links, results)])
+        return defer.DeferredList(deferreds, consumeErrors=True).addCallback(
+            lambda results: [(link.ip, ok, value) for link, (ok, value) in zip(links, results)]
+        )
 
     def relay_summaries(self) -> defer.Deferred:
-        return self._gather("summary").addCallback(lambda results: [value if ok and isinstance(value, dict) else {"status": "error", "ip": ip} for ip, ok, value in results])
+        return self._gather("summary").addCallback(
+            lambda results: [value if ok and isinstance(value, dict) else {"status": "error", "ip": ip} for ip, ok, value in results]
+        )
 
     def relay_sessions(self) -> defer.Deferred:
         def concatenate(results: list) -> list:

@@ -116,7 +116,11 @@ class RelayLink(LineOnlyReceiver):
     def _timeout(self, seq: int) -> None:
         deferred, _ = self.pending.pop(seq)
         if not self.timedout:
-            log.warn("Relay {ip} did not answer within {timeout}s; not using it for new calls until it pings", ip=self.ip, timeout=self.registry.relay_timeout)
+            log.warn(
+                "Relay {ip} did not answer within {timeout}s; not using it for new calls until it pings",
+                ip=self.ip,
+                timeout=self.registry.relay_timeout,
+            )
         self.timedout = True
         if self._recover_timer is None:
             self._recover_timer = self.registry.clock.callLater(self.registry.relay_recover_interval, self._give_up)
@@ -130,7 +134,9 @@ class RelayLink(LineOnlyReceiver):
 
     def _give_up(self) -> None:
         self._recover_timer = None
-        log.warn("Relay {ip} did not recover within {interval}s; disconnecting it", ip=self.ip, interval=self.registry.relay_recover_interval)
+        log.warn(
+            "Relay {ip} did not recover within {interval}s; disconnecting it", ip=self.ip, interval=self.registry.relay_recover_interval
+        )
         self.transport.abortConnection()
 
     def _cancel_recover_timer(self) -> None:
@@ -140,6 +146,8 @@ class RelayLink(LineOnlyReceiver):
 
 
 class RelayFactory(protocol.Factory):
+    noisy = False
+
     def __init__(self, registry: RelayRegistry) -> None:
         self.registry = registry
 

@@ -57,7 +57,9 @@ class DispatcherService(service.Service):
     @defer.inlineCallbacks
     def startService(self):  # noqa: N802, ANN201
         service.Service.startService(self)
-        log.info("MediaProxy dispatcher {version} starting; own certificate {subject}", version=__version__, subject=self.credentials.describe())
+        log.info(
+            "MediaProxy dispatcher {version} starting; own certificate {subject}", version=__version__, subject=self.credentials.describe()
+        )
         self.dispatcher.start()
         path = self.socket_path
         if os.path.exists(path):
@@ -65,7 +67,9 @@ class DispatcherService(service.Service):
         try:
             self.control_port = self.reactor.listenUNIX(path, self.control_factory, mode=0o666)
             address = self.config.listen
-            self.relay_port = self.reactor.listenSSL(address.port, RelayFactory(self.registry), ContextFactory(self.credentials), interface=address.host)
+            self.relay_port = self.reactor.listenSSL(
+                address.port, RelayFactory(self.registry), ContextFactory(self.credentials), interface=address.host
+            )
             log.info("Listening for the proxy on {path} and for relays on {address} (TLS)", path=path, address=str(address))
             self.verifier.start()
             yield self.plugins.start()

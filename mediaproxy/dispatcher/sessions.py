@@ -77,12 +77,20 @@ class CallTable:
             with open(path, encoding="utf-8") as stream:
                 data = json.load(stream)
             sessions = data["sessions"]
-            restored = {call_id: CallEntry(str(item["relay_ip"]), item.get("dialog_id"), item.get("expire_time")) for call_id, item in sessions.items()}
+            restored = {
+                call_id: CallEntry(str(item["relay_ip"]), item.get("dialog_id"), item.get("expire_time"))
+                for call_id, item in sessions.items()
+            }
         except FileNotFoundError:
             return 0
         except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
             aside = f"{path}.corrupt"
-            log.error("Cannot restore the call table from {path} ({error}); moved it to {aside} and starting empty", path=path, error=error, aside=aside)
+            log.error(
+                "Cannot restore the call table from {path} ({error}); moved it to {aside} and starting empty",
+                path=path,
+                error=error,
+                aside=aside,
+            )
             try:
                 os.replace(path, aside)
             except OSError:

@@ -47,7 +47,11 @@ class ManagementProtocol(LineOnlyReceiver):
             self.plugin.verifier.forget(self.transport)
 
     def lineLengthExceeded(self, line: bytes) -> None:  # noqa: N802
-        log.warn("Management client {peer} sent a line longer than {limit} bytes; closing", peer=self.transport.getPeer().host, limit=self.MAX_LENGTH)
+        log.warn(
+            "Management client {peer} sent a line longer than {limit} bytes; closing",
+            peer=self.transport.getPeer().host,
+            limit=self.MAX_LENGTH,
+        )
         self.sendLine(b"error")
         self.transport.loseConnection()
 
@@ -89,6 +93,8 @@ class ManagementProtocol(LineOnlyReceiver):
 
 
 class ManagementFactory(protocol.Factory):
+    noisy = False
+
     def __init__(self, plugin: ManagementPlugin) -> None:
         self.plugin = plugin
 
@@ -107,7 +113,9 @@ class ManagementPlugin(PluginBase):
         self.connections: set = set()
         self.verifier = None
         if self.config.management_use_tls:
-            self.verifier = PeerVerifier(context.credentials, self.config.management_passport, config.tls.verify_interval, context.reactor, "management client")
+            self.verifier = PeerVerifier(
+                context.credentials, self.config.management_passport, config.tls.verify_interval, context.reactor, "management client"
+            )
         self.port = None
 
     def start(self) -> None:
@@ -138,4 +146,3 @@ class ManagementPluginFactory:
     @staticmethod
     def create(config, context) -> ManagementPlugin:  # noqa: ANN001
         return ManagementPlugin(config, context)
-

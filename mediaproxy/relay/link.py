@@ -48,7 +48,9 @@ class DispatcherLink(LineOnlyReceiver):
 
     def _ping(self) -> None:
         if self.outstanding_pings >= MAX_OUTSTANDING_PINGS:
-            log.warn("Dispatcher {dispatcher} missed {count} pongs; reconnecting", dispatcher=self.connector.name, count=self.outstanding_pings)
+            log.warn(
+                "Dispatcher {dispatcher} missed {count} pongs; reconnecting", dispatcher=self.connector.name, count=self.outstanding_pings
+            )
             self.transport.abortConnection()
             return
         self.outstanding_pings += 1
@@ -112,6 +114,8 @@ class DispatcherLink(LineOnlyReceiver):
 
 
 class LinkFactory(protocol.ClientFactory):
+    noisy = False
+
     def __init__(self, connector) -> None:  # noqa: ANN001
         self.connector = connector
 

@@ -50,7 +50,21 @@ class Party:
 class Side:
     """One party's view of one substream: the relay socket facing it and what was learnt from it."""
 
-    __slots__ = ("substream", "party", "endpoint", "remote", "in_use", "got_rtp", "got_stun_probing", "timer", "packets", "bytes", "send_counter", "stun_queue", "codec")
+    __slots__ = (
+        "substream",
+        "party",
+        "endpoint",
+        "remote",
+        "in_use",
+        "got_rtp",
+        "got_stun_probing",
+        "timer",
+        "packets",
+        "bytes",
+        "send_counter",
+        "stun_queue",
+        "codec",
+    )
 
     def __init__(self, substream: Substream, party: str, endpoint) -> None:  # noqa: ANN001
         self.substream = substream
@@ -127,7 +141,14 @@ class Substream:
         else:
             side.remote = source
             side.in_use = True
-            log.debug("{kind} {party} of {stream} learnt at {ip}:{port}", kind=self.kind, party=side.party, stream=self.stream, ip=source[0], port=source[1])
+            log.debug(
+                "{kind} {party} of {stream} learnt at {ip}:{port}",
+                kind=self.kind,
+                party=side.party,
+                stream=self.stream,
+                ip=source[0],
+                port=source[1],
+            )
         if packets.is_stun(data):
             if packets.is_stun_binding_request(data):
                 side.got_stun_probing = True
@@ -249,7 +270,11 @@ class Stream:
         if sdp is None or entry.media_type != self.media_type:
             return False
         ip, port = sdp
-        return (ip, port) == (entry.ip, entry.port) or (port == entry.port and "0.0.0.0" in (ip, entry.ip)) or (ip == entry.ip and entry.port == 0)
+        return (
+            (ip, port) == (entry.ip, entry.port)
+            or (port == entry.port and "0.0.0.0" in (ip, entry.ip))
+            or (ip == entry.ip and entry.port == 0)
+        )
 
     def describe_party(self, party: str, entry) -> None:  # noqa: ANN001
         was_on_hold = self.on_hold

@@ -46,7 +46,9 @@ def raise_file_limit(port_range) -> int:  # noqa: ANN001
     try:
         resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, max(wanted, hard)))
     except (ValueError, OSError) as error:
-        raise StartupError(f"cannot raise the open-file limit to {wanted} for port_range {port_range} (now {soft}/{hard}): {error}; run as root, raise LimitNOFILE, or narrow port_range") from None
+        raise StartupError(
+            f"cannot raise the open-file limit to {wanted} for port_range {port_range} (now {soft}/{hard}): {error}; run as root, raise LimitNOFILE, or narrow port_range"
+        ) from None
     return wanted
 
 
@@ -68,7 +70,9 @@ class DispatcherConnector:
         self._retry = None
         if self.retired:
             return
-        self._connector = self.relay.reactor.connectSSL(self.host, self.port, LinkFactory(self), ClientContextFactory(self.relay.credentials), timeout=10)
+        self._connector = self.relay.reactor.connectSSL(
+            self.host, self.port, LinkFactory(self), ClientContextFactory(self.relay.credentials), timeout=10
+        )
 
     def link_up(self, link) -> None:  # noqa: ANN001
         self.link = link
@@ -85,7 +89,14 @@ class DispatcherConnector:
         self._schedule(delay)
 
     def connect_failed(self, reason) -> None:  # noqa: ANN001
-        log.warn("Cannot connect to dispatcher {name} ({host}:{port}): {reason}; retrying in {delay}s", name=self.name, host=self.host, port=self.port, reason=reason.getErrorMessage(), delay=self.relay.config.reconnect_delay)
+        log.warn(
+            "Cannot connect to dispatcher {name} ({host}:{port}): {reason}; retrying in {delay}s",
+            name=self.name,
+            host=self.host,
+            port=self.port,
+            reason=reason.getErrorMessage(),
+            delay=self.relay.config.reconnect_delay,
+        )
         self._schedule(self.relay.config.reconnect_delay)
 
     def _schedule(self, delay: float) -> None:
@@ -119,7 +130,9 @@ class RelayService(service.Service):
         bind_addresses = None
         if self.config.auto_detect_interfaces and not self.config.advertised_ip:
             bind_addresses = self._bind_addresses
-        self.sessions = SessionManager(reactor, self.config, UDPBinder(reactor), self._session_expired, self.relay_ip, bind_addresses=bind_addresses)
+        self.sessions = SessionManager(
+            reactor, self.config, UDPBinder(reactor), self._session_expired, self.relay_ip, bind_addresses=bind_addresses
+        )
         self.connectors: dict[tuple[str, int], DispatcherConnector] = {}
         self.stopping = False
         self._stopped: defer.Deferred | None = None
@@ -133,7 +146,12 @@ class RelayService(service.Service):
 
     def startService(self) -> None:  # noqa: N802
         service.Service.startService(self)
-        log.info("MediaProxy relay {version} starting on {ip}; own certificate {subject}", version=__version__, ip=self.relay_ip, subject=self.credentials.describe())
+        log.info(
+            "MediaProxy relay {version} starting on {ip}; own certificate {subject}",
+            version=__version__,
+            ip=self.relay_ip,
+            subject=self.credentials.describe(),
+        )
         if not self.config.dispatchers:
             log.error("No dispatchers configured ([Relay] dispatchers); this relay will not be used")
         self.verifier.start()
@@ -143,7 +161,9 @@ class RelayService(service.Service):
             self._sampler.start(self.config.traffic_sampling_period, now=False)
         self._dns_loop = task.LoopingCall(self.refresh_dispatchers)
         self._dns_loop.clock = self.reactor
-        self._dns_loop.start(self.config.dns_check_interval, now=True).addErrback(lambda failure: log.failure("Dispatcher lookups stopped", failure))
+        self._dns_loop.start(self.config.dns_check_interval, now=True).addErrback(
+            lambda failure: log.failure("Dispatcher lookups stopped", failure)
+        )
 
     def stopService(self) -> defer.Deferred:  # noqa: N802
         """Hard stop: expire every session (each reports ``expired``), then disconnect."""

@@ -73,7 +73,9 @@ def parse_signaling_ip(value: str) -> SignalingInfo:
         decoded = None
     else:
         if isinstance(decoded, dict):
-            return SignalingInfo(_string(decoded.get("signaling_ip")), _string(decoded.get("destination_ip")), _string(decoded.get("username")))
+            return SignalingInfo(
+                _string(decoded.get("signaling_ip")), _string(decoded.get("destination_ip")), _string(decoded.get("username"))
+            )
         # JSON scalars (a bare number, say) are not the object form; read them as text below.
     parts = value.split("_")
     if len(parts) == 2:

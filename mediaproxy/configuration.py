@@ -41,6 +41,7 @@ class RelayConfig:
     traffic_sampling_period: int = option(15, dt.duration)
     userspace_transmit_every: int = option(1, dt.positive_integer)
     routable_private_ranges: tuple = option((), dt.network_range_list)
+    link_source_ip: str | None = option(None, dt.optional_ipv4_address)
     forwarding: str = option("auto", dt.choice("auto", "kernel", "userspace"))
     fix_kernel_settings: bool = option(True, dt.boolean)
 

@@ -70,8 +70,14 @@ class DispatcherConnector:
         self._retry = None
         if self.retired:
             return
+        source = self.relay.config.link_source_ip
         self._connector = self.relay.reactor.connectSSL(
-            self.host, self.port, LinkFactory(self), ClientContextFactory(self.relay.credentials), timeout=10
+            self.host,
+            self.port,
+            LinkFactory(self),
+            ClientContextFactory(self.relay.credentials),
+            timeout=10,
+            bindAddress=(source, 0) if source else None,
         )
 
     def link_up(self, link) -> None:  # noqa: ANN001

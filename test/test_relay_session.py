@@ -1,0 +1,390 @@
+"""The relay's session state machine, driven in memory with a fake clock and fake sockets."""
+
+import struct
+
+import pytest
+from twisted.internet.task import Clock
+
+from mediaproxy.configuration import RelayConfig
+from mediaproxy.datatypes import PortRange, network_range_list
+from mediaproxy.relay.packets import codec_name, is_stun
+from mediaproxy.relay.session import Halting, SessionManager, UpdateError
+from mediaproxy.testing import FakeBinder, headers
+
+RELAY = "203.0.113.5"
+CALLER_SDP = ("192.0.2.10", 6000)
+CALLEE_SDP = ("198.51.100.20", 7000)
+CALLER_NAT = ("192.0.2.99", 30000)  # where the caller's packets really come from
+CALLEE_NAT = ("198.51.100.99", 31000)
+
+
+def rtp(payload_type=0, size=172):
+    return bytes([0x80, payload_type]) + b"\x00" * (size - 2)
+
+
+def stun_binding_request():
+    return struct.pack("!HHI", 0x0001, 0, 0x2112A442) + b"\x00" * 12
+
+
+def make_update(kind="request", cseq=1, from_tag="ft", to_tag="", media="audio:192.0.2.10:6000:sendrecv:ice=no", call_id="c1", ua="ua", **extra):
+    lines = [
+        f"type: {kind}",
+        f"call_id: {call_id}",
+        f"cseq: {cseq}",
+        "from_uri: alice@example.com",
+        "to_uri: bob@example.com",
+        f"from_tag: {from_tag}",
+        f"to_tag: {to_tag}",
+        f"user_agent: {ua}",
+        f"signaling_ip: {extra.get('signaling_ip', '127.0.0.1')}",
+    ]
+    if media is not None:
+        lines.append(f"media: {media}")
+    return headers("\n".join(lines))
+
+
+class Relay:
+    def __init__(self, port_range=PortRange(40000, 40100), **options):
+        self.clock = Clock()
+        self.clock.advance(1_000_000)
+        self.binder = FakeBinder()
+        self.expired = []
+        config = RelayConfig(port_range=port_range, **options)
+        self.manager = SessionManager(self.clock, config, self.binder, lambda session, stats: self.expired.append(stats), RELAY)
+
+    def update(self, **kwargs):
+        return self.manager.update(make_update(**kwargs), dispatcher="d1")
+
+    def remove(self, call_id="c1", from_tag="ft", to_tag="tt"):
+        return self.manager.remove(headers(f"call_id: {call_id}\nfrom_tag: {from_tag}\nto_tag: {to_tag}"))
+
+    def socket(self, port):
+        return self.binder.by_port[port]
+
+    def call(self, caller_media="audio:192.0.2.10:6000:sendrecv:ice=no", callee_media="audio:198.51.100.20:7000:sendrecv:ice=no"):
+        offer = self.update(media=caller_media, ua="caller-ua")
+        answer = self.update(kind="reply", to_tag="tt", media=callee_media, ua="callee-ua")
+        return offer, answer
+
+    @property
+    def free_pairs(self):
+        return len(self.manager.pool.free) + len(self.manager.pool.bad)
+
+
+def test_plain_call_ports_learning_forwarding_and_statistics():
+    relay = Relay()
+    offer, answer = relay.call()
+    # the INVITE's SDP goes to the callee: it gets the callee-facing port; the 200 OK gets the caller-facing one
+    assert offer == f"{RELAY} 40002"
+    assert answer == f"{RELAY} 40000"
+    relay.clock.advance(0.5)
+    caller_side, callee_side = relay.socket(40000), relay.socket(40002)
+    caller_side.deliver(rtp(0), CALLER_NAT)
+    # TEST-NET SDP addresses are not routable: nothing is sent before the callee is learnt
+    assert callee_side.sent == []
+    callee_side.deliver(rtp(8), CALLEE_NAT)
+    assert caller_side.sent == [(rtp(8), CALLER_NAT)]
+    caller_side.deliver(rtp(0), CALLER_NAT)
+    assert callee_side.sent == [(rtp(0), CALLEE_NAT)]
+    # a third party cannot hijack the latched address
+    caller_side.deliver(rtp(0), ("192.0.2.66", 1))
+    assert len(callee_side.sent) == 1
+    relay.clock.advance(10)
+    stats = relay.remove()
+    assert stats["call_id"] == "c1" and stats["from_tag"] == "ft" and stats["to_tag"] == "tt"
+    assert stats["caller_ua"] == "caller-ua" and stats["callee_ua"] == "callee-ua"
+    assert stats["duration"] == 10
+    (stream,) = stats["streams"]
+    assert stream["status"] == "closed"
+    assert stream["caller_codec"] == "G711u" and stream["callee_codec"] == "G711a"
+    assert stream["caller_packets"] == 1 and stream["callee_packets"] == 1
+    assert stream["caller_bytes"] == 172 + 28 and stream["callee_bytes"] == 172 + 28
+    assert stream["caller_local"] == f"{RELAY}:40000" and stream["callee_local"] == f"{RELAY}:40002"
+    assert stream["caller_remote"] == "192.0.2.99:30000" and stream["callee_remote"] == "198.51.100.99:31000"
+    assert stream["post_dial_delay"] == pytest.approx(0.5)
+    assert (stream["start_time"], stream["end_time"]) == (0, 10)
+    assert relay.binder.open == set()
+    assert relay.free_pairs == 50
+
+
+def test_routable_sdp_address_gets_media_before_learning():
+    relay = Relay(routable_private_ranges=network_range_list("198.51.100.0/24"))
+    relay.call()
+    relay.socket(40000).deliver(rtp(), CALLER_NAT)
+    assert relay.socket(40002).sent == [(rtp(), CALLEE_SDP)]
+    relay.socket(40001).deliver(b"\x80\xc8" + b"\x00" * 30, ("192.0.2.99", 30001))
+    assert relay.socket(40003).sent == []  # RTCP is never sent before learning
+
+
+def test_stun_is_queued_until_the_peer_is_known():
+    relay = Relay()
+    relay.call(caller_media="audio:192.0.2.10:6000:sendrecv:ice=yes", callee_media="audio:198.51.100.20:7000:sendrecv:ice=yes")
+    probe = stun_binding_request()
+    assert is_stun(probe)
+    relay.socket(40000).deliver(probe, CALLER_NAT)
+    assert relay.socket(40002).sent == []
+    relay.socket(40002).deliver(probe, CALLEE_NAT)
+    # the callee's probe reveals both parties: the queued probe and the new one are flushed
+    assert relay.socket(40002).sent == [(probe, CALLEE_NAT)]
+    assert relay.socket(40000).sent == [(probe, CALLER_NAT)]
+    stats = relay.manager.statistics()[0]["streams"][0]
+    assert stats["post_dial_delay"] is None  # STUN is not media
+
+
+def test_audio_video_with_video_rejected():
+    relay = Relay()
+    offer, answer = relay.call(
+        caller_media="audio:192.0.2.10:6000:sendrecv:ice=no,video:192.0.2.10:6002:sendrecv:ice=no",
+        callee_media="audio:198.51.100.20:7000:sendrecv:ice=no,video:198.51.100.20:0:sendrecv:ice=no",
+    )
+    assert offer == f"{RELAY} 40002 40006"
+    assert answer == f"{RELAY} 40000 0"
+    assert relay.free_pairs == 48  # the video's two pairs are back in the pool
+    assert relay.manager.stream_count() == {"audio": 1}
+    streams = relay.remove()["streams"]
+    assert [s["status"] for s in streams] == ["closed", "rejected"]
+    assert streams[1]["start_time"] == streams[1]["end_time"]
+
+
+def test_answer_with_fewer_streams_rejects_the_rest():
+    relay = Relay()
+    _, answer = relay.call(caller_media="audio:192.0.2.10:6000:sendrecv:ice=no,video:192.0.2.10:6002:sendrecv:ice=no")
+    assert answer == f"{RELAY} 40000 0"
+    assert [s["status"] for s in relay.manager.statistics()[0]["streams"]] == ["active", "rejected"]
+
+
+def test_mismatched_media_type_in_answer_is_an_error():
+    relay = Relay()
+    relay.update()
+    with pytest.raises(UpdateError):
+        relay.update(kind="reply", to_tag="tt", media="video:198.51.100.20:7000:sendrecv:ice=no")
+
+
+@pytest.mark.parametrize("held", ["audio:192.0.2.10:6000:sendonly:ice=no", "audio:0.0.0.0:6000:sendrecv:ice=no", "audio:192.0.2.10:6000:inactive:ice=no"])
+def test_hold_and_unhold_keep_ports_and_use_the_hold_timer(held):
+    relay = Relay(stream_timeout=90, on_hold_timeout=300)
+    relay.call()
+    relay.socket(40000).deliver(rtp(), CALLER_NAT)
+    relay.socket(40002).deliver(rtp(), CALLEE_NAT)
+    assert relay.update(cseq=2, media=held) == f"{RELAY} 40002"
+    assert relay.update(kind="reply", cseq=2, to_tag="tt", media="audio:198.51.100.20:7000:recvonly:ice=no") == f"{RELAY} 40000"
+    stream = relay.manager.statistics()[0]["streams"][0]
+    assert stream["status"] == "on hold"
+    relay.clock.advance(200)  # longer than stream_timeout: a held call survives
+    assert relay.expired == []
+    assert relay.update(cseq=3) == f"{RELAY} 40002"
+    relay.update(kind="reply", cseq=3, to_tag="tt", media="audio:198.51.100.20:7000:sendrecv:ice=no")
+    assert relay.manager.statistics()[0]["streams"][0]["status"] == "active"
+    assert len(relay.manager.statistics()[0]["streams"]) == 1
+    relay.clock.advance(1000)  # both sides had media: no idle timer in userspace after unhold
+    assert relay.expired == []
+
+
+def test_hold_longer_than_on_hold_timeout_expires():
+    relay = Relay(on_hold_timeout=300)
+    relay.call()
+    relay.update(cseq=2, media="audio:192.0.2.10:6000:sendonly:ice=no")
+    relay.update(kind="reply", cseq=2, to_tag="tt", media="audio:198.51.100.20:7000:recvonly:ice=no")
+    relay.clock.advance(301)
+    (stats,) = relay.expired
+    assert stats["streams"][0]["status"] == "on hold timeout"
+    assert stats["streams"][0]["timeout_wait"] == 300
+    assert relay.free_pairs == 50
+
+
+def test_callee_reinvite_with_swapped_tags_and_own_cseq():
+    relay = Relay()
+    relay.call()
+    relay.socket(40000).deliver(rtp(), CALLER_NAT)
+    relay.socket(40002).deliver(rtp(), CALLEE_NAT)
+    # the callee's re-INVITE: its own tag in from_tag, its own cseq 1, its SDP is upstream
+    assert relay.update(from_tag="tt", to_tag="ft", cseq=1, media="audio:198.51.100.20:7000:sendrecv:ice=no", ua="callee-ua") == f"{RELAY} 40000"
+    assert relay.update(kind="reply", from_tag="tt", to_tag="ft", cseq=1, media="audio:192.0.2.10:6000:sendrecv:ice=no") == f"{RELAY} 40002"
+    stats = relay.manager.statistics()[0]
+    assert len(stats["streams"]) == 1 and stats["streams"][0]["status"] == "active"
+    # the callee hangs up: remove with swapped tags finds the session through to_tag
+    assert relay.remove(from_tag="tt", to_tag="ft")["call_id"] == "c1"
+
+
+def test_reinvite_moving_a_port_resets_the_party():
+    relay = Relay(stream_timeout=90)
+    relay.call()
+    caller_side, callee_side = relay.socket(40000), relay.socket(40002)
+    caller_side.deliver(rtp(), CALLER_NAT)
+    callee_side.deliver(rtp(), CALLEE_NAT)
+    relay.update(cseq=2)
+    relay.update(kind="reply", cseq=2, to_tag="tt", media="audio:198.51.100.20:7002:sendrecv:ice=no")
+    # the old callee address is obsolete now; the new one is learnt from its first packet
+    callee_side.deliver(rtp(), CALLEE_NAT)
+    assert len(caller_side.sent) == 1
+    callee_side.deliver(rtp(), ("198.51.100.99", 31002))
+    assert caller_side.sent[-1] == (rtp(), CALLER_NAT)
+    assert relay.manager.statistics()[0]["streams"][0]["callee_remote"] == "198.51.100.99:31002"
+
+
+def test_reinvite_that_moves_without_new_media_times_out():
+    relay = Relay(stream_timeout=90)
+    relay.call()
+    relay.socket(40000).deliver(rtp(), CALLER_NAT)
+    relay.socket(40002).deliver(rtp(), CALLEE_NAT)
+    relay.update(cseq=2)
+    relay.update(kind="reply", cseq=2, to_tag="tt", media="audio:198.51.100.20:7002:sendrecv:ice=no")
+    relay.clock.advance(91)
+    assert [s["status"] for s in relay.expired[0]["streams"]] == ["no-traffic timeout"]
+
+
+def test_late_offer_first_update_is_a_reply():
+    relay = Relay()
+    # INVITE without SDP: the module sends nothing; the offer comes in the 200 OK
+    assert relay.update(kind="reply", to_tag="tt", media="audio:198.51.100.20:7000:sendrecv:ice=no") == f"{RELAY} 40000"
+    # the ACK carries the answer (same cseq, type request)
+    assert relay.update(kind="request", to_tag="tt", media="audio:192.0.2.10:6000:sendrecv:ice=no") == f"{RELAY} 40002"
+    stats = relay.manager.statistics()[0]
+    assert stats["start_time"] is not None and stats["streams"][0]["status"] == "active"
+
+
+def test_reply_without_media_for_unknown_session_creates_nothing():
+    relay = Relay()
+    assert relay.update(kind="reply", to_tag="tt", media=None) == "None"
+    assert relay.manager.sessions == {}
+
+
+def test_200_ok_without_sdp_starts_the_call():
+    relay = Relay()
+    relay.update()
+    relay.clock.advance(2)
+    relay.update(kind="reply", to_tag="tt", media=None)
+    stats = relay.manager.statistics()[0]
+    assert stats["start_time"] == relay.clock.seconds()
+    assert stats["streams"][0]["status"] == "active"
+
+
+def test_duplicate_200_ok_is_idempotent():
+    relay = Relay()
+    _, first = relay.call()
+    second = relay.update(kind="reply", to_tag="tt", media="audio:198.51.100.20:7000:sendrecv:ice=no")
+    assert first == second
+    assert relay.free_pairs == 48
+
+
+def test_cancel_remove_without_to_tag():
+    relay = Relay()
+    relay.update()
+    stats = relay.remove(to_tag="")
+    assert stats["start_time"] is None and stats["duration"] == 0 and stats["streams"] == []
+    with pytest.raises(UpdateError):
+        relay.remove(to_tag="")  # the second remove of use_media_proxy's CANCEL
+    assert relay.free_pairs == 50
+
+
+def test_old_cseq_is_ignored_and_answered_with_error_when_it_has_media():
+    relay = Relay()
+    relay.call()
+    relay.update(cseq=3)
+    with pytest.raises(UpdateError, match="no offer"):
+        relay.update(cseq=2, media="audio:192.0.2.10:6004:sendrecv:ice=no")
+    assert relay.update(cseq=1, media=None) == f"{RELAY} 40002"  # an old cseq still finds its own offer
+
+
+def test_no_media_times_out_and_reports_expiry():
+    relay = Relay(stream_timeout=90)
+    relay.call()
+    relay.clock.advance(89)
+    assert relay.expired == []
+    relay.clock.advance(2)
+    (stats,) = relay.expired
+    assert stats["streams"][0]["status"] == "no-traffic timeout"
+    assert stats["streams"][0]["timeout_wait"] == 90
+    assert relay.manager.sessions == {}
+    assert relay.free_pairs == 50
+
+
+def test_ice_stream_timeout_is_an_unselected_candidate():
+    relay = Relay(stream_timeout=30)
+    relay.call(caller_media="audio:192.0.2.10:6000:sendrecv:ice=yes", callee_media="audio:198.51.100.20:7000:sendrecv:ice=yes")
+    relay.clock.advance(31)
+    assert relay.expired[0]["streams"][0]["status"] == "unselected ICE candidate"
+
+
+def test_rtcp_timeout_does_not_end_the_stream():
+    relay = Relay(stream_timeout=30)
+    relay.call()
+    relay.socket(40000).deliver(rtp(), CALLER_NAT)
+    relay.socket(40002).deliver(rtp(), CALLEE_NAT)
+    relay.clock.advance(31)  # RTCP never came
+    assert relay.expired == []
+    assert relay.manager.statistics()[0]["streams"][0]["status"] == "active"
+
+
+def test_ports_exhausted_is_an_error_and_leaks_nothing():
+    relay = Relay(port_range=PortRange(40000, 40008))  # 4 pairs: one stream takes two
+    relay.update(call_id="a", media="audio:192.0.2.10:6000:sendrecv:ice=no")
+    with pytest.raises(UpdateError, match="no free RTP/RTCP port pair"):
+        relay.update(call_id="b", media="audio:192.0.2.10:6000:sendrecv:ice=no,video:192.0.2.10:6002:sendrecv:ice=no")
+    assert relay.free_pairs == 2
+    assert set(relay.manager.sessions) == {("a", "ft")}
+
+
+def test_bad_ports_are_parked_and_skipped():
+    relay = Relay()
+    relay.binder.refuse.add(40000)
+    offer, answer = relay.call()
+    assert offer == f"{RELAY} 40004" and answer == f"{RELAY} 40002"
+    assert list(relay.manager.pool.bad) == [40000]
+
+
+def test_halting_refuses_new_sessions_but_serves_existing_ones():
+    relay = Relay()
+    relay.update()
+    relay.manager.halting = True
+    with pytest.raises(Halting):
+        relay.update(call_id="new")
+    assert relay.update(kind="reply", to_tag="tt", media="audio:198.51.100.20:7000:sendrecv:ice=no") == f"{RELAY} 40000"
+
+
+def test_missing_required_header_is_an_error():
+    relay = Relay()
+    update = make_update()
+    del update["signaling_ip"]
+    with pytest.raises(UpdateError, match="signaling_ip"):
+        relay.manager.update(update)
+
+
+def test_username_from_json_signaling_ip():
+    relay = Relay()
+    relay.update(signaling_ip='{"signaling_ip": "192.0.2.10", "username": "alice@example.com"}')
+    assert relay.manager.statistics()[0]["username"] == "alice@example.com"
+
+
+def test_thousand_cycles_leave_no_port_behind():
+    relay = Relay(port_range=PortRange(40000, 40040), stream_timeout=5)
+    for cycle in range(1000):
+        call_id = f"call-{cycle}"
+        relay.update(call_id=call_id, media="audio:192.0.2.10:6000:sendrecv:ice=no,video:192.0.2.10:6002:sendrecv:ice=no")
+        ending = cycle % 3
+        if ending == 0:
+            relay.update(call_id=call_id, kind="reply", to_tag="tt", media="audio:198.51.100.20:7000:sendrecv:ice=no,video:198.51.100.20:0:sendrecv:ice=no")
+            relay.remove(call_id=call_id)
+        elif ending == 1:
+            relay.clock.advance(6)  # expiry
+        else:
+            relay.update(call_id=call_id, kind="reply", to_tag="tt", media="audio:198.51.100.20:0:sendrecv:ice=no,video:198.51.100.20:0:sendrecv:ice=no")
+            relay.clock.advance(6)
+            if relay.manager.sessions:
+                relay.remove(call_id=call_id)
+    assert relay.manager.sessions == {}
+    assert relay.free_pairs == 20
+    assert relay.binder.open == set()
+
+
+def test_summary_counts_alive_streams():
+    relay = Relay()
+    relay.call(caller_media="audio:192.0.2.10:6000:sendrecv:ice=no,video:192.0.2.10:6002:sendrecv:ice=no", callee_media="audio:198.51.100.20:7000:sendrecv:ice=no,video:198.51.100.20:7002:sendrecv:ice=no")
+    summary = relay.manager.summary(0.0)
+    assert summary["ip"] == RELAY and summary["session_count"] == 1 and summary["status"] == "active"
+    assert summary["stream_count"] == {"audio": 1, "video": 1}
+
+
+@pytest.mark.parametrize(("payload_type", "name"), [(0, "G711u"), (8, "G711a"), (18, "G729"), (34, "H263"), (96, "Dynamic(96)"), (20, "Unknown(20)")])
+def test_codec_names(payload_type, name):
+    assert codec_name(rtp(payload_type | 0x80)) == name

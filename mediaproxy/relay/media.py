@@ -149,15 +149,16 @@ class Substream:
                 ip=source[0],
                 port=source[1],
             )
+            if side.stun_queue:
+                # connectivity checks that waited for this party can go now, not at its next check
+                self._flush_stun(side, source)
         if packets.is_stun(data):
             if packets.is_stun_binding_request(data):
                 side.got_stun_probing = True
             other.stun_queue.append(data)
             destination = self.destination(other)
             if destination is not None:
-                queue, other.stun_queue = other.stun_queue, []
-                for packet in queue:
-                    other.endpoint.send(packet, destination)
+                self._flush_stun(other, destination)
             return
         if not side.got_rtp:
             self._first_media(side, data)
@@ -170,6 +171,12 @@ class Substream:
             side.packets += 1
             side.bytes += len(data) + IP_UDP_OVERHEAD
         other.send_counter += 1
+
+    @staticmethod
+    def _flush_stun(side: Side, destination: tuple[str, int]) -> None:
+        queue, side.stun_queue = side.stun_queue, []
+        for packet in queue:
+            side.endpoint.send(packet, destination)
 
     def _first_media(self, side: Side, data: bytes) -> None:
         side.got_rtp = True

@@ -159,7 +159,9 @@ class ProxyClient(protocol.ClientFactory):
         self.line.transport.loseConnection()
 
 
-def update(call_id: str, from_tag: str, to_tag: str = "", kind: str = "request", cseq: int = 1, media: str | None = None, **extra: str) -> bytes:
+def update(
+    call_id: str, from_tag: str, to_tag: str = "", kind: str = "request", cseq: int = 1, media: str | None = None, **extra: str
+) -> bytes:
     """An update exactly as Kamailio formats it (empty values as ``name: ``)."""
     values = {
         "type": kind,

@@ -7,6 +7,8 @@ import os
 from dataclasses import dataclass
 
 from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.x509.oid import NameOID
 from OpenSSL import SSL, crypto
 from twisted.internet import task
 from twisted.internet.interfaces import IOpenSSLContextFactory
@@ -17,7 +19,15 @@ from mediaproxy.datatypes import Passport
 
 log = Logger(namespace="tls")
 
-_SUBJECT_NAMES = {b"CN": "CN", b"O": "O", b"OU": "OU", b"C": "C", b"L": "L", b"ST": "ST", b"emailAddress": "EMAIL"}
+_SUBJECT_NAMES = {
+    NameOID.COMMON_NAME: "CN",
+    NameOID.ORGANIZATION_NAME: "O",
+    NameOID.ORGANIZATIONAL_UNIT_NAME: "OU",
+    NameOID.COUNTRY_NAME: "C",
+    NameOID.LOCALITY_NAME: "L",
+    NameOID.STATE_OR_PROVINCE_NAME: "ST",
+    NameOID.EMAIL_ADDRESS: "EMAIL",
+}
 
 
 class TLSConfigurationError(Exception):
@@ -91,7 +101,7 @@ class Credentials:
         except SSL.Error as error:
             raise TLSConfigurationError(f"{self.key_path} does not match {self.cert_path}: {error}") from None
         store = context.get_cert_store()
-        store.add_cert(self.ca)
+        store.add_cert(crypto.X509.from_cryptography(self.ca))
         if self.crl is not None:
             store.add_crl(self.crl)
             store.set_flags(crypto.X509StoreFlags.CRL_CHECK)
@@ -103,7 +113,7 @@ class Credentials:
 
     def revocation_reason(self, peer: crypto.X509) -> str | None:
         """Why ``peer`` may no longer be used (expired, revoked), or None if it is still good."""
-        certificate = peer.to_cryptography()
+        certificate = peer.to_cryptography() if isinstance(peer, crypto.X509) else peer
         now = datetime.datetime.now(datetime.UTC)
         if certificate.not_valid_after_utc < now:
             return f"certificate expired at {certificate.not_valid_after_utc:%Y-%m-%d %H:%M:%S} UTC"
@@ -140,32 +150,30 @@ def _mtime(path: str) -> float | None:
         return None
 
 
-def _load_certificate(path: str, what: str) -> crypto.X509:
+def _load_certificate(path: str, what: str) -> x509.Certificate:
     try:
         with open(path, "rb") as stream:
-            return crypto.load_certificate(crypto.FILETYPE_PEM, stream.read())
+            return x509.load_pem_x509_certificate(stream.read())
     except OSError as error:
         raise TLSConfigurationError(f"cannot read the {what} {path}: {error.strerror}") from None
-    except crypto.Error:
+    except ValueError:
         raise TLSConfigurationError(f"{path} is not a PEM {what}") from None
 
 
-def _load_key(path: str) -> crypto.PKey:
+def _load_key(path: str):  # noqa: ANN202
     try:
         with open(path, "rb") as stream:
-            return crypto.load_privatekey(crypto.FILETYPE_PEM, stream.read())
+            return serialization.load_pem_private_key(stream.read(), password=None)
     except OSError as error:
         raise TLSConfigurationError(f"cannot read the private key {path}: {error.strerror}") from None
-    except crypto.Error:
-        raise TLSConfigurationError(f"{path} is not a PEM private key") from None
+    except (ValueError, TypeError):
+        raise TLSConfigurationError(f"{path} is not an unencrypted PEM private key") from None
 
 
-def subject_of(certificate: crypto.X509) -> dict[str, str]:
-    return {
-        _SUBJECT_NAMES[name]: value.decode("utf-8", "replace")
-        for name, value in certificate.get_subject().get_components()
-        if name in _SUBJECT_NAMES
-    }
+def subject_of(certificate) -> dict[str, str]:  # noqa: ANN001 - cryptography or pyOpenSSL certificate
+    if isinstance(certificate, crypto.X509):
+        certificate = certificate.to_cryptography()
+    return {_SUBJECT_NAMES[attribute.oid]: str(attribute.value) for attribute in certificate.subject if attribute.oid in _SUBJECT_NAMES}
 
 
 @implementer(IOpenSSLContextFactory)

@@ -16,6 +16,7 @@ CALLER_SDP = ("192.0.2.10", 6000)
 CALLEE_SDP = ("198.51.100.20", 7000)
 CALLER_NAT = ("192.0.2.99", 30000)  # where the caller's packets really come from
 CALLEE_NAT = ("198.51.100.99", 31000)
+DEFAULT_RANGE = PortRange(40000, 40100)
 
 
 def rtp(payload_type=0, size=172):
@@ -26,7 +27,9 @@ def stun_binding_request():
     return struct.pack("!HHI", 0x0001, 0, 0x2112A442) + b"\x00" * 12
 
 
-def make_update(kind="request", cseq=1, from_tag="ft", to_tag="", media="audio:192.0.2.10:6000:sendrecv:ice=no", call_id="c1", ua="ua", **extra):
+def make_update(
+    kind="request", cseq=1, from_tag="ft", to_tag="", media="audio:192.0.2.10:6000:sendrecv:ice=no", call_id="c1", ua="ua", **extra
+):
     lines = [
         f"type: {kind}",
         f"call_id: {call_id}",
@@ -44,7 +47,7 @@ def make_update(kind="request", cseq=1, from_tag="ft", to_tag="", media="audio:1
 
 
 class Relay:
-    def __init__(self, port_range=PortRange(40000, 40100), **options):
+    def __init__(self, port_range=DEFAULT_RANGE, **options):
         self.clock = Clock()
         self.clock.advance(1_000_000)
         self.binder = FakeBinder()
@@ -160,7 +163,9 @@ def test_mismatched_media_type_in_answer_is_an_error():
         relay.update(kind="reply", to_tag="tt", media="video:198.51.100.20:7000:sendrecv:ice=no")
 
 
-@pytest.mark.parametrize("held", ["audio:192.0.2.10:6000:sendonly:ice=no", "audio:0.0.0.0:6000:sendrecv:ice=no", "audio:192.0.2.10:6000:inactive:ice=no"])
+@pytest.mark.parametrize(
+    "held", ["audio:192.0.2.10:6000:sendonly:ice=no", "audio:0.0.0.0:6000:sendrecv:ice=no", "audio:192.0.2.10:6000:inactive:ice=no"]
+)
 def test_hold_and_unhold_keep_ports_and_use_the_hold_timer(held):
     relay = Relay(stream_timeout=90, on_hold_timeout=300)
     relay.call()
@@ -198,7 +203,10 @@ def test_callee_reinvite_with_swapped_tags_and_own_cseq():
     relay.socket(40000).deliver(rtp(), CALLER_NAT)
     relay.socket(40002).deliver(rtp(), CALLEE_NAT)
     # the callee's re-INVITE: its own tag in from_tag, its own cseq 1, its SDP is upstream
-    assert relay.update(from_tag="tt", to_tag="ft", cseq=1, media="audio:198.51.100.20:7000:sendrecv:ice=no", ua="callee-ua") == f"{RELAY} 40000"
+    assert (
+        relay.update(from_tag="tt", to_tag="ft", cseq=1, media="audio:198.51.100.20:7000:sendrecv:ice=no", ua="callee-ua")
+        == f"{RELAY} 40000"
+    )
     assert relay.update(kind="reply", from_tag="tt", to_tag="ft", cseq=1, media="audio:192.0.2.10:6000:sendrecv:ice=no") == f"{RELAY} 40002"
     stats = relay.manager.statistics()[0]
     assert len(stats["streams"]) == 1 and stats["streams"][0]["status"] == "active"
@@ -363,12 +371,22 @@ def test_thousand_cycles_leave_no_port_behind():
         relay.update(call_id=call_id, media="audio:192.0.2.10:6000:sendrecv:ice=no,video:192.0.2.10:6002:sendrecv:ice=no")
         ending = cycle % 3
         if ending == 0:
-            relay.update(call_id=call_id, kind="reply", to_tag="tt", media="audio:198.51.100.20:7000:sendrecv:ice=no,video:198.51.100.20:0:sendrecv:ice=no")
+            relay.update(
+                call_id=call_id,
+                kind="reply",
+                to_tag="tt",
+                media="audio:198.51.100.20:7000:sendrecv:ice=no,video:198.51.100.20:0:sendrecv:ice=no",
+            )
             relay.remove(call_id=call_id)
         elif ending == 1:
             relay.clock.advance(6)  # expiry
         else:
-            relay.update(call_id=call_id, kind="reply", to_tag="tt", media="audio:198.51.100.20:0:sendrecv:ice=no,video:198.51.100.20:0:sendrecv:ice=no")
+            relay.update(
+                call_id=call_id,
+                kind="reply",
+                to_tag="tt",
+                media="audio:198.51.100.20:0:sendrecv:ice=no,video:198.51.100.20:0:sendrecv:ice=no",
+            )
             relay.clock.advance(6)
             if relay.manager.sessions:
                 relay.remove(call_id=call_id)
@@ -379,12 +397,17 @@ def test_thousand_cycles_leave_no_port_behind():
 
 def test_summary_counts_alive_streams():
     relay = Relay()
-    relay.call(caller_media="audio:192.0.2.10:6000:sendrecv:ice=no,video:192.0.2.10:6002:sendrecv:ice=no", callee_media="audio:198.51.100.20:7000:sendrecv:ice=no,video:198.51.100.20:7002:sendrecv:ice=no")
+    relay.call(
+        caller_media="audio:192.0.2.10:6000:sendrecv:ice=no,video:192.0.2.10:6002:sendrecv:ice=no",
+        callee_media="audio:198.51.100.20:7000:sendrecv:ice=no,video:198.51.100.20:7002:sendrecv:ice=no",
+    )
     summary = relay.manager.summary(0.0)
     assert summary["ip"] == RELAY and summary["session_count"] == 1 and summary["status"] == "active"
     assert summary["stream_count"] == {"audio": 1, "video": 1}
 
 
-@pytest.mark.parametrize(("payload_type", "name"), [(0, "G711u"), (8, "G711a"), (18, "G729"), (34, "H263"), (96, "Dynamic(96)"), (20, "Unknown(20)")])
+@pytest.mark.parametrize(
+    ("payload_type", "name"), [(0, "G711u"), (8, "G711a"), (18, "G729"), (34, "H263"), (96, "Dynamic(96)"), (20, "Unknown(20)")]
+)
 def test_codec_names(payload_type, name):
     assert codec_name(rtp(payload_type | 0x80)) == name

@@ -1,0 +1,132 @@
+"""A dispatcher and relays running in the test's own reactor, over real sockets and real TLS."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from dataclasses import replace
+
+from twisted.internet import defer, reactor, task
+from twisted.logger import LogLevel, formatEvent, globalLogPublisher
+
+from mediaproxy import certgen
+from mediaproxy.configuration import Configuration, DispatcherConfig, RelayConfig
+from mediaproxy.datatypes import Endpoint, NetworkAddress, PortRange
+from mediaproxy.dispatcher.service import DispatcherService
+from mediaproxy.plugins.management import ManagementPluginFactory
+from mediaproxy.relay.service import RelayService
+from mediaproxy.testing import ProxyClient
+from mediaproxy.tls import Credentials
+
+
+class LogCollector:
+    """Keeps every log event of a test so it can assert on errors and warnings."""
+
+    def __init__(self) -> None:
+        self.events: list[dict] = []
+
+    def __call__(self, event: dict) -> None:
+        self.events.append(event)
+
+    def at_least(self, level: LogLevel) -> list[str]:
+        return [formatEvent(event) for event in self.events if event.get("log_level") is not None and event["log_level"] >= level]
+
+    def text(self) -> str:
+        return "\n".join(formatEvent(event) for event in self.events)
+
+
+def collect_logs(test) -> LogCollector:  # noqa: ANN001
+    collector = LogCollector()
+    globalLogPublisher.addObserver(collector)
+    test.addCleanup(globalLogPublisher.removeObserver, collector)
+    return collector
+
+
+@defer.inlineCallbacks
+def wait_for(condition, timeout: float = 10.0, what: str = "condition"):  # noqa: ANN001, ANN201
+    """Poll ``condition`` in the reactor until true; fails the test after ``timeout`` seconds."""
+    deadline = reactor.seconds() + timeout
+    while not condition():
+        if reactor.seconds() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        yield task.deferLater(reactor, 0.01, lambda: None)
+
+
+class Stack:
+    def __init__(self, test, relay_ips=("127.0.0.1",), dispatcher_options=None, relay_options=None, plugin_factories=None) -> None:  # noqa: ANN001
+        self.test = test
+        self.directory = tempfile.mkdtemp(prefix="mp-test-")
+        test.addCleanup(shutil.rmtree, self.directory, True)
+        self.certs = os.path.join(self.directory, "tls")
+        certgen.generate(self.certs)
+        self.relay_ips = relay_ips
+        self.dispatcher_options = dispatcher_options or {}
+        self.relay_options = relay_options or {}
+        self.plugin_factories = [ManagementPluginFactory] if plugin_factories is None else plugin_factories
+        self.relays: dict[str, RelayService] = {}
+        self.runtime = os.path.join(self.directory, "run")
+        os.makedirs(self.runtime)
+
+    @property
+    def configuration(self) -> Configuration:
+        dispatcher = DispatcherConfig(
+            listen=NetworkAddress("127.0.0.1", 0), listen_management=NetworkAddress("127.0.0.1", 0), management_use_tls=False, **self.dispatcher_options
+        )
+        return Configuration(dispatcher=dispatcher, search_path=(self.directory,))
+
+    @defer.inlineCallbacks
+    def start(self, relays: bool = True):  # noqa: ANN201
+        self.dispatcher = DispatcherService(self.configuration, Credentials(self.certs, "dispatcher"), self.runtime, reactor, self.plugin_factories)
+        yield self.dispatcher.startService()
+        self.test.addCleanup(self.stop_dispatcher)
+        if relays:
+            for ip in self.relay_ips:
+                yield self.start_relay(ip)
+
+    @property
+    def relay_port(self) -> int:
+        return self.dispatcher.relay_port.getHost().port
+
+    @property
+    def management_port(self) -> int:
+        return self.dispatcher.plugins.plugins[0].port.getHost().port
+
+    def relay_config(self, ip: str) -> RelayConfig:
+        base = RelayConfig(
+            dispatchers=(Endpoint("127.0.0.1", self.relay_port),),
+            relay_ip=ip,
+            link_source_ip=ip,
+            port_range=PortRange(42000, 42400),
+            reconnect_delay=1,
+        )
+        return replace(base, **self.relay_options)
+
+    @defer.inlineCallbacks
+    def start_relay(self, ip: str):  # noqa: ANN201
+        configuration = Configuration(relay=self.relay_config(ip), search_path=(self.directory,))
+        relay = RelayService(configuration, Credentials(self.certs, "relay"), reactor)
+        relay.startService()
+        self.relays[ip] = relay
+        self.test.addCleanup(self.stop_relay, ip)
+        yield wait_for(lambda: ip in self.dispatcher.registry.relays, what=f"relay {ip} to connect")
+        return relay
+
+    def stop_relay(self, ip: str) -> defer.Deferred:
+        relay = self.relays.pop(ip, None)
+        if relay is None:
+            return defer.succeed(None)
+        deferred = relay.stopService()
+        return deferred.addCallback(lambda _: wait_for(lambda: ip not in self.dispatcher.registry.relays, what=f"relay {ip} to go"))
+
+    def stop_dispatcher(self) -> defer.Deferred:
+        if not self.dispatcher.running:
+            return defer.succeed(None)
+        return self.dispatcher.stopService()
+
+    def proxy(self) -> defer.Deferred:
+        def connected(client: ProxyClient) -> ProxyClient:
+            self.test.addCleanup(client.close)
+            return client
+
+        return ProxyClient.connect(reactor, self.dispatcher.socket_path).addCallback(connected)

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import tempfile
 from dataclasses import replace
 
-from twisted.internet import defer, reactor, task
+from twisted.internet import defer, protocol, reactor, task
 from twisted.logger import LogLevel, formatEvent, globalLogPublisher
+from twisted.protocols.basic import LineOnlyReceiver
 
 from mediaproxy import certgen
 from mediaproxy.configuration import Configuration, DispatcherConfig, RelayConfig
@@ -17,7 +19,7 @@ from mediaproxy.dispatcher.service import DispatcherService
 from mediaproxy.plugins.management import ManagementPluginFactory
 from mediaproxy.relay.service import RelayService
 from mediaproxy.testing import ProxyClient
-from mediaproxy.tls import Credentials
+from mediaproxy.tls import ClientContextFactory, Credentials
 
 
 class LogCollector:
@@ -70,14 +72,20 @@ class Stack:
 
     @property
     def configuration(self) -> Configuration:
-        dispatcher = DispatcherConfig(
-            listen=NetworkAddress("127.0.0.1", 0), listen_management=NetworkAddress("127.0.0.1", 0), management_use_tls=False, **self.dispatcher_options
-        )
+        options = {
+            "listen": NetworkAddress("127.0.0.1", 0),
+            "listen_management": NetworkAddress("127.0.0.1", 0),
+            "management_use_tls": False,
+            **self.dispatcher_options,
+        }
+        dispatcher = DispatcherConfig(**options)
         return Configuration(dispatcher=dispatcher, search_path=(self.directory,))
 
     @defer.inlineCallbacks
     def start(self, relays: bool = True):  # noqa: ANN201
-        self.dispatcher = DispatcherService(self.configuration, Credentials(self.certs, "dispatcher"), self.runtime, reactor, self.plugin_factories)
+        self.dispatcher = DispatcherService(
+            self.configuration, Credentials(self.certs, "dispatcher"), self.runtime, reactor, self.plugin_factories
+        )
         yield self.dispatcher.startService()
         self.test.addCleanup(self.stop_dispatcher)
         if relays:
@@ -130,3 +138,75 @@ class Stack:
             return client
 
         return ProxyClient.connect(reactor, self.dispatcher.socket_path).addCallback(connected)
+
+
+class FakeRelayLink(LineOnlyReceiver):
+    """A relay that answers as the test says: 'ok' (with ports), 'error', 'halting' or 'hang'."""
+
+    delimiter = b"\r\n"
+
+    def __init__(self, relay: FakeRelay) -> None:
+        self.relay = relay
+        self.current: list[str] | None = None
+
+    def connectionMade(self) -> None:  # noqa: N802
+        self.relay.link = self
+
+    def connectionLost(self, reason) -> None:  # noqa: N802, ANN001
+        if self.relay.link is self:
+            self.relay.link = None
+
+    def lineReceived(self, raw: bytes) -> None:  # noqa: N802
+        line = raw.decode()
+        if line == "pong":
+            self.relay.pongs += 1
+            return
+        if self.current is None:
+            self.current = [line]
+            return
+        if line:
+            self.current.append(line)
+            return
+        command, self.current = self.current, None
+        name, seq = command[0].split()
+        self.relay.commands.append((name, command[1:]))
+        if name == "sessions":
+            self.sendLine(f"{seq} {json.dumps(self.relay.sessions)}".encode())
+        elif name == "summary":
+            self.sendLine(f"{seq} {json.dumps({'ip': self.relay.ip, 'status': 'active'})}".encode())
+        elif self.relay.mode == "hang":
+            return
+        elif self.relay.mode in ("error", "halting"):
+            self.sendLine(f"{seq} {self.relay.mode}".encode())
+        elif name == "remove":
+            self.sendLine(f"{seq} {json.dumps(self.relay.statistics)}".encode())
+        else:
+            media = next((value for value in command if value.startswith("media: ")), None)
+            count = len(media.split(",")) if media else 0
+            self.sendLine(f"{seq} {self.relay.ip} {' '.join(['50000'] * count)}".strip().encode())
+
+
+class FakeRelay(protocol.ClientFactory):
+    noisy = False
+
+    def __init__(self, ip: str, mode: str = "ok") -> None:
+        self.ip = ip
+        self.mode = mode
+        self.link: FakeRelayLink | None = None
+        self.commands: list[tuple[str, list[str]]] = []
+        self.sessions: list[dict] = []
+        self.statistics = {"call_id": "x", "start_time": 1.0, "streams": []}
+        self.pongs = 0
+
+    def buildProtocol(self, addr) -> FakeRelayLink:  # noqa: N802, ANN001
+        return FakeRelayLink(self)
+
+    def connect(self, stack: Stack) -> defer.Deferred:
+        self.connector = reactor.connectSSL(
+            "127.0.0.1", stack.relay_port, self, ClientContextFactory(Credentials(stack.certs, "relay")), bindAddress=(self.ip, 0)
+        )
+        stack.test.addCleanup(self.connector.disconnect)
+        return wait_for(lambda: self.ip in stack.dispatcher.registry.relays, what=f"fake relay {self.ip}")
+
+    def updates(self) -> list[list[str]]:
+        return [headers for name, headers in self.commands if name == "update"]

@@ -30,6 +30,7 @@ class Dispatcher:
         self.table = CallTable()
         self.state_path = os.path.join(runtime_dir, STATE_FILE)
         self.dead_relay_timers: dict[str, object] = {}
+        self.stopped = False
         self._loops = [
             self._loop(self.cleanup_expired_sessions, EXPIRED_CHECK_INTERVAL),
             self._loop(self.save_state_if_changed, STATE_SAVE_INTERVAL),
@@ -53,6 +54,7 @@ class Dispatcher:
             loop.start(interval, now=False)
 
     def stop(self) -> None:
+        self.stopped = True
         for loop, _ in self._loops:
             if loop.running:
                 loop.stop()
@@ -207,7 +209,8 @@ class Dispatcher:
         log.warn("Could not get the sessions of relay {ip}: {error}", ip=ip, error=failure.getErrorMessage())
 
     def relay_down(self, ip: str) -> None:
-        self._start_dead_relay_timer(ip)
+        if not self.stopped:
+            self._start_dead_relay_timer(ip)
 
     def _start_dead_relay_timer(self, ip: str) -> None:
         if ip not in self.dead_relay_timers:

@@ -20,6 +20,7 @@ setup(
     entry_points={
         "console_scripts": [
             "mediaproxy-gen-certs = mediaproxy.certgen:main",
+            "mediaproxy-demo = mediaproxy.demo:main",
         ],
     },
     install_requires=[

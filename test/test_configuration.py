@@ -2,8 +2,10 @@
 
 import ipaddress
 import os
+import re
 import subprocess
 import sys
+from dataclasses import fields
 
 import pytest
 
@@ -276,3 +278,44 @@ def test_programs_version_and_missing_certificates(tmp_path, program):
     )
     assert result.returncode == 1
     assert "certs_path 'missing-certs': no such directory" in result.stderr and "mediaproxy-gen-certs" in result.stderr
+
+
+def test_sample_documents_every_option_and_loads(tmp_path):
+    with open(os.path.join(ROOT, "config.ini.sample")) as stream:
+        sample = stream.read()
+    documented = {}
+    section = None
+    for line in sample.splitlines():
+        header = re.match(r"^\[(\w+)\]", line)
+        if header:
+            section = header.group(1)
+        option = re.match(r"^;(\w+) =", line)
+        if option and section:
+            documented.setdefault(section, set()).add(option.group(1))
+    for name, section_class in configuration.SECTIONS.items():
+        assert documented.get(name) == {field.name for field in fields(section_class)}, name
+    # uncommenting the defaults gives a valid file equal to the embedded defaults
+    uncommented = re.sub(r"^;(\w+ =.*)$", r"\1", sample, flags=re.MULTILINE)
+    uncommented = re.sub(
+        r"^(dispatchers|routable_private_ranges|relay_ip|advertised_ip|link_source_ip|accounting|dburi) =.*$",
+        r"\1 =",
+        uncommented,
+        flags=re.MULTILINE,
+    )
+    write(tmp_path, uncommented)
+    loaded = configuration.load((str(tmp_path),))
+    assert loaded.relay == configuration.RelayConfig()
+    assert loaded.dispatcher == configuration.DispatcherConfig()
+
+
+def test_demo_runs_a_call_through_the_relay(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "mediaproxy.demo", "--directory", str(tmp_path / "demo"), "--seconds", "1"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "The relay is connected to the dispatcher over mutual TLS." in result.stdout
+    assert '"caller_codec": "G711u"' in result.stdout and "Dispatcher and relay stopped." in result.stdout

@@ -1,0 +1,186 @@
+"""The relay's service wiring in memory: keepalives, commands over the link, DNS, sampling, drain."""
+
+import json
+import os
+import tempfile
+
+from twisted.internet import defer
+from twisted.internet.testing import MemoryReactorClock, StringTransport
+from twisted.names import dns
+from twisted.python.failure import Failure
+
+from mediaproxy import certgen
+from mediaproxy.configuration import Configuration, RelayConfig
+from mediaproxy.datatypes import endpoint_list
+from mediaproxy.relay.link import DispatcherLink
+from mediaproxy.relay.service import RelayService
+from mediaproxy.testing import FakeBinder
+from mediaproxy.tls import Credentials
+
+CERTS = tempfile.mkdtemp(prefix="mp-certs-")
+certgen.generate(CERTS)
+
+
+class FakeResolver:
+    def __init__(self, srv=None, hosts=None):
+        self.srv = srv or {}
+        self.hosts = hosts or {}
+        self.lookups = []
+
+    def lookupService(self, name):
+        self.lookups.append(name)
+        if name not in self.srv:
+            return defer.fail(Exception("no SRV"))
+        record = dns.RRHeader(name=name, type=dns.SRV, payload=dns.Record_SRV(0, 0, 5060, self.srv[name]))
+        return defer.succeed(([record], [], []))
+
+    def getHostByName(self, name):
+        if name not in self.hosts:
+            return defer.fail(Exception("no A"))
+        return defer.succeed(self.hosts[name])
+
+
+def make_relay(dispatchers="127.0.0.1", resolver=None, **options):
+    reactor = MemoryReactorClock()
+    config = RelayConfig(dispatchers=endpoint_list(25060)(dispatchers), relay_ip="127.0.0.1", **options)
+    relay = RelayService(Configuration(relay=config), Credentials(CERTS, "relay"), reactor, resolver=resolver)
+    relay.sessions.binder = FakeBinder()
+    relay.verifier.accept = lambda transport: True
+    return relay, reactor
+
+
+def connect_link(relay, key):
+    connector = relay.connectors[key]
+    link = DispatcherLink(connector)
+    transport = StringTransport()
+    link.makeConnection(transport)
+    link.handshakeCompleted()
+    return link, transport
+
+
+def test_keepalive_drops_the_link_after_three_missed_pongs():
+    relay, reactor = make_relay(keepalive_interval=10)
+    relay.startService()
+    link, transport = connect_link(relay, ("127.0.0.1", 25060))
+    for _ in range(3):
+        reactor.advance(10)
+    assert transport.value() == b"ping\r\n" * 3
+    link.lineReceived(b"pong")
+    reactor.advance(10)
+    assert transport.value().count(b"ping") == 4 and not transport.disconnecting
+    reactor.advance(10)  # a fifth ping is due with three still unanswered: drop and reconnect
+    assert transport.disconnecting
+    assert transport.value().count(b"ping") == 4
+
+
+def test_commands_over_the_link():
+    relay, _ = make_relay()
+    relay.startService()
+    link, transport = connect_link(relay, ("127.0.0.1", 25060))
+    request = "update 0\r\ntype: request\r\ncall_id: c1\r\ncseq: 1\r\nfrom_uri: a\r\nto_uri: b\r\nfrom_tag: ft\r\nuser_agent: ua\r\nsignaling_ip: 127.0.0.1\r\nmedia: audio:192.0.2.1:6000:sendrecv:ice=no\r\n\r\n"
+    link.dataReceived(request.encode())
+    assert transport.value() == b"0 127.0.0.1 40002\r\n"
+    transport.clear()
+    link.dataReceived(b"update 1\r\ncall_id: c2\r\ncseq: nope\r\n\r\n")
+    assert transport.value() == b"1 error\r\n"
+    transport.clear()
+    link.dataReceived(b"frobnicate 2\r\n")
+    assert transport.value() == b"2 error\r\n"
+    transport.clear()
+    link.dataReceived(b"summary 3\r\n\r\nsessions 4\r\n\r\n")
+    summary_line, sessions_line = transport.value().decode().strip().split("\r\n")
+    assert json.loads(summary_line.split(" ", 1)[1])["session_count"] == 1
+    assert json.loads(sessions_line.split(" ", 1)[1])[0]["call_id"] == "c1"
+    transport.clear()
+    link.dataReceived(b"remove 5\r\ncall_id: c1\r\nfrom_tag: ft\r\n\r\n")
+    seq, payload = transport.value().decode().strip().split(" ", 1)
+    assert seq == "5" and json.loads(payload)["call_id"] == "c1"
+
+
+def test_expiry_is_reported_to_the_dispatcher_that_created_the_session():
+    relay, reactor = make_relay(stream_timeout=5)
+    relay.startService()
+    link, transport = connect_link(relay, ("127.0.0.1", 25060))
+    link.dataReceived(
+        b"update 0\r\ntype: request\r\ncall_id: c1\r\ncseq: 1\r\nfrom_uri: a\r\nto_uri: b\r\nfrom_tag: ft\r\nuser_agent: ua\r\n"
+        b"signaling_ip: 127.0.0.1\r\nmedia: audio:192.0.2.1:6000:sendrecv:ice=no\r\n\r\n"
+    )
+    transport.clear()
+    reactor.advance(6)
+    line = transport.value().decode().strip()
+    assert line.startswith("expired ")
+    assert json.loads(line[len("expired ") :])["call_id"] == "c1"
+
+
+def test_dispatcher_names_use_srv_then_a():
+    resolver = FakeResolver(
+        srv={"_sip._udp.example.com": "dispatcher1.example.com"},
+        hosts={"dispatcher1.example.com": "192.0.2.7", "other.example.com": "192.0.2.8"},
+    )
+    relay, reactor = make_relay("example.com:25070 other.example.com missing.example.com", resolver=resolver)
+    relay.startService()
+    assert set(relay.connectors) == {("192.0.2.7", 25070), ("192.0.2.8", 25060)}
+    assert [call[0] for call in reactor.sslClients] == ["192.0.2.7", "192.0.2.8"]
+    assert "_sip._udp.missing.example.com" in resolver.lookups
+
+
+def test_traffic_sampling():
+    relay, reactor = make_relay(traffic_sampling_period=10)
+    relay.startService()
+    relay.sessions.closed_bytes = 10_000
+    reactor.advance(10)
+    assert relay.bps_relayed == 8 * 10_000 / 10
+    reactor.advance(10)
+    assert relay.bps_relayed == 0
+    assert relay.summary()["bps_relayed"] == 0
+
+
+def test_graceful_shutdown_without_sessions_stops_at_once():
+    relay, reactor = make_relay()
+    relay.startService()
+    reactor.running = True
+    stopped = []
+    reactor.stop = lambda: stopped.append(True)
+    relay.graceful_shutdown()
+    reactor.advance(0)
+    assert stopped == [True]
+    assert relay.summary()["status"] == "halting"
+
+
+def test_hard_shutdown_reports_every_session_and_disconnects():
+    relay, reactor = make_relay()
+    relay.startService()
+    link, transport = connect_link(relay, ("127.0.0.1", 25060))
+    link.dataReceived(
+        b"update 0\r\ntype: request\r\ncall_id: c1\r\ncseq: 1\r\nfrom_uri: a\r\nto_uri: b\r\nfrom_tag: ft\r\nuser_agent: ua\r\n"
+        b"signaling_ip: 127.0.0.1\r\nmedia: audio:192.0.2.1:6000:sendrecv:ice=no\r\n\r\n"
+    )
+    transport.clear()
+    done = relay.stopService()
+    assert transport.value().startswith(b"expired ")
+    assert transport.disconnecting
+    link.connectionLost(Failure(Exception("closed")))
+    assert done.called
+    assert relay.sessions.binder.open == set()
+
+
+def test_file_limit_error_is_clear(monkeypatch):
+    import resource
+
+    from mediaproxy.datatypes import PortRange
+    from mediaproxy.process import StartupError
+    from mediaproxy.relay.service import raise_file_limit
+
+    monkeypatch.setattr(resource, "getrlimit", lambda which: (1024, 1024))
+
+    def refuse(which, limits):
+        raise ValueError("not allowed")
+
+    monkeypatch.setattr(resource, "setrlimit", refuse)
+    try:
+        raise_file_limit(PortRange(40000, 60000))
+    except StartupError as error:
+        assert "21000" in str(error) and "LimitNOFILE" in str(error)
+    else:
+        raise AssertionError("no StartupError")
+    assert os.path.isdir(CERTS)

@@ -244,3 +244,38 @@ def test_stream_timeout_reports_expiry(deployment):
     proxy.request(update("it-6", "ft", "tt", kind="reply", media="audio:127.0.0.1:10:sendrecv:ice=no"))
     dispatcher.wait_for_log("Call it-6 expired on relay 127.0.0.1", timeout=10)
     relay.wait_for_log("Session it-6 expired")
+
+
+def _daemon_config(tmp_path, relay_port):
+    config = tmp_path / "config"
+    certgen.generate(str(config / "tls"))
+    (config / "config.ini").write_text(f"[Dispatcher]\nlisten = 127.0.0.1:{relay_port}\nlisten_management = 127.0.0.1:{free_port()}\n")
+    return config
+
+
+def test_daemon_mode_writes_pid_file_and_stops_on_sigterm(tmp_path):
+    config = _daemon_config(tmp_path, free_port())
+    runtime = tmp_path / "run"
+    command = [sys.executable, os.path.join(ROOT, "media-dispatcher"), "--config-dir", str(config), "--runtime-dir", str(runtime)]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=30)
+    assert result.returncode == 0, result.stderr
+    pid_file = runtime / "media-dispatcher.pid"
+    pid = int(pid_file.read_text())
+    os.kill(pid, 0)  # running in the background
+    os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + 5
+    while pid_file.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not pid_file.exists()
+
+
+def test_daemon_start_failure_is_reported_by_the_parent(tmp_path):
+    busy = socket.socket()
+    busy.bind(("127.0.0.1", 0))
+    busy.listen()
+    config = _daemon_config(tmp_path, busy.getsockname()[1])
+    command = [sys.executable, os.path.join(ROOT, "media-dispatcher"), "--config-dir", str(config), "--runtime-dir", str(tmp_path / "run")]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=30)
+    busy.close()
+    assert result.returncode == 1
+    assert "Failed to create the listening socket" in result.stderr

@@ -1,0 +1,23 @@
+"""Log level control: configured level, SIGUSR1-style toggling, Twisted chatter filtered."""
+
+from twisted.logger import LogLevel, PredicateResult
+
+from mediaproxy.log import LogControl, format_line, quiet_twisted
+
+
+def test_toggle_debug_and_back():
+    control = LogControl("WARNING")
+    assert control.predicate.defaultLogLevel is LogLevel.warn
+    assert control.toggle_debug() == "DEBUG" and control.debugging
+    assert control.toggle_debug() == "WARNING" and not control.debugging
+
+
+def test_format_pads_the_level():
+    assert format_line({"log_level": LogLevel.warn, "log_format": "relay {ip} gone", "ip": "192.0.2.1"}) == "WARNING  relay 192.0.2.1 gone"
+
+
+def test_port_chatter_is_dropped_but_not_other_messages():
+    noise = {"log_level": LogLevel.info, "log_namespace": "log_legacy", "log_format": "{log_text}", "log_text": "(UDP Port 40000 Closed)"}
+    assert quiet_twisted(noise) is PredicateResult.no
+    useful = {"log_level": LogLevel.info, "log_namespace": "dispatcher", "log_format": "Relay connected"}
+    assert quiet_twisted(useful) is PredicateResult.maybe

@@ -17,6 +17,10 @@ from mediaproxy.relay.service import RelayService
 from mediaproxy.testing import FakeBinder
 from mediaproxy.tls import Credentials
 
+UPDATE_C1 = (
+    b"update 0\r\ntype: request\r\ncall_id: c1\r\ncseq: 1\r\nfrom_uri: a\r\nto_uri: b\r\nfrom_tag: ft\r\nuser_agent: ua\r\n"
+    b"signaling_ip: 127.0.0.1\r\nmedia: audio:192.0.2.1:6000:sendrecv:ice=no\r\n\r\n"
+)
 CERTS = tempfile.mkdtemp(prefix="mp-certs-")
 certgen.generate(CERTS)
 
@@ -77,8 +81,7 @@ def test_commands_over_the_link():
     relay, _ = make_relay()
     relay.startService()
     link, transport = connect_link(relay, ("127.0.0.1", 25060))
-    request = "update 0\r\ntype: request\r\ncall_id: c1\r\ncseq: 1\r\nfrom_uri: a\r\nto_uri: b\r\nfrom_tag: ft\r\nuser_agent: ua\r\nsignaling_ip: 127.0.0.1\r\nmedia: audio:192.0.2.1:6000:sendrecv:ice=no\r\n\r\n"
-    link.dataReceived(request.encode())
+    link.dataReceived(UPDATE_C1)
     assert transport.value() == b"0 127.0.0.1 40002\r\n"
     transport.clear()
     link.dataReceived(b"update 1\r\ncall_id: c2\r\ncseq: nope\r\n\r\n")
@@ -101,10 +104,7 @@ def test_expiry_is_reported_to_the_dispatcher_that_created_the_session():
     relay, reactor = make_relay(stream_timeout=5)
     relay.startService()
     link, transport = connect_link(relay, ("127.0.0.1", 25060))
-    link.dataReceived(
-        b"update 0\r\ntype: request\r\ncall_id: c1\r\ncseq: 1\r\nfrom_uri: a\r\nto_uri: b\r\nfrom_tag: ft\r\nuser_agent: ua\r\n"
-        b"signaling_ip: 127.0.0.1\r\nmedia: audio:192.0.2.1:6000:sendrecv:ice=no\r\n\r\n"
-    )
+    link.dataReceived(UPDATE_C1)
     transport.clear()
     reactor.advance(6)
     line = transport.value().decode().strip()
@@ -151,10 +151,7 @@ def test_hard_shutdown_reports_every_session_and_disconnects():
     relay, reactor = make_relay()
     relay.startService()
     link, transport = connect_link(relay, ("127.0.0.1", 25060))
-    link.dataReceived(
-        b"update 0\r\ntype: request\r\ncall_id: c1\r\ncseq: 1\r\nfrom_uri: a\r\nto_uri: b\r\nfrom_tag: ft\r\nuser_agent: ua\r\n"
-        b"signaling_ip: 127.0.0.1\r\nmedia: audio:192.0.2.1:6000:sendrecv:ice=no\r\n\r\n"
-    )
+    link.dataReceived(UPDATE_C1)
     transport.clear()
     done = relay.stopService()
     assert transport.value().startswith(b"expired ")

@@ -35,10 +35,16 @@ port_range = 40000:40200
 
 
 def _program(name: str) -> list[str]:
-    installed = shutil.which(name)
-    if installed:
-        return [sys.executable, installed]
-    return [sys.executable, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), name)]
+    """The installed program beside this Python (a venv's bin/), on PATH, or in a source checkout."""
+    candidates = [
+        os.path.join(os.path.dirname(sys.executable), name),
+        shutil.which(name) or "",
+        os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), name),
+    ]
+    for candidate in candidates:
+        if candidate and os.path.isfile(candidate):
+            return [sys.executable, candidate]
+    raise SystemExit(f"demo: cannot find the {name} program; install MediaProxy with pip first")
 
 
 def _wait_for(path: str, text: str, process: subprocess.Popen, timeout: float = 20) -> None:

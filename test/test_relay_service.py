@@ -181,3 +181,15 @@ def test_file_limit_error_is_clear(monkeypatch):
     else:
         raise AssertionError("no StartupError")
     assert os.path.isdir(CERTS)
+
+
+def test_auto_detect_interfaces_binds_towards_caller_and_destination():
+    relay, _ = make_relay(auto_detect_interfaces=True)
+    from mediaproxy.wire.headers import parse_signaling_ip
+
+    assert relay.sessions.bind_addresses(parse_signaling_ip("127.0.0.2_127.0.0.3")) == ("127.0.0.1", "127.0.0.1")
+    assert relay.sessions.bind_addresses(parse_signaling_ip('{"signaling_ip": "127.0.0.2"}')) == ("127.0.0.1", "127.0.0.1")
+    # advertised_ip turns auto-detection off: relay_ip is used for both sides
+    plain, _ = make_relay(auto_detect_interfaces=True, advertised_ip="192.0.2.200")
+    assert plain.sessions.bind_addresses(parse_signaling_ip("10.9.9.9")) == ("127.0.0.1", "127.0.0.1")
+    assert plain.sessions.advertised_ip == "192.0.2.200"

@@ -138,14 +138,14 @@ class Program:
             signal.signal(number, lambda _n, _f, handler=handler: reactor.callFromThread(handler))
 
     def _abort(self, reactor, message: str) -> None:  # noqa: ANN001
-        log.critical("{message}", message=message)
+        log.critical("{problem}", problem=message)
         self.exit_status = EXIT_STARTUP_FAILED
         self._signal_ready(message)
         if reactor.running:
             reactor.stop()
 
     def _startup_failed(self, message: str) -> int:
-        log.critical("{message}", message=message)
+        log.critical("{problem}", problem=message)
         self._signal_ready(message)
         if self.options.foreground:
             print(f"{self.options.program}: {message}", file=sys.stderr)

@@ -1,0 +1,119 @@
+"""Ending expired dialogs over a real UNIX datagram socket, against a scripted proxy peer."""
+
+import json
+import os
+import random
+import shutil
+import tempfile
+
+from twisted.internet import defer, reactor
+from twisted.internet.protocol import DatagramProtocol
+from twisted.logger import LogLevel
+from twisted.trial import unittest
+
+from harness import collect_logs, wait_for
+from mediaproxy.configuration import Configuration, OpenSIPSConfig
+from mediaproxy.dispatcher.service import PluginContext
+from mediaproxy.plugins.dialog_end import DialogEndPlugin, kamailio_request, opensips_request
+
+
+class ProxyPeer(DatagramProtocol):
+    """Plays the proxy's MI socket: records requests and answers with what the test queued."""
+
+    def __init__(self):
+        self.requests = []
+        self.answers = []
+
+    def datagramReceived(self, data, address):
+        self.requests.append(data)
+        if self.answers:
+            answer = self.answers.pop(0)
+            if answer is not None:
+                self.transport.write(answer(json.loads(data)) if callable(answer) else answer, address)
+
+
+class DialogEndTests(unittest.TestCase):
+    def setUp(self):
+        self.directory = tempfile.mkdtemp(prefix="mp-dlg-")
+        self.addCleanup(shutil.rmtree, self.directory, True)
+        self.logs = collect_logs(self)
+        self.peer = ProxyPeer()
+        self.proxy_path = os.path.join(self.directory, "proxy.sock")
+        port = reactor.listenUNIXDatagram(self.proxy_path, self.peer)
+        self.addCleanup(port.stopListening)
+
+    def plugin(self, flavour):
+        config = Configuration(opensips=OpenSIPSConfig(socket_path=self.proxy_path, flavour=flavour))
+        context = PluginContext(dispatcher=None, reactor=reactor, credentials=None, runtime_dir=self.directory)
+        plugin = DialogEndPlugin(config, context, timeout=0.3, attempts=2, rng=random.Random(5))
+        plugin.retry_delay = 0.05
+        plugin.start()
+        self.addCleanup(plugin.stop)
+        return plugin
+
+    def test_request_formats(self):
+        self.assertEqual(
+            opensips_request("5f3a9c1e", "2290:9624"),
+            b'{"jsonrpc": "2.0", "id": "5f3a9c1e", "method": "dlg_end_dlg", "params": ["2290:9624"]}',
+        )
+        self.assertEqual(kamailio_request(7, "2290:9624"), b'{"jsonrpc":"2.0","method":"dlg.end_dlg","params":[2290,9624],"id":7}')
+
+    @defer.inlineCallbacks
+    def test_opensips_result(self):
+        plugin = self.plugin("opensips")
+        expected_id = f"{random.Random(5).randrange(1, 2**32):x}"
+        self.peer.answers.append(lambda request: json.dumps({"jsonrpc": "2.0", "result": "OK", "id": request["id"]}).encode())
+        plugin.end_dialog("call-1", "2290:9624")
+        yield wait_for(lambda: not plugin.pending and self.peer.requests, what="the reply")
+        self.assertEqual(self.peer.requests, [opensips_request(expected_id, "2290:9624")])
+        self.assertIn("The proxy ended dialog 2290:9624 of call call-1", self.logs.text())
+
+    @defer.inlineCallbacks
+    def test_opensips_error_is_logged_and_not_retried(self):
+        plugin = self.plugin("opensips")
+        self.peer.answers.append(
+            lambda request: json.dumps(
+                {"jsonrpc": "2.0", "error": {"code": 404, "message": "Dialog not found"}, "id": request["id"]}
+            ).encode()
+        )
+        plugin.end_dialog("call-1", "1:2")
+        yield wait_for(lambda: not plugin.pending and self.peer.requests, what="the reply")
+        self.assertIn("MI request dlg_end_dlg failed with: 404 Dialog not found", self.logs.text())
+        self.assertEqual(len(self.peer.requests), 1)
+
+    @defer.inlineCallbacks
+    def test_status_line_reply_with_one_pending_request(self):
+        plugin = self.plugin("opensips")
+        self.peer.answers.append(b"200 OK\n")
+        plugin.end_dialog("call-1", "1:2")
+        yield wait_for(lambda: not plugin.pending and self.peer.requests, what="the reply")
+        self.assertIn("The proxy ended dialog 1:2 of call call-1: 200 OK", self.logs.text())
+
+    @defer.inlineCallbacks
+    def test_no_reply_is_retried_then_given_up(self):
+        plugin = self.plugin("opensips")
+        plugin.end_dialog("call-1", "1:2")
+        yield wait_for(lambda: "Giving up ending dialog 1:2" in self.logs.text(), what="giving up")
+        self.assertEqual(len(self.peer.requests), 2)
+        self.assertIn("did timeout", self.logs.text())
+        self.assertEqual(plugin.pending, {})
+
+    @defer.inlineCallbacks
+    def test_kamailio_flavour_sends_integers(self):
+        plugin = self.plugin("kamailio")
+        self.peer.answers.append(lambda request: json.dumps({"jsonrpc": "2.0", "result": {}, "id": request["id"]}, indent="\t").encode())
+        plugin.end_dialog("call-9", "11:22")
+        yield wait_for(lambda: not plugin.pending and self.peer.requests, what="the reply")
+        request = json.loads(self.peer.requests[0])
+        self.assertEqual((request["method"], request["params"]), ("dlg.end_dlg", [11, 22]))
+        self.assertIsInstance(request["id"], int)
+        self.assertIn("The proxy ended dialog 11:22", self.logs.text())
+
+    @defer.inlineCallbacks
+    def test_missing_proxy_socket_and_bad_dialog_id(self):
+        plugin = self.plugin("opensips")
+        plugin.target = os.path.join(self.directory, "nobody-listens.sock")
+        plugin.end_dialog("call-1", "1:2")
+        plugin.end_dialog("call-2", "not-a-dialog")
+        yield wait_for(lambda: "Giving up ending dialog 1:2" in self.logs.text(), what="giving up")
+        self.assertIn("dialog_id 'not-a-dialog' is not H:I", "\n".join(self.logs.at_least(LogLevel.error)))

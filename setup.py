@@ -21,6 +21,7 @@ setup(
         "console_scripts": [
             "mediaproxy-gen-certs = mediaproxy.certgen:main",
             "mediaproxy-demo = mediaproxy.demo:main",
+            "media-sessions = mediaproxy.cli.sessions:main",
         ],
     },
     install_requires=[

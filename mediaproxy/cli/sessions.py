@@ -1,0 +1,184 @@
+"""media-sessions: show what the dispatcher's relays are doing (management interface client)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import ssl
+import sys
+from typing import TextIO
+
+from mediaproxy import configuration
+
+
+class ManagementError(Exception):
+    pass
+
+
+def query(host: str, port: int, commands: list[str], context: ssl.SSLContext | None, timeout: float = 10) -> list:
+    """Send each command and return each decoded one-line JSON answer."""
+    try:
+        raw = socket.create_connection((host, port), timeout=timeout)
+    except OSError as error:
+        raise ManagementError(f"cannot connect to {host}:{port}: {error.strerror or error}") from None
+    try:
+        connection = context.wrap_socket(raw) if context is not None else raw
+        stream = connection.makefile("rwb")
+        answers = []
+        for command in commands:
+            stream.write(command.encode() + b"\r\n")
+            stream.flush()
+            line = stream.readline()
+            if not line:
+                raise ManagementError(f"the dispatcher closed the connection after {command!r} (wrong certificate or passport?)")
+            text = line.decode().strip()
+            if text == "error":
+                raise ManagementError(f"the dispatcher answered error to {command!r}")
+            answers.append(json.loads(text))
+        stream.write(b"quit\r\n")
+        stream.flush()
+        return answers
+    except (ssl.SSLError, OSError) as error:
+        raise ManagementError(f"{host}:{port}: {error}") from None
+    finally:
+        raw.close()
+
+
+def tls_context(certs_dir: str) -> ssl.SSLContext:
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.check_hostname = False  # the dispatcher is identified by the CA, as relays do
+    try:
+        context.load_verify_locations(os.path.join(certs_dir, "ca.pem"))
+        context.load_cert_chain(os.path.join(certs_dir, "client.crt"), os.path.join(certs_dir, "client.key"))
+    except (OSError, ssl.SSLError) as error:
+        raise ManagementError(f"cannot load ca.pem and client.crt/client.key from {certs_dir}: {error}") from None
+    return context
+
+
+def human_bytes(count: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if count < 1024:
+            return f"{count:.0f} {unit}" if unit == "B" else f"{count:.1f} {unit}"
+        count /= 1024
+    return f"{count:.1f} TiB"
+
+
+def human_rate(bps: float) -> str:
+    for unit in ("bps", "kbps", "Mbps"):
+        if bps < 1000:
+            return f"{bps:.0f} {unit}" if unit == "bps" else f"{bps:.1f} {unit}"
+        bps /= 1000
+    return f"{bps:.1f} Gbps"
+
+
+def human_duration(seconds: int) -> str:
+    days, rest = divmod(int(seconds), 86400)
+    hours, rest = divmod(rest, 3600)
+    minutes, seconds = divmod(rest, 60)
+    clock = f"{hours:02d}:{minutes:02d}:{seconds:02d}"
+    return f"{days}d {clock}" if days else clock
+
+
+def table(headers: list[str], rows: list[list[str]]) -> str:
+    widths = [max(len(str(cell)) for cell in column) for column in zip(headers, *rows)]
+    lines = ["  ".join(str(cell).ljust(width) for cell, width in zip(row, widths)).rstrip() for row in [headers, *rows]]
+    lines.insert(1, "  ".join("-" * width for width in widths))
+    return "\n".join(lines)
+
+
+def relay_rows(summary: list[dict]) -> list[list[str]]:
+    rows = []
+    for relay in summary:
+        if relay.get("status") == "error":
+            rows.append([relay.get("ip", "?"), "error", "", "", "", "", ""])
+            continue
+        streams = ", ".join(f"{kind} {count}" for kind, count in sorted(relay.get("stream_count", {}).items())) or "-"
+        rows.append(
+            [
+                relay["ip"],
+                relay.get("status", ""),
+                relay.get("version", ""),
+                human_duration(relay.get("uptime", 0)),
+                str(relay.get("session_count", 0)),
+                streams,
+                human_rate(relay.get("bps_relayed") or 0),
+            ]
+        )
+    return rows
+
+
+def session_rows(sessions: list[dict]) -> list[list[str]]:
+    rows = []
+    for session in sessions:
+        streams = session.get("streams") or []
+        codecs = ", ".join(f"{s['media_type']} {s['caller_codec']}/{s['callee_codec']}" for s in streams) or "-"
+        caller_bytes = sum(s.get("caller_bytes", 0) for s in streams)
+        callee_bytes = sum(s.get("callee_bytes", 0) for s in streams)
+        status = ", ".join(sorted({s["status"] for s in streams})) or ("ringing" if session.get("start_time") is None else "-")
+        rows.append(
+            [
+                session["call_id"],
+                f"{session.get('from_uri', '?')} -> {session.get('to_uri', '?')}",
+                human_duration(session.get("duration", 0)),
+                codecs,
+                f"{human_bytes(caller_bytes)} / {human_bytes(callee_bytes)}",
+                status,
+            ]
+        )
+    return rows
+
+
+def render(summary: list[dict] | None, sessions: list[dict] | None, out: TextIO) -> None:
+    if summary is not None:
+        out.write(f"Relays ({len(summary)})\n")
+        out.write(table(["relay", "status", "version", "uptime", "sessions", "streams", "traffic"], relay_rows(summary)) + "\n")
+    if sessions is not None:
+        if summary is not None:
+            out.write("\n")
+        out.write(f"Sessions ({len(sessions)})\n")
+        out.write(
+            table(
+                ["call id", "from -> to", "duration", "codecs (caller/callee)", "bytes caller / callee", "status"], session_rows(sessions)
+            )
+            + "\n"
+        )
+
+
+def main(argv: list[str] | None = None, out: TextIO | None = None) -> int:
+    out = out or sys.stdout
+    parser = argparse.ArgumentParser(
+        prog="media-sessions", description="Show the relays and calls of a MediaProxy dispatcher (its management interface)."
+    )
+    parser.add_argument("what", nargs="?", choices=("all", "summary", "sessions"), default="all", help="what to show (default: all)")
+    parser.add_argument("--host", default="127.0.0.1", help="dispatcher address (default: %(default)s)")
+    parser.add_argument("--port", type=int, default=25061, help="management port (default: %(default)s)")
+    parser.add_argument("--no-tls", action="store_true", help="plain TCP, for a dispatcher with management_use_tls = no")
+    parser.add_argument("--certs", help="directory with ca.pem, client.crt and client.key (default: certs_path of config.ini)")
+    parser.add_argument("--config-dir", help=f"where config.ini is, searched before {configuration.SYSTEM_CONFIG_DIR}")
+    parser.add_argument("--json", action="store_true", help="print the raw JSON answers, for scripts")
+    args = parser.parse_args(argv)
+    commands = ["summary", "sessions"] if args.what == "all" else [args.what]
+    try:
+        context = None
+        if not args.no_tls:
+            certs = args.certs
+            if certs is None:
+                config = configuration.load(configuration.search_path(args.config_dir))
+                certs = config.find(config.tls.certs_path) or config.tls.certs_path
+            context = tls_context(certs)
+        answers = dict(zip(commands, query(args.host, args.port, commands, context)))
+    except (ManagementError, configuration.ConfigurationError, ValueError) as error:
+        print(f"media-sessions: {error}", file=sys.stderr)
+        return 1
+    if args.json:
+        out.write(json.dumps(answers if len(answers) > 1 else answers[commands[0]], indent=2) + "\n")
+    else:
+        render(answers.get("summary"), answers.get("sessions"), out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -10,45 +10,11 @@ import time
 
 import pytest
 
+from harness import Program, free_port
 from mediaproxy import certgen
 from mediaproxy.testing import remove, update
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def free_port(kind=socket.SOCK_STREAM):
-    with socket.socket(socket.AF_INET, kind) as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-class Program:
-    def __init__(self, name, config_dir, runtime_dir, log_path):
-        self.log_path = log_path
-        self.log = open(log_path, "w")
-        command = [sys.executable, os.path.join(ROOT, name), "--no-fork", "--config-dir", config_dir, "--runtime-dir", runtime_dir]
-        self.process = subprocess.Popen(command, stdout=self.log, stderr=subprocess.STDOUT)
-
-    def output(self):
-        with open(self.log_path) as stream:
-            return stream.read()
-
-    def wait_for_log(self, text, timeout=15):
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if text in self.output():
-                return
-            if self.process.poll() is not None:
-                break
-            time.sleep(0.05)
-        raise AssertionError(f"{text!r} not logged; output:\n{self.output()}")
-
-    def stop(self, sig=signal.SIGTERM, timeout=2.0):
-        started = time.monotonic()
-        self.process.send_signal(sig)
-        code = self.process.wait(timeout=timeout)
-        self.log.close()
-        return code, time.monotonic() - started
 
 
 @pytest.fixture

@@ -53,7 +53,13 @@ flavour = kamailio
     dispatcher.wait_for_log("Relay 127.0.0.1 connected")
     sip_port, uas_port, uac_port = free_port(), free_port(), free_port()
     template = open(os.path.join(HERE, "sip", "kamailio.cfg.in")).read()
-    replacements = {"@SIP_PORT@": sip_port, "@UAS_PORT@": uas_port, "@MODULES@": MODULES, "@RPC_SOCKET@": rpc_socket, "@DISPATCHER_SOCKET@": runtime / "dispatcher.sock"}
+    replacements = {
+        "@SIP_PORT@": sip_port,
+        "@UAS_PORT@": uas_port,
+        "@MODULES@": MODULES,
+        "@RPC_SOCKET@": rpc_socket,
+        "@DISPATCHER_SOCKET@": runtime / "dispatcher.sock",
+    }
     for marker, value in replacements.items():
         template = template.replace(marker, str(value))
     (tmp_path / "kamailio.cfg").write_text(template)
@@ -61,7 +67,9 @@ flavour = kamailio
     kamailio_runtime = tmp_path / "kamailio-run"
     kamailio_runtime.mkdir()
     kamailio = subprocess.Popen(
-        ["kamailio", "-f", str(tmp_path / "kamailio.cfg"), "-DD", "-E", "-Y", str(kamailio_runtime), "-m", "64", "-M", "8"], stdout=kamailio_log, stderr=subprocess.STDOUT
+        ["kamailio", "-f", str(tmp_path / "kamailio.cfg"), "-DD", "-E", "-Y", str(kamailio_runtime), "-m", "64", "-M", "8"],
+        stdout=kamailio_log,
+        stderr=subprocess.STDOUT,
     )
     deadline = time.monotonic() + 15
     while not rpc_socket.exists():
@@ -70,7 +78,15 @@ flavour = kamailio
             pytest.fail("Kamailio did not start:\n" + (tmp_path / "kamailio.log").read_text()[-3000:])
         time.sleep(0.05)
     try:
-        yield {"sip_port": sip_port, "uas_port": uas_port, "uac_port": uac_port, "dispatcher": dispatcher, "relay": relay, "log": tmp_path / "kamailio.log", "tmp": tmp_path}
+        yield {
+            "sip_port": sip_port,
+            "uas_port": uas_port,
+            "uac_port": uac_port,
+            "dispatcher": dispatcher,
+            "relay": relay,
+            "log": tmp_path / "kamailio.log",
+            "tmp": tmp_path,
+        }
     finally:
         kamailio.terminate()
         kamailio.wait(timeout=10)
@@ -83,7 +99,24 @@ flavour = kamailio
 
 def sipp(scenario, port, *extra, tmp):
     return subprocess.Popen(
-        ["sipp", "-sf", os.path.join(HERE, "sip", scenario), "-i", "127.0.0.1", "-p", str(port), "-m", "1", "-nostdin", "-timeout", "12s", "-timeout_error", "-trace_msg", "-trace_err", *extra],
+        [
+            "sipp",
+            "-sf",
+            os.path.join(HERE, "sip", scenario),
+            "-i",
+            "127.0.0.1",
+            "-p",
+            str(port),
+            "-m",
+            "1",
+            "-nostdin",
+            "-timeout",
+            "12s",
+            "-timeout_error",
+            "-trace_msg",
+            "-trace_err",
+            *extra,
+        ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         cwd=tmp,

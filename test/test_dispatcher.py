@@ -340,3 +340,24 @@ def management(connect, port, commands):
 
     connect("127.0.0.1", port, Factory())
     return done
+
+
+class PipelineFloodTests(unittest.TestCase):
+    @defer.inlineCallbacks
+    def test_a_flooding_connection_is_closed_and_others_keep_working(self):
+        stack = Stack(self, relay_ips=("127.0.0.1",))
+        yield stack.start()
+        flood = yield stack.proxy()
+        lost = defer.Deferred()
+        original = flood.line.connectionLost
+
+        def connection_lost(reason):
+            original(reason)
+            lost.callback(None)
+
+        flood.line.connectionLost = connection_lost
+        flood.line.transport.write(b"remove\r\ncall_id: x\r\n\r\n" * 5000)
+        yield lost
+        other = yield stack.proxy()
+        reply = yield other.request(update("after-flood", "ft", media=AUDIO))
+        self.assertEqual(len(reply.split()), 2)

@@ -11,6 +11,9 @@ from mediaproxy.wire.control import ProxyRequest, RequestError, RequestFramer
 
 log = Logger(namespace="dispatcher.control")
 
+# Kamailio sends one request at a time; a client that piles up more than this is broken
+MAX_QUEUED_REQUESTS = 256
+
 
 class ControlProtocol(protocol.Protocol):
     """One proxy process's connection; replies go out one line per request, in request order."""
@@ -33,8 +36,15 @@ class ControlProtocol(protocol.Protocol):
     def dataReceived(self, data: bytes) -> None:  # noqa: N802
         if self.closing:
             return
-        for item in self.framer.feed(data):
-            self.queue.append(item)
+        self.queue.extend(self.framer.feed(data))
+        if len(self.queue) > MAX_QUEUED_REQUESTS:
+            log.error(
+                "A proxy connection sent more than {limit} requests without waiting for replies; closing it", limit=MAX_QUEUED_REQUESTS
+            )
+            self.queue.clear()
+            self.transport.loseConnection()
+            self.closing = True
+            return
         self._next()
 
     def _next(self) -> None:

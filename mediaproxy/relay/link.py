@@ -64,7 +64,7 @@ class DispatcherLink(LineOnlyReceiver):
         if not self.accepted:
             return
         line = raw.decode("utf-8", "surrogateescape")
-        if line == "pong" and self.framer._current is None:
+        if line == "pong" and self.framer.between_commands:
             self.outstanding_pings = max(self.outstanding_pings - 1, 0)
             return
         event = self.framer.line(line)

@@ -72,6 +72,10 @@ class CommandFramer:
     def __init__(self) -> None:
         self._current: RelayCommand | None = None
 
+    @property
+    def between_commands(self) -> bool:
+        return self._current is None
+
     def line(self, line: str) -> tuple[str, object] | None:
         """Returns ('command', RelayCommand), ('unknown', seq) or ('bad', text) when something completes."""
         if self._current is None:

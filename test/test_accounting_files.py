@@ -25,7 +25,9 @@ def test_sqlite_schema_and_example_queries():
         "dialog_id": "1:2",
         "streams": [{"caller_local": "203.0.113.5:40000", "caller_bytes": 100, "callee_bytes": 50, "caller_codec": "G711u"}],
     }
-    db.execute("INSERT INTO media_sessions (call_id, from_tag, to_tag, info) VALUES (?, ?, ?, ?)", ("c1", "f", "t", json.dumps(info).encode()))
+    db.execute(
+        "INSERT INTO media_sessions (call_id, from_tag, to_tag, info) VALUES (?, ?, ?, ?)", ("c1", "f", "t", json.dumps(info).encode())
+    )
     results = [db.execute(statement).fetchall() for statement in read("sql", "queries-sqlite.sql").split(";") if "SELECT" in statement]
     user_calls, traffic, timed_out, codecs = results
     assert [row[0] for row in user_calls] == ["c1"]

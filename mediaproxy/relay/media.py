@@ -19,10 +19,6 @@ UNSELECTED_ICE = "unselected ICE candidate"
 IP_UDP_OVERHEAD = 28
 
 
-def other_party(party: str) -> str:
-    return CALLEE if party == CALLER else CALLER
-
-
 class Party:
     """What one party's latest SDP said about a stream."""
 

@@ -140,6 +140,7 @@ class RelayService(service.Service):
             reactor, self.config, UDPBinder(reactor), self._session_expired, self.relay_ip, bind_addresses=bind_addresses
         )
         self.connectors: dict[tuple[str, int], DispatcherConnector] = {}
+        self._wanted: frozenset = frozenset()  # dispatchers in the latest resolved list
         self.stopping = False
         self._stopped: defer.Deferred | None = None
         self.bps_relayed: float = 0.0
@@ -221,8 +222,6 @@ class RelayService(service.Service):
             self._stopped.callback(None)
 
     # -- dispatchers
-
-    _wanted: frozenset = frozenset()
 
     @defer.inlineCallbacks
     def refresh_dispatchers(self):  # noqa: ANN201

@@ -60,6 +60,7 @@ class DispatcherConfig:
     cleanup_dead_relays_after: int = option(43200, dt.positive_duration)
     cleanup_expired_sessions_after: int = option(86400, dt.positive_duration)
     accounting: tuple = option((), dt.accounting_list)
+    spool_dir: str = option("/var/spool/mediaproxy", dt.text_value)
 
 
 @dataclass(frozen=True)

@@ -90,6 +90,10 @@ class PluginSet:
     def end_dialog(self, call_id: str, dialog_id: str) -> None:
         self._each("end_dialog", call_id, dialog_id)
 
+    def accounting_status(self) -> list[dict]:
+        """The spool backlog of each accounting plugin (those that have one)."""
+        return [plugin.accounting_status() for plugin in self.plugins if hasattr(plugin, "accounting_status")]
+
     @defer.inlineCallbacks
     def start(self):  # noqa: ANN201
         for plugin in self.plugins:

@@ -9,8 +9,9 @@ import sys
 import time
 
 import pytest
+from deployment import Deployment, Proxy, call, establish, management, rtp_packet, stream_of, udp_endpoint
 
-from harness import Program, free_port
+from harness import free_port
 from mediaproxy import certgen
 from mediaproxy.testing import remove, update
 
@@ -19,115 +20,12 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 @pytest.fixture
 def deployment(tmp_path):
-    config = tmp_path / "config"
-    certgen.generate(str(config / "tls"))
-    relay_port, management_port = free_port(), free_port()
-    (config / "config.ini").write_text(
-        f"""
-[Dispatcher]
-listen = 127.0.0.1:{relay_port}
-listen_management = 127.0.0.1:{management_port}
-management_use_tls = no
-passport = O:MediaProxy Test, CN:*relay
-[Relay]
-dispatchers = 127.0.0.1:{relay_port}
-relay_ip = 127.0.0.1
-port_range = 43000:43100
-passport = CN:mediaproxy-dispatcher
-stream_timeout = 3
-"""
-    )
-    runtime = tmp_path / "run"
-    dispatcher = Program("media-dispatcher", str(config), str(runtime), str(tmp_path / "dispatcher.log"))
-    programs = [dispatcher]
+    programs = Deployment(tmp_path)
     try:
-        dispatcher.wait_for_log("Dispatcher started")
-        relay = Program("media-relay", str(config), str(runtime), str(tmp_path / "relay.log"))
-        programs.append(relay)
-        relay.wait_for_log("Connected to dispatcher")
-        dispatcher.wait_for_log("Relay 127.0.0.1 connected")
-        yield dispatcher, relay, str(runtime / "dispatcher.sock"), management_port
+        programs.start()
+        yield programs.dispatcher, programs.relay, programs.socket_path, programs.management_port
     finally:
-        for program in programs:
-            if program.process.poll() is None:
-                program.process.kill()
-                program.process.wait()
-
-
-class Proxy:
-    """A blocking proxy-module client: one request, one reply line."""
-
-    def __init__(self, path):
-        self.socket = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.socket.settimeout(5)
-        self.socket.connect(path)
-        self.buffer = b""
-
-    def request(self, data):
-        self.socket.sendall(data)
-        while b"\r\n" not in self.buffer:
-            chunk = self.socket.recv(8192)
-            assert chunk, "dispatcher closed the connection"
-            self.buffer += chunk
-        line, self.buffer = self.buffer.split(b"\r\n", 1)
-        return line.decode()
-
-
-def udp_endpoint():
-    endpoint = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    endpoint.bind(("127.0.0.1", 0))
-    endpoint.settimeout(2)
-    return endpoint
-
-
-def rtp_packet(sequence, payload_type=0):
-    return bytes([0x80, payload_type]) + sequence.to_bytes(2, "big") + b"\x00" * 8 + b"\xd5" * 160
-
-
-def management(port, command):
-    with socket.create_connection(("127.0.0.1", port), timeout=5) as connection:
-        connection.sendall(command + b"\r\n")
-        data = b""
-        while not data.endswith(b"\r\n"):
-            data += connection.recv(65536)
-        return data.decode().strip()
-
-
-def establish(caller, callee, caller_facing, callee_facing):
-    """Get both parties learnt: the callee speaks first, then the caller until the callee hears it.
-
-    Loopback is not 'routable', so nothing is forwarded before the other party is learnt; polling
-    for the first forwarded packet is how we know, without sleeping, that both are latched.
-    """
-    callee.sendto(rtp_packet(0, 8), ("127.0.0.1", callee_facing))
-    callee.settimeout(0.2)
-    try:
-        for attempt in range(50):
-            caller.sendto(rtp_packet(attempt), ("127.0.0.1", caller_facing))
-            try:
-                callee.recvfrom(2048)
-                return
-            except TimeoutError:
-                continue
-        raise AssertionError("the relay never forwarded the caller's media")
-    finally:
-        callee.settimeout(2)
-
-
-def call(proxy, call_id, caller, callee):
-    offer = proxy.request(update(call_id, "ft", media=f"audio:127.0.0.1:{caller.getsockname()[1]}:sendrecv:ice=no", dialog_id="5:6"))
-    answer = proxy.request(update(call_id, "ft", "tt", kind="reply", media=f"audio:127.0.0.1:{callee.getsockname()[1]}:sendrecv:ice=no"))
-    relay_ip, callee_facing = offer.split()
-    _, caller_facing = answer.split()
-    assert relay_ip == "127.0.0.1"
-    return int(caller_facing), int(callee_facing)
-
-
-def stream_of(management_port, call_id):
-    sessions = json.loads(management(management_port, b"sessions"))
-    (session,) = [item for item in sessions if item["call_id"] == call_id]
-    (stream,) = session["streams"]
-    return stream
+        programs.kill()
 
 
 def test_media_flows_both_ways_through_the_relay(deployment):

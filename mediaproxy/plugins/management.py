@@ -78,6 +78,8 @@ class ManagementProtocol(LineOnlyReceiver):
             return dispatcher.relay_sessions().addCallback(_dump)
         if command == "version":
             return __version__
+        if command == "accounting":
+            return _dump(dispatcher.plugins.accounting_status())
         log.info("Unknown management command {command!r}", command=command[:80])
         return "error"
 

@@ -1,0 +1,61 @@
+"""The part every accounting plugin shares: spool, worker thread, life cycle, status."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+
+from twisted.internet import defer
+from zope.interface import implementer
+
+from mediaproxy.accounting.delivery import Backend, DeliveryQueue, ThreadRunner
+from mediaproxy.accounting.spool import Spool, SpoolError
+from mediaproxy.plugin import IDispatcherPlugin, PluginBase
+from mediaproxy.process import StartupError
+
+
+def spool_directory(configuration, runtime_dir: str, backend: str) -> str:  # noqa: ANN001
+    return os.path.join(runtime_dir, configuration.dispatcher.spool_dir, backend)
+
+
+@implementer(IDispatcherPlugin)
+class AccountingPlugin(PluginBase):
+    """Spools each ended call's record and hands it to its backend in a worker thread."""
+
+    def __init__(self, name: str, backend: Backend, directory: str, reactor, run: Callable[..., defer.Deferred] | None = None) -> None:  # noqa: ANN001
+        self.name = name
+        self.backend = backend
+        self.directory = directory
+        self.reactor = reactor
+        self.run = run
+        self.runner: ThreadRunner | None = None
+        self.queue: DeliveryQueue | None = None
+
+    def start(self) -> None:
+        try:
+            spool = Spool(self.directory)
+        except SpoolError as error:
+            raise StartupError(f"{self.name} accounting: {error}") from None
+        if self.run is None:
+            self.runner = ThreadRunner(self.reactor, f"accounting-{self.name}")
+            self.run = self.runner
+        self.queue = DeliveryQueue(self.name, self.backend, spool, self.reactor, self.run)
+        self.queue.start()
+
+    def session_ended(self, record: dict) -> None:
+        self.queue.add(record)
+
+    def accounting_status(self) -> dict:
+        return self.queue.status()
+
+    @defer.inlineCallbacks
+    def stop(self):  # noqa: ANN201
+        if self.queue is not None:
+            yield self.queue.stop()
+            try:
+                yield self.run(self.backend.close)
+            except Exception:  # noqa: BLE001, S110 - closing a dead connection may fail; nothing to keep
+                pass
+        if self.runner is not None:
+            self.runner.stop()
+            self.runner = None

@@ -1,0 +1,176 @@
+"""Database accounting through SQLObject: one row per call, the statistics as JSON in ``info``.
+
+Runs in the accounting worker thread only. Inserting is idempotent on (call_id, from_tag, to_tag)
+— a row already there means an earlier attempt reached the database before the dispatcher could
+tell, so it is not written again. The lookup also covers a NULL to_tag, which a unique index
+does not.
+"""
+
+from __future__ import annotations
+
+import json
+from urllib.parse import urlsplit
+
+import sqlobject
+from sqlobject import dberrors
+from sqlobject.cache import CacheSet
+from twisted.logger import Logger
+
+from mediaproxy.accounting.delivery import BackendUnavailable, RecordRejected
+from mediaproxy.process import StartupError
+
+log = Logger(namespace="accounting")
+
+SCISSORS = "----------------- >8 -----------------"
+DRIVER_HINTS = {
+    "mysql": "PyMySQL or mysqlclient (Debian: python3-pymysql)",
+    "postgres": "psycopg2 (Debian: python3-psycopg2)",
+    "postgresql": "psycopg2 (Debian: python3-psycopg2)",
+}
+_registries = iter(range(1, 1 << 62))
+
+
+def table_class(config, connection) -> type:  # noqa: ANN001
+    """An SQLObject class for the configured table and column names, private to one connection."""
+
+    class sqlmeta:  # noqa: N801 - SQLObject's own spelling
+        table = config.sessions_table
+        registry = f"mediaproxy-accounting-{next(_registries)}"
+        cacheValues = False  # noqa: N815
+
+    attributes = {
+        "sqlmeta": sqlmeta,
+        "_connection": connection,
+        "call_id": sqlobject.StringCol(dbName=config.callid_column, length=255, notNone=True),
+        "from_tag": sqlobject.StringCol(dbName=config.fromtag_column, length=64, notNone=True),
+        "to_tag": sqlobject.StringCol(dbName=config.totag_column, length=64, default=None),
+        "info": _info_column(config, connection),
+        "callid_idx": sqlobject.DatabaseIndex("call_id", "from_tag", "to_tag", unique=True),
+    }
+    return type("MediaSession", (sqlobject.SQLObject,), attributes)
+
+
+def _info_column(config, connection):  # noqa: ANN001, ANN202
+    if connection.dbName == "sqlite":
+        # SQLObject would base64-encode a BLOB on SQLite; JSON text keeps json_extract() usable
+        return sqlobject.StringCol(dbName=config.info_column, sqlType="BLOB")
+    return sqlobject.BLOBCol(dbName=config.info_column, length=2**24 - 1)
+
+
+def connect(dburi: str):  # noqa: ANN201
+    """An SQLObject connection (nothing is contacted yet); StartupError on a bad URI or missing driver."""
+    if not dburi:
+        raise StartupError("Database accounting is enabled, but the database URI is not specified")
+    scheme = urlsplit(dburi).scheme
+    try:
+        connection = sqlobject.connectionForURI(dburi)
+    except ImportError as error:
+        hint = DRIVER_HINTS.get(scheme, f"a driver for {scheme}")
+        raise StartupError(f"Database accounting: cannot load the database driver for {scheme} ({error}); install {hint}") from None
+    except (AssertionError, KeyError, ValueError, TypeError) as error:
+        raise StartupError(f"Database accounting: invalid dburi {_without_password(dburi)}: {error}") from None
+    connection.cache = CacheSet(cache=False)
+    return connection
+
+
+def _without_password(dburi: str) -> str:
+    parts = urlsplit(dburi)
+    if parts.password is None:
+        return dburi
+    return dburi.replace(f":{parts.password}@", ":********@", 1)
+
+
+class SQLBackend:
+    def __init__(self, config) -> None:  # noqa: ANN001
+        self.config = config
+        self.connection = connect(config.dburi)
+        self.table = table_class(config, self.connection)
+        self.where = _without_password(config.dburi)
+        self.text_info = self.connection.dbName == "sqlite"
+        self.table_ready = False
+        self.statement_logged = False
+
+    def create_statements(self) -> str:
+        create, constraints = self.table.createTableSQL(connection=self.connection)
+        return ";\n".join([create, *constraints]) + ";"
+
+    def ensure_table(self) -> None:
+        if self.table_ready:
+            return
+        try:
+            exists = self.table.tableExists()
+        except Exception as error:  # noqa: BLE001 - every driver has its own connection errors
+            raise self._unavailable(error) from None
+        if not exists:
+            try:
+                self.table.createTable(ifNotExists=True)
+            except Exception as error:  # noqa: BLE001
+                self._explain_create_failure(error)
+                raise self._unavailable(error, f"the table {self.config.sessions_table} does not exist and cannot be created") from None
+            log.info("Created the accounting table {table} in {where}", table=self.config.sessions_table, where=self.where)
+        self.table_ready = True
+
+    def _explain_create_failure(self, error: Exception) -> None:
+        if self.statement_logged:
+            return
+        self.statement_logged = True
+        log.error(
+            "Cannot create the accounting table {table}: {error}. The database user needs CREATE and ALTER rights, "
+            "or create the table by hand with:\n{scissors}\n{sql}\n{scissors}",
+            table=self.config.sessions_table,
+            error=_message(error),
+            scissors=SCISSORS,
+            sql=self.create_statements(),
+        )
+
+    def deliver(self, record: dict) -> str | None:
+        self.ensure_table()
+        try:
+            return self._insert(record)
+        except BackendUnavailable:
+            if not self._table_vanished():
+                raise
+        # the table was dropped under us: create it again and retry once
+        self.table_ready = False
+        self.ensure_table()
+        return self._insert(record)
+
+    def _table_vanished(self) -> bool:
+        try:
+            return not self.table.tableExists()
+        except Exception:  # noqa: BLE001 - the database is unreachable: not a vanished table
+            return False
+
+    def _insert(self, record: dict) -> str | None:
+        call_id, from_tag, to_tag = record.get("call_id"), record.get("from_tag"), record.get("to_tag")
+        if not isinstance(call_id, str) or not isinstance(from_tag, str) or not (to_tag is None or isinstance(to_tag, str)):
+            raise RecordRejected("call_id and from_tag must be strings and to_tag a string or null")
+        columns = self.table.q
+        try:
+            already = self.table.select(
+                sqlobject.AND(columns.call_id == call_id, columns.from_tag == from_tag, columns.to_tag == to_tag)
+            ).count()
+            if already:
+                return "already recorded; not written again"
+            info = json.dumps(record)
+            self.table(call_id=call_id, from_tag=from_tag, to_tag=to_tag, info=info if self.text_info else info.encode())
+        except dberrors.DuplicateEntryError:
+            return "already recorded; not written again"
+        except (dberrors.DataError, dberrors.IntegrityError) as error:
+            raise RecordRejected(f"the database refuses the record: {_message(error)}") from None
+        except Exception as error:  # noqa: BLE001 - connection loss surfaces as many driver-specific types
+            raise self._unavailable(error) from None
+        return None
+
+    def _unavailable(self, error: Exception, what: str | None = None) -> BackendUnavailable:
+        self.connection.close()  # a broken connection goes back to the pool; drop them all
+        self.table_ready = self.table_ready and what is None
+        return BackendUnavailable(f"{what or self.where}: {_message(error)}")
+
+    def close(self) -> None:
+        self.connection.close()
+
+
+def _message(error: Exception) -> str:
+    text = " ".join(str(error).split())
+    return f"{type(error).__name__}: {text}" if text else type(error).__name__

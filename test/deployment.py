@@ -1,0 +1,187 @@
+"""A real media-dispatcher and media-relay on loopback, and blocking clients to drive them."""
+
+from __future__ import annotations
+
+import json
+import socket
+import time
+
+from harness import Program, free_port
+from mediaproxy import certgen
+from mediaproxy.testing import remove, update
+
+
+class Deployment:
+    """Config dir with generated certificates; programs started and restarted on demand."""
+
+    def __init__(self, tmp_path, extra: str = "", stream_timeout: int = 3) -> None:  # noqa: ANN001
+        self.tmp_path = tmp_path
+        self.config = tmp_path / "config"
+        certgen.generate(str(self.config / "tls"))
+        self.relay_port, self.management_port = free_port(), free_port()
+        self.runtime = tmp_path / "run"
+        self.socket_path = str(self.runtime / "dispatcher.sock")
+        sections = {
+            "Dispatcher": f"listen = 127.0.0.1:{self.relay_port}\nlisten_management = 127.0.0.1:{self.management_port}\n"
+            "management_use_tls = no\npassport = O:MediaProxy Test, CN:*relay\n",
+            "Relay": f"dispatchers = 127.0.0.1:{self.relay_port}\nrelay_ip = 127.0.0.1\nport_range = 43000:43998\n"
+            f"passport = CN:mediaproxy-dispatcher\nstream_timeout = {stream_timeout}\n",
+        }
+        text = ""
+        extra_sections = _sections(extra)
+        for name in sections.keys() | extra_sections.keys():
+            text += f"[{name}]\n{sections.get(name, '')}{extra_sections.get(name, '')}\n"
+        (self.config / "config.ini").write_text(text)
+        self.dispatcher: Program | None = None
+        self.relay: Program | None = None
+        self.starts = 0
+
+    def start_dispatcher(self) -> Program:
+        self.starts += 1
+        self.dispatcher = Program(
+            "media-dispatcher", str(self.config), str(self.runtime), str(self.tmp_path / f"dispatcher-{self.starts}.log")
+        )
+        self.dispatcher.wait_for_log("Dispatcher started")
+        return self.dispatcher
+
+    def start_relay(self) -> Program:
+        self.relay = Program("media-relay", str(self.config), str(self.runtime), str(self.tmp_path / f"relay-{self.starts}.log"))
+        self.relay.wait_for_log("Connected to dispatcher")
+        return self.relay
+
+    def start(self) -> Deployment:
+        self.start_dispatcher()
+        self.start_relay()
+        self.dispatcher.wait_for_log("Relay 127.0.0.1 connected")
+        return self
+
+    def restart_dispatcher(self) -> Program:
+        code, _ = self.dispatcher.stop(timeout=10)
+        assert code == 0, self.dispatcher.output()
+        self.start_dispatcher()
+        self.dispatcher.wait_for_log("Relay 127.0.0.1 connected")
+        return self.dispatcher
+
+    def proxy(self) -> Proxy:
+        return Proxy(self.socket_path)
+
+    def management(self, command: bytes) -> str:
+        return management(self.management_port, command)
+
+    def kill(self) -> None:
+        for program in (self.relay, self.dispatcher):
+            if program is not None and program.process.poll() is None:
+                program.process.kill()
+                program.process.wait()
+
+
+def _sections(text: str) -> dict[str, str]:
+    sections: dict[str, str] = {}
+    current = None
+    for line in text.strip().splitlines():
+        line = line.strip()
+        if line.startswith("[") and line.endswith("]"):
+            current = line[1:-1]
+            sections.setdefault(current, "")
+        elif line:
+            sections[current] += line + "\n"
+    return sections
+
+
+class Proxy:
+    """A blocking proxy-module client: one request, one reply line."""
+
+    def __init__(self, path: str) -> None:
+        self.socket = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.socket.settimeout(5)
+        self.socket.connect(path)
+        self.buffer = b""
+
+    def request(self, data: bytes) -> str:
+        self.socket.sendall(data)
+        while b"\r\n" not in self.buffer:
+            chunk = self.socket.recv(8192)
+            assert chunk, "dispatcher closed the connection"
+            self.buffer += chunk
+        line, self.buffer = self.buffer.split(b"\r\n", 1)
+        return line.decode()
+
+    def close(self) -> None:
+        self.socket.close()
+
+
+def udp_endpoint() -> socket.socket:
+    endpoint = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    endpoint.bind(("127.0.0.1", 0))
+    endpoint.settimeout(2)
+    return endpoint
+
+
+def rtp_packet(sequence: int, payload_type: int = 0) -> bytes:
+    return bytes([0x80, payload_type]) + sequence.to_bytes(2, "big") + b"\x00" * 8 + b"\xd5" * 160
+
+
+def management(port: int, command: bytes) -> str:
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as connection:
+        connection.sendall(command + b"\r\n")
+        data = b""
+        while not data.endswith(b"\r\n"):
+            data += connection.recv(65536)
+        return data.decode().strip()
+
+
+def establish(caller: socket.socket, callee: socket.socket, caller_facing: int, callee_facing: int) -> None:
+    """Get both parties learnt: the callee speaks first, then the caller until the callee hears it.
+
+    Loopback is not 'routable', so nothing is forwarded before the other party is learnt; polling
+    for the first forwarded packet is how we know, without sleeping, that both are latched.
+    """
+    callee.sendto(rtp_packet(0, 8), ("127.0.0.1", callee_facing))
+    callee.settimeout(0.2)
+    try:
+        for attempt in range(50):
+            caller.sendto(rtp_packet(attempt), ("127.0.0.1", caller_facing))
+            try:
+                callee.recvfrom(2048)
+                return
+            except TimeoutError:
+                continue
+        raise AssertionError("the relay never forwarded the caller's media")
+    finally:
+        callee.settimeout(2)
+
+
+def call(proxy: Proxy, call_id: str, caller: socket.socket, callee: socket.socket, **extra: str) -> tuple[int, int]:
+    offer = proxy.request(
+        update(call_id, "ft", media=f"audio:127.0.0.1:{caller.getsockname()[1]}:sendrecv:ice=no", dialog_id="5:6", **extra)
+    )
+    answer = proxy.request(
+        update(call_id, "ft", "tt", kind="reply", media=f"audio:127.0.0.1:{callee.getsockname()[1]}:sendrecv:ice=no", **extra)
+    )
+    relay_ip, callee_facing = offer.split()
+    _, caller_facing = answer.split()
+    assert relay_ip == "127.0.0.1"
+    return int(caller_facing), int(callee_facing)
+
+
+def answered_call(proxy: Proxy, call_id: str, to_tag: str = "tt") -> None:
+    """A call that is offered, answered and removed without media: enough to be accounted."""
+    assert proxy.request(update(call_id, "ft", media="audio:127.0.0.1:9:sendrecv:ice=no")) != "error"
+    assert proxy.request(update(call_id, "ft", to_tag, kind="reply", media="audio:127.0.0.1:11:sendrecv:ice=no")) != "error"
+    assert proxy.request(remove(call_id, "ft", to_tag)) == "removed"
+
+
+def stream_of(management_port: int, call_id: str) -> dict:
+    sessions = json.loads(management(management_port, b"sessions"))
+    (session,) = [item for item in sessions if item["call_id"] == call_id]
+    (stream,) = session["streams"]
+    return stream
+
+
+def wait_until(condition, what: str, timeout: float = 60.0, interval: float = 0.1) -> None:  # noqa: ANN001
+    """Poll a condition on real processes until it holds; fail with ``what`` after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(interval)

@@ -23,7 +23,7 @@ class Deployment:
         self.socket_path = str(self.runtime / "dispatcher.sock")
         sections = {
             "Dispatcher": f"listen = 127.0.0.1:{self.relay_port}\nlisten_management = 127.0.0.1:{self.management_port}\n"
-            "management_use_tls = no\npassport = O:MediaProxy Test, CN:*relay\n",
+            "management_use_tls = no\npassport = O:MediaProxy Test, CN:*relay\nspool_dir = spool\n",
             "Relay": f"dispatchers = 127.0.0.1:{self.relay_port}\nrelay_ip = 127.0.0.1\nport_range = 43000:43998\n"
             f"passport = CN:mediaproxy-dispatcher\nstream_timeout = {stream_timeout}\n",
         }
@@ -151,17 +151,31 @@ def establish(caller: socket.socket, callee: socket.socket, caller_facing: int, 
         callee.settimeout(2)
 
 
-def call(proxy: Proxy, call_id: str, caller: socket.socket, callee: socket.socket, **extra: str) -> tuple[int, int]:
-    offer = proxy.request(
-        update(call_id, "ft", media=f"audio:127.0.0.1:{caller.getsockname()[1]}:sendrecv:ice=no", dialog_id="5:6", **extra)
-    )
-    answer = proxy.request(
-        update(call_id, "ft", "tt", kind="reply", media=f"audio:127.0.0.1:{callee.getsockname()[1]}:sendrecv:ice=no", **extra)
-    )
+def call(
+    proxy: Proxy,
+    call_id: str,
+    caller: socket.socket,
+    callee: socket.socket,
+    caller_agent: str = "test-agent",
+    callee_agent: str = "test-agent",
+) -> tuple[int, int]:
+    caller_media = f"audio:127.0.0.1:{caller.getsockname()[1]}:sendrecv:ice=no"
+    callee_media = f"audio:127.0.0.1:{callee.getsockname()[1]}:sendrecv:ice=no"
+    offer = proxy.request(update(call_id, "ft", media=caller_media, dialog_id="5:6", user_agent=caller_agent))
+    answer = proxy.request(update(call_id, "ft", "tt", kind="reply", media=callee_media, dialog_id="5:6", user_agent=callee_agent))
     relay_ip, callee_facing = offer.split()
     _, caller_facing = answer.split()
     assert relay_ip == "127.0.0.1"
     return int(caller_facing), int(callee_facing)
+
+
+def exchange(caller: socket.socket, callee: socket.socket, caller_facing: int, callee_facing: int, count: int) -> None:
+    """Send ``count`` RTP packets each way through the relay, each one received before the next."""
+    for sequence in range(count):
+        caller.sendto(rtp_packet(sequence, 0), ("127.0.0.1", caller_facing))
+        callee.recvfrom(2048)
+        callee.sendto(rtp_packet(sequence, 8), ("127.0.0.1", callee_facing))
+        caller.recvfrom(2048)
 
 
 def answered_call(proxy: Proxy, call_id: str, to_tag: str = "tt") -> None:

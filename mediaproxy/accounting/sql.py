@@ -8,6 +8,7 @@ does not.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 from urllib.parse import urlsplit
 
@@ -63,7 +64,7 @@ def connect(dburi: str):  # noqa: ANN201
         raise StartupError("Database accounting is enabled, but the database URI is not specified")
     scheme = urlsplit(dburi).scheme
     try:
-        connection = sqlobject.connectionForURI(dburi)
+        connection = sqlobject.connectionForURI(_with_mysql_driver(dburi))
     except ImportError as error:
         hint = DRIVER_HINTS.get(scheme, f"a driver for {scheme}")
         raise StartupError(f"Database accounting: cannot load the database driver for {scheme} ({error}); install {hint}") from None
@@ -71,6 +72,24 @@ def connect(dburi: str):  # noqa: ANN201
         raise StartupError(f"Database accounting: invalid dburi {_without_password(dburi)}: {error}") from None
     connection.cache = CacheSet(cache=False)
     return connection
+
+
+MYSQL_DRIVERS = (("MySQLdb", "mysqldb"), ("pymysql", "pymysql"), ("mysql.connector", "connector"), ("mariadb", "mariadb"))
+
+
+def _with_mysql_driver(dburi: str) -> str:
+    """Name an installed MySQL driver: SQLObject's own default list stops at one it does not know."""
+    parts = urlsplit(dburi)
+    if parts.scheme != "mysql" or "driver=" in parts.query:
+        return dburi
+    for module, driver in MYSQL_DRIVERS:
+        try:
+            found = importlib.util.find_spec(module) is not None
+        except ImportError:
+            found = False
+        if found:
+            return f"{dburi}{'&' if parts.query else '?'}driver={driver}"
+    return dburi
 
 
 def _without_password(dburi: str) -> str:

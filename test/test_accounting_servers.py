@@ -4,6 +4,7 @@ The dispatcher and relay run as real processes; each record is read back from th
 the RADIUS server's detail file and compared field by field with the statistics the relay had.
 """
 
+import io
 import json
 import os
 import sqlite3
@@ -13,12 +14,14 @@ import pymysql
 import pytest
 from deployment import Deployment, answered_call, call, establish, exchange, udp_endpoint, wait_until
 from servers import FreeRADIUS, MariaDB, PostgreSQL
+from test_accounting import record
 from twisted.logger import globalLogPublisher
 
 from harness import ROOT, LogCollector
 from mediaproxy import configuration
 from mediaproxy.accounting import sql
 from mediaproxy.accounting.delivery import BackendUnavailable
+from mediaproxy.cli import sessions as sessions_cli
 from mediaproxy.testing import remove
 
 PASSWORD = "mp-pass"
@@ -68,7 +71,10 @@ class Database:
         try:
             cursor = connection.cursor()
             cursor.execute(f"SELECT call_id, from_tag, to_tag, info FROM {table} ORDER BY id")
-            return [(call_id, from_tag, to_tag, json.loads(info if isinstance(info, str) else bytes(info))) for call_id, from_tag, to_tag, info in cursor.fetchall()]
+            return [
+                (call_id, from_tag, to_tag, json.loads(info if isinstance(info, str) else bytes(info)))
+                for call_id, from_tag, to_tag, info in cursor.fetchall()
+            ]
         finally:
             connection.close()
 
@@ -262,6 +268,10 @@ def test_outage_loses_nothing_and_writes_nothing_twice(tmp_path, mariadb, freera
         wait_until(lambda: _spooled(programs) == {"database": 90, "radius": 100}, "the spool after the restart")
         status = {item["backend"]: item for item in json.loads(programs.management(b"accounting"))}
         assert status["radius"]["state"] == "unavailable" and status["radius"]["oldest_age"] is not None
+        shown = io.StringIO()
+        assert sessions_cli.main(["summary", "--no-tls", "--port", str(programs.management_port)], shown) == 0
+        rows = {line.split()[0]: line.split()[1:3] for line in shown.getvalue().split("Accounting\n")[1].splitlines()[2:]}
+        assert rows == {"database": ["unavailable", "90"], "radius": ["unavailable", "100"]}
         mariadb.start()
         freeradius.start()
         wait_until(lambda: _spooled(programs) == {"database": 0, "radius": 0}, "the spool to drain", timeout=120)
@@ -279,3 +289,51 @@ def _spooled(programs):
         return {item["backend"]: item["spooled"] for item in json.loads(programs.management(b"accounting"))}
     except OSError:
         return None
+
+
+def run_script(database, name):
+    connection = database.connect()
+    try:
+        cursor = connection.cursor()
+        results = []
+        for statement in read_accounting("sql", name).split(";"):
+            if any(line.strip() and not line.strip().startswith("--") for line in statement.splitlines()):
+                cursor.execute(statement)
+                results.append([tuple(row) for row in cursor.fetchall()] if cursor.description else None)
+        connection.commit()
+        return results
+    finally:
+        connection.close()
+
+
+def read_accounting(*parts):
+    with open(os.path.join(ROOT, "accounting", *parts)) as file:
+        return file.read()
+
+
+def test_schema_files_and_example_queries(database):
+    """The operator's CREATE TABLE file makes a table the dispatcher writes to; the example queries answer."""
+    schema = {"sqlite": "sqlite.sql", "mariadb": "mysql.sql", "postgresql": "postgresql.sql"}[database.kind]
+    queries = {"sqlite": "queries-sqlite.sql", "mariadb": "queries-mysql.sql", "postgresql": "queries-postgresql.sql"}[database.kind]
+    # an operator runs the file on a database without the table
+    run_script_statement(database, "DROP TABLE IF EXISTS media_sessions")
+    run_script(database, schema)
+    backend = sql.SQLBackend(configuration.DatabaseConfig(dburi=database.dburi))
+    assert backend.deliver(record(1)) is None
+    assert backend.deliver(record(2, from_uri="carol@example.com", timed_out=True)) is None
+    backend.close()
+    user_calls, traffic, timed_out, codecs = (result for result in run_script(database, queries) if result is not None)
+    assert [row[0] for row in user_calls] == ["call-1@example.com"]
+    assert [(relay, int(total)) for relay, total in traffic] == [("203.0.113.5", 2 * (1066560 + 533280))]
+    assert timed_out == [("call-2@example.com", "5:6")]
+    assert sorted((codec, int(count)) for codec, count in codecs) == [("G711u", 2), ("Unknown", 2)]
+    run_script_statement(database, "DROP TABLE media_sessions")
+
+
+def run_script_statement(database, statement):
+    connection = database.connect()
+    try:
+        connection.cursor().execute(statement)
+        connection.commit()
+    finally:
+        connection.close()

@@ -1,5 +1,5 @@
--- MediaProxy database accounting: one row per call, the call's statistics as JSON in info.
--- The dispatcher creates this table itself when it may; these statements are for operators
+-- MediaProxy database accounting for SQLite: one row per call, the call's statistics as JSON text
+-- in info. The dispatcher creates this table itself. These are the same statements, for operators
 -- who create it by hand. Table and column names are configurable in [Database].
 CREATE TABLE IF NOT EXISTS media_sessions (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -8,4 +8,4 @@ CREATE TABLE IF NOT EXISTS media_sessions (
     to_tag VARCHAR(64),
     info BLOB
 );
-CREATE UNIQUE INDEX IF NOT EXISTS callid_idx ON media_sessions (call_id, from_tag, to_tag);
+CREATE UNIQUE INDEX IF NOT EXISTS media_sessions_callid_idx ON media_sessions (call_id, from_tag, to_tag);

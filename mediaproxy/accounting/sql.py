@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import sys
+import warnings
 from urllib.parse import urlsplit
 
 import sqlobject
@@ -82,14 +84,21 @@ def _with_mysql_driver(dburi: str) -> str:
     parts = urlsplit(dburi)
     if parts.scheme != "mysql" or "driver=" in parts.query:
         return dburi
+    driver = _installed_mysql_driver()
+    return f"{dburi}{'&' if parts.query else '?'}driver={driver}" if driver else dburi
+
+
+def _installed_mysql_driver() -> str | None:
+    loaded = sys.modules.get("MySQLdb")
+    if loaded is not None and loaded.__name__ != "MySQLdb":
+        return "pymysql"  # PyMySQL posing as MySQLdb once SQLObject has installed it so
     for module, driver in MYSQL_DRIVERS:
         try:
-            found = importlib.util.find_spec(module) is not None
+            if importlib.util.find_spec(module) is not None:
+                return driver
         except ImportError:
-            found = False
-        if found:
-            return f"{dburi}{'&' if parts.query else '?'}driver={driver}"
-    return dburi
+            continue
+    return None
 
 
 def _without_password(dburi: str) -> str:
@@ -102,6 +111,8 @@ def _without_password(dburi: str) -> str:
 class SQLBackend:
     def __init__(self, config) -> None:  # noqa: ANN001
         self.config = config
+        # drivers' deprecation notices about how SQLObject calls them are not the operator's business
+        warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"sqlobject\.")
         self.connection = connect(config.dburi)
         self.table = table_class(config, self.connection)
         self.where = _without_password(config.dburi)

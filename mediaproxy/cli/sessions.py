@@ -17,8 +17,11 @@ class ManagementError(Exception):
     pass
 
 
+OPTIONAL = frozenset({"accounting"})  # dispatchers before 5.0 answer error to these
+
+
 def query(host: str, port: int, commands: list[str], context: ssl.SSLContext | None, timeout: float = 10) -> list:
-    """Send each command and return each decoded one-line JSON answer."""
+    """Send each command and return each decoded one-line JSON answer (None for an unknown optional one)."""
     try:
         raw = socket.create_connection((host, port), timeout=timeout)
     except OSError as error:
@@ -34,6 +37,9 @@ def query(host: str, port: int, commands: list[str], context: ssl.SSLContext | N
             if not line:
                 raise ManagementError(f"the dispatcher closed the connection after {command!r} (wrong certificate or passport?)")
             text = line.decode().strip()
+            if text == "error" and command in OPTIONAL:
+                answers.append(None)
+                continue
             if text == "error":
                 raise ManagementError(f"the dispatcher answered error to {command!r}")
             answers.append(json.loads(text))
@@ -131,10 +137,29 @@ def session_rows(sessions: list[dict]) -> list[list[str]]:
     return rows
 
 
-def render(summary: list[dict] | None, sessions: list[dict] | None, out: TextIO) -> None:
+def accounting_rows(backends: list[dict]) -> list[list[str]]:
+    return [
+        [
+            backend["backend"],
+            backend["state"],
+            str(backend["spooled"]),
+            "-" if backend["oldest_age"] is None else human_duration(backend["oldest_age"]),
+            str(backend["delivered"]),
+            str(backend["rejected"]),
+            backend.get("last_error") or "-",
+        ]
+        for backend in backends
+    ]
+
+
+def render(summary: list[dict] | None, sessions: list[dict] | None, out: TextIO, accounting: list[dict] | None = None) -> None:
     if summary is not None:
         out.write(f"Relays ({len(summary)})\n")
         out.write(table(["relay", "status", "version", "uptime", "sessions", "streams", "traffic"], relay_rows(summary)) + "\n")
+    if accounting:
+        out.write("\nAccounting\n")
+        headers = ["backend", "state", "spooled", "oldest", "delivered", "rejected", "last error"]
+        out.write(table(headers, accounting_rows(accounting)) + "\n")
     if sessions is not None:
         if summary is not None:
             out.write("\n")
@@ -152,7 +177,9 @@ def main(argv: list[str] | None = None, out: TextIO | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="media-sessions", description="Show the relays and calls of a MediaProxy dispatcher (its management interface)."
     )
-    parser.add_argument("what", nargs="?", choices=("all", "summary", "sessions"), default="all", help="what to show (default: all)")
+    parser.add_argument(
+        "what", nargs="?", choices=("all", "summary", "sessions", "accounting"), default="all", help="what to show (default: all)"
+    )
     parser.add_argument("--host", default="127.0.0.1", help="dispatcher address (default: %(default)s)")
     parser.add_argument("--port", type=int, default=25061, help="management port (default: %(default)s)")
     parser.add_argument("--no-tls", action="store_true", help="plain TCP, for a dispatcher with management_use_tls = no")
@@ -160,7 +187,7 @@ def main(argv: list[str] | None = None, out: TextIO | None = None) -> int:
     parser.add_argument("--config-dir", help=f"where config.ini is, searched before {configuration.SYSTEM_CONFIG_DIR}")
     parser.add_argument("--json", action="store_true", help="print the raw JSON answers, for scripts")
     args = parser.parse_args(argv)
-    commands = ["summary", "sessions"] if args.what == "all" else [args.what]
+    commands = {"all": ["summary", "accounting", "sessions"], "summary": ["summary", "accounting"]}.get(args.what, [args.what])
     try:
         context = None
         if not args.no_tls:
@@ -176,7 +203,7 @@ def main(argv: list[str] | None = None, out: TextIO | None = None) -> int:
     if args.json:
         out.write(json.dumps(answers if len(answers) > 1 else answers[commands[0]], indent=2) + "\n")
     else:
-        render(answers.get("summary"), answers.get("sessions"), out)
+        render(answers.get("summary"), answers.get("sessions"), out, answers.get("accounting"))
     return 0
 
 

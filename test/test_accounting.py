@@ -3,15 +3,18 @@
 import json
 import os
 import sqlite3
+import threading
 
 import pytest
-from twisted.internet import defer, task
+from twisted.internet import defer, reactor, task
 from twisted.logger import globalLogPublisher
+from twisted.trial import unittest as trial
 
 from harness import LogCollector
 from mediaproxy import configuration
 from mediaproxy.accounting import radius, sql
-from mediaproxy.accounting.delivery import MAX_BACKOFF, BackendUnavailable, DeliveryQueue, RecordRejected
+from mediaproxy.accounting.delivery import MAX_BACKOFF, BackendUnavailable, DeliveryQueue, RecordRejected, ThreadRunner
+from mediaproxy.accounting.plugin import STOP_TIMEOUT, AccountingPlugin
 from mediaproxy.accounting.spool import Spool, SpoolError
 from mediaproxy.process import StartupError
 
@@ -231,6 +234,36 @@ def test_unwritable_spool_logs_the_whole_record(tmp_path):
         globalLogPublisher.removeObserver(collector)
     assert "cannot spool the record of call call-7@example.com" in collector.text()
     assert '"call_id": "call-7@example.com"' in collector.text()
+
+
+class ThreadRunnerTests(trial.TestCase):
+    @defer.inlineCallbacks
+    def test_jobs_run_in_order_in_one_other_thread(self):
+        runner = ThreadRunner(reactor, "test-accounting")
+        self.addCleanup(runner.stop)
+        seen = []
+
+        def job(number):
+            seen.append((number, threading.current_thread().name))
+            return number * 2
+
+        results = yield defer.gatherResults([runner(job, number) for number in range(5)])
+        assert results == [0, 2, 4, 6, 8]
+        assert seen == [(number, "test-accounting") for number in range(5)]
+        with pytest.raises(ZeroDivisionError):
+            yield runner(lambda: 1 / 0)
+
+
+def test_plugin_stop_gives_up_on_a_stuck_backend(tmp_path):
+    clock = task.Clock()
+    plugin = AccountingPlugin("test", ScriptedBackend(), str(tmp_path / "spool"), clock, run=lambda function, *args: defer.Deferred())
+    plugin.start()
+    plugin.session_ended(record(1))
+    stopped = plugin.stop()
+    assert not stopped.called
+    clock.advance(STOP_TIMEOUT)
+    assert stopped.called
+    assert len(Spool(str(tmp_path / "spool"))) == 1  # the record waits for the next start
 
 
 # -- RADIUS attributes and client configuration

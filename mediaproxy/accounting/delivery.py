@@ -9,12 +9,14 @@ unavailable is retried with exponential backoff; a record it refuses for good is
 from __future__ import annotations
 
 import json
+import queue
+import threading
 from collections.abc import Callable
 from typing import Protocol
 
-from twisted.internet import defer, threads
+from twisted.internet import defer
 from twisted.logger import Logger
-from twisted.python.threadpool import ThreadPool
+from twisted.python import failure
 
 from mediaproxy.accounting.spool import Entry, Spool
 
@@ -47,18 +49,44 @@ class Backend(Protocol):
 
 
 class ThreadRunner:
-    """Runs functions one at a time in a dedicated thread, results delivered as Deferreds."""
+    """Runs functions one at a time, in order, in a dedicated daemon thread; results come back as Deferreds.
+
+    The thread is a daemon and is never joined: a driver call stuck on an unreachable server must
+    not hold up the dispatcher's shutdown (its record stays spooled and is sent after the restart).
+    """
 
     def __init__(self, reactor, name: str) -> None:  # noqa: ANN001
         self.reactor = reactor
-        self.pool = ThreadPool(minthreads=1, maxthreads=1, name=name)
-        self.pool.start()
+        self.jobs: queue.SimpleQueue = queue.SimpleQueue()
+        self.thread = threading.Thread(target=self._work, name=name, daemon=True)
+        self.thread.start()
 
     def __call__(self, function: Callable, *args: object) -> defer.Deferred:
-        return threads.deferToThreadPool(self.reactor, self.pool, function, *args)
+        result = defer.Deferred()
+        self.jobs.put((function, args, result))
+        return result
+
+    def _work(self) -> None:
+        while (job := self.jobs.get()) is not None:
+            function, args, result = job
+            try:
+                outcome = function(*args)
+            except BaseException:  # noqa: BLE001 - every failure goes back to the reactor thread
+                self.reactor.callFromThread(_fire, result, failure.Failure())
+            else:
+                self.reactor.callFromThread(_fire, result, outcome)
 
     def stop(self) -> None:
-        self.pool.stop()
+        self.jobs.put(None)
+
+
+def _fire(result: defer.Deferred, outcome: object) -> None:
+    if result.called:  # given up on (timed out at shutdown)
+        return
+    if isinstance(outcome, failure.Failure):
+        result.errback(outcome)
+    else:
+        result.callback(outcome)
 
 
 class DeliveryQueue:
@@ -138,7 +166,7 @@ class DeliveryQueue:
         if self.in_flight is None:
             waiting.callback(None)
         else:
-            self.in_flight.addBoth(lambda _: waiting.callback(None))
+            self.in_flight.addBoth(lambda _: None if waiting.called else waiting.callback(None))
         return waiting
 
     def _next(self) -> None:

@@ -6,12 +6,17 @@ import os
 from collections.abc import Callable
 
 from twisted.internet import defer
+from twisted.logger import Logger
 from zope.interface import implementer
 
 from mediaproxy.accounting.delivery import Backend, DeliveryQueue, ThreadRunner
 from mediaproxy.accounting.spool import Spool, SpoolError
 from mediaproxy.plugin import IDispatcherPlugin, PluginBase
 from mediaproxy.process import StartupError
+
+log = Logger(namespace="accounting")
+
+STOP_TIMEOUT = 5.0
 
 
 def spool_directory(configuration, runtime_dir: str, backend: str) -> str:  # noqa: ANN001
@@ -50,12 +55,18 @@ class AccountingPlugin(PluginBase):
 
     @defer.inlineCallbacks
     def stop(self):  # noqa: ANN201
+        """Wait (a bounded time) for the record in flight, then close the backend in its thread."""
         if self.queue is not None:
-            yield self.queue.stop()
-            try:
-                yield self.run(self.backend.close)
-            except Exception:  # noqa: BLE001, S110 - closing a dead connection may fail; nothing to keep
-                pass
+            for step in (self.queue.stop, lambda: self.run(self.backend.close)):
+                try:
+                    yield step().addTimeout(STOP_TIMEOUT, self.reactor)
+                except defer.TimeoutError:
+                    log.warn(
+                        "{name} accounting did not finish within {seconds}s; its record stays spooled", name=self.name, seconds=STOP_TIMEOUT
+                    )
+                    break
+                except Exception:  # noqa: BLE001 - closing a dead connection may fail; nothing to keep
+                    log.debug("{name} accounting: closing the backend failed", name=self.name)
         if self.runner is not None:
             self.runner.stop()
             self.runner = None

@@ -32,11 +32,11 @@ setup(
         "zope.interface>=5",
         "SQLObject>=3.10",
         "pyrad>=2.4",
+        "pyroute2>=0.7.3",
     ],
     extras_require={
         "mysql": ["PyMySQL>=1.0"],
         "postgresql": ["psycopg2-binary>=2.9"],
-        "kernel": ["pyroute2>=0.7"],
     },
     data_files=[("share/mediaproxy", ["config.ini.sample"])],
     classifiers=[

@@ -59,6 +59,17 @@ def duration(text: str) -> int:
     return int(match.group(1)) * _DURATION_UNITS[match.group(2).lower()]
 
 
+def conntrack_mark(text: str) -> int:
+    """A 32-bit netfilter mark, decimal or 0x-hexadecimal, not 0 (0 is every unmarked entry)."""
+    try:
+        value = int(text.strip(), 0)
+    except ValueError:
+        raise ValueError("expected an integer, e.g. 19792 or 0x4d50") from None
+    if not 0 < value < 1 << 32:
+        raise ValueError("expected a mark between 1 and 0xffffffff")
+    return value
+
+
 def positive_duration(text: str) -> int:
     value = duration(text)
     if value <= 0:

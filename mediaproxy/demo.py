@@ -31,6 +31,8 @@ management_use_tls = no
 dispatchers = 127.0.0.1:{relay_port}
 relay_ip = 127.0.0.1
 port_range = 40000:40200
+; the demo leaves the machine's kernel settings alone
+forwarding = userspace
 """
 
 

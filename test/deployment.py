@@ -6,53 +6,74 @@ import json
 import socket
 import time
 
+from netns import in_namespace
+
 from harness import Program, free_port
 from mediaproxy import certgen
 from mediaproxy.testing import remove, update
 
 
 class Deployment:
-    """Config dir with generated certificates; programs started and restarted on demand."""
+    """Config dir with generated certificates; programs started and restarted on demand.
 
-    def __init__(self, tmp_path, extra: str = "", stream_timeout: int = 3) -> None:  # noqa: ANN001
+    ``extra`` holds config.ini sections whose options override the defaults; with ``namespace``
+    the programs run in that network namespace (the proxy's UNIX socket is reachable from anywhere).
+    """
+
+    def __init__(self, tmp_path, extra: str = "", stream_timeout: int = 3, namespace: str | None = None) -> None:  # noqa: ANN001
         self.tmp_path = tmp_path
+        self.namespace = namespace
         self.config = tmp_path / "config"
         certgen.generate(str(self.config / "tls"))
         self.relay_port, self.management_port = free_port(), free_port()
         self.runtime = tmp_path / "run"
         self.socket_path = str(self.runtime / "dispatcher.sock")
         sections = {
-            "Dispatcher": f"listen = 127.0.0.1:{self.relay_port}\nlisten_management = 127.0.0.1:{self.management_port}\n"
-            "management_use_tls = no\npassport = O:MediaProxy Test, CN:*relay\nspool_dir = spool\n",
-            "Relay": f"dispatchers = 127.0.0.1:{self.relay_port}\nrelay_ip = 127.0.0.1\nport_range = 43000:43998\n"
-            f"passport = CN:mediaproxy-dispatcher\nstream_timeout = {stream_timeout}\n",
+            "Dispatcher": {
+                "listen": f"127.0.0.1:{self.relay_port}",
+                "listen_management": f"127.0.0.1:{self.management_port}",
+                "management_use_tls": "no",
+                "passport": "O:MediaProxy Test, CN:*relay",
+                "spool_dir": "spool",
+            },
+            "Relay": {
+                "dispatchers": f"127.0.0.1:{self.relay_port}",
+                "relay_ip": "127.0.0.1",
+                "port_range": "43000:43998",
+                "passport": "CN:mediaproxy-dispatcher",
+                "stream_timeout": str(stream_timeout),
+                "forwarding": "userspace",
+            },
         }
-        text = ""
-        extra_sections = _sections(extra)
-        for name in sections.keys() | extra_sections.keys():
-            text += f"[{name}]\n{sections.get(name, '')}{extra_sections.get(name, '')}\n"
+        for name, options in _sections(extra).items():
+            sections.setdefault(name, {}).update(options)
+        text = "".join(
+            f"[{name}]\n" + "".join(f"{key} = {value}\n" for key, value in options.items()) + "\n" for name, options in sections.items()
+        )
         (self.config / "config.ini").write_text(text)
         self.dispatcher: Program | None = None
         self.relay: Program | None = None
         self.starts = 0
 
+    def _program(self, name: str, log: str) -> Program:
+        prefix = ("ip", "netns", "exec", self.namespace) if self.namespace else ()
+        return Program(name, str(self.config), str(self.runtime), str(self.tmp_path / log), prefix=prefix)
+
     def start_dispatcher(self) -> Program:
         self.starts += 1
-        self.dispatcher = Program(
-            "media-dispatcher", str(self.config), str(self.runtime), str(self.tmp_path / f"dispatcher-{self.starts}.log")
-        )
+        self.dispatcher = self._program("media-dispatcher", f"dispatcher-{self.starts}.log")
         self.dispatcher.wait_for_log("Dispatcher started")
         return self.dispatcher
 
     def start_relay(self) -> Program:
-        self.relay = Program("media-relay", str(self.config), str(self.runtime), str(self.tmp_path / f"relay-{self.starts}.log"))
+        self.relay = self._program("media-relay", f"relay-{self.starts}.log")
         self.relay.wait_for_log("Connected to dispatcher")
         return self.relay
 
     def start(self) -> Deployment:
         self.start_dispatcher()
         self.start_relay()
-        self.dispatcher.wait_for_log("Relay 127.0.0.1 connected")
+        self.dispatcher.wait_for_log("connected")
         return self
 
     def restart_dispatcher(self) -> Program:
@@ -66,6 +87,8 @@ class Deployment:
         return Proxy(self.socket_path)
 
     def management(self, command: bytes) -> str:
+        if self.namespace:
+            return in_namespace(self.namespace, management, self.management_port, command)
         return management(self.management_port, command)
 
     def kill(self) -> None:
@@ -75,16 +98,16 @@ class Deployment:
                 program.process.wait()
 
 
-def _sections(text: str) -> dict[str, str]:
-    sections: dict[str, str] = {}
+def _sections(text: str) -> dict[str, dict[str, str]]:
+    sections: dict[str, dict[str, str]] = {}
     current = None
     for line in text.strip().splitlines():
         line = line.strip()
         if line.startswith("[") and line.endswith("]"):
-            current = line[1:-1]
-            sections.setdefault(current, "")
+            current = sections.setdefault(line[1:-1], {})
         elif line:
-            sections[current] += line + "\n"
+            key, _, value = line.partition("=")
+            current[key.strip()] = value.strip()
     return sections
 
 

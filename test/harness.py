@@ -112,6 +112,7 @@ class Stack:
             link_source_ip=ip,
             port_range=PortRange(42000, 42400),
             reconnect_delay=1,
+            forwarding="userspace",
         )
         return replace(base, **self.relay_options)
 
@@ -229,10 +230,10 @@ def free_port(kind=socket.SOCK_STREAM):
 class Program:
     """One of our programs run as a real process in the foreground, its output in a file."""
 
-    def __init__(self, name, config_dir, runtime_dir, log_path):
+    def __init__(self, name, config_dir, runtime_dir, log_path, prefix=()):
         self.log_path = log_path
         self.log = open(log_path, "w")
-        command = [sys.executable, os.path.join(ROOT, name), "--no-fork", "--config-dir", config_dir, "--runtime-dir", runtime_dir]
+        command = [*prefix, sys.executable, os.path.join(ROOT, name), "--no-fork", "--config-dir", config_dir, "--runtime-dir", runtime_dir]
         self.process = subprocess.Popen(command, stdout=self.log, stderr=subprocess.STDOUT)
 
     def output(self):

@@ -39,6 +39,7 @@ dispatchers = 127.0.0.1:{relay_port}
 relay_ip = 127.0.0.1
 port_range = 44000:44100
 stream_timeout = 2
+forwarding = userspace
 [OpenSIPS]
 socket_path = {rpc_socket}
 flavour = kamailio

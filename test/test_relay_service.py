@@ -46,7 +46,7 @@ class FakeResolver:
 
 def make_relay(dispatchers="127.0.0.1", resolver=None, **options):
     reactor = MemoryReactorClock()
-    config = RelayConfig(dispatchers=endpoint_list(25060)(dispatchers), relay_ip="127.0.0.1", **options)
+    config = RelayConfig(dispatchers=endpoint_list(25060)(dispatchers), relay_ip="127.0.0.1", **{"forwarding": "userspace", **options})
     relay = RelayService(Configuration(relay=config), Credentials(CERTS, "relay"), reactor, resolver=resolver)
     relay.sessions.binder = FakeBinder()
     relay.verifier.accept = lambda transport: True

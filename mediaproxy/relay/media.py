@@ -112,6 +112,9 @@ class Substream:
         self.callee = Side(self, CALLEE, callee_endpoint)
         self.kernel = None  # handle of the kernel forwarding entry, when there is one
         self.kernel_totals = {CALLER: (0, 0), CALLEE: (0, 0)}  # (packets, bytes) of removed entries
+        self.reoffload = False  # the kernel entry lapsed while on hold: hand back to the kernel on media
+        self.activity = 0  # packets seen in userspace, for the idle check
+        self.idle_since: float | None = None
         caller_endpoint.receiver = self._from_caller
         callee_endpoint.receiver = self._from_callee
 
@@ -129,6 +132,7 @@ class Substream:
         self.received(self.callee, self.caller, data, source)
 
     def received(self, side: Side, other: Side, data: bytes, source: tuple[str, int]) -> None:
+        self.activity += 1
         if side.remote == source:
             if not side.in_use:
                 return  # the party's obsolete address after it moved
@@ -156,17 +160,23 @@ class Substream:
             if destination is not None:
                 self._flush_stun(other, destination)
             return
+        offload = False
         if not side.got_rtp:
-            self._first_media(side, data)
+            offload = self._first_media(side, data)
+        elif self.reoffload and self.caller.in_use and self.callee.in_use:
+            self.reoffload = False
+            offload = True
         destination = self.destination(other)
-        if destination is None:
-            return
-        every = self.stream.manager.transmit_every
-        if every == 1 or other.send_counter % every == 0:
-            other.endpoint.send(data, destination)
-            side.packets += 1
-            side.bytes += len(data) + IP_UDP_OVERHEAD
-        other.send_counter += 1
+        if destination is not None:
+            every = self.stream.manager.transmit_every
+            if every == 1 or other.send_counter % every == 0:
+                other.endpoint.send(data, destination)
+                side.packets += 1
+                side.bytes += len(data) + IP_UDP_OVERHEAD
+            other.send_counter += 1
+        if offload:
+            # after the packet left: its own send must not clash with the new entry's tuples
+            self.stream.manager.forwarder.offload(self)
 
     @staticmethod
     def _flush_stun(side: Side, destination: tuple[str, int]) -> None:
@@ -174,7 +184,8 @@ class Substream:
         for packet in queue:
             side.endpoint.send(packet, destination)
 
-    def _first_media(self, side: Side, data: bytes) -> None:
+    def _first_media(self, side: Side, data: bytes) -> bool:
+        """Note the side's first media packet; True when the substream can now go to the kernel."""
         side.got_rtp = True
         side.cancel_timer()
         stream = self.stream
@@ -182,8 +193,7 @@ class Substream:
             side.codec = packets.codec_name(data)
         if stream.first_media_time is None:
             stream.first_media_time = stream.clock.seconds()
-        if self.caller.got_rtp and self.callee.got_rtp and self.caller.in_use and self.callee.in_use:
-            stream.manager.forwarder.offload(self)
+        return self.caller.got_rtp and self.callee.got_rtp and self.caller.in_use and self.callee.in_use
 
     def destination(self, side: Side) -> tuple[str, int] | None:
         if side.in_use:
@@ -206,6 +216,32 @@ class Substream:
             live_packets, live_bytes = self.stream.manager.forwarder.counters(self, party)
             kernel_packets, kernel_bytes = kernel_packets + live_packets, kernel_bytes + live_bytes
         return side.packets + kernel_packets, side.bytes + kernel_bytes
+
+    @property
+    def media_started(self) -> bool:
+        return self.caller.got_rtp or self.callee.got_rtp
+
+    def kernel_entry_expired(self, timeout_wait: int) -> None:
+        """The kernel dropped this substream's entry after ``timeout_wait`` seconds without packets."""
+        if self.stream.alive and self.stream.on_hold:
+            # a held call may send nothing for a long time: the on-hold timer decides, and media
+            # that resumes goes back to the kernel
+            self.reoffload = True
+            return
+        self.expire("conntrack timeout", timeout_wait)
+
+    def check_idle(self, now: float, idle_timeout: int) -> None:
+        """The userspace twin of the kernel entry's timeout: expire after ``idle_timeout`` s without packets."""
+        if self.kernel is not None or not self.media_started or self.stream.on_hold:
+            self.idle_since = None
+            return
+        if self.activity or self.idle_since is None:
+            self.activity = 0
+            self.idle_since = now
+            return
+        if now - self.idle_since >= idle_timeout:
+            self.idle_since = None
+            self.expire("conntrack timeout", idle_timeout)
 
     def expire(self, reason: str, timeout_wait: int) -> None:
         stream = self.stream

@@ -13,6 +13,7 @@ from twisted.names import dns
 
 from mediaproxy import __version__
 from mediaproxy.process import StartupError
+from mediaproxy.relay.forwarding import choice, host
 from mediaproxy.relay.forwarding.userspace import UDPBinder
 from mediaproxy.relay.link import LinkFactory
 from mediaproxy.relay.session import SessionManager
@@ -136,8 +137,15 @@ class RelayService(service.Service):
         bind_addresses = None
         if self.config.auto_detect_interfaces and not self.config.advertised_ip:
             bind_addresses = self._bind_addresses
+        self.idle_timeout = host.udp_stream_timeout()
         self.sessions = SessionManager(
-            reactor, self.config, UDPBinder(reactor), self._session_expired, self.relay_ip, bind_addresses=bind_addresses
+            reactor,
+            self.config,
+            UDPBinder(reactor),
+            self._session_expired,
+            self.relay_ip,
+            bind_addresses=bind_addresses,
+            idle_timeout=self.idle_timeout,
         )
         self.connectors: dict[tuple[str, int], DispatcherConnector] = {}
         self._wanted: frozenset = frozenset()  # dispatchers in the latest resolved list
@@ -161,6 +169,8 @@ class RelayService(service.Service):
         )
         if not self.config.dispatchers:
             log.error("No dispatchers configured ([Relay] dispatchers); this relay will not be used")
+        self.sessions.forwarder = choice.choose(self.config, self.reactor, self.idle_timeout, self.sessions.binder)
+        self.sessions.start_idle_checks()
         self.verifier.start()
         if self.config.traffic_sampling_period > 0:
             self._sampler = task.LoopingCall(self.sample_traffic)
@@ -187,7 +197,9 @@ class RelayService(service.Service):
             if loop is not None and loop.running:
                 loop.stop()
         self.verifier.stop()
+        self.sessions.stop_idle_checks()
         self.sessions.expire_all()
+        self.sessions.forwarder.stop()
         for connector in list(self.connectors.values()):
             connector.retire()
         self._check_stopped()

@@ -6,6 +6,7 @@ sockets for a port pair and a ``forwarder`` for the kernel path.
 
 from __future__ import annotations
 
+from twisted.internet import task
 from twisted.logger import Logger
 
 from mediaproxy import __version__
@@ -200,6 +201,12 @@ class NoKernelForwarding:
 
     name = "userspace"
 
+    def start(self) -> None:
+        pass
+
+    def stop(self) -> None:
+        pass
+
     def offload(self, substream) -> None:  # noqa: ANN001
         pass
 
@@ -211,8 +218,12 @@ class NoKernelForwarding:
 
 
 class SessionManager:
-    def __init__(self, clock, config, binder, on_expired, relay_ip: str, forwarder=None, bind_addresses=None) -> None:  # noqa: ANN001
+    def __init__(
+        self, clock, config, binder, on_expired, relay_ip: str, forwarder=None, bind_addresses=None, idle_timeout: int = 120
+    ) -> None:  # noqa: ANN001, PLR0913
         self.clock = clock
+        self.idle_timeout = idle_timeout
+        self._idle_loop: task.LoopingCall | None = None
         self.pool = PortPool(config.port_range)
         self.binder = binder
         self.on_expired = on_expired
@@ -277,6 +288,24 @@ class SessionManager:
         statistics = self._close(session)
         log.info("Session {call_id} expired", call_id=session.call_id)
         self.on_expired(session, statistics)
+
+    def start_idle_checks(self) -> None:
+        """Expire substreams forwarded in userspace that stopped, as the kernel does for its entries."""
+        self._idle_loop = task.LoopingCall(self.check_idle)
+        self._idle_loop.clock = self.clock
+        self._idle_loop.start(max(1, min(5, self.idle_timeout // 4)), now=False)
+
+    def stop_idle_checks(self) -> None:
+        if self._idle_loop is not None and self._idle_loop.running:
+            self._idle_loop.stop()
+
+    def check_idle(self) -> None:
+        now = self.clock.seconds()
+        for session in list(self.sessions.values()):
+            for stream in list(session.streams):
+                if stream.alive:
+                    stream.rtcp.check_idle(now, self.idle_timeout)
+                    stream.rtp.check_idle(now, self.idle_timeout)
 
     def expire_all(self) -> None:
         for session in list(self.sessions.values()):

@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import socket
+
 from twisted.internet import error
 from twisted.internet.protocol import DatagramProtocol
 from twisted.logger import Logger
 
 log = Logger(namespace="relay.forwarding")
 
+SO_MARK = getattr(socket, "SO_MARK", 36)
+
 
 class UDPEndpoint(DatagramProtocol):
     """A relay socket: hands packets to ``receiver(data, source)`` and sends for the other side."""
+
+    noisy = False
 
     def __init__(self) -> None:
         self.receiver = None
@@ -39,10 +45,16 @@ class UDPEndpoint(DatagramProtocol):
 
 
 class UDPBinder:
-    """Opens the RTP (even) and RTCP (odd) sockets of a port pair; OSError when either is taken."""
+    """Opens the RTP (even) and RTCP (odd) sockets of a port pair; OSError when either is taken.
 
-    def __init__(self, reactor) -> None:  # noqa: ANN001
+    With kernel forwarding, ``mark`` is set on every socket (SO_MARK) so that what userspace sends
+    bypasses conntrack: a tracked send from a socket whose flow the kernel now forwards would
+    clash with the entry's reply tuple, and NAT would move it to another source port.
+    """
+
+    def __init__(self, reactor, mark: int | None = None) -> None:  # noqa: ANN001
         self.reactor = reactor
+        self.mark = mark
 
     def __call__(self, ip: str, port: int) -> tuple[UDPEndpoint, UDPEndpoint]:
         rtp = self._bind(ip, port)
@@ -60,4 +72,6 @@ class UDPBinder:
         except error.CannotListenError as failure:
             raise OSError(f"cannot bind {ip}:{port}: {failure.socketError}") from None
         endpoint.local = (ip, port)
+        if self.mark is not None:
+            endpoint.port.socket.setsockopt(socket.SOL_SOCKET, SO_MARK, self.mark)
         return endpoint

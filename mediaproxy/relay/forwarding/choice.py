@@ -1,0 +1,40 @@
+"""Choosing the forwarding path at relay start: ``[Relay] forwarding = auto | kernel | userspace``."""
+
+from __future__ import annotations
+
+from twisted.logger import Logger
+
+from mediaproxy.process import StartupError
+from mediaproxy.relay.forwarding import host
+from mediaproxy.relay.session import NoKernelForwarding
+
+log = Logger(namespace="relay")
+
+
+def choose(config, reactor, idle_timeout: int, binder=None):  # noqa: ANN001, ANN201
+    """The forwarder to use; with ``auto`` a host that cannot do kernel forwarding gets userspace and one warning."""
+    if config.forwarding == "userspace":
+        log.info("Forwarding media in userspace ([Relay] forwarding = userspace)")
+        return NoKernelForwarding()
+    from mediaproxy.relay.forwarding.conntrack import Conntrack, ConntrackError  # noqa: PLC0415
+    from mediaproxy.relay.forwarding.kernel import KernelForwarder  # noqa: PLC0415
+
+    try:
+        changed = host.prepare(config.fix_kernel_settings, config.conntrack_mark)
+        forwarder = KernelForwarder(reactor, Conntrack(config.conntrack_mark), idle_timeout)
+        forwarder.start()
+    except (host.KernelSetupError, ConntrackError, OSError) as error:
+        if config.forwarding == "kernel":
+            raise StartupError(f"Kernel forwarding is not available: {error}") from None
+        log.warn("Kernel forwarding is not available ({error}); forwarding media in userspace", error=error)
+        return NoKernelForwarding()
+    if binder is not None:
+        binder.mark = config.conntrack_mark
+    if changed:
+        log.info("Set up for kernel forwarding: {changed}", changed=", ".join(changed))
+    log.info(
+        "Forwarding media in the kernel (conntrack NAT entries, mark {mark:#x}, idle timeout {timeout}s)",
+        mark=config.conntrack_mark,
+        timeout=idle_timeout,
+    )
+    return forwarder

@@ -1,0 +1,97 @@
+"""What the host must provide for kernel forwarding, checked (and set up when allowed) at relay start.
+
+Conntrack NAT entries made over netlink only take effect when the network namespace runs both
+conntrack's own hooks and the NAT hooks. Current kernels register them only when some rule
+needs them, so the relay keeps a small nftables table of its own, ``ip mediaproxy``: a rule
+using conntrack state, and empty NAT chains. Without it, packets bypass the entries (no
+conntrack hooks) or are counted but delivered to the relay's sockets untranslated (no NAT hooks).
+The table also exempts what the relay itself sends (marked sockets) from conntrack.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+
+PROC_SYS = "/proc/sys"
+SETTINGS = ("net/ipv4/ip_forward", "net/netfilter/nf_conntrack_acct")
+UDP_STREAM_TIMEOUT = "net/netfilter/nf_conntrack_udp_timeout_stream"
+DEFAULT_UDP_STREAM_TIMEOUT = 120
+NFT_TABLE = "mediaproxy"
+NFT_RULESET = """\
+table ip {table} {{
+    chain userspace_untracked {{
+        type filter hook output priority raw; policy accept;
+        meta mark {mark:#x} notrack
+    }}
+    chain conntrack_hooks {{
+        type filter hook prerouting priority filter; policy accept;
+        ct state new counter
+    }}
+    chain nat_prerouting {{
+        type nat hook prerouting priority dstnat; policy accept;
+    }}
+    chain nat_postrouting {{
+        type nat hook postrouting priority srcnat; policy accept;
+    }}
+}}
+"""
+
+
+class KernelSetupError(Exception):
+    """Kernel forwarding cannot work here; the message says what is missing and how to provide it."""
+
+
+def _read(setting: str, proc: str) -> str | None:
+    try:
+        with open(f"{proc}/{setting}") as file:
+            return file.read().strip()
+    except OSError:
+        return None
+
+
+def udp_stream_timeout(proc: str = PROC_SYS) -> int:
+    """How long the kernel keeps an idle UDP entry that saw both directions; also the userspace idle timeout."""
+    value = _read(UDP_STREAM_TIMEOUT, proc)
+    try:
+        return int(value) if value is not None else DEFAULT_UDP_STREAM_TIMEOUT
+    except ValueError:
+        return DEFAULT_UDP_STREAM_TIMEOUT
+
+
+def ruleset(mark: int) -> str:
+    return NFT_RULESET.format(table=NFT_TABLE, mark=mark)
+
+
+def prepare(fix: bool, mark: int, proc: str = PROC_SYS, run=subprocess.run) -> list[str]:  # noqa: ANN001
+    """Check the host for kernel forwarding, fixing what ``fix`` allows; returns what was changed."""
+    if _read("net/netfilter/nf_conntrack_max", proc) is None:
+        raise KernelSetupError("the kernel has no connection tracking (modprobe nf_conntrack)")
+    changed = []
+    for setting in SETTINGS:
+        if _read(setting, proc) == "1":
+            continue
+        name = setting.replace("/", ".")
+        if not fix:
+            raise KernelSetupError(f"{name} must be 1 (sysctl -w {name}=1, or fix_kernel_settings = yes)")
+        try:
+            with open(f"{proc}/{setting}", "w") as file:
+                file.write("1\n")
+        except OSError as error:
+            raise KernelSetupError(f"cannot set {name}=1: {error.strerror}") from None
+        changed.append(f"{name}=1")
+    nft = shutil.which("nft")
+    wanted = ruleset(mark)
+    if nft is None:
+        raise KernelSetupError(f"nft is not installed (apt-get install nftables); the relay needs this table:\n{wanted}")
+    listed = run([nft, "list", "table", "ip", NFT_TABLE], capture_output=True, text=True)
+    if listed.returncode == 0 and f"meta mark {mark:#010x} notrack" in listed.stdout and "type nat hook postrouting" in listed.stdout:
+        return changed
+    if not fix:
+        raise KernelSetupError(f"the nftables table ip {NFT_TABLE} is missing or outdated; load it with nft -f:\n{wanted}")
+    # replaced as a whole, in one transaction, so an older version never lingers
+    result = run([nft, "-f", "-"], input=f"table ip {NFT_TABLE}\ndelete table ip {NFT_TABLE}\n{wanted}", capture_output=True, text=True)
+    if result.returncode != 0:
+        raise KernelSetupError(f"cannot load the nftables table ip {NFT_TABLE}: {result.stderr.strip()}")
+    changed.append(f"nftables table ip {NFT_TABLE}")
+    return changed

@@ -1,0 +1,151 @@
+"""The kernel forwarding backend: substreams handed to conntrack once both parties are learnt.
+
+Counters are read live from the entries (one dump per reactor turn however many streams ask)
+and folded into the substream's totals when an entry goes away. The kernel tells us an entry
+timed out with a DESTROY event, read in the reactor; that runs the same expiry path as the
+userspace timers, as ``conntrack timeout``.
+"""
+
+from __future__ import annotations
+
+from twisted.internet import abstract
+from twisted.logger import Logger
+
+from mediaproxy.relay.forwarding.conntrack import Conntrack, ConntrackError, Counters, Flow, destroy_socket, destroyed
+from mediaproxy.relay.media import CALLER, Substream
+
+log = Logger(namespace="relay.kernel")
+
+
+class DestroyReader(abstract.FileDescriptor):
+    """Reads conntrack DESTROY events from netlink in the reactor."""
+
+    def __init__(self, reactor, forwarder: KernelForwarder) -> None:  # noqa: ANN001
+        super().__init__(reactor)
+        self.forwarder = forwarder
+        self.socket = destroy_socket()
+
+    def fileno(self) -> int:
+        return self.socket.fileno() if self.socket is not None else -1
+
+    def doRead(self) -> None:  # noqa: N802
+        for _ in range(64):  # bounded so a storm of events cannot starve everything else
+            try:
+                data = self.socket.recv(65536)
+            except BlockingIOError:
+                return
+            except OSError as error:
+                # ENOBUFS: events were lost; the entries they were about are found gone when read
+                log.warn("Lost conntrack events ({error}); live entries are checked on the next read", error=error)
+                return
+            for key, counters in destroyed(data, self.forwarder.conntrack.mark):
+                self.forwarder.entry_destroyed(key, counters)
+
+    def connectionLost(self, reason) -> None:  # noqa: N802, ANN001
+        if self.socket is not None:
+            self.socket.close()
+            self.socket = None
+
+
+class KernelForwarder:
+    name = "kernel"
+
+    def __init__(self, reactor, conntrack: Conntrack, idle_timeout: int) -> None:  # noqa: ANN001
+        self.reactor = reactor
+        self.conntrack = conntrack
+        self.idle_timeout = idle_timeout
+        self.substreams: dict[tuple, Substream] = {}
+        self._snapshot: dict | None = None
+        self.reader: DestroyReader | None = None
+        self.failures = 0
+
+    def start(self) -> None:
+        stale = self.conntrack.flush_ours()
+        if stale:
+            log.info("Removed {count} stale conntrack entries left by an earlier run", count=stale)
+        self.reader = DestroyReader(self.reactor, self)
+        self.reactor.addReader(self.reader)
+
+    def stop(self) -> None:
+        for substream in list(self.substreams.values()):
+            self.remove(substream)
+        if self.reader is not None:
+            self.reactor.removeReader(self.reader)
+            self.reader.connectionLost(None)
+            self.reader = None
+        self.conntrack.close()
+
+    # -- the forwarder interface used by the media streams
+
+    def offload(self, substream: Substream) -> None:
+        flow = Flow(
+            caller_remote=substream.caller.remote,
+            caller_local=substream.caller.endpoint.local,
+            callee_remote=substream.callee.remote,
+            callee_local=substream.callee.endpoint.local,
+        )
+        try:
+            self.conntrack.create(flow, self.idle_timeout)
+        except ConntrackError as error:
+            self.failures += 1
+            log.warn("{kind} of {stream} stays in userspace: {error}", kind=substream.kind, stream=substream.stream, error=error)
+            return
+        substream.kernel = flow
+        self.substreams[flow.key] = substream
+        log.debug("{kind} of {stream} forwarded by the kernel", kind=substream.kind, stream=substream.stream)
+
+    def remove(self, substream: Substream) -> None:
+        flow = substream.kernel
+        if flow is None:
+            return
+        self.substreams.pop(flow.key, None)
+        substream.kernel = None
+        try:
+            final = self.conntrack.remove(flow)
+        except ConntrackError as error:
+            log.warn("{error}", error=error)
+            final = None
+        if final is not None:
+            _fold(substream, final)
+
+    def counters(self, substream: Substream, party: str) -> tuple[int, int]:
+        flow = substream.kernel
+        if flow is None:
+            return 0, 0
+        counters = self.snapshot().get(flow.key, Counters())
+        if party == CALLER:
+            return counters.orig_packets, counters.orig_bytes
+        return counters.reply_packets, counters.reply_bytes
+
+    def snapshot(self) -> dict:
+        if self._snapshot is None:
+            try:
+                self._snapshot = self.conntrack.snapshot()
+            except ConntrackError as error:
+                log.warn("{error}", error=error)
+                self._snapshot = {}
+            # one dump serves every stream asking during this reactor turn
+            self.reactor.callLater(0, self._forget_snapshot)
+        return self._snapshot
+
+    def _forget_snapshot(self) -> None:
+        self._snapshot = None
+
+    # -- kernel events
+
+    def entry_destroyed(self, key: tuple, counters: Counters) -> None:
+        substream = self.substreams.pop(key, None)
+        if substream is None:
+            return  # removed by us, or not ours
+        substream.kernel = None
+        _fold(substream, counters)
+        substream.kernel_entry_expired(self.idle_timeout)
+
+
+def _fold(substream: Substream, counters: Counters) -> None:
+    for party, packets, octets in (
+        (CALLER, counters.orig_packets, counters.orig_bytes),
+        ("callee", counters.reply_packets, counters.reply_bytes),
+    ):
+        old_packets, old_bytes = substream.kernel_totals[party]
+        substream.kernel_totals[party] = (old_packets + packets, old_bytes + octets)

@@ -1,0 +1,104 @@
+"""Network namespaces for tests: hosts joined by veth pairs, a NAT in between, sockets inside them.
+
+Every namespace is named ``mp-<tag>-<role>`` and removed by ``Topology.remove()``; nothing here
+touches the host's own network. A socket created inside a namespace stays there, so the test
+process can drive UDP endpoints in several namespaces at once.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import socket
+import subprocess
+import threading
+import uuid
+
+import pytest
+
+CLONE_NEWNET = 0x40000000
+
+
+def require_root_and_tools() -> None:
+    if os.geteuid() != 0:
+        pytest.fail("network namespace tests need root (CI runs as root)", pytrace=False)
+    for tool, package in (("ip", "iproute2"), ("iptables", "iptables"), ("nft", "nftables")):
+        if subprocess.run(["sh", "-c", f"command -v {tool}"], capture_output=True).returncode != 0:
+            pytest.fail(f"{tool} is not installed: apt-get install {package} (.ci/run does this)", pytrace=False)
+
+
+def _setns(name: str) -> None:
+    libc = ctypes.CDLL(None, use_errno=True)
+    fd = os.open(f"/run/netns/{name}", os.O_RDONLY)
+    try:
+        if libc.setns(fd, CLONE_NEWNET) != 0:
+            error = ctypes.get_errno()
+            raise OSError(error, os.strerror(error))
+    finally:
+        os.close(fd)
+
+
+def in_namespace(name: str, function, *args):  # noqa: ANN001, ANN201
+    """Run ``function`` in a thread that has entered namespace ``name``; returns its result."""
+    outcome: dict = {}
+
+    def run() -> None:
+        try:
+            _setns(name)
+            outcome["value"] = function(*args)
+        except BaseException as error:  # noqa: BLE001 - re-raised in the caller's thread
+            outcome["error"] = error
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    thread.join()
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["value"]
+
+
+def udp_socket(namespace: str, address: tuple[str, int], timeout: float = 2.0) -> socket.socket:
+    def make() -> socket.socket:
+        endpoint = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        endpoint.bind(address)
+        endpoint.settimeout(timeout)
+        return endpoint
+
+    return in_namespace(namespace, make)
+
+
+class Topology:
+    """Namespaces by role; ``link`` joins two with a veth pair; ``run`` executes a command in one."""
+
+    def __init__(self) -> None:
+        self.tag = uuid.uuid4().hex[:6]
+        self.namespaces: list[str] = []
+        self.links = 0
+
+    def name(self, role: str) -> str:
+        return f"mp-{self.tag}-{role}"
+
+    def add(self, role: str) -> str:
+        name = self.name(role)
+        subprocess.run(["ip", "netns", "add", name], check=True)
+        self.namespaces.append(name)
+        self.run(role, "ip link set lo up")
+        return name
+
+    def run(self, role: str, command: str, check: bool = True) -> subprocess.CompletedProcess:
+        return subprocess.run(["ip", "netns", "exec", self.name(role), "sh", "-c", command], check=check, capture_output=True, text=True)
+
+    def link(self, left: str, left_address: str, right: str, right_address: str) -> tuple[str, str]:
+        """A veth pair between two namespaces with an address (``ip/len``) at each end."""
+        self.links += 1
+        left_if, right_if = f"mp{self.tag}a{self.links}", f"mp{self.tag}b{self.links}"
+        subprocess.run(["ip", "link", "add", left_if, "type", "veth", "peer", "name", right_if], check=True)
+        for interface, role, address in ((left_if, left, left_address), (right_if, right, right_address)):
+            subprocess.run(["ip", "link", "set", interface, "netns", self.name(role)], check=True)
+            self.run(role, f"ip addr add {address} dev {interface} && ip link set {interface} up")
+        return left_if, right_if
+
+    def remove(self) -> None:
+        for name in reversed(self.namespaces):
+            subprocess.run(["ip", "netns", "delete", name], capture_output=True)
+        self.namespaces.clear()

@@ -1,0 +1,171 @@
+"""Kernel forwarding in network namespaces: a caller behind a NAT, the relay, a callee.
+
+    caller 10.0.0.2 -- nat 10.0.0.1 | 203.0.113.2 (MASQUERADE) -- 203.0.113.1 relay 198.51.100.1 -- callee 198.51.100.2
+
+The dispatcher and relay run in the relay's namespace, where the test sets a short UDP stream
+timeout so that an idle entry goes away in seconds. The same call runs once with the kernel
+path and once in userspace; both must account exactly the same statistics.
+"""
+
+import json
+import sqlite3
+
+import pytest
+from deployment import Deployment, wait_until
+from netns import Topology, in_namespace, require_root_and_tools, udp_socket
+
+from mediaproxy.relay.forwarding.conntrack import Conntrack
+from mediaproxy.testing import update
+
+RELAY_IP = "203.0.113.1"
+CALLER = ("10.0.0.2", 5000)
+CALLEE = ("198.51.100.2", 7000)
+IDLE_TIMEOUT = 3
+PACKETS = 40
+WARM_UP = 5
+MARK = 0x4D50
+
+
+@pytest.fixture(scope="module")
+def topology():
+    require_root_and_tools()
+    network = Topology()
+    try:
+        for role in ("caller", "nat", "relay", "callee"):
+            network.add(role)
+        network.link("caller", "10.0.0.2/24", "nat", "10.0.0.1/24")
+        _, public = network.link("relay", f"{RELAY_IP}/24", "nat", "203.0.113.2/24")
+        network.link("relay", "198.51.100.1/24", "callee", "198.51.100.2/24")
+        network.run("caller", "ip route add default via 10.0.0.1")
+        network.run("callee", "ip route add default via 198.51.100.1")
+        network.run("nat", f"sysctl -qw net.ipv4.ip_forward=1 && iptables -t nat -A POSTROUTING -o {public} -j MASQUERADE")
+        network.run("relay", f"sysctl -qw net.netfilter.nf_conntrack_udp_timeout_stream={IDLE_TIMEOUT}")
+        yield network
+    finally:
+        network.remove()
+
+
+def rtp(sequence, payload_type):
+    return bytes([0x80, payload_type]) + sequence.to_bytes(2, "big") + b"\x00" * 8 + bytes([sequence % 256]) * 160
+
+
+def run_call(tmp_path, topology, forwarding):
+    """One call through the relay; returns (accounting record, entry counters seen, relay log)."""
+    namespace = topology.name("relay")
+    database = tmp_path / "accounting.sqlite"
+    programs = Deployment(
+        tmp_path,
+        f"[Relay]\nrelay_ip = {RELAY_IP}\nforwarding = {forwarding}\nport_range = 40000:40100\n"
+        f"[Dispatcher]\naccounting = database\n[Database]\ndburi = sqlite://{database}\n",
+        namespace=namespace,
+    )
+    caller = udp_socket(topology.name("caller"), CALLER)
+    callee = udp_socket(topology.name("callee"), CALLEE)
+    try:
+        programs.start()
+        proxy = programs.proxy()
+        call_id = f"kernel-{forwarding}@example.com"
+        offer = proxy.request(update(call_id, "ft", media=f"audio:{CALLER[0]}:{CALLER[1]}:sendrecv:ice=no", dialog_id="7:8"))
+        answer = proxy.request(update(call_id, "ft", "tt", kind="reply", media=f"audio:{CALLEE[0]}:{CALLEE[1]}:sendrecv:ice=no"))
+        (relay_ip, callee_facing), (_, caller_facing) = offer.split(), answer.split()
+        assert relay_ip == RELAY_IP
+        to_caller_side, to_callee_side = (RELAY_IP, int(caller_facing)), (RELAY_IP, int(callee_facing))
+        # the private SDP addresses are not routable: each side is learnt from its first packet
+        callee.sendto(rtp(0, 8), to_callee_side)
+        caller.sendto(rtp(0, 0), to_caller_side)
+        data, source = callee.recvfrom(2048)
+        assert (data, source) == (rtp(0, 0), to_callee_side)
+        def exchange(first, last):
+            for sequence in range(first, last + 1):
+                caller.sendto(rtp(sequence, 0), to_caller_side)
+                assert callee.recvfrom(2048) == (rtp(sequence, 0), to_callee_side)
+                callee.sendto(rtp(sequence, 8), to_callee_side)
+                assert caller.recvfrom(2048) == (rtp(sequence, 8), to_caller_side)
+
+        # the packets right after the entry appears may still be queued on the relay's sockets
+        exchange(1, WARM_UP)
+        before = in_namespace(namespace, lambda: Conntrack(MARK).snapshot())
+        exchange(WARM_UP + 1, PACKETS)
+        after = in_namespace(namespace, lambda: Conntrack(MARK).snapshot())
+        entries = {key: (before.get(key), counters) for key, counters in after.items()}
+        # media stops: the entry (or the userspace idle check) times out and the call expires
+        programs.dispatcher.wait_for_log(f"Call {call_id} expired on relay", timeout=30)
+        wait_until(lambda: _rows(database), "the accounting record")
+        (record,) = _rows(database)
+        return record, entries, programs.relay.output()
+    finally:
+        programs.kill()
+        caller.close()
+        callee.close()
+
+
+def _rows(database):
+    try:
+        return [json.loads(info) for (info,) in sqlite3.connect(database).execute("SELECT info FROM media_sessions")]
+    except sqlite3.OperationalError:
+        return []
+
+
+def comparable(record):
+    (stream,) = record["streams"]
+    # end_time is when the expiry was noticed: the kernel reaps idle entries up to ~10 s late
+    return {key: value for key, value in stream.items() if key not in ("caller_local", "callee_local", "post_dial_delay", "end_time")}
+
+
+def test_kernel_forwards_counts_and_expires_like_userspace(tmp_path, topology):
+    kernel_record, entries, kernel_log = run_call(tmp_path / "kernel", topology, "kernel")
+    assert "Forwarding media in the kernel" in kernel_log
+    # once the entry is there, every packet goes through it and none reaches our sockets
+    ((before, after),) = entries.values()
+    size = len(rtp(0, 0)) + 28
+    steady = PACKETS - WARM_UP
+    assert (after.orig_packets - before.orig_packets, after.orig_bytes - before.orig_bytes) == (steady, steady * size)
+    assert (after.reply_packets - before.reply_packets, after.reply_bytes - before.reply_bytes) == (steady, steady * size)
+    ((caller_remote, caller_local),) = entries
+    assert caller_remote == ("203.0.113.2", CALLER[1]) and caller_local[0] == RELAY_IP  # the NAT's public address was learnt
+
+    (stream,) = kernel_record["streams"]
+    assert kernel_record["timed_out"] is True and kernel_record["dialog_id"] == "7:8"
+    assert stream["status"] == "conntrack timeout" and stream["timeout_wait"] == IDLE_TIMEOUT
+    assert (stream["caller_packets"], stream["callee_packets"]) == (PACKETS + 1, PACKETS)
+    assert (stream["caller_bytes"], stream["callee_bytes"]) == ((PACKETS + 1) * size, PACKETS * size)
+    assert (stream["caller_codec"], stream["callee_codec"]) == ("G711u", "G711a")
+
+    userspace_record, userspace_entries, userspace_log = run_call(tmp_path / "userspace", topology, "userspace")
+    assert userspace_entries == {} and "Forwarding media in userspace" in userspace_log
+    assert comparable(userspace_record) == comparable(kernel_record)
+
+
+def test_relay_removes_stale_entries_and_its_own_at_stop(tmp_path, topology):
+    """Entries with our mark left by a crashed relay go at start-up; a stopping relay removes its own."""
+    namespace = topology.name("relay")
+    from mediaproxy.relay.forwarding.conntrack import Flow  # noqa: PLC0415
+
+    stale = Flow(("203.0.113.9", 4000), (RELAY_IP, 40090), ("198.51.100.9", 4002), (RELAY_IP, 40092))
+    in_namespace(namespace, lambda: Conntrack(MARK).create(stale, 600))
+    assert len(in_namespace(namespace, lambda: Conntrack(MARK).snapshot())) == 1
+    programs = Deployment(tmp_path, f"[Relay]\nrelay_ip = {RELAY_IP}\nforwarding = kernel\n", namespace=namespace)
+    try:
+        programs.start()
+        programs.relay.wait_for_log("Removed 1 stale conntrack entries")
+        assert in_namespace(namespace, lambda: Conntrack(MARK).snapshot()) == {}
+    finally:
+        programs.kill()
+
+
+def test_forwarding_kernel_refuses_to_start_without_the_kernel_path(tmp_path, topology):
+    """fix_kernel_settings = no on a namespace without our nftables table: exit 1 saying what is missing."""
+    network = Topology()
+    try:
+        namespace = network.add("bare")
+        network.run("bare", "ip addr add 192.0.2.1/32 dev lo")
+        programs = Deployment(
+            tmp_path, "[Relay]\nrelay_ip = 192.0.2.1\nforwarding = kernel\nfix_kernel_settings = no\n", namespace=namespace
+        )
+        programs.start_dispatcher()
+        relay = programs._program("media-relay", "relay.log")
+        assert relay.process.wait(timeout=30) == 1
+        assert "Kernel forwarding is not available: net.ipv4.ip_forward must be 1" in relay.output()
+        programs.kill()
+    finally:
+        network.remove()

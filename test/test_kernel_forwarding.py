@@ -75,6 +75,7 @@ def run_call(tmp_path, topology, forwarding):
         caller.sendto(rtp(0, 0), to_caller_side)
         data, source = callee.recvfrom(2048)
         assert (data, source) == (rtp(0, 0), to_callee_side)
+
         def exchange(first, last):
             for sequence in range(first, last + 1):
                 caller.sendto(rtp(sequence, 0), to_caller_side)

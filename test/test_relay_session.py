@@ -411,3 +411,100 @@ def test_summary_counts_alive_streams():
 )
 def test_codec_names(payload_type, name):
     assert codec_name(rtp(payload_type | 0x80)) == name
+
+
+class RecordingForwarder:
+    """A kernel forwarder stand-in: remembers offloads, reports fixed counters."""
+
+    name = "kernel"
+
+    def __init__(self):
+        self.offloaded = []
+        self.removed = []
+
+    def offload(self, substream):
+        substream.kernel = ("entry", substream.kind)
+        self.offloaded.append(substream.kind)
+
+    def remove(self, substream):
+        self.removed.append(substream.kind)
+        substream.kernel = None
+        for party in ("caller", "callee"):
+            substream.kernel_totals[party] = (10, 2000)  # what the real one folds in from the entry
+
+    def counters(self, substream, party):
+        return (10, 2000) if substream.kernel else (0, 0)
+
+
+def established(relay):
+    relay.call()
+    relay.socket(40000).deliver(rtp(0), CALLER_NAT)
+    relay.socket(40002).deliver(rtp(8), CALLEE_NAT)
+    return relay.manager.sessions[("c1", "ft")].streams[0]
+
+
+def test_userspace_idle_media_expires_like_a_kernel_entry():
+    relay = Relay()
+    relay.manager.idle_timeout = 120
+    stream = established(relay)
+    for _ in range(30):  # media keeps flowing: never idle
+        relay.clock.advance(5)
+        relay.socket(40000).deliver(rtp(0), CALLER_NAT)
+        relay.manager.check_idle()
+    assert stream.status == "active"
+    for _ in range(23):
+        relay.clock.advance(5)
+        relay.manager.check_idle()
+    assert stream.status == "active"  # 115 s of silence
+    relay.clock.advance(5)
+    relay.manager.check_idle()
+    assert stream.status == "conntrack timeout" and stream.timeout_wait == 120
+    (stats,) = relay.expired
+    assert stats["streams"][0]["status"] == "conntrack timeout"
+
+
+def test_held_stream_is_not_expired_for_silence():
+    relay = Relay()
+    relay.manager.idle_timeout = 10
+    stream = established(relay)
+    relay.update(cseq=2, media="audio:0.0.0.0:6000:sendrecv:ice=no")
+    relay.update(kind="reply", cseq=2, to_tag="tt", media="audio:198.51.100.20:7000:recvonly:ice=no")
+    assert stream.status == "on hold"
+    for _ in range(10):
+        relay.clock.advance(5)
+        relay.manager.check_idle()
+    assert stream.status == "on hold"
+
+
+def test_kernel_entry_offloaded_after_first_packets_and_counted():
+    relay = Relay()
+    forwarder = relay.manager.forwarder = RecordingForwarder()
+    stream = established(relay)
+    assert forwarder.offloaded == ["rtp"]
+    # the packet that completed learning was sent by userspace before the entry appeared
+    assert relay.socket(40000).sent == [(rtp(8), CALLER_NAT)]
+    stats = relay.remove()
+    (counted,) = stats["streams"]
+    assert counted["caller_packets"] == 0 + 10 and counted["callee_packets"] == 1 + 10
+    assert forwarder.removed == ["rtp"] and stream.rtp.kernel is None
+
+
+def test_kernel_entry_timeout_expires_the_stream_but_not_on_hold():
+    relay = Relay()
+    relay.manager.forwarder = RecordingForwarder()
+    stream = established(relay)
+    stream.rtp.kernel = None
+    stream.rtp.kernel_entry_expired(120)
+    assert stream.status == "conntrack timeout" and stream.timeout_wait == 120
+
+    relay = Relay()
+    forwarder = relay.manager.forwarder = RecordingForwarder()
+    stream = established(relay)
+    relay.update(cseq=2, media="audio:192.0.2.10:6000:sendonly:ice=no")
+    relay.update(kind="reply", cseq=2, to_tag="tt", media="audio:198.51.100.20:7000:recvonly:ice=no")
+    stream.rtp.kernel = None
+    stream.rtp.kernel_entry_expired(120)
+    assert stream.status == "on hold"
+    # media resumes: back to the kernel
+    relay.socket(40000).deliver(rtp(0), CALLER_NAT)
+    assert forwarder.offloaded == ["rtp", "rtp"]

@@ -41,7 +41,7 @@ def test_fix_sets_sysctls_and_loads_the_table(tmp_path):
     proc = fake_proc(tmp_path)
     nft = FakeNft()
     changed = host.prepare(True, MARK, proc=proc, run=nft)
-    assert changed == ["net.ipv4.ip_forward=1", "net.netfilter.nf_conntrack_acct=1", "nftables table ip mediaproxy"]
+    assert changed == ["net.ipv4.ip_forward=1", "net.netfilter.nf_conntrack_acct=1", "nftables table ip mediaproxy_4d50"]
     assert (tmp_path / "net/ipv4/ip_forward").read_text() == "1\n"
     (loaded,) = nft.loaded
     assert "meta mark 0x00004d50 notrack" in loaded.replace("0x4d50", "0x00004d50") or "meta mark 0x4d50 notrack" in loaded
@@ -50,7 +50,7 @@ def test_fix_sets_sysctls_and_loads_the_table(tmp_path):
 
 def test_nothing_to_do_when_everything_is_there(tmp_path):
     proc = fake_proc(tmp_path, net__ipv4__ip_forward="1", net__netfilter__nf_conntrack_acct="1")
-    nft = FakeNft("table ip mediaproxy {\n meta mark 0x00004d50 notrack\n type nat hook postrouting priority srcnat\n}")
+    nft = FakeNft("table ip mediaproxy_4d50 {\n meta mark 0x00004d50 notrack\n type nat hook postrouting priority srcnat\n}")
     assert host.prepare(False, MARK, proc=proc, run=nft) == [] and nft.loaded == []
 
 
@@ -58,7 +58,7 @@ def test_without_fix_explains_what_is_missing(tmp_path):
     with pytest.raises(host.KernelSetupError, match=r"net.ipv4.ip_forward must be 1 \(sysctl -w net.ipv4.ip_forward=1"):
         host.prepare(False, MARK, proc=fake_proc(tmp_path), run=FakeNft())
     proc = fake_proc(tmp_path, net__ipv4__ip_forward="1", net__netfilter__nf_conntrack_acct="1")
-    with pytest.raises(host.KernelSetupError, match="table ip mediaproxy is missing or outdated; load it with nft -f"):
+    with pytest.raises(host.KernelSetupError, match="table ip mediaproxy_4d50 is missing or outdated; load it with nft -f"):
         host.prepare(False, MARK, proc=proc, run=FakeNft())
 
 

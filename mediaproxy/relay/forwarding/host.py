@@ -2,8 +2,8 @@
 
 Conntrack NAT entries made over netlink only take effect when the network namespace runs both
 conntrack's own hooks and the NAT hooks. Current kernels register them only when some rule
-needs them, so the relay keeps a small nftables table of its own, ``ip mediaproxy``: a rule
-using conntrack state, and empty NAT chains. Without it, packets bypass the entries (no
+needs them, so the relay keeps a small nftables table of its own, ``mediaproxy_<mark>``:
+a rule using conntrack state, and empty NAT chains. Without it, packets bypass the entries (no
 conntrack hooks) or are counted but delivered to the relay's sockets untranslated (no NAT hooks).
 The table also exempts what the relay itself sends (marked sockets) from conntrack.
 """
@@ -17,7 +17,6 @@ PROC_SYS = "/proc/sys"
 SETTINGS = ("net/ipv4/ip_forward", "net/netfilter/nf_conntrack_acct")
 UDP_STREAM_TIMEOUT = "net/netfilter/nf_conntrack_udp_timeout_stream"
 DEFAULT_UDP_STREAM_TIMEOUT = 120
-NFT_TABLE = "mediaproxy"
 NFT_RULESET = """\
 table ip {table} {{
     chain userspace_untracked {{
@@ -59,8 +58,13 @@ def udp_stream_timeout(proc: str = PROC_SYS) -> int:
         return DEFAULT_UDP_STREAM_TIMEOUT
 
 
+def table_name(mark: int) -> str:
+    """One table per relay mark, so relays sharing a network namespace do not replace each other's."""
+    return f"mediaproxy_{mark:x}"
+
+
 def ruleset(mark: int) -> str:
-    return NFT_RULESET.format(table=NFT_TABLE, mark=mark)
+    return NFT_RULESET.format(table=table_name(mark), mark=mark)
 
 
 def prepare(fix: bool, mark: int, proc: str = PROC_SYS, run=subprocess.run) -> list[str]:  # noqa: ANN001
@@ -81,17 +85,18 @@ def prepare(fix: bool, mark: int, proc: str = PROC_SYS, run=subprocess.run) -> l
             raise KernelSetupError(f"cannot set {name}=1: {error.strerror}") from None
         changed.append(f"{name}=1")
     nft = shutil.which("nft")
+    table = table_name(mark)
     wanted = ruleset(mark)
     if nft is None:
         raise KernelSetupError(f"nft is not installed (apt-get install nftables); the relay needs this table:\n{wanted}")
-    listed = run([nft, "list", "table", "ip", NFT_TABLE], capture_output=True, text=True)
+    listed = run([nft, "list", "table", "ip", table], capture_output=True, text=True)
     if listed.returncode == 0 and f"meta mark {mark:#010x} notrack" in listed.stdout and "type nat hook postrouting" in listed.stdout:
         return changed
     if not fix:
-        raise KernelSetupError(f"the nftables table ip {NFT_TABLE} is missing or outdated; load it with nft -f:\n{wanted}")
+        raise KernelSetupError(f"the nftables table ip {table} is missing or outdated; load it with nft -f:\n{wanted}")
     # replaced as a whole, in one transaction, so an older version never lingers
-    result = run([nft, "-f", "-"], input=f"table ip {NFT_TABLE}\ndelete table ip {NFT_TABLE}\n{wanted}", capture_output=True, text=True)
+    result = run([nft, "-f", "-"], input=f"table ip {table}\ndelete table ip {table}\n{wanted}", capture_output=True, text=True)
     if result.returncode != 0:
-        raise KernelSetupError(f"cannot load the nftables table ip {NFT_TABLE}: {result.stderr.strip()}")
-    changed.append(f"nftables table ip {NFT_TABLE}")
+        raise KernelSetupError(f"cannot load the nftables table ip {table}: {result.stderr.strip()}")
+    changed.append(f"nftables table ip {table}")
     return changed

@@ -1,0 +1,453 @@
+"""End to end: a real Kamailio and sipp, callers behind a NAT, two relays forwarding in the kernel.
+
+    caller 10.0.1.2 -- nat 10.0.1.1 | 192.0.2.1 (MASQUERADE) -- 192.0.2.254 core 198.51.100.254 -- callee 198.51.100.2
+                                                                relays 203.0.113.1, 203.0.113.2
+
+The core namespace runs Kamailio, the dispatcher (SQLite accounting, dialog ending through
+Kamailio's jsonrpcs) and two relays. The SDP addresses are private, so media only works through
+the relay, which learns the NAT's public address from the first packets. The test's own UDP
+sockets sit on the SDP ports in the caller's and callee's namespaces and check every packet.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import sqlite3
+import subprocess
+import time
+
+import pytest
+from deployment import Deployment, wait_until
+from netns import Topology, require_root_and_tools, udp_socket
+from sip_scenarios import Callee, Caller, recv_bye, scenario, sdp, trigger, wait
+
+from harness import Program
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+MODULES = "/usr/lib/x86_64-linux-gnu/kamailio/modules/"
+CALLER_IP, CALLEE_IP, PROXY_IP, NAT_PUBLIC = "10.0.1.2", "198.51.100.2", "192.0.2.254", "192.0.2.1"
+RELAYS = ("203.0.113.1", "203.0.113.2")
+LINK_IP = "203.0.113.254"
+IDLE_TIMEOUT = 8
+AUDIO, VIDEO = (6000, 7000), (6002, 7002)
+
+
+def require(program: str, package: str) -> None:
+    if shutil.which(program) is None:
+        pytest.fail(f"{program} is missing: apt-get install {package} (.ci/run does this)", pytrace=False)
+
+
+@pytest.fixture(scope="module")
+def network():
+    require_root_and_tools()
+    require("kamailio", "kamailio")
+    require("sipp", "sip-tester")
+    net = Topology()
+    try:
+        for role in ("caller", "nat", "core", "callee"):
+            net.add(role)
+        net.link("caller", f"{CALLER_IP}/24", "nat", "10.0.1.1/24")
+        _, public = net.link("core", f"{PROXY_IP}/24", "nat", f"{NAT_PUBLIC}/24")
+        net.link("core", "198.51.100.254/24", "callee", f"{CALLEE_IP}/24")
+        net.run("caller", "ip route add default via 10.0.1.1")
+        net.run("nat", f"ip route add default via {PROXY_IP} && sysctl -qw net.ipv4.ip_forward=1")
+        net.run("nat", f"iptables -t nat -A POSTROUTING -o {public} -j MASQUERADE")
+        net.run("callee", "ip route add default via 198.51.100.254")
+        for address in (*RELAYS, LINK_IP):
+            net.run("core", f"ip addr add {address}/32 dev lo")
+        net.run("core", f"sysctl -qw net.netfilter.nf_conntrack_udp_timeout_stream={IDLE_TIMEOUT}")
+        yield net
+    finally:
+        net.remove()
+
+
+class Stack:
+    """Kamailio, the dispatcher and two relays in the core namespace."""
+
+    def __init__(self, network: Topology, tmp_path) -> None:  # noqa: ANN001
+        self.network = network
+        self.tmp = tmp_path
+        self.namespace = network.name("core")
+        self.rpc_socket = tmp_path / "kamailio_rpc.sock"
+        self.database = tmp_path / "accounting.sqlite"
+        self.deployment = Deployment(
+            tmp_path,
+            f"[Dispatcher]\nlisten = {LINK_IP}:25060\naccounting = database\n"
+            f"[Database]\ndburi = sqlite://{self.database}\n"
+            f"[OpenSIPS]\nsocket_path = {self.rpc_socket}\nflavour = kamailio\n"
+            f"[Relay]\ndispatchers = {LINK_IP}:25060\nforwarding = kernel\nstream_timeout = 5\n",
+            namespace=self.namespace,
+        )
+        self.relays: dict[str, Program] = {}
+        self.kamailio: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        self.deployment.start_dispatcher()
+        for number, ip in enumerate(RELAYS, 1):
+            self.start_relay(ip, number)
+        self._start_kamailio()
+
+    def start_relay(self, ip: str, number: int) -> Program:
+        config = self.tmp / f"relay{number}"
+        config.mkdir(exist_ok=True)
+        shutil.copytree(self.deployment.config / "tls", config / "tls", dirs_exist_ok=True)
+        text = (self.deployment.config / "config.ini").read_text()
+        text = text.replace("relay_ip = 127.0.0.1", f"relay_ip = {ip}\nlink_source_ip = {ip}\nconntrack_mark = {0x4D50 + number}")
+        text = text.replace("port_range = 43000:43998", f"port_range = {40000 + 1000 * number}:{40998 + 1000 * number}")
+        (config / "config.ini").write_text(text)
+        relay = Program(
+            "media-relay",
+            str(config),
+            str(self.tmp / f"relay{number}-run"),
+            str(self.tmp / f"relay{number}-{time.monotonic_ns()}.log"),
+            prefix=("ip", "netns", "exec", self.namespace),
+        )
+        relay.wait_for_log("Connected to dispatcher")
+        self.deployment.dispatcher.wait_for_log(f"Relay {ip} connected")
+        self.relays[ip] = relay
+        return relay
+
+    def _start_kamailio(self) -> None:
+        template = open(os.path.join(HERE, "sip", "e2e.cfg.in")).read()
+        for marker, value in {
+            "@SIP_IP@": PROXY_IP,
+            "@CALLEE@": CALLEE_IP,
+            "@MODULES@": MODULES,
+            "@RPC_SOCKET@": self.rpc_socket,
+            "@DISPATCHER_SOCKET@": self.deployment.socket_path,
+        }.items():
+            template = template.replace(marker, str(value))
+        (self.tmp / "kamailio.cfg").write_text(template)
+        runtime = self.tmp / "kamailio-run"
+        runtime.mkdir()
+        self.kamailio_log = self.tmp / "kamailio.log"
+        with open(self.kamailio_log, "w") as log:
+            self.kamailio = subprocess.Popen(
+                ["ip", "netns", "exec", self.namespace, "kamailio", "-f", str(self.tmp / "kamailio.cfg"), "-DD", "-E", "-Y", str(runtime)]
+                + ["-m", "64", "-M", "8"],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        wait_until(lambda: self.rpc_socket.exists() or self.kamailio.poll() is not None, "Kamailio to start", timeout=20)
+        assert self.kamailio.poll() is None, self.kamailio_log.read_text()[-3000:]
+
+    def stop(self) -> None:
+        if self.kamailio is not None and self.kamailio.poll() is None:
+            self.kamailio.terminate()
+            self.kamailio.wait(timeout=10)
+        for relay in self.relays.values():
+            if relay.process.poll() is None:
+                relay.process.kill()
+                relay.process.wait()
+        self.deployment.kill()
+
+    def sessions(self) -> list[dict]:
+        return json.loads(self.deployment.management(b"sessions"))
+
+    def records(self) -> dict[str, dict]:
+        try:
+            rows = sqlite3.connect(self.database).execute("SELECT call_id, info FROM media_sessions").fetchall()
+        except sqlite3.OperationalError:
+            return {}
+        return {call_id: json.loads(info) for call_id, info in rows}
+
+    def context(self) -> str:
+        parts = [("kamailio", self.kamailio_log.read_text()[-2500:]), ("dispatcher", self.deployment.dispatcher.output()[-2500:])]
+        parts += [(f"relay {ip}", relay.output()[-1500:]) for ip, relay in self.relays.items()]
+        return "".join(f"\n--- {name}:\n{text}" for name, text in parts)
+
+
+@pytest.fixture(scope="module")
+def stack(network, tmp_path_factory):
+    running = Stack(network, tmp_path_factory.mktemp("e2e"))
+    try:
+        running.start()
+        yield running
+    finally:
+        running.stop()
+
+
+class Call:
+    """One sipp caller/callee pair on the test's scenarios, and the test's RTP sockets on the SDP ports."""
+
+    def __init__(self, stack: Stack, name: str, caller_steps: list[str], callee_steps: list[str], media=(AUDIO,), slot: int = 0) -> None:  # noqa: ANN001
+        self.stack, self.name = stack, name
+        directory = stack.tmp / name
+        directory.mkdir()
+        (directory / "uac.xml").write_text(scenario(f"{name} caller", caller_steps))
+        (directory / "uas.xml").write_text(scenario(f"{name} callee", callee_steps))
+        network = stack.network
+        self.callee_sockets = [udp_socket(network.name("callee"), (CALLEE_IP, callee)) for _, callee in media]
+        self.caller_sockets = [udp_socket(network.name("caller"), (CALLER_IP, caller)) for caller, _ in media]
+        self.caller_trigger = udp_socket(network.name("caller"), (CALLER_IP, 0))
+        self.callee_trigger = udp_socket(network.name("callee"), (CALLEE_IP, 0))
+        common = ["-m", "1", "-nostdin", "-timeout", "90s", "-timeout_error", "-trace_err", "-max_recv_loops", "10"]
+        self.uas_port, self.uac_port = 5060 + 2 * slot, 5070 + 2 * slot
+        self.uas = self._sipp(network.name("callee"), directory, "uas.xml", CALLEE_IP, self.uas_port, common)
+        self.uac = self._sipp(network.name("caller"), directory, "uac.xml", CALLER_IP, self.uac_port, [*common, f"{PROXY_IP}:5060"])
+        self.call_id = f"1-{self.uac.pid}@{CALLER_IP}"
+
+    @staticmethod
+    def _sipp(namespace: str, directory, scenario_file: str, ip: str, port: int, extra: list[str]) -> subprocess.Popen:  # noqa: ANN001
+        command = ["ip", "netns", "exec", namespace, "sipp", "-sf", str(directory / scenario_file), "-i", ip, "-p", str(port), *extra]
+        return subprocess.Popen(command, cwd=directory, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+    def session(self, condition=lambda session: True, what: str = "the call on a relay") -> dict:  # noqa: ANN001
+        found: dict = {}
+
+        def check() -> bool:
+            for session in self.stack.sessions():
+                if session["call_id"] == self.call_id and condition(session):
+                    found.update(session)
+                    return True
+            return False
+
+        wait_until(check, f"{what} ({self.name})", timeout=30)
+        return found
+
+    def answered(self) -> dict:
+        return self.session(lambda session: session["start_time"] is not None and session["streams"], "the answered call")
+
+    def media(self, stream: int = 0, packets: int = 20, session: dict | None = None) -> tuple[str, str]:
+        """RTP both ways through the relay on one stream; returns the relay's (caller side, callee side)."""
+        session = session or self.answered()
+        entry = session["streams"][stream]
+        caller_side, callee_side = _address(entry["caller_local"]), _address(entry["callee_local"])
+        caller, callee = self.caller_sockets[stream], self.callee_sockets[stream]
+        # the callee speaks first; the private SDP addresses are learnt from the NAT'ed packets
+        callee.sendto(_rtp(0, 8), callee_side)
+        if entry["caller_remote"] != "Unknown":  # the caller is known already: this one reaches it
+            assert caller.recvfrom(2048) == (_rtp(0, 8), caller_side), self.stack.context()
+        for sequence in range(1, packets + 1):
+            caller.sendto(_rtp(sequence, 0), caller_side)
+            assert callee.recvfrom(2048) == (_rtp(sequence, 0), callee_side), self.stack.context()
+            callee.sendto(_rtp(sequence, 8), callee_side)
+            assert caller.recvfrom(2048) == (_rtp(sequence, 8), caller_side), self.stack.context()
+        return entry["caller_local"], entry["callee_local"]
+
+    def next(self, side: str = "caller") -> None:
+        if side == "caller":
+            trigger((CALLER_IP, self.uac_port), self.call_id, self.caller_trigger)
+        else:
+            trigger((CALLEE_IP, self.uas_port), self.call_id, self.callee_trigger)
+
+    def finish(self, timeout: float = 60) -> None:
+        for name, process in (("caller", self.uac), ("callee", self.uas)):
+            try:
+                _, error = process.communicate(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                _, error = process.communicate()
+            assert process.returncode == 0, f"sipp {name} of {self.name} failed: {error.decode()[-2000:]}{self.stack.context()}"
+        for endpoint in (*self.caller_sockets, *self.callee_sockets, self.caller_trigger, self.callee_trigger):
+            endpoint.close()
+
+    def record(self) -> dict:
+        wait_until(lambda: self.call_id in self.stack.records(), f"the accounting record of {self.name}", timeout=30)
+        return self.stack.records()[self.call_id]
+
+
+def _address(text: str) -> tuple[str, int]:
+    ip, port = text.rsplit(":", 1)
+    return ip, int(port)
+
+
+def _rtp(sequence: int, payload_type: int) -> bytes:
+    return bytes([0x80, payload_type]) + sequence.to_bytes(2, "big") + b"\x00" * 8 + bytes([sequence % 256]) * 160
+
+
+def audio_ports(slot: int = 0) -> tuple[int, int]:
+    return AUDIO[0] + 10 * slot, AUDIO[1] + 10 * slot
+
+
+def callee_user(slot: int = 0, prefix: str = "bob") -> str:
+    """Kamailio sends the call to the callee's sipp on the port named at the end of the user."""
+    return f"{prefix}-{5060 + 2 * slot}"
+
+
+def plain_call(stack: Stack, name: str, slot: int = 0, style: str = "engage") -> Call:
+    user = callee_user(slot, "manual-bob" if style == "manual" else "bob")
+    caller = Caller(user=user, contact_user="manual-alice" if style == "manual" else "alice")
+    callee = Callee(contact_user="manual-bob" if style == "manual" else "bob")
+    audio = audio_ports(slot)
+    return Call(
+        stack,
+        name,
+        [*caller.invite(sdp(CALLER_IP, ("audio", audio[0]))), *caller.answered(), *caller.ack(), *wait(), *caller.bye()],
+        [*callee.answer(sdp(CALLEE_IP, ("audio", audio[1]))), *callee.hangup()],
+        media=(audio,),
+        slot=slot,
+    )
+
+
+def check_stream(record: dict, packets: int, status: str = "closed") -> dict:
+    stream = record["streams"][0]
+    assert stream["status"] == status
+    assert (stream["caller_codec"], stream["callee_codec"]) == ("G711u", "G711a")
+    assert stream["caller_remote"] == f"{NAT_PUBLIC}:{AUDIO[0]}"  # the NAT's mapping, learnt from the packets
+    assert stream["callee_remote"] == f"{CALLEE_IP}:{AUDIO[1]}"
+    assert stream["caller_packets"] >= packets and stream["callee_packets"] >= packets
+    return stream
+
+
+@pytest.mark.parametrize("style", ["engage", "manual"])
+def test_plain_call_media_flows_through_the_relay(stack, style):
+    call = plain_call(stack, f"plain-{style}", style=style)
+    caller_side, _ = call.media(packets=30)
+    assert caller_side.split(":")[0] in RELAYS
+    call.next()
+    call.finish()
+    record = call.record()
+    assert record["timed_out"] is False and "alice@example.com" in record["from_uri"]
+    assert (record["caller_ua"], record["callee_ua"]) == ("sipp caller", "sipp callee")
+    check_stream(record, 30)
+    assert (record["dialog_id"] is not None) == (style == "engage")
+
+
+def test_video_rejected_in_the_answer(stack):
+    caller, callee = Caller(user=callee_user()), Callee()
+    offer = sdp(CALLER_IP, ("audio", AUDIO[0]), ("video", VIDEO[0]))
+    answer = sdp(CALLEE_IP, ("audio", AUDIO[1]), ("video", 0))
+    call = Call(
+        stack,
+        "video-rejected",
+        [*caller.invite(offer), *caller.answered(), *caller.ack(), *wait(), *caller.bye()],
+        [*callee.answer(answer), *callee.hangup()],
+        media=(AUDIO, VIDEO),
+    )
+    call.media(packets=10)
+    call.next()
+    call.finish()
+    record = call.record()
+    audio, video = record["streams"]
+    assert (audio["media_type"], audio["status"]) == ("audio", "closed")
+    assert (video["media_type"], video["status"], video["caller_packets"]) == ("video", "rejected", 0)
+
+
+def test_hold_and_unhold_in_both_styles(stack):
+    caller, callee = Caller(user=callee_user()), Callee()
+    active = sdp(CALLER_IP, ("audio", AUDIO[0]))
+    call = Call(
+        stack,
+        "hold",
+        [
+            *caller.invite(active),
+            *caller.answered(),
+            *caller.ack(),
+            *wait(),
+            *caller.reinvite(sdp(CALLER_IP, ("audio", AUDIO[0], "sendonly"))),
+            *wait(),
+            *caller.reinvite(active),
+            *wait(),
+            *caller.reinvite(sdp("0.0.0.0", ("audio", AUDIO[0]))),
+            *wait(),
+            *caller.reinvite(active),
+            *wait(),
+            *caller.bye(),
+        ],
+        [
+            *callee.answer(sdp(CALLEE_IP, ("audio", AUDIO[1]))),
+            *callee.reanswer(sdp(CALLEE_IP, ("audio", AUDIO[1], "recvonly"))),
+            *callee.reanswer(sdp(CALLEE_IP, ("audio", AUDIO[1]))),
+            *callee.reanswer(sdp(CALLEE_IP, ("audio", AUDIO[1]))),
+            *callee.reanswer(sdp(CALLEE_IP, ("audio", AUDIO[1]))),
+            *callee.hangup(),
+        ],
+    )
+    call.media(packets=10)
+    for held in (True, False, True, False):
+        call.next()
+        expected = "on hold" if held else "active"
+        session = call.session(lambda s, expected=expected: s["streams"][-1]["status"] == expected, f"status {expected}")
+        if not held:
+            call.media(packets=5, session=session)
+    call.next()
+    call.finish()
+    assert call.record()["streams"][-1]["status"] == "closed"
+
+
+def test_late_offer_in_the_200_and_answer_in_the_ack(stack):
+    caller, callee = Caller(user=callee_user()), Callee()
+    call = Call(
+        stack,
+        "late-offer",
+        [*caller.invite(None), *caller.answered(), *caller.ack(sdp(CALLER_IP, ("audio", AUDIO[0]))), *wait(), *caller.bye()],
+        [*callee.answer(sdp(CALLEE_IP, ("audio", AUDIO[1]))), *callee.hangup()],
+    )
+    call.media(packets=10)
+    call.next()
+    call.finish()
+    check_stream(call.record(), 10)
+
+
+def test_ice_offer_gets_a_relay_candidate(stack):
+    """With ice_candidate set, Kamailio adds the relay as an ICE candidate to the SDP both sides get."""
+    caller, callee = Caller(user=callee_user()), Callee()
+    relay_candidate = r"a=candidate:[^\r\n]* 203\.0\.113\.[12] [0-9]+ typ relay"
+    call = Call(
+        stack,
+        "ice",
+        [*caller.invite(sdp(CALLER_IP, ("audio", AUDIO[0]), ice=True)), *caller.answered(check=relay_candidate), *caller.ack()]
+        + [*wait(), *caller.bye()],
+        [*callee.answer(sdp(CALLEE_IP, ("audio", AUDIO[1]), ice=True), check=relay_candidate), *callee.hangup()],
+    )
+    call.media(packets=10)
+    call.next()
+    call.finish()
+    check_stream(call.record(), 10)
+
+
+def test_media_that_stops_ends_the_dialog_through_kamailio(stack):
+    caller, callee = Caller(user=callee_user()), Callee()
+    call = Call(
+        stack,
+        "media-stops",
+        [*caller.invite(sdp(CALLER_IP, ("audio", AUDIO[0]))), *caller.answered(), *caller.ack(), *recv_bye()],
+        [*callee.answer(sdp(CALLEE_IP, ("audio", AUDIO[1]))), *recv_bye()],
+    )
+    call.media(packets=20)
+    # silence: the kernel entry times out, the relay reports expiry, the dispatcher has Kamailio send BYEs
+    call.finish(timeout=90)
+    record = call.record()
+    assert record["timed_out"] is True
+    check_stream(record, 20, status="conntrack timeout")
+    assert record["streams"][0]["timeout_wait"] == IDLE_TIMEOUT
+    dispatcher = stack.deployment.dispatcher
+    dispatcher.wait_for_log("The proxy ended dialog")
+
+
+def test_a_killed_relay_is_avoided_and_a_draining_one_finishes_its_calls(stack):
+    # a relay that dies: new calls go to the other one
+    victim = RELAYS[0]
+    stack.relays[victim].process.kill()
+    stack.relays[victim].process.wait()
+    stack.deployment.dispatcher.wait_for_log(f"Relay {victim} disconnected", timeout=15)
+    for attempt in range(2):
+        call = plain_call(stack, f"after-kill-{attempt}")
+        caller_side, _ = call.media(packets=5)
+        assert caller_side.startswith(RELAYS[1]), caller_side
+        call.next()
+        call.finish()
+    stack.start_relay(victim, 1)
+
+    # SIGHUP: the relay with a call in progress drains; new calls go elsewhere; the call goes on
+    busy = plain_call(stack, "draining")
+    caller_side, _ = busy.media(packets=5)
+    draining_ip = caller_side.split(":")[0]
+    other = RELAYS[1] if draining_ip == RELAYS[0] else RELAYS[0]
+    draining = stack.relays[draining_ip]
+    draining.process.send_signal(signal.SIGHUP)
+    draining.wait_for_log("Graceful shutdown")
+    newcomer = plain_call(stack, "while-draining", slot=1)
+    newcomer_side, _ = newcomer.media(packets=5)
+    assert newcomer_side.startswith(other)
+    busy.media(packets=5)
+    busy.next()
+    busy.finish()
+    assert draining.process.wait(timeout=15) == 0
+    newcomer.next()
+    newcomer.finish()
+    stack.start_relay(draining_ip, RELAYS.index(draining_ip) + 1)

@@ -40,19 +40,25 @@ def _send(message: str, retrans: bool = False) -> str:
     return f"  <send{attribute}>\n    <![CDATA[\n{message}\n    ]]>\n  </send>\n"
 
 
-def _recv(what: str, optional: bool = False, rrs: bool = False, check: str | None = None) -> str:
+def _recv(what: str, optional: bool = False, rrs: bool = False, check: str | None = None, capture_from: bool = False) -> str:
     kind = "response" if what.isdigit() else "request"
     attributes = f'{kind}="{what}"' + (' optional="true"' if optional else "") + (' rrs="true"' if rrs else "")
-    if check is None:
+    actions = []
+    if check is not None:
+        actions.append(f'<ereg regexp="{check}" search_in="body" check_it="true" assign_to="found"/>')
+    if capture_from:  # the caller's From (tag included) and Contact, for the callee's own requests
+        actions.append('<ereg regexp=".*" search_in="hdr" header="From:" assign_to="caller"/>')
+        actions.append('<ereg regexp="sip:[^>;]*" search_in="hdr" header="Contact:" assign_to="caller_contact"/>')
+    if not actions:
         return f"  <recv {attributes}/>\n"
-    action = f'<action><ereg regexp="{check}" search_in="body" check_it="true" assign_to="found"/></action>'
-    return f"  <recv {attributes}>{action}</recv>\n"
+    return f"  <recv {attributes}><action>{''.join(actions)}</action></recv>\n"
 
 
 def scenario(name: str, steps: list[str]) -> str:
     body = "".join(steps)
-    if 'assign_to="found"' in body:
-        body += '  <Reference variables="found"/>\n'  # sipp refuses variables it thinks unused
+    for variable in ("found", "caller", "caller_contact"):
+        if f'assign_to="{variable}"' in body and f"[${variable}]" not in body:
+            body += f'  <Reference variables="{variable}"/>\n'  # sipp refuses variables it thinks unused
     return f'<?xml version="1.0" encoding="ISO-8859-1" ?>\n<scenario name="{name}">\n{body}</scenario>\n'
 
 
@@ -109,6 +115,22 @@ class Caller:
         self.cseq += 1
         return [_send(_message("BYE [next_url] SIP/2.0", self._headers("BYE", True), None), retrans=True), _recv("200")]
 
+    def cancel(self, invite_offset: int) -> list[str]:
+        """CANCEL the INVITE sent ``invite_offset`` scenario elements before, then take its 487."""
+        headers = self._headers("CANCEL", False)
+        headers[0] = f"Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch-{invite_offset}]"
+        cancel = _send(_message(f"CANCEL sip:{self.user}@[remote_ip]:[remote_port] SIP/2.0", headers, None))
+        ack = self._headers("ACK", False)
+        ack[0] = f"Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch-{invite_offset + 3}]"
+        ack[2] = "[last_To:]"
+        return [cancel, _recv("200"), _recv("487"), _send(_message(f"ACK sip:{self.user}@[remote_ip]:[remote_port] SIP/2.0", ack, None))]
+
+    def reanswer(self, body: str | None, check: str | None = None) -> list[str]:
+        """Answer a re-INVITE from the other side."""
+        headers = ["[last_Via:]", "[last_From:]", "[last_To:]", "[last_Call-ID:]", "[last_CSeq:]", "[last_Record-Route:]"]
+        headers += [f"Contact: <sip:{self.contact_user}@[local_ip]:[local_port]>", f"User-Agent: {self.agent}"]
+        return [_recv("INVITE", check=check), _send(_message("SIP/2.0 200 OK", headers, body)), _recv("ACK")]
+
 
 class Callee:
     """Steps of the called side (sipp -sf as UAS)."""
@@ -130,11 +152,42 @@ class Callee:
         return _send(_message(f"SIP/2.0 {code}", headers, body))
 
     def answer(self, body: str | None, early: str | None = None, check: str | None = None) -> list[str]:
-        steps = [_recv("INVITE", rrs=True, check=check), self._reply("180 Ringing")]
+        steps = [*self.ring(early, check), self._reply("200 OK", body), _recv("ACK")]
+        return steps
+
+    def ring(self, early: str | None = None, check: str | None = None) -> list[str]:
+        steps = [_recv("INVITE", rrs=True, check=check, capture_from=True), self._reply("180 Ringing")]
         if early is not None:
             steps.append(self._reply("183 Session Progress", early))
-        steps += [self._reply("200 OK", body), _recv("ACK")]
         return steps
+
+    def cancelled(self, invite_cseq: int = 1) -> list[str]:
+        """Take a CANCEL: 200 for it, then 487 for the INVITE (same branch, the INVITE's CSeq), then its ACK."""
+        ok = _message("SIP/2.0 200 OK", ["[last_Via:]", "[last_From:]", "[last_To:]", "[last_Call-ID:]", "[last_CSeq:]"], None)
+        terminated = self._reply("487 Request Terminated").replace("[last_CSeq:]", f"CSeq: {invite_cseq} INVITE")
+        return [_recv("CANCEL"), _send(ok), terminated, _recv("ACK")]
+
+    def reinvite(self, body: str | None, cseq: int = 1) -> list[str]:
+        """The callee's own in-dialog INVITE (its CSeq space starts at 1)."""
+        headers = [
+            "Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch]",
+            "[routes]",
+            f"From: <sip:bob@example.com>;tag={UAS_TAG}",
+            "To:[$caller]",
+            "Call-ID: [call_id]",
+            f"CSeq: {cseq} INVITE",
+            f"Contact: <sip:{self.contact_user}@[local_ip]:[local_port]>",
+            "Max-Forwards: 70",
+            f"User-Agent: {self.agent}",
+        ]
+        ack = [line.replace(f"CSeq: {cseq} INVITE", f"CSeq: {cseq} ACK") for line in headers]
+        return [
+            # not [next_url]: the test's OPTIONS trigger was the last message sipp saw
+            _send(_message("INVITE [$caller_contact] SIP/2.0", headers, body), retrans=True),
+            _recv("100", optional=True),
+            _recv("200"),
+            _send(_message("ACK [$caller_contact] SIP/2.0", ack, None)),
+        ]
 
     def reanswer(self, body: str | None) -> list[str]:
         return [_recv("INVITE"), self._reply("200 OK", body), _recv("ACK")]

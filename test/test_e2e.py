@@ -33,6 +33,7 @@ RELAYS = ("203.0.113.1", "203.0.113.2")
 LINK_IP = "203.0.113.254"
 IDLE_TIMEOUT = 8
 AUDIO, VIDEO = (6000, 7000), (6002, 7002)
+RELAY_IN_SDP = r"c=IN IP4 203\.0\.113\.[12]"
 
 
 def require(program: str, package: str) -> None:
@@ -183,8 +184,7 @@ class Call:
         self.callee_sockets = [udp_socket(network.name("callee"), (CALLEE_IP, callee)) for _, callee in media]
         self.caller_sockets = [udp_socket(network.name("caller"), (CALLER_IP, caller)) for caller, _ in media]
         self.caller_trigger = udp_socket(network.name("caller"), (CALLER_IP, 0))
-        self.callee_trigger = udp_socket(network.name("callee"), (CALLEE_IP, 0))
-        common = ["-m", "1", "-nostdin", "-timeout", "90s", "-timeout_error", "-trace_err", "-max_recv_loops", "10"]
+        common = ["-m", "1", "-nostdin", "-timeout", "90s", "-timeout_error", "-trace_err", "-trace_msg", "-max_recv_loops", "10"]
         self.uas_port, self.uac_port = 5060 + 2 * slot, 5070 + 2 * slot
         self.uas = self._sipp(network.name("callee"), directory, "uas.xml", CALLEE_IP, self.uas_port, common)
         self.uac = self._sipp(network.name("caller"), directory, "uac.xml", CALLER_IP, self.uac_port, [*common, f"{PROXY_IP}:5060"])
@@ -228,11 +228,9 @@ class Call:
             assert caller.recvfrom(2048) == (_rtp(sequence, 8), caller_side), self.stack.context()
         return entry["caller_local"], entry["callee_local"]
 
-    def next(self, side: str = "caller") -> None:
-        if side == "caller":
-            trigger((CALLER_IP, self.uac_port), self.call_id, self.caller_trigger)
-        else:
-            trigger((CALLEE_IP, self.uas_port), self.call_id, self.callee_trigger)
+    def next(self) -> None:
+        """Let the caller's sipp go past its next wait()."""
+        trigger((CALLER_IP, self.uac_port), self.call_id, self.caller_trigger)
 
     def finish(self, timeout: float = 60) -> None:
         for name, process in (("caller", self.uac), ("callee", self.uas)):
@@ -242,7 +240,7 @@ class Call:
                 process.kill()
                 _, error = process.communicate()
             assert process.returncode == 0, f"sipp {name} of {self.name} failed: {error.decode()[-2000:]}{self.stack.context()}"
-        for endpoint in (*self.caller_sockets, *self.callee_sockets, self.caller_trigger, self.callee_trigger):
+        for endpoint in (*self.caller_sockets, *self.callee_sockets, self.caller_trigger):
             endpoint.close()
 
     def record(self) -> dict:
@@ -451,3 +449,62 @@ def test_a_killed_relay_is_avoided_and_a_draining_one_finishes_its_calls(stack):
     newcomer.next()
     newcomer.finish()
     stack.start_relay(draining_ip, RELAYS.index(draining_ip) + 1)
+
+
+def test_callee_reinvite_keeps_the_media_going(stack):
+    caller, callee = Caller(user=callee_user()), Callee()
+    offer, answer = sdp(CALLER_IP, ("audio", AUDIO[0])), sdp(CALLEE_IP, ("audio", AUDIO[1]))
+    call = Call(
+        stack,
+        "callee-reinvite",
+        [*caller.invite(offer), *caller.answered(), *caller.ack(), *caller.reanswer(offer, check=RELAY_IN_SDP), *wait(), *caller.bye()],
+        [*callee.answer(answer), *callee.reinvite(answer), *callee.hangup()],
+    )
+    # the caller's sipp checks that the callee's re-INVITE reaches it with the relay in the SDP
+    call.media(packets=10)
+    call.next()
+    call.finish()
+    record = call.record()
+    check_stream(record, 10)
+    assert len(record["streams"]) == 1
+
+
+def test_200_without_sdp_after_183_with_sdp(stack):
+    """The 183's SDP is the answer: early media flows and the call counts from it."""
+    caller, callee = Caller(user=callee_user()), Callee()
+    call = Call(
+        stack,
+        "200-without-sdp",
+        [*caller.invite(sdp(CALLER_IP, ("audio", AUDIO[0]))), *caller.answered(early=True), *caller.ack(), *wait(), *caller.bye()],
+        [*callee.answer(None, early=sdp(CALLEE_IP, ("audio", AUDIO[1]))), *callee.hangup()],
+    )
+    call.media(packets=10)
+    call.next()
+    call.finish()
+    record = call.record()
+    assert record["start_time"] is not None
+    check_stream(record, 10)
+
+
+def test_cancel_after_183_with_sdp(stack):
+    """Early media, then the caller gives up: the relay session goes and the call is accounted."""
+    caller, callee = Caller(user=callee_user()), Callee()
+    steps = [*caller.invite(sdp(CALLER_IP, ("audio", AUDIO[0]))), _early(), *wait()]
+    steps += caller.cancel(invite_offset=elements(steps))
+    call = Call(stack, "cancel-after-183", steps, [*callee.ring(early=sdp(CALLEE_IP, ("audio", AUDIO[1]))), *callee.cancelled()])
+    call.media(packets=10)
+    call.next()
+    call.finish()
+    wait_until(lambda: all(session["call_id"] != call.call_id for session in stack.sessions()), "the relay session to go")
+    record = call.record()
+    check_stream(record, 10)
+
+
+def elements(steps: list[str]) -> int:
+    """How many scenario messages the steps hold (sipp numbers them; a CANCEL reuses the INVITE's branch)."""
+    text = "".join(steps)
+    return text.count("<send") + text.count("<recv")
+
+
+def _early() -> str:
+    return '  <recv response="100" optional="true"/>\n  <recv response="180" optional="true"/>\n  <recv response="183"/>\n'

@@ -1,8 +1,9 @@
 """mediaproxy-demo: dispatcher + relay on loopback with generated certificates and a demo call.
 
 Everything lives in one directory (default ./mediaproxy-demo): test certificates, config.ini,
-the runtime directory and both programs' logs. The demo call speaks the proxy protocol exactly
-as Kamailio's mediaproxy module does and sends RTP from two local endpoints through the relay.
+the runtime directory, both programs' logs and the SQLite accounting database. The demo call
+speaks the proxy protocol exactly as Kamailio's mediaproxy module does, sends RTP from two local
+endpoints through the relay, and ends by showing the accounting record the dispatcher wrote.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import os
 import shutil
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import time
@@ -26,6 +28,11 @@ CONFIG = """\
 listen = 127.0.0.1:{relay_port}
 listen_management = 127.0.0.1:{management_port}
 management_use_tls = no
+accounting = database
+spool_dir = {directory}/spool
+
+[Database]
+dburi = sqlite://{database}
 
 [Relay]
 dispatchers = 127.0.0.1:{relay_port}
@@ -142,6 +149,30 @@ def demo_call(socket_path: str, management_port: int, seconds: float) -> dict:
     return statistics[0] if statistics else {}
 
 
+def _totals(statistics: dict) -> str:
+    streams = statistics.get("streams") or [{}]
+    stream = streams[0]
+    return (
+        f"{stream.get('caller_packets', 0)} packets ({stream.get('caller_bytes', 0)} bytes) from the caller and "
+        f"{stream.get('callee_packets', 0)} packets ({stream.get('callee_bytes', 0)} bytes) from the callee"
+    )
+
+
+def _accounting_record(database: str, call_id: str | None, timeout: float = 15) -> dict:
+    """The row the database accounting plugin wrote for the call (it writes from its own thread)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with sqlite3.connect(database) as connection:
+                row = connection.execute("SELECT info FROM media_sessions WHERE call_id = ?", (call_id,)).fetchone()
+            if row is not None:
+                return json.loads(row[0])
+        except sqlite3.OperationalError:
+            pass  # the table is created with the first record
+        time.sleep(0.2)
+    raise SystemExit(f"demo: no accounting record for {call_id} in {database}")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="mediaproxy-demo", description=__doc__.splitlines()[0])
     parser.add_argument(
@@ -156,8 +187,9 @@ def main(argv: list[str] | None = None) -> int:
         certgen.generate(certs)
         print(f"Generated test certificates in {certs}")
     relay_port, management_port = 25060, 25061
+    database = os.path.join(directory, "accounting.sqlite")
     with open(os.path.join(directory, "config.ini"), "w") as stream:
-        stream.write(CONFIG.format(relay_port=relay_port, management_port=management_port))
+        stream.write(CONFIG.format(relay_port=relay_port, management_port=management_port, directory=directory, database=database))
     runtime = os.path.join(directory, "run")
     processes = []
     try:
@@ -173,8 +205,11 @@ def main(argv: list[str] | None = None) -> int:
         print("The relay is connected to the dispatcher over mutual TLS.")
         print("Demo call: two RTP endpoints talk through the relay")
         statistics = demo_call(os.path.join(runtime, "dispatcher.sock"), management_port, args.seconds)
-        print("Call statistics reported by the relay:")
-        print(json.dumps(statistics, indent=2))
+        print(f"While the call was up the relay counted {_totals(statistics)}.")
+        record = _accounting_record(database, statistics.get("call_id"))
+        print(f"Accounting record the dispatcher wrote to {database} (table media_sessions):")
+        print(json.dumps(record, indent=2))
+        print(f"Query it yourself: sqlite3 {database} 'SELECT call_id, info FROM media_sessions'")
         if args.keep_running:
             print(f"Dispatcher and relay keep running; management on 127.0.0.1:{management_port}. Ctrl-C stops them.")
             signal.sigwait({signal.SIGINT, signal.SIGTERM})

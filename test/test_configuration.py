@@ -1,8 +1,10 @@
 """config.ini datatypes and loading: good values, bad values and the operator's one-line errors."""
 
 import ipaddress
+import json
 import os
 import re
+import sqlite3
 import subprocess
 import sys
 from dataclasses import fields
@@ -319,3 +321,10 @@ def test_demo_runs_a_call_through_the_relay(tmp_path):
     assert result.returncode == 0, result.stdout + result.stderr
     assert "The relay is connected to the dispatcher over mutual TLS." in result.stdout
     assert '"caller_codec": "G711u"' in result.stdout and "Dispatcher and relay stopped." in result.stdout
+    # the accounting record is read back from the SQLite file the dispatcher wrote
+    assert "Accounting record the dispatcher wrote to" in result.stdout
+    (call_id, info) = (
+        sqlite3.connect(tmp_path / "demo" / "accounting.sqlite").execute("SELECT call_id, info FROM media_sessions").fetchone()
+    )
+    stream = json.loads(info)["streams"][0]
+    assert call_id.startswith("demo-") and stream["caller_packets"] > 0 and stream["callee_packets"] > 0

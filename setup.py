@@ -26,13 +26,13 @@ setup(
     },
     install_requires=[
         "twisted>=22.4",
-        "pyOpenSSL>=22.0",
-        "service-identity>=21.1",
+        "pyOpenSSL>=23.0",
+        "service-identity>=18.1",
         "cryptography>=38",
         "zope.interface>=5",
         "SQLObject>=3.10",
-        "pyrad>=2.4",
-        "pyroute2>=0.7.3",
+        "pyrad>=2.1",
+        "pyroute2>=0.7",
     ],
     extras_require={
         "mysql": ["PyMySQL>=1.0"],

@@ -95,8 +95,7 @@ class Credentials:
         context.set_min_proto_version(SSL.TLS1_2_VERSION)
         context.set_options(SSL.OP_NO_COMPRESSION)
         try:
-            context.use_certificate(self.certificate)
-            context.use_privatekey(self.key)
+            _use_identity(context, self.certificate, self.key)
             context.check_privatekey()
         except SSL.Error as error:
             raise TLSConfigurationError(f"{self.key_path} does not match {self.cert_path}: {error}") from None
@@ -168,6 +167,16 @@ def _load_key(path: str):  # noqa: ANN202
         raise TLSConfigurationError(f"cannot read the private key {path}: {error.strerror}") from None
     except (ValueError, TypeError):
         raise TLSConfigurationError(f"{path} is not an unencrypted PEM private key") from None
+
+
+def _use_identity(context: SSL.Context, certificate: object, key: object) -> None:
+    try:
+        context.use_certificate(certificate)
+        context.use_privatekey(key)
+    except TypeError:
+        # older pyOpenSSL (Debian bookworm ships 23.0) only takes its own wrappers
+        context.use_certificate(crypto.X509.from_cryptography(certificate))
+        context.use_privatekey(crypto.PKey.from_cryptography_key(key))
 
 
 def subject_of(certificate) -> dict[str, str]:  # noqa: ANN001 - cryptography or pyOpenSSL certificate

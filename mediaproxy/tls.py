@@ -102,7 +102,7 @@ class Credentials:
         store = context.get_cert_store()
         store.add_cert(crypto.X509.from_cryptography(self.ca))
         if self.crl is not None:
-            store.add_crl(self.crl)
+            _add_crl(store, self.crl)
             store.set_flags(crypto.X509StoreFlags.CRL_CHECK)
         context.set_verify(SSL.VERIFY_PEER | SSL.VERIFY_FAIL_IF_NO_PEER_CERT, _verify_callback)
         context.set_verify_depth(4)
@@ -167,6 +167,13 @@ def _load_key(path: str):  # noqa: ANN202
         raise TLSConfigurationError(f"cannot read the private key {path}: {error.strerror}") from None
     except (ValueError, TypeError):
         raise TLSConfigurationError(f"{path} is not an unencrypted PEM private key") from None
+
+
+def _add_crl(store: crypto.X509Store, crl: object) -> None:
+    try:
+        store.add_crl(crl)
+    except (AttributeError, TypeError):
+        store.add_crl(crypto.CRL.from_cryptography(crl))  # pyOpenSSL 23 (Debian bookworm)
 
 
 def _use_identity(context: SSL.Context, certificate: object, key: object) -> None:

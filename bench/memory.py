@@ -1,0 +1,55 @@
+#!/usr/bin/env python3
+"""Memory benchmark: RSS of the dispatcher and the relay with 0 and then more established sessions.
+
+Sessions are offered and answered through the proxy protocol (no media), so each holds its four
+relay sockets. The relay needs 4 file descriptors per session: on a machine whose hard
+RLIMIT_NOFILE is lower than 4 x sessions the largest step cannot be reached, and the script says
+so. Run as root:
+
+    python3 bench/memory.py [--sessions 1000,5000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import resource
+
+from common import OurStack, network, rss_kib
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sessions", default="1000,5000", help="session counts to reach (default: %(default)s)")
+    args = parser.parse_args(argv)
+    steps = [int(value) for value in args.sessions.split(",")]
+    hard_limit = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    net = network()
+    stack = None
+    try:
+        # the relay needs a descriptor per port: fit the range under the machine's hard limit
+        ports = min(40000, (hard_limit - 2000) // 2 * 2)
+        stack = OurStack(net, "userspace", f"20000:{20000 + ports}", name="memory")
+        rows = [(0, rss_kib(stack.dispatcher_pid), rss_kib(stack.relay_pid))]
+        opened = 0
+        for target in steps:
+            if 4 * target > ports:
+                print(f"skipping {target} sessions: they need {4 * target} ports and descriptors; the hard limit here is {hard_limit}")
+                continue
+            while opened < target:
+                stack.open(f"memory-{opened}", ("192.0.2.2", 6000 + 2 * (opened % 1000)), ("192.0.2.3", 7000))
+                opened += 1
+            rows.append((opened, rss_kib(stack.dispatcher_pid), rss_kib(stack.relay_pid)))
+        print(f"{'sessions':>8} {'dispatcher MiB':>15} {'relay MiB':>10} {'relay KiB/session':>18} {'KiB/stream socket':>18}")
+        base_relay = rows[0][2]
+        for sessions, dispatcher, relay in rows:
+            per_session = (relay - base_relay) / sessions if sessions else 0
+            print(f"{sessions:>8} {dispatcher / 1024:>15.1f} {relay / 1024:>10.1f} {per_session:>18.2f} {per_session / 4:>18.2f}")
+        return 0
+    finally:
+        if stack is not None:
+            stack.stop()
+        net.remove()
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,34 @@
+"""The benchmarks under bench/ at tiny scale, so they keep working (their numbers are not checked here)."""
+
+import shutil
+import subprocess
+import sys
+
+import pytest
+from harness import ROOT
+from netns import require_root_and_tools
+
+
+def bench(script, *arguments):
+    require_root_and_tools()
+    result = subprocess.run([sys.executable, f"{ROOT}/bench/{script}", *arguments], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return result.stdout
+
+
+def test_forwarding_benchmark_runs_all_three_relays():
+    if shutil.which("rtpengine") is None:
+        pytest.fail("rtpengine is missing: apt-get install rtpengine-daemon (.ci/run does this)", pytrace=False)
+    output = bench("forwarding.py", "--streams", "5", "--seconds", "1")
+    for system in ("userspace", "kernel", "rtpengine"):
+        assert f"{system}: max streams with loss <= 0.1%: 5" in output, output
+
+
+def test_setup_rate_benchmark_runs():
+    output = bench("setup_rate.py", "--connections", "2", "--calls", "40")
+    assert "40 calls over 2 connections" in output and ", 0 errors" in output
+
+
+def test_memory_benchmark_runs():
+    output = bench("memory.py", "--sessions", "10")
+    assert "      10 " in output

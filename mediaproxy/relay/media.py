@@ -54,7 +54,9 @@ class Side:
         "in_use",
         "got_rtp",
         "got_stun_probing",
-        "timer",
+        "deadline",
+        "timer_reason",
+        "timer_seconds",
         "packets",
         "bytes",
         "send_counter",
@@ -70,22 +72,26 @@ class Side:
         self.in_use = False
         self.got_rtp = False
         self.got_stun_probing = False
-        self.timer = None
+        self.deadline: float | None = None  # when this side's no-traffic / on-hold timeout fires
+        self.timer_reason = ""
+        self.timer_seconds = 0
         self.packets = 0
         self.bytes = 0
         self.send_counter = 0
         self.stun_queue: list[bytes] = []
         self.codec: str | None = None
+        self.deadline: float | None = None  # when this side's no-traffic / on-hold timeout fires
+        self.timer_reason = ""
+        self.timer_seconds = 0
 
     def start_timer(self, seconds: int, reason: str) -> None:
-        self.cancel_timer()
-        self.timer = self.substream.stream.clock.callLater(seconds, self.substream.expire, reason, seconds)
+        stream = self.substream.stream
+        self.deadline = stream.clock.seconds() + seconds
+        self.timer_reason, self.timer_seconds = reason, seconds
+        stream.schedule(self.deadline)
 
     def cancel_timer(self) -> None:
-        if self.timer is not None:
-            if self.timer.active():
-                self.timer.cancel()
-            self.timer = None
+        self.deadline = None  # the stream's timer finds nothing due and moves on
 
     def reset(self, stream_timeout: int) -> None:
         """The party announced a new address: ignore the old one and wait for media again."""
@@ -277,6 +283,9 @@ class Stream:
         self.start_time: float | None = None
         self.end_time: float | None = None
         self.first_media_time: float | None = None
+        # one timer per stream serves the deadlines of its four sides (a DelayedCall each cost KiBs)
+        self._timer = None
+        self._timer_at = 0.0
         (self.caller_port, caller_endpoints), (self.callee_port, callee_endpoints) = ports
         self.rtp = Substream(self, "rtp", caller_endpoints[0], callee_endpoints[0])
         self.rtcp = Substream(self, "rtcp", caller_endpoints[1], callee_endpoints[1])
@@ -289,6 +298,28 @@ class Stream:
     @property
     def alive(self) -> bool:
         return self.status in ALIVE
+
+    def schedule(self, deadline: float) -> None:
+        delay = max(deadline - self.clock.seconds(), 0)
+        if self._timer is None or not self._timer.active():
+            self._timer = self.clock.callLater(delay, self._deadlines_due)
+        elif deadline < self._timer_at:
+            self._timer.reset(delay)
+        else:
+            return
+        self._timer_at = deadline
+
+    def _deadlines_due(self) -> None:
+        self._timer = None
+        now = self.clock.seconds() + 1e-6  # the reactor may wake a hair before a float deadline
+        for side in self.all_sides():
+            if side.deadline is not None and side.deadline <= now:
+                side.deadline = None
+                side.substream.expire(side.timer_reason, side.timer_seconds)
+        if self.alive:
+            pending = [side.deadline for side in self.all_sides() if side.deadline is not None]
+            if pending:
+                self.schedule(min(pending))
 
     @property
     def uses_ice(self) -> bool:
@@ -356,6 +387,9 @@ class Stream:
         self.end_time = self.clock.seconds()
         for substream in (self.rtp, self.rtcp):
             substream.remove_kernel_entry()
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
         for side in self.all_sides():
             side.cancel_timer()
             side.endpoint.close()

@@ -42,7 +42,8 @@ def run_round(system, net, streams: int, seconds: float, round_number: int) -> d
             callee.sendto(packet, callee_side)
             caller.sendto(packet, caller_side)
         time.sleep(PACKET_INTERVAL)
-    _drain(poller, by_fd, 0.2)
+    while _drain(poller, by_fd, 0.3):
+        pass  # until the warm-up's packets are all in
     pid = system.relay_pid if isinstance(system, OurStack) else system.pid
     cpu_before, started = cpu_seconds(pid), time.monotonic()
     sent = received = 0

@@ -5,8 +5,9 @@ import subprocess
 import sys
 
 import pytest
-from harness import ROOT
 from netns import require_root_and_tools
+
+from harness import ROOT
 
 
 def bench(script, *arguments):

@@ -508,3 +508,12 @@ def test_kernel_entry_timeout_expires_the_stream_but_not_on_hold():
     # media resumes: back to the kernel
     relay.socket(40000).deliver(rtp(0), CALLER_NAT)
     assert forwarder.offloaded == ["rtp", "rtp"]
+
+
+def test_empty_and_odd_datagrams_are_harmless():
+    relay = Relay()
+    established(relay)
+    for odd in (b"", b"\x00", b"\x80"):
+        relay.socket(40000).deliver(odd, CALLER_NAT)
+    # forwarded like any other packet from the latched caller; nothing raised
+    assert [data for data, _ in relay.socket(40002).sent][-3:] == [b"", b"\x00", b"\x80"]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -33,6 +34,8 @@ PAYLOAD = 172  # G.711 20 ms: 160 bytes of audio and a 12-byte RTP header
 
 
 def network() -> Topology:
+    # SIGTERM unwinds like Ctrl-C, so every script's finally removes its namespaces and processes
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     net = Topology()
     net.add("gen")
     net.add("relay")
@@ -71,8 +74,12 @@ class OurStack:
             f"traffic_sampling_period = 0\nconntrack_mark = {0x4D60 + len(forwarding)}\n",
             namespace=net.name("relay"),
         )
-        self.deployment.start()
-        self.proxy = Proxy(self.deployment.socket_path)
+        try:
+            self.deployment.start()
+            self.proxy = Proxy(self.deployment.socket_path)
+        except BaseException:
+            self.deployment.kill()
+            raise
 
     @property
     def relay_pid(self) -> int:

@@ -28,36 +28,31 @@ PASSWORD = "mp-pass"
 OUR_DICTIONARY = os.path.join(ROOT, "accounting", "radius", "dictionary")
 
 
-@pytest.fixture(scope="module")
-def mariadb():
-    server = MariaDB()
+def running(server_class, account: bool = True):  # noqa: ANN001
+    """A server for the whole module, with the dispatcher's database account when it is a database."""
+    server = server_class()
     try:
         server.start()
-        server.dburi = server.create_account("mediaproxy", PASSWORD)
+        if account:
+            server.dburi = server.create_account("mediaproxy", PASSWORD)
         yield server
     finally:
         server.remove()
+
+
+@pytest.fixture(scope="module")
+def mariadb():
+    yield from running(MariaDB)
 
 
 @pytest.fixture(scope="module")
 def postgresql():
-    server = PostgreSQL()
-    try:
-        server.start()
-        server.dburi = server.create_account("mediaproxy", PASSWORD)
-        yield server
-    finally:
-        server.remove()
+    yield from running(PostgreSQL)
 
 
 @pytest.fixture(scope="module")
 def freeradius():
-    server = FreeRADIUS()
-    try:
-        server.start()
-        yield server
-    finally:
-        server.remove()
+    yield from running(FreeRADIUS, account=False)
 
 
 class Database:

@@ -70,3 +70,10 @@ class AccountingPlugin(PluginBase):
         if self.runner is not None:
             self.runner.stop()
             self.runner = None
+
+
+def plugin_for(name: str, configuration, context, make_backend: Callable[[], Backend]) -> AccountingPlugin | None:  # noqa: ANN001
+    """The accounting plugin ``name`` when ``[Dispatcher] accounting`` lists it, else None."""
+    if name not in configuration.dispatcher.accounting:
+        return None
+    return AccountingPlugin(name, make_backend(), spool_directory(configuration, context.runtime_dir, name), context.reactor)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from twisted.plugin import IPlugin
 from zope.interface import provider
 
-from mediaproxy.accounting.plugin import AccountingPlugin, spool_directory
+from mediaproxy.accounting.plugin import AccountingPlugin, plugin_for
 from mediaproxy.accounting.radius import RadiusBackend
 from mediaproxy.plugin import IDispatcherPluginFactory
 
@@ -16,7 +16,6 @@ class RadiusAccountingFactory:
 
     @staticmethod
     def create(config, context) -> AccountingPlugin | None:  # noqa: ANN001
-        if "radius" not in config.dispatcher.accounting:
-            return None
-        backend = RadiusBackend(config.radius.config_file, config.find(config.radius.additional_dictionary))
-        return AccountingPlugin("radius", backend, spool_directory(config, context.runtime_dir, "radius"), context.reactor)
+        return plugin_for(
+            "radius", config, context, lambda: RadiusBackend(config.radius.config_file, config.find(config.radius.additional_dictionary))
+        )

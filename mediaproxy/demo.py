@@ -19,7 +19,7 @@ import subprocess
 import sys
 import time
 
-from mediaproxy import certgen
+from mediaproxy import certgen, demo_sip
 from mediaproxy.testing import remove, update
 
 CONFIG = """\
@@ -99,11 +99,45 @@ def _rtp(sequence: int, payload_type: int) -> bytes:
     )
 
 
-def demo_call(socket_path: str, management_port: int, seconds: float) -> dict:
-    caller, callee = (socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(2))
-    for endpoint in (caller, callee):
+def endpoints() -> tuple[socket.socket, socket.socket]:
+    """The caller's and the callee's RTP sockets on loopback."""
+    pair = tuple(socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(2))
+    for endpoint in pair:
         endpoint.bind(("127.0.0.1", 0))
-        endpoint.settimeout(0.2)
+    return pair
+
+
+def talk(caller: socket.socket, callee: socket.socket, caller_side: tuple[str, int], callee_side: tuple[str, int], seconds: float) -> None:
+    """Both parties send RTP through the relay for ``seconds``, with a progress line of what arrived."""
+    received = {"caller": 0, "callee": 0}
+    started = time.monotonic()
+    sequence = 0
+    while time.monotonic() - started < seconds:
+        callee.sendto(_rtp(sequence, 8), callee_side)
+        caller.sendto(_rtp(sequence, 0), caller_side)
+        for name, endpoint in (("callee", callee), ("caller", caller)):
+            endpoint.settimeout(0.02)
+            try:
+                while True:
+                    endpoint.recvfrom(2048)
+                    received[name] += 1
+            except TimeoutError:
+                pass
+        sequence += 1
+        if sequence % 25 == 0:
+            print(
+                f"\r  sent {sequence} packets each way; relayed to callee: {received['callee']}, to caller: {received['caller']}",
+                end="",
+                flush=True,
+            )
+    print()
+    if not received["caller"] or not received["callee"]:
+        raise SystemExit("demo: media did not flow through the relay")
+
+
+def demo_call(socket_path: str, management_port: int, seconds: float) -> dict:
+    """A call set up by speaking the proxy protocol exactly as Kamailio's mediaproxy module does."""
+    caller, callee = endpoints()
     proxy = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     proxy.settimeout(5)
     proxy.connect(socket_path)
@@ -117,35 +151,12 @@ def demo_call(socket_path: str, management_port: int, seconds: float) -> dict:
     print(f"INVITE SDP rewritten to the relay: {offer}   200 OK SDP rewritten: {answer}")
     relay_ip, callee_facing = offer.split()
     caller_facing = int(answer.split()[1])
-    received = {"caller": 0, "callee": 0}
-    started = time.monotonic()
-    sequence = 0
-    while time.monotonic() - started < seconds:
-        callee.sendto(_rtp(sequence, 8), (relay_ip, int(callee_facing)))
-        caller.sendto(_rtp(sequence, 0), (relay_ip, caller_facing))
-        for name, endpoint in (("callee", callee), ("caller", caller)):
-            try:
-                while True:
-                    endpoint.settimeout(0.02)
-                    endpoint.recvfrom(2048)
-                    received[name] += 1
-            except TimeoutError:
-                pass
-        sequence += 1
-        if sequence % 25 == 0:
-            print(
-                f"\r  sent {sequence} packets each way; relayed to callee: {received['callee']}, to caller: {received['caller']}",
-                end="",
-                flush=True,
-            )
-    print()
+    talk(caller, callee, (relay_ip, caller_facing), (relay_ip, int(callee_facing)), seconds)
     statistics = _management(management_port, b"sessions")
     reply = _request(proxy, remove(call_id, "demo-caller", "demo-callee"))
     proxy.close()
     if reply != "removed":
         raise SystemExit(f"demo: remove answered {reply!r}")
-    if not received["caller"] or not received["callee"]:
-        raise SystemExit("demo: media did not flow through the relay")
     return statistics[0] if statistics else {}
 
 
@@ -179,6 +190,12 @@ def main(argv: list[str] | None = None) -> int:
         "--directory", default="mediaproxy-demo", help="where certificates, config, logs and sockets go (default: %(default)s)"
     )
     parser.add_argument("--seconds", type=float, default=5, help="length of the demo call (default: %(default)s)")
+    parser.add_argument(
+        "--client",
+        choices=("auto", "kamailio", "builtin"),
+        default="auto",
+        help="who places the call: Kamailio + sipp when installed (auto), or the built-in client (default: %(default)s)",
+    )
     parser.add_argument("--keep-running", action="store_true", help="leave dispatcher and relay running after the call until Ctrl-C")
     args = parser.parse_args(argv)
     directory = os.path.abspath(args.directory)
@@ -203,8 +220,15 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{name} running (pid {process.pid}, log {log_path})")
         _wait_for(os.path.join(directory, "media-dispatcher.log"), "Relay 127.0.0.1 connected", processes[0])
         print("The relay is connected to the dispatcher over mutual TLS.")
-        print("Demo call: two RTP endpoints talk through the relay")
-        statistics = demo_call(os.path.join(runtime, "dispatcher.sock"), management_port, args.seconds)
+        socket_path = os.path.join(runtime, "dispatcher.sock")
+        if args.client == "kamailio" or (args.client == "auto" and demo_sip.available()):
+            print("Demo call: sipp calls sipp through Kamailio (engage_media_proxy); RTP flows through the relay")
+            statistics = demo_sip.call(
+                directory, socket_path, lambda: _management(management_port, b"sessions"), args.seconds, endpoints, talk
+            )
+        else:
+            print("Demo call: the proxy protocol spoken as Kamailio's module does; two RTP endpoints talk through the relay")
+            statistics = demo_call(socket_path, management_port, args.seconds)
         print(f"While the call was up the relay counted {_totals(statistics)}.")
         record = _accounting_record(database, statistics.get("call_id"))
         print(f"Accounting record the dispatcher wrote to {database} (table media_sessions):")

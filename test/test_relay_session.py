@@ -429,8 +429,8 @@ class RecordingForwarder:
     def remove(self, substream):
         self.removed.append(substream.kind)
         substream.kernel = None
-        for party in ("caller", "callee"):
-            substream.kernel_totals[party] = (10, 2000)  # what the real one folds in from the entry
+        for side in substream.sides:
+            side.kernel_packets, side.kernel_bytes = 10, 2000  # what the real one folds in from the entry
 
     def counters(self, substream, party):
         return (10, 2000) if substream.kernel else (0, 0)

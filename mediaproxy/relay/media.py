@@ -61,6 +61,8 @@ class Side:
         "bytes",
         "send_counter",
         "stun_queue",
+        "kernel_packets",
+        "kernel_bytes",
         "codec",
     )
 
@@ -78,7 +80,9 @@ class Side:
         self.packets = 0
         self.bytes = 0
         self.send_counter = 0
-        self.stun_queue: list[bytes] = []
+        self.stun_queue: list[bytes] | None = None  # STUN waiting for this side's address; rare, so made on demand
+        self.kernel_packets = 0  # what removed kernel entries counted from this side
+        self.kernel_bytes = 0
         self.codec: str | None = None
         self.deadline: float | None = None  # when this side's no-traffic / on-hold timeout fires
         self.timer_reason = ""
@@ -111,13 +115,14 @@ class Side:
 class Substream:
     """RTP or RTCP of one stream: packets from one side go out of the other side's socket."""
 
+    __slots__ = ("stream", "kind", "caller", "callee", "kernel", "reoffload", "activity", "every_packet", "idle_since")
+
     def __init__(self, stream: Stream, kind: str, caller_endpoint, callee_endpoint) -> None:  # noqa: ANN001
         self.stream = stream
         self.kind = kind
         self.caller = Side(self, CALLER, caller_endpoint)
         self.callee = Side(self, CALLEE, callee_endpoint)
         self.kernel = None  # handle of the kernel forwarding entry, when there is one
-        self.kernel_totals = {CALLER: (0, 0), CALLEE: (0, 0)}  # (packets, bytes) of removed entries
         self.reoffload = False  # the kernel entry lapsed while on hold: hand back to the kernel on media
         self.activity = 0  # packets seen in userspace, for the idle check
         self.every_packet = stream.manager.transmit_every == 1
@@ -169,6 +174,8 @@ class Substream:
         if packets.is_stun(data):
             if packets.is_stun_binding_request(data):
                 side.got_stun_probing = True
+            if other.stun_queue is None:
+                other.stun_queue = []
             other.stun_queue.append(data)
             destination = self.destination(other)
             if destination is not None:
@@ -194,7 +201,7 @@ class Substream:
 
     @staticmethod
     def _flush_stun(side: Side, destination: tuple[str, int]) -> None:
-        queue, side.stun_queue = side.stun_queue, []
+        queue, side.stun_queue = side.stun_queue or (), None
         for packet in queue:
             side.endpoint.send(packet, destination)
 
@@ -225,7 +232,7 @@ class Substream:
     def counters(self, party: str) -> tuple[int, int]:
         """(packets, bytes) received from ``party`` and relayed, over both paths."""
         side = self.side(party)
-        kernel_packets, kernel_bytes = self.kernel_totals[party]
+        kernel_packets, kernel_bytes = side.kernel_packets, side.kernel_bytes
         if self.kernel is not None:
             live_packets, live_bytes = self.stream.manager.forwarder.counters(self, party)
             kernel_packets, kernel_bytes = kernel_packets + live_packets, kernel_bytes + live_bytes
@@ -279,6 +286,11 @@ class Substream:
 
 
 class Stream:
+    __slots__ = (
+        "session", "manager", "clock", "media_type", "parties", "status", "timeout_wait", "create_time", "start_time", "end_time",
+        "first_media_time", "_timer", "_timer_at", "caller_port", "callee_port", "rtp", "rtcp",
+    )  # fmt: skip
+
     def __init__(self, session, media_type: str, ports, manager) -> None:  # noqa: ANN001
         self.session = session
         self.manager = manager

@@ -30,6 +30,11 @@ class Halting(Exception):
 
 
 class Session:
+    __slots__ = (
+        "manager", "clock", "dispatcher", "call_id", "caller_tag", "from_uri", "to_uri", "to_tag", "caller_ua", "callee_ua",
+        "signaling", "created", "start_time", "end_time", "ended", "streams", "offers", "pair", "previous_pair",
+    )  # fmt: skip
+
     def __init__(self, manager: SessionManager, headers: dict, dispatcher: object) -> None:
         self.manager = manager
         self.clock = manager.clock

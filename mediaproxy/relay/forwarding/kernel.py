@@ -147,5 +147,6 @@ def _fold(substream: Substream, counters: Counters) -> None:
         (CALLER, counters.orig_packets, counters.orig_bytes),
         ("callee", counters.reply_packets, counters.reply_bytes),
     ):
-        old_packets, old_bytes = substream.kernel_totals[party]
-        substream.kernel_totals[party] = (old_packets + packets, old_bytes + octets)
+        side = substream.side(party)
+        side.kernel_packets += packets
+        side.kernel_bytes += octets

@@ -3,6 +3,8 @@
 import json
 import os
 import sqlite3
+import subprocess
+import sys
 import threading
 
 import pytest
@@ -10,8 +12,8 @@ from twisted.internet import defer, reactor, task
 from twisted.logger import globalLogPublisher
 from twisted.trial import unittest as trial
 
-from harness import LogCollector
-from mediaproxy import configuration
+from harness import ROOT, LogCollector
+from mediaproxy import certgen, configuration
 from mediaproxy.accounting import radius, sql
 from mediaproxy.accounting.delivery import MAX_BACKOFF, BackendUnavailable, DeliveryQueue, RecordRejected, ThreadRunner
 from mediaproxy.accounting.plugin import STOP_TIMEOUT, AccountingPlugin
@@ -412,3 +414,36 @@ def test_record_without_identity_is_refused(tmp_path):
     backend = sql.SQLBackend(database_config(f"sqlite://{tmp_path}/accounting.sqlite"))
     with pytest.raises(RecordRejected):
         backend.deliver(record(1, call_id=None))
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        ("[Dispatcher]\naccounting = database\n", "Database accounting is enabled, but the database URI is not specified"),
+        (
+            "[Dispatcher]\naccounting = radius\n[Radius]\nconfig_file = /nonexistent/client.conf\n",
+            "cannot read the RADIUS configuration file",
+        ),
+        (
+            "[Dispatcher]\naccounting = database\nspool_dir = /proc/mediaproxy-spool\n[Database]\ndburi = sqlite:///tmp/x.sqlite\n",
+            "cannot create the accounting spool directory",
+        ),
+    ],
+)
+def test_dispatcher_refuses_to_start_with_unusable_accounting(tmp_path, settings, message):
+    certgen.generate(str(tmp_path / "tls"))
+    (tmp_path / "radius").mkdir()
+    (tmp_path / "radius" / "dictionary").write_text(open(os.path.join(ROOT, "accounting", "radius", "dictionary")).read())
+    (tmp_path / "config.ini").write_text(settings + f"[OpenSIPS]\nsocket_path = {tmp_path}/none.sock\n")
+    command = [
+        sys.executable,
+        os.path.join(ROOT, "media-dispatcher"),
+        "--no-fork",
+        "--config-dir",
+        str(tmp_path),
+        "--runtime-dir",
+        str(tmp_path / "run"),
+    ]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=30)
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert message in result.stderr and "Traceback" not in result.stderr

@@ -205,8 +205,14 @@ def wait() -> list[str]:
     return [_recv("OPTIONS"), ok_reply()]
 
 
-def recv_bye() -> list[str]:
-    return [_recv("BYE"), ok_reply()]
+def recv_bye(answer_after_ms: int = 0) -> list[str]:
+    """Take a BYE from the proxy; ``answer_after_ms`` holds the 200 back for a moment.
+
+    Kamailio's dlg.end_dlg sends the two BYEs one after the other and refuses the second if the
+    first leg's 200 has already moved the dialog on; a real phone is never that fast.
+    """
+    pause = [f'  <pause milliseconds="{answer_after_ms}"/>\n'] if answer_after_ms else []
+    return [_recv("BYE"), *pause, ok_reply()]
 
 
 def trigger(endpoint: tuple[str, int], call_id: str, sender: socket.socket) -> None:

@@ -84,6 +84,7 @@ class Stack:
         )
         self.relays: dict[str, Program] = {}
         self.kamailio: subprocess.Popen | None = None
+        self.calls: list = []
 
     def start(self) -> None:
         self.deployment.start_dispatcher()
@@ -162,7 +163,7 @@ class Stack:
 
 
 @pytest.fixture(scope="module")
-def stack(network, tmp_path_factory):
+def running_stack(network, tmp_path_factory):
     running = Stack(network, tmp_path_factory.mktemp("e2e"))
     try:
         running.start()
@@ -171,11 +172,19 @@ def stack(network, tmp_path_factory):
         running.stop()
 
 
+@pytest.fixture
+def stack(running_stack):
+    yield running_stack
+    while running_stack.calls:
+        running_stack.calls.pop().release()
+
+
 class Call:
     """One sipp caller/callee pair on the test's scenarios, and the test's RTP sockets on the SDP ports."""
 
     def __init__(self, stack: Stack, name: str, caller_steps: list[str], callee_steps: list[str], media=(AUDIO,), slot: int = 0) -> None:  # noqa: ANN001
         self.stack, self.name = stack, name
+        stack.calls.append(self)
         directory = stack.tmp / name
         directory.mkdir()
         (directory / "uac.xml").write_text(scenario(f"{name} caller", caller_steps))
@@ -233,13 +242,23 @@ class Call:
         trigger((CALLER_IP, self.uac_port), self.call_id, self.caller_trigger)
 
     def finish(self, timeout: float = 60) -> None:
-        for name, process in (("caller", self.uac), ("callee", self.uas)):
-            try:
-                _, error = process.communicate(timeout=timeout)
-            except subprocess.TimeoutExpired:
+        try:
+            for name, process in (("caller", self.uac), ("callee", self.uas)):
+                try:
+                    _, error = process.communicate(timeout=timeout)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+                    _, error = process.communicate()
+                assert process.returncode == 0, f"sipp {name} of {self.name} failed: {error.decode()[-2000:]}{self.stack.context()}"
+        finally:
+            self.release()
+
+    def release(self) -> None:
+        """Stop whatever is left of the call, so a failed flow does not hold ports the next one needs."""
+        for process in (self.uac, self.uas):
+            if process.poll() is None:
                 process.kill()
-                _, error = process.communicate()
-            assert process.returncode == 0, f"sipp {name} of {self.name} failed: {error.decode()[-2000:]}{self.stack.context()}"
+                process.wait()
         for endpoint in (*self.caller_sockets, *self.callee_sockets, self.caller_trigger):
             endpoint.close()
 
@@ -403,8 +422,8 @@ def test_media_that_stops_ends_the_dialog_through_kamailio(stack):
     call = Call(
         stack,
         "media-stops",
-        [*caller.invite(sdp(CALLER_IP, ("audio", AUDIO[0]))), *caller.answered(), *caller.ack(), *recv_bye()],
-        [*callee.answer(sdp(CALLEE_IP, ("audio", AUDIO[1]))), *recv_bye()],
+        [*caller.invite(sdp(CALLER_IP, ("audio", AUDIO[0]))), *caller.answered(), *caller.ack(), *recv_bye(answer_after_ms=500)],
+        [*callee.answer(sdp(CALLEE_IP, ("audio", AUDIO[1]))), *recv_bye(answer_after_ms=500)],
     )
     call.media(packets=20)
     # silence: the kernel entry times out, the relay reports expiry, the dispatcher has Kamailio send BYEs

@@ -113,6 +113,11 @@ def test_install_run_through_init_scripts_and_purge(debs):
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
     run("apt-get", "install", "-y", "-q", *(str(found[name]) for name in PACKAGES), env=env, timeout=900)
     try:
+        if shutil.which("systemd-analyze"):
+            units = [f"/lib/systemd/system/mediaproxy-{name}.service" for name in ("dispatcher", "relay")]
+            verified = run("systemd-analyze", "verify", *units, check=False)
+            problems = [line for line in verified.stderr.splitlines() if "mediaproxy" in line]
+            assert verified.returncode == 0 and not problems, verified.stderr
         run("mediaproxy-gen-certs", "/etc/mediaproxy/tls")
         relay_port, management_port = free_port(), free_port()
         configure(relay_port, management_port)

@@ -447,3 +447,13 @@ def test_dispatcher_refuses_to_start_with_unusable_accounting(tmp_path, settings
     result = subprocess.run(command, capture_output=True, text=True, timeout=30)
     assert result.returncode == 1, result.stdout + result.stderr
     assert message in result.stderr and "Traceback" not in result.stderr
+
+
+def test_the_table_is_created_when_the_plugin_starts(tmp_path):
+    path = tmp_path / "accounting.sqlite"
+    plugin = AccountingPlugin(
+        "database", sql.SQLBackend(database_config(f"sqlite://{path}")), str(tmp_path / "spool"), task.Clock(), run=defer.maybeDeferred
+    )
+    plugin.start()
+    tables = sqlite3.connect(path).execute("SELECT name FROM sqlite_master WHERE type = 'table'").fetchall()
+    assert ("media_sessions",) in tables

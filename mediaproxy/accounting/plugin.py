@@ -45,7 +45,18 @@ class AccountingPlugin(PluginBase):
             self.runner = ThreadRunner(self.reactor, f"accounting-{self.name}")
             self.run = self.runner
         self.queue = DeliveryQueue(self.name, self.backend, spool, self.reactor, self.run)
+        prepare = getattr(self.backend, "prepare", None)
+        if prepare is not None:
+            # e.g. create the table now, in the worker thread, ahead of the first record
+            self.run(prepare).addErrback(self._not_prepared)
         self.queue.start()
+
+    def _not_prepared(self, failure) -> None:  # noqa: ANN001
+        log.warn(
+            "{name} accounting is not reachable at start-up ({error}); records wait in the spool",
+            name=self.name,
+            error=failure.getErrorMessage(),
+        )
 
     def session_ended(self, record: dict) -> None:
         self.queue.add(record)

@@ -124,6 +124,10 @@ class SQLBackend:
         create, constraints = self.table.createTableSQL(connection=self.connection)
         return ";\n".join([create, *constraints]) + ";"
 
+    def prepare(self) -> None:
+        """At start-up: make sure the table exists (BackendUnavailable when the database cannot be reached)."""
+        self.ensure_table()
+
     def ensure_table(self) -> None:
         if self.table_ready:
             return

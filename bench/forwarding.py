@@ -12,6 +12,7 @@ system when its loss exceeds 0.1% or its N reaches --max-streams. Run as root:
 from __future__ import annotations
 
 import argparse
+import resource
 import select
 import time
 
@@ -21,7 +22,7 @@ PACKET_INTERVAL = 0.02
 LOSS_LIMIT = 0.001
 
 
-def run_round(system, net, streams: int, seconds: float, round_number: int) -> dict:  # noqa: ANN001
+def run_round(system, net, streams: int, seconds: float, round_number: int, interval: float = PACKET_INTERVAL) -> dict:  # noqa: ANN001
     first_port = 20000 + (round_number % 4) * 4000
     callers = generator_sockets(net, streams, first_port)
     callees = generator_sockets(net, streams, first_port + 1)
@@ -37,11 +38,11 @@ def run_round(system, net, streams: int, seconds: float, round_number: int) -> d
     packet = bytes([0x80, 0]) + bytes(PAYLOAD - 2)
     # warm-up: both sides speak so every relay has learnt every address (and made its kernel
     # entries) before we count
-    for _ in range(max(10, streams // 10)):
+    for _ in range(max(10, int(max(0.2, streams * 0.0012) / interval))):
         for caller, caller_side, callee, callee_side in targets:
             callee.sendto(packet, callee_side)
             caller.sendto(packet, caller_side)
-        time.sleep(PACKET_INTERVAL)
+        time.sleep(interval)
     while _drain(poller, by_fd, 0.3):
         pass  # until the warm-up's packets are all in
     pid = system.relay_pid if isinstance(system, OurStack) else system.pid
@@ -53,7 +54,7 @@ def run_round(system, net, streams: int, seconds: float, round_number: int) -> d
             caller.sendto(packet, caller_side)
             callee.sendto(packet, callee_side)
         sent += 2 * streams
-        tick += PACKET_INTERVAL
+        tick += interval
         received += _drain(poller, by_fd, max(tick - time.monotonic(), 0))
     elapsed = time.monotonic() - started
     cpu = (cpu_seconds(pid) - cpu_before) / elapsed
@@ -101,6 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--streams", default="50,100,200,400,800", help="stream counts to step through (default: %(default)s)")
     parser.add_argument("--seconds", type=float, default=5, help="measured seconds per round (default: %(default)s)")
+    parser.add_argument("--rate", type=int, default=50, help="packets/s per stream and direction (default: %(default)s, G.711)")
     parser.add_argument("--systems", default="userspace,kernel,rtpengine", help="which relays (default: %(default)s)")
     args = parser.parse_args(argv)
     steps = [int(value) for value in args.streams.split(",")]
@@ -108,19 +110,21 @@ def main(argv: list[str] | None = None) -> int:
     net = network()
     systems = []
     try:
-        if "userspace" in wanted:
-            systems.append(OurStack(net, "userspace", "30000:39998"))
-        if "kernel" in wanted:
-            systems.append(OurStack(net, "kernel", "40000:49998"))
+        # 20000-59999 is shared among our relays; rtpengine takes 60000 and up
+        ours = [name for name in ("userspace", "kernel") if name in wanted]
+        # each relay port is a descriptor: stay under the machine's hard limit
+        share = min(40000 // max(len(ours), 1), resource.getrlimit(resource.RLIMIT_NOFILE)[1] - 2000) // 2 * 2
+        for index, name in enumerate(ours):
+            systems.append(OurStack(net, name, f"{20000 + index * share}:{20000 + (index + 1) * share - 2}"))
         if "rtpengine" in wanted:
-            systems.append(Rtpengine(net, 50000, 59998))
+            systems.append(Rtpengine(net, 60000, 65534))
             systems[-1].name = "rtpengine"
         results = []
         active = list(systems)
         print(f"{'system':<10} {'streams':>7} {'offered pps':>12} {'relayed pps':>12} {'loss':>8} {'relay CPU':>9} {'RSS MiB':>8}")
         for round_number, streams in enumerate(steps):
             for system in list(active):
-                row = run_round(system, net, streams, args.seconds, round_number)
+                row = run_round(system, net, streams, args.seconds, round_number, 1 / args.rate)
                 results.append(row)
                 print(
                     f"{row['system']:<10} {row['streams']:>7} {row['offered_pps']:>12.0f} {row['relayed_pps']:>12.0f} "

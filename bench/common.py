@@ -8,6 +8,7 @@ rounds alternate between them on the same machine state.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -59,6 +60,20 @@ def rss_kib(pid: int) -> int:
 
 def open_fds(pid: int) -> int:
     return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+@contextlib.contextmanager
+def one_stack(name: str, port_range: str):  # noqa: ANN201
+    """A network with one of our stacks (userspace forwarding) in it, both gone afterwards."""
+    net = network()
+    stack = None
+    try:
+        stack = OurStack(net, "userspace", port_range, name=name)
+        yield stack
+    finally:
+        if stack is not None:
+            stack.stop()
+        net.remove()
 
 
 class OurStack:

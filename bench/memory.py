@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 import resource
 
-from common import OurStack, network, rss_kib
+from common import one_stack, rss_kib
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -23,12 +23,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     steps = [int(value) for value in args.sessions.split(",")]
     hard_limit = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
-    net = network()
-    stack = None
-    try:
-        # the relay needs a descriptor per port: fit the range under the machine's hard limit
-        ports = min(40000, (hard_limit - 2000) // 2 * 2)
-        stack = OurStack(net, "userspace", f"20000:{20000 + ports}", name="memory")
+    # the relay needs a descriptor per port: fit the range under the machine's hard limit
+    ports = min(40000, (hard_limit - 2000) // 2 * 2)
+    with one_stack("memory", f"20000:{20000 + ports}") as stack:
         rows = [(0, rss_kib(stack.dispatcher_pid), rss_kib(stack.relay_pid))]
         opened = 0
         for target in steps:
@@ -45,10 +42,6 @@ def main(argv: list[str] | None = None) -> int:
             per_session = (relay - base_relay) / sessions if sessions else 0
             print(f"{sessions:>8} {dispatcher / 1024:>15.1f} {relay / 1024:>10.1f} {per_session:>18.2f} {per_session / 4:>18.2f}")
         return 0
-    finally:
-        if stack is not None:
-            stack.stop()
-        net.remove()
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ import statistics
 import threading
 import time
 
-from common import OurStack, network, open_fds, rss_kib
+from common import OurStack, one_stack, open_fds, rss_kib
 
 from mediaproxy.testing import remove, update
 
@@ -51,10 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--connections", type=int, default=4, help="proxy connections (default: %(default)s)")
     parser.add_argument("--calls", type=int, default=5000, help="calls in all (default: %(default)s)")
     args = parser.parse_args(argv)
-    net = network()
-    stack = None
-    try:
-        stack = OurStack(net, "userspace", "30000:39998", name="setup")
+    with one_stack("setup", "30000:39998") as stack:
         relay_fds_before, dispatcher_fds_before = open_fds(stack.relay_pid), open_fds(stack.dispatcher_pid)
         latencies: dict[str, list[float]] = {"offer": [], "answer": [], "remove": []}
         errors: list = []
@@ -81,10 +78,6 @@ def main(argv: list[str] | None = None) -> int:
         all_latencies = [value for values in latencies.values() for value in values]
         print(f"all requests: p50 {statistics.median(all_latencies) * 1000:.2f} ms, p99 {percentile(all_latencies, 0.99) * 1000:.2f} ms")
         return 1 if errors else 0
-    finally:
-        if stack is not None:
-            stack.stop()
-        net.remove()
 
 
 if __name__ == "__main__":

@@ -168,13 +168,19 @@ class Rtpengine:
                 return value
 
     def open(self, call_id: str, caller: tuple[str, int], callee: tuple[str, int]) -> tuple[tuple[str, int], tuple[str, int]]:
-        offer = self.command({"command": "offer", "call-id": call_id, "from-tag": "ft", "sdp": _sdp(*caller)})
-        answer = self.command({"command": "answer", "call-id": call_id, "from-tag": "ft", "to-tag": "tt", "sdp": _sdp(*callee)})
+        offer = self._ok(self.command({"command": "offer", "call-id": call_id, "from-tag": "ft", "sdp": _sdp(*caller)}))
+        answer = self._ok(self.command({"command": "answer", "call-id": call_id, "from-tag": "ft", "to-tag": "tt", "sdp": _sdp(*callee)}))
         # the offer's SDP goes to the callee (the port facing it); the answer's to the caller
         return _media_address(answer[b"sdp"]), _media_address(offer[b"sdp"])
 
     def close(self, call_id: str) -> None:
         self.command({"command": "delete", "call-id": call_id, "from-tag": "ft"})
+
+    @staticmethod
+    def _ok(reply: dict) -> dict:
+        if reply.get(b"result") != b"ok":
+            raise SystemExit(f"rtpengine refused: {reply.get(b'error-reason', reply)!r}")
+        return reply
 
     def stop(self) -> None:
         self.process.terminate()

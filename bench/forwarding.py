@@ -110,14 +110,14 @@ def main(argv: list[str] | None = None) -> int:
     net = network()
     systems = []
     try:
-        # 20000-59999 is shared among our relays; rtpengine takes 60000 and up
+        # 20000-49999 is shared among our relays; rtpengine takes 50000 and up
         ours = [name for name in ("userspace", "kernel") if name in wanted]
         # each relay port is a descriptor: stay under the machine's hard limit
-        share = min(40000 // max(len(ours), 1), resource.getrlimit(resource.RLIMIT_NOFILE)[1] - 2000) // 2 * 2
+        share = min(30000 // max(len(ours), 1), resource.getrlimit(resource.RLIMIT_NOFILE)[1] - 2000) // 2 * 2
         for index, name in enumerate(ours):
             systems.append(OurStack(net, name, f"{20000 + index * share}:{20000 + (index + 1) * share - 2}"))
         if "rtpengine" in wanted:
-            systems.append(Rtpengine(net, 60000, 65534))
+            systems.append(Rtpengine(net, 50000, 65534))
             systems[-1].name = "rtpengine"
         results = []
         active = list(systems)

@@ -98,11 +98,11 @@ class OurStack:
 
     @property
     def relay_pid(self) -> int:
-        return _child_pid(self.deployment.relay.process.pid)
+        return self.deployment.relay.process.pid  # `ip netns exec` execs the program: same pid
 
     @property
     def dispatcher_pid(self) -> int:
-        return _child_pid(self.deployment.dispatcher.process.pid)
+        return self.deployment.dispatcher.process.pid
 
     def open(self, call_id: str, caller: tuple[str, int], callee: tuple[str, int]) -> tuple[tuple[str, int], tuple[str, int]]:
         """Set up a call; returns the relay's (caller-facing, callee-facing) addresses."""
@@ -119,11 +119,6 @@ class OurStack:
         self.proxy.close()
         self.deployment.kill()
         shutil.rmtree(self.directory, ignore_errors=True)
-
-
-def _child_pid(pid: int) -> int:
-    """`ip netns exec` replaces itself with the program, so the Popen pid is the program's."""
-    return pid
 
 
 class Rtpengine:

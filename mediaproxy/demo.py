@@ -20,6 +20,7 @@ import sys
 import time
 
 from mediaproxy import certgen, demo_sip
+from mediaproxy.cli.sessions import ManagementError, query
 from mediaproxy.testing import remove, update
 
 CONFIG = """\
@@ -80,13 +81,12 @@ def _request(connection: socket.socket, data: bytes) -> str:
     return reply.decode().strip()
 
 
-def _management(port: int, command: bytes) -> object:
-    with socket.create_connection(("127.0.0.1", port), timeout=5) as connection:
-        connection.sendall(command + b"\r\n")
-        data = b""
-        while not data.endswith(b"\r\n"):
-            data += connection.recv(65536)
-    return json.loads(data)
+def _sessions(port: int) -> list:
+    """The relays' sessions, asked through the management interface as media-sessions does."""
+    try:
+        return query("127.0.0.1", port, ["sessions"], None)[0]
+    except ManagementError as error:
+        raise SystemExit(f"demo: {error}") from None
 
 
 def _rtp(sequence: int, payload_type: int) -> bytes:
@@ -152,7 +152,7 @@ def demo_call(socket_path: str, management_port: int, seconds: float) -> dict:
     relay_ip, callee_facing = offer.split()
     caller_facing = int(answer.split()[1])
     talk(caller, callee, (relay_ip, caller_facing), (relay_ip, int(callee_facing)), seconds)
-    statistics = _management(management_port, b"sessions")
+    statistics = _sessions(management_port)
     reply = _request(proxy, remove(call_id, "demo-caller", "demo-callee"))
     proxy.close()
     if reply != "removed":
@@ -223,9 +223,7 @@ def main(argv: list[str] | None = None) -> int:
         socket_path = os.path.join(runtime, "dispatcher.sock")
         if args.client == "kamailio" or (args.client == "auto" and demo_sip.available()):
             print("Demo call: sipp calls sipp through Kamailio (engage_media_proxy); RTP flows through the relay")
-            statistics = demo_sip.call(
-                directory, socket_path, lambda: _management(management_port, b"sessions"), args.seconds, endpoints, talk
-            )
+            statistics = demo_sip.call(directory, socket_path, lambda: _sessions(management_port), args.seconds, endpoints, talk)
         else:
             print("Demo call: the proxy protocol spoken as Kamailio's module does; two RTP endpoints talk through the relay")
             statistics = demo_call(socket_path, management_port, args.seconds)

@@ -25,6 +25,7 @@ from mediaproxy.process import StartupError
 log = Logger(namespace="accounting")
 
 SCISSORS = "----------------- >8 -----------------"
+ALREADY_RECORDED = "already recorded; not written again"
 DRIVER_HINTS = {
     "mysql": "PyMySQL or mysqlclient (Debian: python3-pymysql)",
     "postgres": "psycopg2 (Debian: python3-psycopg2)",
@@ -185,11 +186,11 @@ class SQLBackend:
                 sqlobject.AND(columns.call_id == call_id, columns.from_tag == from_tag, columns.to_tag == to_tag)
             ).count()
             if already:
-                return "already recorded; not written again"
+                return ALREADY_RECORDED
             info = json.dumps(record)
             self.table(call_id=call_id, from_tag=from_tag, to_tag=to_tag, info=info if self.text_info else info.encode())
         except dberrors.DuplicateEntryError:
-            return "already recorded; not written again"
+            return ALREADY_RECORDED
         except (dberrors.DataError, dberrors.IntegrityError) as error:
             raise RecordRejected(f"the database refuses the record: {_message(error)}") from None
         except Exception as error:  # noqa: BLE001 - connection loss surfaces as many driver-specific types
@@ -198,7 +199,6 @@ class SQLBackend:
 
     def _unavailable(self, error: Exception, what: str | None = None) -> BackendUnavailable:
         self.connection.close()  # a broken connection goes back to the pool; drop them all
-        self.table_ready = self.table_ready and what is None
         return BackendUnavailable(f"{what or self.where}: {_message(error)}")
 
     def close(self) -> None:

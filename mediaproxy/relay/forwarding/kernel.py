@@ -143,10 +143,8 @@ class KernelForwarder:
 
 
 def _fold(substream: Substream, counters: Counters) -> None:
-    for party, packets, octets in (
-        (CALLER, counters.orig_packets, counters.orig_bytes),
-        ("callee", counters.reply_packets, counters.reply_bytes),
-    ):
-        side = substream.side(party)
-        side.kernel_packets += packets
-        side.kernel_bytes += octets
+    """Add a gone entry's counters to the substream's totals: orig is the caller's direction, reply the callee's."""
+    substream.caller.kernel_packets += counters.orig_packets
+    substream.caller.kernel_bytes += counters.orig_bytes
+    substream.callee.kernel_packets += counters.reply_packets
+    substream.callee.kernel_bytes += counters.reply_bytes

@@ -517,3 +517,32 @@ def test_empty_and_odd_datagrams_are_harmless():
         relay.socket(40000).deliver(odd, CALLER_NAT)
     # forwarded like any other packet from the latched caller; nothing raised
     assert [data for data, _ in relay.socket(40002).sent][-3:] == [b"", b"\x00", b"\x80"]
+
+
+def test_lost_destroy_events_are_made_up_for():
+    """A conntrack event overflow: entries that vanished meanwhile still end their streams."""
+    from mediaproxy.relay.forwarding.conntrack import Counters, Flow  # noqa: PLC0415
+    from mediaproxy.relay.forwarding.kernel import KernelForwarder  # noqa: PLC0415
+
+    class Table:
+        mark = 1
+
+        def __init__(self):
+            self.entries = {}
+
+        def create(self, flow, timeout):
+            self.entries[flow.key] = Counters()
+
+        def snapshot(self):
+            return dict(self.entries)
+
+    relay = Relay()
+    table = Table()
+    relay.manager.forwarder = KernelForwarder(relay.clock, table, 120)
+    stream = established(relay)
+    assert isinstance(stream.rtp.kernel, Flow)
+    relay.manager.forwarder.reconcile()
+    assert stream.status == "active"  # still there: nothing happens
+    table.entries.clear()  # the kernel dropped it; its DESTROY event was lost
+    relay.manager.forwarder.reconcile()
+    assert stream.status == "conntrack timeout" and stream.rtp.kernel is None

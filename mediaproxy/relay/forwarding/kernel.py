@@ -35,8 +35,9 @@ class DestroyReader(abstract.FileDescriptor):
             except BlockingIOError:
                 return
             except OSError as error:
-                # ENOBUFS: events were lost; the entries they were about are found gone when read
-                log.warn("Lost conntrack events ({error}); live entries are checked on the next read", error=error)
+                # ENOBUFS: the socket overflowed and events were lost
+                log.warn("Lost conntrack events ({error}); checking which entries are gone", error=error)
+                self.forwarder.reconcile()
                 return
             for key, counters in destroyed(data, self.forwarder.conntrack.mark):
                 self.forwarder.entry_destroyed(key, counters)
@@ -132,6 +133,19 @@ class KernelForwarder:
         self._snapshot = None
 
     # -- kernel events
+
+    def reconcile(self) -> None:
+        """After lost DESTROY events: expire the substreams whose entries are gone without our hearing of it."""
+        try:
+            present = self.conntrack.snapshot()
+        except ConntrackError as error:
+            log.warn("{error}", error=error)
+            return
+        missed = [key for key in self.substreams if key not in present]
+        if missed:
+            log.warn("{count} conntrack entries ended while events were lost; their last counters are lost", count=len(missed))
+        for key in missed:
+            self.entry_destroyed(key, Counters())
 
     def entry_destroyed(self, key: tuple, counters: Counters) -> None:
         substream = self.substreams.pop(key, None)

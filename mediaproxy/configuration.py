@@ -50,6 +50,8 @@ class RelayConfig:
 @dataclass(frozen=True)
 class DispatcherConfig:
     socket_path: str = option("dispatcher.sock", dt.text_value)
+    socket_mode: int = option(0o660, dt.file_mode)
+    socket_group: str | None = option("mediaproxy", dt.optional_group)
     listen: dt.NetworkAddress = option(dt.NetworkAddress("0.0.0.0", 25060), dt.network_address(25060))
     listen_management: dt.NetworkAddress = option(dt.NetworkAddress("0.0.0.0", 25061), dt.network_address(25061))
     management_use_tls: bool = option(True, dt.boolean)

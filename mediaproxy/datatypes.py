@@ -271,6 +271,22 @@ def choice(*allowed: str):
     return parse
 
 
+def file_mode(text: str) -> int:
+    """Permission bits in octal, as chmod takes them: ``0660``, ``660``, ``0o660``."""
+    value = text.strip().lower().removeprefix("0o")
+    if not re.fullmatch(r"[0-7]{3,4}", value) or int(value, 8) > 0o777:
+        raise ValueError("expected permission bits in octal, such as 0660")
+    return int(value, 8)
+
+
+def optional_group(text: str) -> str | None:
+    """A group name or number; empty keeps the process's own group."""
+    value = text.strip()
+    if value and not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_.-]*\$?|\d+", value):
+        raise ValueError("expected a group name or number")
+    return value or None
+
+
 def text_value(text: str) -> str:
     return text.strip()
 

@@ -1,4 +1,4 @@
-"""Log set-up: console with --no-fork, syslog when daemonised; SIGUSR1 toggles DEBUG."""
+"""Log set-up: console with --no-fork, the journal with --systemd, syslog when daemonised; SIGUSR1 toggles DEBUG."""
 
 from __future__ import annotations
 
@@ -57,6 +57,26 @@ class ConsoleObserver:
 
 
 @implementer(ILogObserver)
+class JournalObserver:
+    """stderr lines with the ``<N>`` priority prefix that journald reads (sd-daemon(3)).
+
+    Every line of a multi-line event (a traceback) carries the prefix, so ``journalctl -p err``
+    shows all of it.
+    """
+
+    def __init__(self, stream: TextIO) -> None:
+        self.stream = stream
+
+    def __call__(self, event: dict) -> None:
+        priority = _SYSLOG_PRIORITY.get(event.get("log_level"), syslog.LOG_INFO)
+        try:
+            self.stream.write("".join(f"<{priority}>{line}\n" for line in format_line(event).splitlines()))
+            self.stream.flush()
+        except (OSError, ValueError):
+            pass
+
+
+@implementer(ILogObserver)
 class SyslogObserver:
     def __init__(self, ident: str) -> None:
         syslog.openlog(ident, syslog.LOG_PID, syslog.LOG_DAEMON)
@@ -101,6 +121,9 @@ class LogControl:
         self.predicate.defaultLogLevel = self.configured
         self.predicate.setLogLevelForNamespace(None, self.configured)
 
-    def start(self, ident: str, to_console: bool) -> None:
-        observer = ConsoleObserver(sys.stderr) if to_console else SyslogObserver(ident)
+    def start(self, ident: str, to_console: bool, journal: bool = False) -> None:
+        if journal:
+            observer = JournalObserver(sys.stderr)
+        else:
+            observer = ConsoleObserver(sys.stderr) if to_console else SyslogObserver(ident)
         globalLogBeginner.beginLoggingTo([FilteringLogObserver(observer, [quiet_twisted, self.predicate])], redirectStandardIO=False)

@@ -10,15 +10,19 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from twisted.internet import defer
 from twisted.logger import Logger
 
 from mediaproxy import __version__, configuration
 from mediaproxy.log import LogControl
+from mediaproxy.systemd import Notifier
 
 log = Logger(namespace="process")
 
 EXIT_OK = 0
 EXIT_STARTUP_FAILED = 1
+# sysexits.h EX_CONFIG: the unit files do not restart on it, as a restart cannot fix config.ini
+EXIT_CONFIG = 78
 
 
 class StartupError(Exception):
@@ -63,9 +67,9 @@ def load_configuration(options: Options) -> configuration.Configuration:
     return configuration.load(configuration.search_path(options.config_dir, program_dir))
 
 
-def fail(program: str, message: str) -> int:
+def fail(program: str, message: str, status: int = EXIT_STARTUP_FAILED) -> int:
     print(f"{program}: {message}", file=sys.stderr)
-    return EXIT_STARTUP_FAILED
+    return status
 
 
 class Program:
@@ -73,14 +77,16 @@ class Program:
 
     ``build`` returns the root service; ``signals`` maps signal numbers to callables run in the
     reactor thread. Anything raised while building or starting becomes a one-line critical error
-    and exit status 1.
+    and exit status 1. The root service may have ``ready()`` (a Deferred fired when it is ready
+    to be used) and ``status_line()`` (for the service manager's STATUS).
     """
 
-    def __init__(self, options: Options, log_control: LogControl) -> None:
+    def __init__(self, options: Options, log_control: LogControl, notifier: Notifier | None = None) -> None:
         self.options = options
         self.log_control = log_control
         self.exit_status = EXIT_OK
         self._ready_pipe: int | None = None
+        self.notifier = notifier or Notifier()
 
     def run(self, build: Callable, signals: Callable) -> int:
         options = self.options
@@ -92,7 +98,7 @@ class Program:
             status = self._daemonize()
             if status is not None:
                 return status
-        self.log_control.start(options.program, to_console=options.foreground)
+        self.log_control.start(options.program, to_console=options.foreground, journal=options.systemd)
         if options.pid_file:
             try:
                 _write_pid_file(options.pid_file)
@@ -104,6 +110,9 @@ class Program:
             root = build(reactor)
         except StartupError as error:
             return self._startup_failed(str(error))
+        except Exception as error:  # noqa: BLE001 - a plugin's surprise must still reach the log and the exit status
+            log.failure("Unexpected start-up failure")
+            return self._startup_failed(f"start-up failed: {error!r}")
 
         def start() -> None:
             self._install_signals(reactor, signals(root))
@@ -116,22 +125,35 @@ class Program:
                 log.failure("Unexpected start-up failure")
                 self._abort(reactor, f"start-up failed: {error}")
                 return
-            if hasattr(result, "addCallbacks"):
-                result.addCallbacks(lambda _: self._signal_ready(), lambda f: self._abort(reactor, f.getErrorMessage()))
-            else:
-                self._signal_ready()
+            started = result if isinstance(result, defer.Deferred) else defer.succeed(None)
+            if hasattr(root, "ready"):
+                started.addCallback(lambda _: root.ready())
+            started.addCallbacks(lambda _: self._started(reactor, root), lambda f: self._abort(reactor, f.getErrorMessage()))
 
-        reactor.addSystemEventTrigger("before", "shutdown", lambda: root.stopService() if root.running else None)
+        def stopping() -> None:
+            self.notifier.stopping("stopping")
+            self.notifier.stop_watchdog()
+            if root.running:
+                return root.stopService()
+            return None
+
+        reactor.addSystemEventTrigger("before", "shutdown", stopping)
         reactor.callWhenRunning(start)
         reactor.run(installSignalHandlers=False)
         if options.pid_file:
             _remove_quietly(options.pid_file)
         return self.exit_status
 
+    def _started(self, reactor, root) -> None:  # noqa: ANN001
+        self._signal_ready()
+        status_of = getattr(root, "status_line", None)
+        self.notifier.ready(status_of() if status_of else "running")
+        self.notifier.start_watchdog(reactor, status_of)
+
     def _install_signals(self, reactor, handlers: dict) -> None:  # noqa: ANN001
         def toggle_debug() -> None:
-            level = self.log_control.toggle_debug()
-            log.info("Log level is now {level}", level=level)
+            # not "level": Logger.emit takes that name for itself
+            log.info("Log level is now {name}", name=self.log_control.toggle_debug())
 
         handlers = {signal.SIGUSR1: toggle_debug, **handlers}
         for number, handler in handlers.items():
@@ -141,12 +163,14 @@ class Program:
         log.critical("{problem}", problem=message)
         self.exit_status = EXIT_STARTUP_FAILED
         self._signal_ready(message)
+        self.notifier.send(STATUS=f"start-up failed: {message}")
         if reactor.running:
             reactor.stop()
 
     def _startup_failed(self, message: str) -> int:
         log.critical("{problem}", problem=message)
         self._signal_ready(message)
+        self.notifier.send(STATUS=f"start-up failed: {message}")
         if self.options.foreground:
             print(f"{self.options.program}: {message}", file=sys.stderr)
         return EXIT_STARTUP_FAILED

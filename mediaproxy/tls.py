@@ -114,8 +114,9 @@ class Credentials:
         """Why ``peer`` may no longer be used (expired, revoked), or None if it is still good."""
         certificate = peer.to_cryptography() if isinstance(peer, crypto.X509) else peer
         now = datetime.datetime.now(datetime.UTC)
-        if certificate.not_valid_after_utc < now:
-            return f"certificate expired at {certificate.not_valid_after_utc:%Y-%m-%d %H:%M:%S} UTC"
+        expiry = not_valid_after(certificate)
+        if expiry < now:
+            return f"certificate expired at {expiry:%Y-%m-%d %H:%M:%S} UTC"
         if self.crl is not None and self.crl.get_revoked_certificate_by_serial_number(certificate.serial_number) is not None:
             return "certificate revoked by the CRL"
         return None
@@ -133,13 +134,40 @@ def _verify_callback(connection, certificate, errno, depth, ok):  # noqa: ANN001
     return ok
 
 
-def _x509_error_text(errno: int) -> str:
-    try:
-        from OpenSSL._util import ffi, lib  # noqa: PLC0415 - only needed on failures
+# OpenSSL's X509_V_ERR_* codes a peer is likely to cause (x509_vfy.h); pyOpenSSL has no public
+# way to turn the number into OpenSSL's own text
+_X509_ERRORS = {
+    2: "unable to get issuer certificate",
+    3: "unable to get certificate CRL",
+    7: "certificate signature failure",
+    8: "CRL signature failure",
+    9: "certificate is not yet valid",
+    10: "certificate has expired",
+    11: "CRL is not yet valid",
+    12: "CRL has expired",
+    18: "self-signed certificate",
+    19: "self-signed certificate in certificate chain",
+    20: "unable to get local issuer certificate",
+    21: "unable to verify the first certificate",
+    22: "certificate chain too long",
+    23: "certificate revoked",
+    24: "invalid CA certificate",
+    26: "unsupported certificate purpose",
+    27: "certificate not trusted",
+    28: "certificate rejected",
+}
 
-        return ffi.string(lib.X509_verify_cert_error_string(errno)).decode()
-    except Exception:  # noqa: BLE001 - a private API; the number still helps
-        return f"X509 verification error {errno}"
+
+def _x509_error_text(errno: int) -> str:
+    return _X509_ERRORS.get(errno, f"X509 verification error {errno}")
+
+
+def not_valid_after(certificate: x509.Certificate) -> datetime.datetime:
+    """The expiry as an aware UTC datetime, on cryptography 38 (Debian bookworm) and >= 42."""
+    try:
+        return certificate.not_valid_after_utc
+    except AttributeError:
+        return certificate.not_valid_after.replace(tzinfo=datetime.UTC)
 
 
 def _mtime(path: str) -> float | None:

@@ -220,6 +220,17 @@ class FakeRelay(protocol.ClientFactory):
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
+# MEDIAPROXY_TEST_INSTALLED=1: the suite tests the installed Debian packages (/usr/bin/media-*,
+# Debian's python3 libraries) instead of the checkout; test/run sets it for its second run
+INSTALLED = os.environ.get("MEDIAPROXY_TEST_INSTALLED") == "1"
+
+
+def program_command(name: str) -> list[str]:
+    """How to run one of our programs: the installed one, or the checkout's with this interpreter."""
+    if INSTALLED:
+        return [f"/usr/bin/{name}"]
+    return [sys.executable, os.path.join(ROOT, name)]
+
 
 def free_port(kind=socket.SOCK_STREAM):
     with socket.socket(socket.AF_INET, kind) as probe:
@@ -233,7 +244,7 @@ class Program:
     def __init__(self, name, config_dir, runtime_dir, log_path, prefix=()):
         self.log_path = log_path
         self.log = open(log_path, "w")
-        command = [*prefix, sys.executable, os.path.join(ROOT, name), "--no-fork", "--config-dir", config_dir, "--runtime-dir", runtime_dir]
+        command = [*prefix, *program_command(name), "--no-fork", "--config-dir", config_dir, "--runtime-dir", runtime_dir]
         self.process = subprocess.Popen(command, stdout=self.log, stderr=subprocess.STDOUT)
 
     def output(self):

@@ -11,10 +11,9 @@ from dataclasses import fields
 
 import pytest
 
+from harness import ROOT, program_command
 from mediaproxy import configuration
 from mediaproxy import datatypes as dt
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.mark.parametrize(
@@ -255,12 +254,12 @@ def test_search_path_prefers_local_directory(tmp_path):
 def test_programs_print_one_line_for_a_bad_option(tmp_path, program):
     write(tmp_path, "[Relay]\nport_range = 1:2\n[Dispatcher]\nlisten = nowhere\n")
     result = subprocess.run(
-        [sys.executable, os.path.join(ROOT, program), "--no-fork", "--config-dir", str(tmp_path), "--runtime-dir", str(tmp_path / "run")],
+        [*program_command(program), "--no-fork", "--config-dir", str(tmp_path), "--runtime-dir", str(tmp_path / "run")],
         capture_output=True,
         text=True,
         timeout=30,
     )
-    assert result.returncode == 1
+    assert result.returncode == 78  # EX_CONFIG: systemd does not restart on it
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1, result.stderr
     assert lines[0].startswith(f"{program}: {tmp_path}/config.ini: [")
@@ -269,16 +268,16 @@ def test_programs_print_one_line_for_a_bad_option(tmp_path, program):
 
 @pytest.mark.parametrize("program", ["media-dispatcher", "media-relay"])
 def test_programs_version_and_missing_certificates(tmp_path, program):
-    result = subprocess.run([sys.executable, os.path.join(ROOT, program), "--version"], capture_output=True, text=True, timeout=30)
+    result = subprocess.run([*program_command(program), "--version"], capture_output=True, text=True, timeout=30)
     assert result.returncode == 0 and result.stdout.startswith(f"{program} ")
     write(tmp_path, "[TLS]\ncerts_path = missing-certs\n")
     result = subprocess.run(
-        [sys.executable, os.path.join(ROOT, program), "--no-fork", "--config-dir", str(tmp_path)],
+        [*program_command(program), "--no-fork", "--config-dir", str(tmp_path)],
         capture_output=True,
         text=True,
         timeout=30,
     )
-    assert result.returncode == 1
+    assert result.returncode == 78
     assert "certs_path 'missing-certs': no such directory" in result.stderr and "mediaproxy-gen-certs" in result.stderr
 
 

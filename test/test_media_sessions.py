@@ -2,6 +2,7 @@
 
 import io
 import json
+import os
 
 from twisted.internet import defer, threads
 from twisted.trial import unittest
@@ -55,6 +56,29 @@ class MediaSessionsTests(unittest.TestCase):
         self.assertEqual(sorted(session["call_id"] for session in answers["sessions"]), ["call-a", "call-b"])
         code, output = yield self.run_cli("sessions", "--certs", self.stack.certs, "--port", str(self.stack.management_port), "--json")
         self.assertEqual(len(json.loads(output)), 2)
+
+    @defer.inlineCallbacks
+    def test_address_tls_and_certificates_come_from_config_ini(self):
+        yield self.start(tls=True)
+        config = self.mktemp()
+        os.makedirs(config)
+
+        def write(use_tls):
+            with open(os.path.join(config, "config.ini"), "w") as file:
+                file.write(f"[Dispatcher]\nlisten_management = any:{self.stack.management_port}\nmanagement_use_tls = {use_tls}\n")
+                file.write(f"[TLS]\ncerts_path = {self.stack.certs}\n")
+
+        write("yes")
+        code, output = yield self.run_cli("summary", "--json", "--config-dir", config)
+        self.assertEqual(code, 0, output)
+        self.assertEqual(len(json.loads(output)["summary"]), 2)
+        # plain TCP now, against the TLS listener: no answer
+        write("no")
+        err = io.StringIO()
+        self.patch(cli.sys, "stderr", err)
+        code, _ = yield self.run_cli("summary", "--config-dir", config)
+        self.assertEqual(code, 1)
+        self.assertIn("closed the connection", err.getvalue())
 
     @defer.inlineCallbacks
     def test_errors_are_one_line(self):

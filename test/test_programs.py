@@ -5,17 +5,14 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 import time
 
 import pytest
 from deployment import Deployment, Proxy, call, establish, management, rtp_packet, stream_of, udp_endpoint
 
-from harness import free_port
+from harness import free_port, program_command
 from mediaproxy import certgen
 from mediaproxy.testing import remove, update
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.fixture
@@ -120,7 +117,7 @@ def _daemon_config(tmp_path, relay_port):
 def test_daemon_mode_writes_pid_file_and_stops_on_sigterm(tmp_path):
     config = _daemon_config(tmp_path, free_port())
     runtime = tmp_path / "run"
-    command = [sys.executable, os.path.join(ROOT, "media-dispatcher"), "--config-dir", str(config), "--runtime-dir", str(runtime)]
+    command = [*program_command("media-dispatcher"), "--config-dir", str(config), "--runtime-dir", str(runtime)]
     result = subprocess.run(command, capture_output=True, text=True, timeout=30)
     assert result.returncode == 0, result.stderr
     pid_file = runtime / "media-dispatcher.pid"
@@ -138,7 +135,7 @@ def test_daemon_start_failure_is_reported_by_the_parent(tmp_path):
     busy.bind(("127.0.0.1", 0))
     busy.listen()
     config = _daemon_config(tmp_path, busy.getsockname()[1])
-    command = [sys.executable, os.path.join(ROOT, "media-dispatcher"), "--config-dir", str(config), "--runtime-dir", str(tmp_path / "run")]
+    command = [*program_command("media-dispatcher"), "--config-dir", str(config), "--runtime-dir", str(tmp_path / "run")]
     result = subprocess.run(command, capture_output=True, text=True, timeout=30)
     busy.close()
     assert result.returncode == 1

@@ -190,9 +190,10 @@ class RadiusBackend:
             acctport=settings.port,
             secret=settings.secret.encode(),
             dict=dictionary,
-            retries=max(settings.retries, 1),
-            timeout=settings.timeout,
         )
+        # attributes, not constructor arguments: pyrad 2.1 (Debian bookworm) does not take them there
+        self.client.retries = max(settings.retries, 1)
+        self.client.timeout = settings.timeout
         if settings.bindaddr:
             try:
                 self.client.bind((settings.bindaddr, 0))
@@ -216,4 +217,5 @@ class RadiusBackend:
             raise BackendUnavailable(f"cannot send to {self.where}: {error.strerror or error}") from None
 
     def close(self) -> None:
-        self.client._CloseSocket()  # noqa: SLF001 - pyrad has no public close
+        # pyrad has no public close: its socket is closed with the client object
+        self.client = None

@@ -29,7 +29,7 @@ def main(argv: list[str] | None = None) -> int:
 
         limit = raise_file_limit(config.relay.port_range)
         log.debug("Open-file limit is {limit}", limit=limit)
-        return RelayService(config, credentials, reactor)
+        return RelayService(config, credentials, reactor, state_dir=options.runtime_dir)
 
     def signals(root):  # noqa: ANN001, ANN202
         from twisted.internet import reactor  # noqa: PLC0415

@@ -180,23 +180,29 @@ def main(argv: list[str] | None = None, out: TextIO | None = None) -> int:
     parser.add_argument(
         "what", nargs="?", choices=("all", "summary", "sessions", "accounting"), default="all", help="what to show (default: all)"
     )
-    parser.add_argument("--host", default="127.0.0.1", help="dispatcher address (default: %(default)s)")
-    parser.add_argument("--port", type=int, default=25061, help="management port (default: %(default)s)")
-    parser.add_argument("--no-tls", action="store_true", help="plain TCP, for a dispatcher with management_use_tls = no")
+    parser.add_argument("--host", help="dispatcher address (default: listen_management of config.ini, 127.0.0.1 for 'any')")
+    parser.add_argument("--port", type=int, help="management port (default: listen_management of config.ini, 25061)")
+    parser.add_argument(
+        "--no-tls", action="store_true", help="plain TCP, for a dispatcher with management_use_tls = no (default: as config.ini says)"
+    )
     parser.add_argument("--certs", help="directory with ca.pem, client.crt and client.key (default: certs_path of config.ini)")
     parser.add_argument("--config-dir", help=f"where config.ini is, searched before {configuration.SYSTEM_CONFIG_DIR}")
     parser.add_argument("--json", action="store_true", help="print the raw JSON answers, for scripts")
     args = parser.parse_args(argv)
     commands = {"all": ["summary", "accounting", "sessions"], "summary": ["summary", "accounting"]}.get(args.what, [args.what])
     try:
+        # the dispatcher's own config.ini says where and how its management interface listens
+        config = configuration.load(configuration.search_path(args.config_dir))
+        listen = config.dispatcher.listen_management
+        host = args.host or ("127.0.0.1" if listen.host in ("0.0.0.0", "") else listen.host)
+        port = args.port or listen.port
         context = None
-        if not args.no_tls:
+        if not args.no_tls and (args.certs or config.dispatcher.management_use_tls):
             certs = args.certs
             if certs is None:
-                config = configuration.load(configuration.search_path(args.config_dir))
                 certs = config.find(config.tls.certs_path) or config.tls.certs_path
             context = tls_context(certs)
-        answers = dict(zip(commands, query(args.host, args.port, commands, context)))
+        answers = dict(zip(commands, query(host, port, commands, context)))
     except (ManagementError, configuration.ConfigurationError, ValueError) as error:
         print(f"media-sessions: {error}", file=sys.stderr)
         return 1

@@ -9,7 +9,7 @@ from twisted.application import service
 from twisted.internet import defer, error
 from twisted.logger import Logger
 
-from mediaproxy import __version__, plugin
+from mediaproxy import __version__, plugin, unixsocket
 from mediaproxy.dispatcher.control import ControlFactory
 from mediaproxy.dispatcher.core import Dispatcher
 from mediaproxy.dispatcher.relays import RelayFactory, RelayRegistry
@@ -21,12 +21,15 @@ log = Logger(namespace="dispatcher")
 
 @dataclass
 class PluginContext:
-    """What a plugin may use: the dispatcher core, the reactor, TLS credentials, the runtime dir."""
+    """What a plugin may use: the dispatcher core, the reactor, TLS credentials, the runtime dir,
+    and the mode and group its proxy-facing sockets get."""
 
     dispatcher: Dispatcher
     reactor: object
     credentials: Credentials
     runtime_dir: str
+    socket_mode: int = 0o660
+    socket_gid: int | None = None
 
 
 class DispatcherService(service.Service):
@@ -41,7 +44,8 @@ class DispatcherService(service.Service):
         self.plugins = plugin.PluginSet([])
         self.dispatcher = Dispatcher(reactor, self.registry, self.plugins, runtime_dir, self.config)
         self.control_factory = ControlFactory(self.dispatcher)
-        context = PluginContext(self.dispatcher, reactor, credentials, runtime_dir)
+        self.socket_gid = unixsocket.group_id(self.config.socket_group)
+        context = PluginContext(self.dispatcher, reactor, credentials, runtime_dir, self.config.socket_mode, self.socket_gid)
         factories = plugin.discover() if plugin_factories is None else plugin_factories
         for factory in factories:
             instance = factory.create(configuration, context)
@@ -65,7 +69,8 @@ class DispatcherService(service.Service):
         if os.path.exists(path):
             os.unlink(path)
         try:
-            self.control_port = self.reactor.listenUNIX(path, self.control_factory, mode=0o666)
+            self.control_port = self.reactor.listenUNIX(path, self.control_factory, mode=self.config.socket_mode)
+            unixsocket.restrict(path, self.config.socket_mode, self.socket_gid)
             address = self.config.listen
             self.relay_port = self.reactor.listenSSL(
                 address.port, RelayFactory(self.registry), ContextFactory(self.credentials), interface=address.host
@@ -76,6 +81,10 @@ class DispatcherService(service.Service):
         except error.CannotListenError as failure:
             raise StartupError(f"Failed to create the listening socket {failure.interface}:{failure.port}: {failure.socketError}") from None
         log.info("Dispatcher started")
+
+    def status_line(self) -> str:
+        """For the service manager's STATUS (``systemctl status``)."""
+        return f"{len(self.registry.relays)} relays connected; {len(self.dispatcher.table)} calls"
 
     @defer.inlineCallbacks
     def stopService(self):  # noqa: N802, ANN201

@@ -17,6 +17,7 @@ from twisted.logger import Logger
 from twisted.plugin import IPlugin
 from zope.interface import implementer, provider
 
+from mediaproxy import unixsocket
 from mediaproxy.plugin import IDispatcherPlugin, IDispatcherPluginFactory, PluginBase
 
 log = Logger(namespace="dialog_end")
@@ -54,6 +55,7 @@ class DialogEndPlugin(PluginBase, DatagramProtocol):
         self.target = config.opensips.socket_path
         self.reactor = context.reactor
         self.reply_path = os.path.join(context.runtime_dir, REPLY_SOCKET)
+        self.socket_mode, self.socket_gid = context.socket_mode, context.socket_gid
         self.timeout = timeout
         self.attempts = attempts
         self.retry_delay = 1.0
@@ -64,7 +66,9 @@ class DialogEndPlugin(PluginBase, DatagramProtocol):
     def start(self) -> None:
         if os.path.exists(self.reply_path):
             os.unlink(self.reply_path)
-        self.port = self.reactor.listenUNIXDatagram(self.reply_path, self, mode=0o666)
+        # the proxy writes its answers here: the same mode and group as the dispatcher socket
+        self.port = self.reactor.listenUNIXDatagram(self.reply_path, self, mode=self.socket_mode)
+        unixsocket.restrict(self.reply_path, self.socket_mode, self.socket_gid)
         log.info("Ending expired dialogs through {target} ({flavour} flavour)", target=self.target, flavour=self.flavour)
 
     def stop(self) -> None:

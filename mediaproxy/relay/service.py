@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import resource
 import socket
 
@@ -22,6 +23,7 @@ from mediaproxy.tls import ClientContextFactory, Credentials, PeerVerifier
 log = Logger(namespace="relay")
 
 LONG_ENOUGH_CONNECTION = 5
+HOST_CHANGES_FILE = "relay-host-changes.json"
 
 
 def local_address_towards(ip: str) -> str:
@@ -66,6 +68,12 @@ class DispatcherConnector:
         self._connected_at: float | None = None
         self._retry = None
         self._connector = None
+        self.tried = False  # the first attempt has an outcome (for the relay's readiness)
+
+    def _outcome(self) -> None:
+        if not self.tried:
+            self.tried = True
+            self.relay._check_ready()
 
     def connect(self) -> None:
         self._retry = None
@@ -85,6 +93,7 @@ class DispatcherConnector:
         self.link = link
         self._connected_at = self.relay.reactor.seconds()
         log.info("Connected to dispatcher {name} ({host}:{port})", name=self.name, host=self.host, port=self.port)
+        self._outcome()
 
     def link_down(self, link, reason) -> None:  # noqa: ANN001
         was_up = self.link is link
@@ -93,6 +102,7 @@ class DispatcherConnector:
             log.info("Lost the connection to dispatcher {name}: {reason}", name=self.name, reason=reason.getErrorMessage())
         up_for = self.relay.reactor.seconds() - self._connected_at if was_up and self._connected_at is not None else 0
         delay = min(self.relay.config.reconnect_delay, 1) if up_for >= LONG_ENOUGH_CONNECTION else self.relay.config.reconnect_delay
+        self._outcome()
         self._schedule(delay)
 
     def connect_failed(self, reason) -> None:  # noqa: ANN001
@@ -104,6 +114,7 @@ class DispatcherConnector:
             reason=reason.getErrorMessage(),
             delay=self.relay.config.reconnect_delay,
         )
+        self._outcome()
         self._schedule(self.relay.config.reconnect_delay)
 
     def _schedule(self, delay: float) -> None:
@@ -126,7 +137,7 @@ class DispatcherConnector:
 
 
 class RelayService(service.Service):
-    def __init__(self, configuration, credentials: Credentials, reactor, resolver=None) -> None:  # noqa: ANN001
+    def __init__(self, configuration, credentials: Credentials, reactor, resolver=None, state_dir: str | None = None) -> None:  # noqa: ANN001
         self.configuration = configuration
         self.config = configuration.relay
         self.credentials = credentials
@@ -156,6 +167,10 @@ class RelayService(service.Service):
         self._last_closed_bytes = 0
         self._sampler = None
         self._dns_loop = None
+        # what kernel forwarding changed on the host, undone at stop (kept in a file against crashes)
+        self.host_changes = host.HostChanges(os.path.join(state_dir, HOST_CHANGES_FILE) if state_dir else None)
+        self._ready: defer.Deferred | None = None
+        self._resolved_once = False
 
     # -- start and stop
 
@@ -169,7 +184,7 @@ class RelayService(service.Service):
         )
         if not self.config.dispatchers:
             log.error("No dispatchers configured ([Relay] dispatchers); this relay will not be used")
-        self.sessions.forwarder = choice.choose(self.config, self.reactor, self.idle_timeout, self.sessions.binder)
+        self.sessions.forwarder = choice.choose(self.config, self.reactor, self.idle_timeout, self.sessions.binder, self.host_changes)
         self.sessions.start_idle_checks()
         self.verifier.start()
         if self.config.traffic_sampling_period > 0:
@@ -181,6 +196,28 @@ class RelayService(service.Service):
         self._dns_loop.start(self.config.dns_check_interval, now=True).addErrback(
             lambda failure: log.failure("Dispatcher lookups stopped", failure)
         )
+
+    def ready(self) -> defer.Deferred:
+        """Fires once every configured dispatcher was tried: connected, or its first attempt failed.
+
+        The service manager hears READY then: a relay whose dispatcher is down still starts (and
+        keeps trying), and one that can connect is in use when ``systemctl start`` returns.
+        """
+        if self._ready is None:
+            self._ready = defer.Deferred()
+            self._check_ready()
+        return self._ready
+
+    def _check_ready(self) -> None:
+        if self._ready is None or self._ready.called or not self._resolved_once:
+            return
+        if all(connector.tried for connector in self.connectors.values()):
+            self._ready.callback(None)
+
+    def status_line(self) -> str:
+        connected = sum(1 for connector in self.connectors.values() if connector.link is not None)
+        state = "draining, " if self.sessions.halting and not self.stopping else ""
+        return f"{state}connected to {connected} of {len(self.connectors)} dispatchers; {len(self.sessions.sessions)} sessions"
 
     def stopService(self) -> defer.Deferred:  # noqa: N802
         """Hard stop: expire every session (each reports ``expired``), then disconnect."""
@@ -200,6 +237,8 @@ class RelayService(service.Service):
         self.sessions.stop_idle_checks()
         self.sessions.expire_all()
         self.sessions.forwarder.stop()
+        for change in host.undo(self.host_changes):
+            log.info("Kernel forwarding set-up undone: {change}", change=change)
         for connector in list(self.connectors.values()):
             connector.retire()
         self._check_stopped()
@@ -259,6 +298,9 @@ class RelayService(service.Service):
             if key not in wanted and not self._owns_sessions(key):
                 log.info("Dispatcher {name} is no longer configured; disconnecting", name=connector.name)
                 connector.retire()
+        if not self._resolved_once:
+            self._resolved_once = True
+            self._check_ready()
 
     @defer.inlineCallbacks
     def _resolve(self, name: str):  # noqa: ANN201

@@ -11,8 +11,11 @@ from mediaproxy.relay.session import NoKernelForwarding
 log = Logger(namespace="relay")
 
 
-def choose(config, reactor, idle_timeout: int, binder=None):  # noqa: ANN001, ANN201
-    """The forwarder to use; with ``auto`` a host that cannot do kernel forwarding gets userspace and one warning."""
+def choose(config, reactor, idle_timeout: int, binder=None, changes: host.HostChanges | None = None):  # noqa: ANN001, ANN201
+    """The forwarder to use; with ``auto`` a host that cannot do kernel forwarding gets userspace and one warning.
+
+    What was changed on the host to make kernel forwarding work is noted in ``changes``.
+    """
     if config.forwarding == "userspace":
         log.info("Forwarding media in userspace ([Relay] forwarding = userspace)")
         return NoKernelForwarding()
@@ -20,7 +23,7 @@ def choose(config, reactor, idle_timeout: int, binder=None):  # noqa: ANN001, AN
     from mediaproxy.relay.forwarding.kernel import KernelForwarder  # noqa: PLC0415
 
     try:
-        changed = host.prepare(config.fix_kernel_settings, config.conntrack_mark)
+        changed = host.prepare(config.fix_kernel_settings, config.conntrack_mark, changes=changes)
         forwarder = KernelForwarder(reactor, Conntrack(config.conntrack_mark), idle_timeout)
         forwarder.start()
     except (host.KernelSetupError, ConntrackError, OSError) as error:

@@ -10,6 +10,8 @@ The table also exempts what the relay itself sends (marked sockets) from conntra
 
 from __future__ import annotations
 
+import json
+import os
 import shutil
 import subprocess
 
@@ -67,8 +69,49 @@ def ruleset(mark: int) -> str:
     return NFT_RULESET.format(table=table_name(mark), mark=mark)
 
 
-def prepare(fix: bool, mark: int, proc: str = PROC_SYS, run=subprocess.run) -> list[str]:  # noqa: ANN001
-    """Check the host for kernel forwarding, fixing what ``fix`` allows; returns what was changed."""
+class HostChanges:
+    """What this relay changed on the host, so that stopping can undo exactly that.
+
+    Kept in a file (in the runtime directory) as well: a relay that crashed left its changes in
+    place, and the next start must still know the values from before, not take its own for them.
+    """
+
+    def __init__(self, path: str | None = None) -> None:
+        self.path = path
+        self.sysctls: dict[str, str] = {}  # setting -> value before the relay changed it
+        self.table: str | None = None
+        if path is not None:
+            try:
+                with open(path) as file:
+                    saved = json.load(file)
+                self.sysctls = {str(key): str(value) for key, value in saved.get("sysctls", {}).items() if key in SETTINGS}
+                self.table = saved.get("table") or None
+            except (OSError, ValueError, AttributeError):
+                pass
+
+    def save(self) -> None:
+        if self.path is None:
+            return
+        temporary = f"{self.path}.new"
+        with open(temporary, "w") as file:
+            json.dump({"sysctls": self.sysctls, "table": self.table}, file)
+        os.replace(temporary, self.path)
+
+    def forget(self) -> None:
+        self.sysctls, self.table = {}, None
+        if self.path is not None:
+            try:
+                os.unlink(self.path)
+            except FileNotFoundError:
+                pass
+
+
+def prepare(fix: bool, mark: int, proc: str = PROC_SYS, run=subprocess.run, changes: HostChanges | None = None) -> list[str]:  # noqa: ANN001
+    """Check the host for kernel forwarding, fixing what ``fix`` allows; returns what was changed.
+
+    What was changed is also noted in ``changes`` (and its file) for :func:`undo`.
+    """
+    changes = changes if changes is not None else HostChanges()
     if _read("net/netfilter/nf_conntrack_max", proc) is None:
         raise KernelSetupError("the kernel has no connection tracking (modprobe nf_conntrack)")
     changed = []
@@ -78,6 +121,8 @@ def prepare(fix: bool, mark: int, proc: str = PROC_SYS, run=subprocess.run) -> l
         name = setting.replace("/", ".")
         if not fix:
             raise KernelSetupError(f"{name} must be 1 (sysctl -w {name}=1, or fix_kernel_settings = yes)")
+        changes.sysctls.setdefault(setting, _read(setting, proc) or "0")
+        changes.save()
         try:
             with open(f"{proc}/{setting}", "w") as file:
                 file.write("1\n")
@@ -94,9 +139,49 @@ def prepare(fix: bool, mark: int, proc: str = PROC_SYS, run=subprocess.run) -> l
         return changed
     if not fix:
         raise KernelSetupError(f"the nftables table ip {table} is missing or outdated; load it with nft -f:\n{wanted}")
+    changes.table = table
+    changes.save()
     # replaced as a whole, in one transaction, so an older version never lingers
     result = run([nft, "-f", "-"], input=f"table ip {table}\ndelete table ip {table}\n{wanted}", capture_output=True, text=True)
     if result.returncode != 0:
         raise KernelSetupError(f"cannot load the nftables table ip {table}: {result.stderr.strip()}")
     changed.append(f"nftables table ip {table}")
     return changed
+
+
+def undo(changes: HostChanges, proc: str = PROC_SYS, run=subprocess.run) -> list[str]:  # noqa: ANN001
+    """Undo what ``prepare`` changed; returns what was done, one phrase each.
+
+    A sysctl goes back to its old value only while it still has the value the relay gave it and
+    no other relay's table is left in this network namespace (such a relay still needs it).
+    """
+    if not changes.sysctls and not changes.table:
+        changes.forget()
+        return []
+    done = []
+    nft = shutil.which("nft")
+    if changes.table and nft is not None:
+        result = run([nft, "delete", "table", "ip", changes.table], capture_output=True, text=True)
+        if result.returncode == 0:
+            done.append(f"removed the nftables table ip {changes.table}")
+    others = []
+    if nft is not None:
+        listed = run([nft, "list", "tables", "ip"], capture_output=True, text=True)
+        others = [
+            line.split()[-1] for line in listed.stdout.splitlines() if line.split()[-1:] and line.split()[-1].startswith("mediaproxy_")
+        ]
+    for setting, original in changes.sysctls.items():
+        name = setting.replace("/", ".")
+        if others:
+            done.append(f"left {name}=1 for the relay table(s) {', '.join(others)}")
+            continue
+        if _read(setting, proc) != "1":
+            continue  # someone else changed it since; theirs to keep
+        try:
+            with open(f"{proc}/{setting}", "w") as file:
+                file.write(f"{original}\n")
+            done.append(f"{name}={original} again")
+        except OSError as error:
+            done.append(f"could not set {name} back to {original}: {error.strerror}")
+    changes.forget()
+    return done

@@ -27,12 +27,11 @@ setup(
     install_requires=[
         "twisted>=22.4",
         "pyOpenSSL>=23.0",
-        "service-identity>=18.1",
         "cryptography>=38",
         "zope.interface>=5",
         "SQLObject>=3.10",
         "pyrad>=2.1",
-        "pyroute2>=0.7",
+        "pyroute2>=0.7.2",
     ],
     extras_require={
         "mysql": ["PyMySQL>=1.0"],

@@ -98,10 +98,17 @@ class CertificateAuthority:
 
 
 def write_pem(path: str, data: bytes, private: bool = False) -> None:
+    """A key in a directory closed to others is also readable by the directory's group: in the
+    package's /etc/mediaproxy/tls (root:mediaproxy 0750) the daemons, running as mediaproxy, read it."""
     flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC
     fd = os.open(path, flags, 0o600 if private else 0o644)
     with os.fdopen(fd, "wb") as stream:
         stream.write(data)
+        directory = os.stat(os.path.dirname(os.path.abspath(path)))
+        if private and not directory.st_mode & 0o007:
+            if os.fstat(stream.fileno()).st_gid != directory.st_gid:
+                os.fchown(stream.fileno(), -1, directory.st_gid)
+            os.fchmod(stream.fileno(), 0o640)
 
 
 def certificate_pem(certificate: x509.Certificate) -> bytes:

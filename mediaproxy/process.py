@@ -38,10 +38,14 @@ class Options:
     foreground: bool
     systemd: bool
     debug: bool
+    flags: frozenset[str] = frozenset()
 
 
-def parse_arguments(program: str, description: str, argv: list[str] | None) -> Options:
+def parse_arguments(program: str, description: str, argv: list[str] | None, extra: dict[str, str] | None = None) -> Options:
+    """The options both programs take; ``extra`` adds program-specific flags (name -> help), found in ``Options.flags``."""
     parser = argparse.ArgumentParser(prog=program, description=description)
+    for flag, text in (extra or {}).items():
+        parser.add_argument(flag, action="store_true", help=text)
     parser.add_argument(
         "--config-dir", metavar="PATH", help=f"directory holding config.ini and tls/ (searched before {configuration.SYSTEM_CONFIG_DIR})"
     )
@@ -59,7 +63,8 @@ def parse_arguments(program: str, description: str, argv: list[str] | None) -> O
     args = parser.parse_args(argv)
     foreground = args.no_fork or args.systemd
     pid_file = args.pid or (None if foreground else os.path.join(args.runtime_dir, f"{program}.pid"))
-    return Options(program, args.config_dir, os.path.abspath(args.runtime_dir), pid_file, foreground, args.systemd, args.debug)
+    flags = frozenset(flag for flag in (extra or {}) if getattr(args, flag.lstrip("-").replace("-", "_")))
+    return Options(program, args.config_dir, os.path.abspath(args.runtime_dir), pid_file, foreground, args.systemd, args.debug, flags)
 
 
 def load_configuration(options: Options) -> configuration.Configuration:
@@ -190,7 +195,7 @@ class Program:
         if os.fork() > 0:
             os._exit(0)
         os.chdir("/")
-        os.umask(0o022)
+        os.umask(0o027)  # nothing the daemons write is for other users
         with open(os.devnull, "rb") as null_in, open(os.devnull, "wb") as null_out:
             os.dup2(null_in.fileno(), 0)
             os.dup2(null_out.fileno(), 1)

@@ -34,7 +34,8 @@ def group_id(name: str | None) -> int | None:
 def restrict(path: str, mode: int, gid: int | None) -> None:
     """Give a freshly bound socket its group and mode (Twisted set the mode already; repeat it after chown)."""
     try:
-        if gid is not None:
+        # no chown when the group is already right: the unit's system call filter need not allow it
+        if gid is not None and os.stat(path).st_gid != gid:
             os.chown(path, -1, gid)
         os.chmod(path, mode)
     except OSError as error:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 
@@ -13,6 +14,9 @@ from mediaproxy.cli.common import prepare
 log = Logger(namespace="relay")
 
 
+CLEANUP = "--cleanup"
+
+
 def main(argv: list[str] | None = None) -> int:
     options, config, credentials, log_control = prepare(
         "media-relay",
@@ -20,7 +24,11 @@ def main(argv: list[str] | None = None) -> int:
         argv,
         "relay",
         lambda c: c.relay.log_level,
+        extra={CLEANUP: "undo what a relay that did not stop cleanly left behind (conntrack entries, nftables table, sysctls), then exit"},
+        needs_tls=lambda o: CLEANUP not in o.flags,
     )
+    if CLEANUP in options.flags:
+        return cleanup(config, options.runtime_dir)
     if config.path:
         log.info("Configuration read from {path}", path=config.path)
 
@@ -42,6 +50,29 @@ def main(argv: list[str] | None = None) -> int:
         return {signal.SIGTERM: hard_stop, signal.SIGINT: hard_stop, signal.SIGHUP: root.graceful_shutdown}
 
     return process.Program(options, log_control).run(build, signals)
+
+
+def cleanup(config, runtime_dir: str) -> int:  # noqa: ANN001
+    """What a clean stop does to the host, for a relay that crashed (the package runs it on removal)."""
+    from mediaproxy.relay.forwarding import host  # noqa: PLC0415
+    from mediaproxy.relay.service import HOST_CHANGES_FILE  # noqa: PLC0415
+
+    path = os.path.join(runtime_dir, HOST_CHANGES_FILE)
+    if not os.path.exists(path):
+        return process.EXIT_OK
+    try:
+        from mediaproxy.relay.forwarding.conntrack import Conntrack  # noqa: PLC0415
+
+        conntrack = Conntrack(config.relay.conntrack_mark)
+        removed = conntrack.flush_ours()
+        conntrack.close()
+        if removed:
+            print(f"media-relay: removed {removed} conntrack entries")
+    except Exception as error:  # noqa: BLE001 - the host changes below are undone regardless
+        print(f"media-relay: cannot remove conntrack entries: {error}", file=sys.stderr)
+    for change in host.undo(host.HostChanges(path)):
+        print(f"media-relay: {change}")
+    return process.EXIT_OK
 
 
 if __name__ == "__main__":

@@ -166,8 +166,13 @@ def _wait(condition: Callable[[], bool], what: str, timeout: float) -> None:
         time.sleep(0.1)
 
 
-def call(directory: str, dispatcher_socket: str, sessions: Callable[[], list], seconds: float, endpoints, talk) -> dict:  # noqa: ANN001
-    """Place the call, let the demo's RTP sockets talk through the relay, hang up; the call's statistics."""
+def call(
+    directory: str, dispatcher_socket: str, sessions: Callable[[], list], seconds: float, endpoints, talk, user: str | None = None
+) -> dict:  # noqa: ANN001
+    """Place the call, let the demo's RTP sockets talk through the relay, hang up; the call's statistics.
+
+    With ``user``, Kamailio runs as that user (with its groups), as the Debian package runs it.
+    """
     if not available():
         raise SystemExit("demo: Kamailio (with its mediaproxy module) and sipp are needed: apt-get install kamailio sip-tester")
     caller, callee = endpoints()
@@ -192,8 +197,14 @@ def call(directory: str, dispatcher_socket: str, sessions: Callable[[], list], s
         processes.append(process)
         return process
 
+    as_user = []
+    if user is not None:
+        shutil.chown(os.path.join(sip, "kamailio-run"), user)
+        as_user = ["-u", user, "-g", user]
     try:
-        kamailio = start(["kamailio", "-f", "kamailio.cfg", "-DD", "-E", "-Y", "kamailio-run", "-m", "32", "-M", "4"], "kamailio.log")
+        kamailio = start(
+            ["kamailio", "-f", "kamailio.cfg", "-DD", "-E", "-Y", "kamailio-run", "-m", "32", "-M", "4", *as_user], "kamailio.log"
+        )
         _wait(lambda: "Listening on" in _read(sip, "kamailio.log") or kamailio.poll() is not None, "Kamailio did not start", 15)
         if kamailio.poll() is not None:
             raise SystemExit("demo: Kamailio did not start:\n" + _read(sip, "kamailio.log")[-2000:])

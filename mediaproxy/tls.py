@@ -292,6 +292,7 @@ class PeerVerifier:
             self.credentials.reload_if_changed()
         except TLSConfigurationError as error:
             log.error("Keeping the previous TLS credentials: {error}", error=str(error))
+        log.debug("Re-checking the certificates of {count} {what} peers (expiry, revocation)", count=len(self.peers), what=self.what)
         for transport, certificate in list(self.peers.items()):
             reason = self.credentials.revocation_reason(certificate)
             if reason is not None:

@@ -17,6 +17,19 @@ def _host_network_state():
 
 
 @pytest.fixture(scope="session", autouse=True)
+def code_under_test():
+    """The second run of test/run must test the installed packages on Debian's python3, not the checkout."""
+    import mediaproxy
+    from harness import INSTALLED
+
+    location = os.path.dirname(os.path.abspath(mediaproxy.__file__))
+    if INSTALLED:
+        assert location == "/usr/lib/python3/dist-packages/mediaproxy", location
+        assert os.path.realpath(sys.executable).startswith("/usr/bin/python3"), sys.executable
+    yield
+
+
+@pytest.fixture(scope="session", autouse=True)
 def host_network_untouched():
     """Tests may change only namespaces they create: the host's forwarding and rules stay as they were."""
     before = _host_network_state()

@@ -1,18 +1,35 @@
-"""The Debian packages: build, inspect (dpkg-deb, lintian), install, run through init.d, purge.
+"""The Debian packages as an operator gets them: build, inspect (dpkg-deb, lintian, the units),
+install, run through the package's init scripts unprivileged, a call through Kamailio with
+accounting, upgrade, remove, purge.
 
-This installs the packages on the machine (as an operator would, with Debian's own python3
-packages) and purges them again at the end; CI runs it as root on a throw-away machine.
+This installs the packages on the machine (with Debian's own python3 packages) and purges them
+again at the end; CI runs it as root on a throw-away machine. The second run of test/run, on
+the installed packages, skips it: the packages are installed already.
 """
 
+import contextlib
+import grp
 import json
 import os
+import pwd
+import re
 import shutil
+import signal
+import socket
+import sqlite3
+import stat
 import subprocess
+import threading
 
 import pytest
 from deployment import wait_until
+from servers import FreeRADIUS
 
-from harness import ROOT, free_port
+from harness import INSTALLED, ROOT, free_port
+from mediaproxy import demo, demo_sip
+from mediaproxy.cli.sessions import query, tls_context
+
+pytestmark = pytest.mark.skipif(INSTALLED, reason="the packages are installed already (the first run of test/run built and tested them)")
 
 PACKAGES = ("mediaproxy-common", "mediaproxy-dispatcher", "mediaproxy-relay")
 
@@ -34,19 +51,30 @@ def require_tools():
         pytest.fail("dh-python is missing: apt-get install dh-python (.ci/run does this)", pytrace=False)
 
 
+UPGRADE_VERSION = "5.0.0+mptest1"
+
+
+def build_packages(directory, version=None):
+    source = directory / "mediaproxy"
+    ignore = shutil.ignore_patterns(
+        ".git", ".venv", "build", "__pycache__", "*.egg-info", ".pytest_cache", ".ruff_cache", "mediaproxy-demo", "dropin.cache"
+    )
+    shutil.copytree(ROOT, source, ignore=ignore)
+    if version is not None:  # the same code as a newer version, to see what an upgrade does
+        changelog = source / "debian" / "changelog"
+        text = changelog.read_text()
+        changelog.write_text(re.sub(r"^mediaproxy \([^)]*\)", f"mediaproxy ({version})", text, count=1))
+    run("dpkg-buildpackage", "-us", "-uc", "-b", cwd=source)
+    found = {path.name.split("_")[0]: path for path in directory.glob("*.deb")}
+    assert sorted(found) == sorted(PACKAGES)
+    return found
+
+
 @pytest.fixture(scope="module")
 def debs(tmp_path_factory):
     require_tools()
     build = tmp_path_factory.mktemp("debian-build")
-    source = build / "mediaproxy"
-    ignore = shutil.ignore_patterns(
-        ".git", ".venv", "__pycache__", "*.egg-info", ".pytest_cache", ".ruff_cache", "mediaproxy-demo", "dropin.cache"
-    )
-    shutil.copytree(ROOT, source, ignore=ignore)
-    run("dpkg-buildpackage", "-us", "-uc", "-b", cwd=source)
-    found = {path.name.split("_")[0]: path for path in build.glob("*.deb")}
-    assert sorted(found) == sorted(PACKAGES)
-    return build, found
+    return build, build_packages(build)
 
 
 def contents(deb):
@@ -81,24 +109,112 @@ def test_package_contents_and_metadata(debs):
     assert " E: " not in lint.stdout
 
 
-def configure(relay_port, management_port):
+UNITS = {name: f"/lib/systemd/system/mediaproxy-{name}.service" for name in ("dispatcher", "relay")}
+CAP_NET_ADMIN = 1 << 12
+SYSCTLS = ("net/ipv4/ip_forward", "net/netfilter/nf_conntrack_acct")
+
+
+def host_state():
+    values = {}
+    for name in SYSCTLS:
+        with open(f"/proc/sys/{name}") as file:
+            values[name] = file.read().strip()
+    return values, run("nft", "list", "tables").stdout
+
+
+@contextlib.contextmanager
+def services_allowed():
+    """Container images forbid maintainer scripts to start or stop services (policy-rc.d exit 101);
+    an operator's machine does not, and that is what is tested."""
+    path = "/usr/sbin/policy-rc.d"
+    saved = path + ".mp-test" if os.path.lexists(path) else None
+    if saved:
+        os.rename(path, saved)
+    try:
+        yield
+    finally:
+        if saved:
+            os.rename(saved, path)
+
+
+class SyslogCapture:
+    """Daemonised, the programs log to /dev/log: the test stands in for the syslog daemon."""
+
+    PATH = "/dev/log"
+
+    def __init__(self):
+        self.saved = self.PATH + ".mp-test" if os.path.lexists(self.PATH) else None
+        if self.saved:
+            os.rename(self.PATH, self.saved)
+        self.socket = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.socket.bind(self.PATH)
+        os.chmod(self.PATH, 0o666)
+        self.socket.settimeout(0.2)
+        self.lines = []
+        self.closed = False
+        self.thread = threading.Thread(target=self._read, daemon=True)
+        self.thread.start()
+
+    def _read(self):
+        while not self.closed:
+            try:
+                self.lines.append(self.socket.recv(65536).decode("utf-8", "replace"))
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+
+    def text(self, program=None):
+        return "\n".join(line for line in list(self.lines) if program is None or f"{program}[" in line)
+
+    def close(self):
+        self.closed = True
+        self.thread.join(timeout=5)
+        self.socket.close()
+        os.unlink(self.PATH)
+        if self.saved:
+            os.rename(self.saved, self.PATH)
+
+
+def pid_of(name):
+    with open(f"/run/mediaproxy/media-{name}.pid") as file:
+        return int(file.read())
+
+
+def process_status(pid):
+    with open(f"/proc/{pid}/status") as file:
+        return dict(line.split(":\t", 1) for line in file.read().splitlines() if ":\t" in line)
+
+
+def running_programs():
+    result = run("pgrep", "-f", "^/usr/bin/python3 /usr/bin/media-(dispatcher|relay)", check=False)
+    return result.stdout.split()
+
+
+def configure(relay_port, management_port, radius_config):
     path = "/etc/mediaproxy/config.ini"
     with open(path) as file:
         text = file.read()
-    text = text.replace(
-        "[Relay]\n",
-        f"[Relay]\ndispatchers = 127.0.0.1:{relay_port}\nrelay_ip = 127.0.0.1\nport_range = 45000:45200\nforwarding = userspace\n",
-        1,
-    )
-    text = text.replace(
-        "[Dispatcher]\n", f"[Dispatcher]\nlisten = 127.0.0.1:{relay_port}\nlisten_management = 127.0.0.1:{management_port}\n", 1
-    )
+    sections = {
+        "Relay": f"dispatchers = 127.0.0.1:{relay_port}\nrelay_ip = 127.0.0.1\nport_range = 45000:45200\n",
+        "Dispatcher": f"listen = 127.0.0.1:{relay_port}\nlisten_management = 127.0.0.1:{management_port}\naccounting = database, radius\n",
+        "TLS": "verify_interval = 1\n",
+        "Database": "dburi = sqlite:///var/lib/mediaproxy/accounting.sqlite\n",
+        "Radius": f"config_file = {radius_config}\n",
+    }
+    for section, options in sections.items():
+        text = text.replace(f"[{section}]\n", f"[{section}]\n{options}", 1)
     with open(path, "w") as file:
         file.write(text)
 
 
+def sessions(management_port):
+    (answer,) = query("127.0.0.1", management_port, ["sessions"], tls_context("/etc/mediaproxy/tls"))
+    return answer
+
+
 def summary(management_port):
-    result = run("media-sessions", "summary", "--json", "--port", str(management_port), "--config-dir", "/etc/mediaproxy", check=False)
+    result = run("media-sessions", "summary", "--json", "--config-dir", "/etc/mediaproxy", check=False)
     return json.loads(result.stdout)["summary"] if result.returncode == 0 else None
 
 
@@ -106,36 +222,138 @@ def service(name, action, check=True):
     return run(f"/etc/init.d/mediaproxy-{name}", action, check=check, timeout=60)
 
 
-def test_install_run_through_init_scripts_and_purge(debs):
+def exposure(unit):
+    result = run("systemd-analyze", "security", "--offline=true", unit)
+    return float(re.search(r"Overall exposure level for \S+: ([0-9.]+)", result.stdout).group(1))
+
+
+def test_operator_lifecycle(debs, tmp_path):
+    """Install, configure, a call through Kamailio with SQL and RADIUS accounting, upgrade, remove, purge."""
     build, found = debs
+    for program, package in (("kamailio", "kamailio"), ("sipp", "sip-tester"), ("setpriv", "util-linux")):
+        if shutil.which(program) is None:
+            pytest.fail(f"{program} is missing: apt-get install {package} (test/run does this)", pytrace=False)
     if run("dpkg", "-s", "mediaproxy-common", check=False).returncode == 0:
         pytest.fail("mediaproxy-common is already installed on this machine; the test would replace it", pytrace=False)
+    upgrade = build_packages(tmp_path / "upgrade", UPGRADE_VERSION)
+    before = host_state()
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    run("apt-get", "install", "-y", "-q", *(str(found[name]) for name in PACKAGES), env=env, timeout=900)
-    try:
-        if shutil.which("systemd-analyze"):
-            units = [f"/lib/systemd/system/mediaproxy-{name}.service" for name in ("dispatcher", "relay")]
-            verified = run("systemd-analyze", "verify", *units, check=False)
+    radius = FreeRADIUS()
+    radius.start()
+    kamailio_groups = None
+    with services_allowed():
+        syslog = SyslogCapture()
+        try:
+            run("apt-get", "install", "-y", "-q", *(str(found[name]) for name in PACKAGES), env=env, timeout=900)
+            assert running_programs() == []  # nothing starts before it is configured
+
+            # as installed: the secrets are the daemons' group's only, the units verified and hardened
+            config = os.stat("/etc/mediaproxy/config.ini")
+            assert stat.S_IMODE(config.st_mode) == 0o640 and config.st_uid == 0
+            assert grp.getgrgid(config.st_gid).gr_name == "mediaproxy"
+            verified = run("systemd-analyze", "verify", *UNITS.values(), check=False)
             problems = [line for line in verified.stderr.splitlines() if "mediaproxy" in line]
             assert verified.returncode == 0 and not problems, verified.stderr
-        run("mediaproxy-gen-certs", "/etc/mediaproxy/tls")
-        relay_port, management_port = free_port(), free_port()
-        configure(relay_port, management_port)
-        service("dispatcher", "start")
-        service("relay", "start")
-        assert service("dispatcher", "status").returncode == 0 and service("relay", "status").returncode == 0
-        wait_until(lambda: (summary(management_port) or [{}])[0].get("status") == "active", "the relay to connect", timeout=30)
-        (relay,) = summary(management_port)
-        assert relay["ip"] == "127.0.0.1" and relay["version"] == "5.0.0"
-        # reload drains the relay: with no calls it leaves at once
-        service("relay", "reload")
-        wait_until(lambda: service("relay", "status", check=False).returncode != 0, "the drained relay to exit", timeout=30)
-        wait_until(lambda: summary(management_port) == [], "the dispatcher to drop the relay", timeout=30)
-        service("dispatcher", "stop")
-        assert service("dispatcher", "status", check=False).returncode == 3
-    finally:
-        for name in ("relay", "dispatcher"):
-            service(name, "stop", check=False)
-        run("apt-get", "purge", "-y", "-q", *PACKAGES, env=env, timeout=300)
-    for path in ("/etc/mediaproxy", "/usr/lib/python3/dist-packages/mediaproxy", "/var/spool/mediaproxy", "/usr/bin/media-relay"):
+            for unit in UNITS.values():
+                assert exposure(unit) <= 3.0, run("systemd-analyze", "security", "--offline=true", unit).stdout
+
+            run("mediaproxy-gen-certs", "/etc/mediaproxy/tls")
+            radius_config = radius.client_config("/etc/mediaproxy/radius-client")
+            relay_port, management_port = free_port(), free_port()
+            configure(relay_port, management_port, radius_config)
+            service("dispatcher", "start")
+            service("relay", "start")
+            wait_until(lambda: (summary(management_port) or [{}])[0].get("status") == "active", "the relay to connect", timeout=30)
+
+            # unprivileged: no capability for the dispatcher, CAP_NET_ADMIN alone for the relay
+            for name, capabilities in (("dispatcher", 0), ("relay", CAP_NET_ADMIN)):
+                status = process_status(pid_of(name))
+                assert status["Uid"].split()[0] == str(pwd.getpwnam("mediaproxy").pw_uid), (name, status["Uid"])
+                assert int(status["CapEff"], 16) == capabilities and int(status["CapBnd"], 16) == capabilities, name
+            for path in ("/run/mediaproxy/dispatcher.sock", "/run/mediaproxy/opensips.sock"):
+                info = os.stat(path)
+                assert stat.S_IMODE(info.st_mode) == 0o660 and grp.getgrgid(info.st_gid).gr_name == "mediaproxy", path
+
+            # Kamailio as its own unprivileged user, allowed in through the group mediaproxy
+            kamailio_groups = [group.gr_name for group in grp.getgrall() if "kamailio" in group.gr_mem]
+            run("adduser", "--quiet", "kamailio", "mediaproxy")
+            call_directory = tmp_path / "call"
+            call_directory.mkdir()
+            os.chmod(tmp_path, 0o755)
+            os.chmod(call_directory, 0o755)
+            statistics = demo_sip.call(
+                str(call_directory),
+                "/run/mediaproxy/dispatcher.sock",
+                lambda: sessions(management_port),
+                1.0,
+                demo.endpoints,
+                demo.talk,
+                user="kamailio",
+            )
+            (stream,) = statistics["streams"]
+            assert stream["caller_packets"] > 0 and stream["callee_packets"] > 0, stream
+
+            # both accounting records are written, by the unprivileged dispatcher
+            def sql_rows():
+                try:
+                    with contextlib.closing(sqlite3.connect("/var/lib/mediaproxy/accounting.sqlite")) as connection:
+                        return connection.execute("SELECT call_id FROM media_sessions").fetchall()
+                except sqlite3.Error:
+                    return []
+
+            wait_until(lambda: sql_rows() == [(statistics["call_id"],)], "the SQL accounting record", timeout=30)
+            wait_until(
+                lambda: [record["Acct-Session-Id"] for record in radius.records()] == [statistics["call_id"]],
+                "the RADIUS accounting record",
+                timeout=30,
+            )
+
+            # SIGUSR1 switches DEBUG on; the TLS re-checks (every second) then show in the log
+            for name in ("dispatcher", "relay"):
+                os.kill(pid_of(name), signal.SIGUSR1)
+            for name in ("dispatcher", "relay"):
+                wait_until(
+                    lambda name=name: syslog.text(f"media-{name}").count("Re-checking the certificates") >= 3,
+                    f"three TLS re-checks of the {name}",
+                    timeout=30,
+                )
+                os.kill(pid_of(name), signal.SIGUSR1)
+                wait_until(lambda name=name: "Log level is now INFO" in syslog.text(f"media-{name}"), "DEBUG off", timeout=10)
+            for name in ("dispatcher", "relay"):
+                logged = syslog.text(f"media-{name}")
+                assert "Traceback" not in logged and "CRITICAL" not in logged and "ERROR" not in logged, logged[-5000:]
+
+            # an upgrade restarts what runs, on the new version
+            pids = {name: pid_of(name) for name in ("dispatcher", "relay")}
+            run("apt-get", "install", "-y", "-q", *(str(upgrade[name]) for name in PACKAGES), env=env, timeout=900)
+            assert run("dpkg-query", "-W", "-f", "${Version}", "mediaproxy-relay").stdout == UPGRADE_VERSION
+            for name in ("dispatcher", "relay"):
+                assert service(name, "status", check=False).returncode == 0, name
+                assert pid_of(name) != pids[name], name
+            wait_until(lambda: (summary(management_port) or [{}])[0].get("status") == "active", "the relay to reconnect", timeout=30)
+
+            # removing stops both; the relay's host changes are undone
+            run("apt-get", "remove", "-y", "-q", *PACKAGES, env=env, timeout=300)
+            assert running_programs() == []
+            assert host_state() == before
+        finally:
+            for name in ("relay", "dispatcher"):
+                if os.path.exists(f"/etc/init.d/mediaproxy-{name}"):
+                    service(name, "stop", check=False)
+            shutil.rmtree("/etc/mediaproxy/radius-client", ignore_errors=True)
+            run("apt-get", "purge", "-y", "-q", *PACKAGES, env=env, timeout=300)
+            if kamailio_groups is not None and "mediaproxy" not in kamailio_groups:
+                run("gpasswd", "-d", "kamailio", "mediaproxy", check=False)
+            syslog.close()
+            radius.remove()
+    for path in (
+        "/etc/mediaproxy",
+        "/usr/lib/python3/dist-packages/mediaproxy",
+        "/var/spool/mediaproxy",
+        "/var/lib/mediaproxy",
+        "/run/mediaproxy",
+    ):
         assert not os.path.exists(path), f"{path} is left after purge"
+    assert running_programs() == []
+    assert run("getent", "passwd", "mediaproxy", check=False).returncode != 0
+    assert host_state() == before

@@ -265,10 +265,12 @@ $INCLUDE {ours}
 
 # The client's main dictionary, radiusclient style, pulling in the standard and OpenSIPS files.
 # FreeRADIUS's dictionary.rfc2865 has a 'vsa' attribute pyrad 2.1 (Debian bookworm) cannot parse:
-# the two RFC 2865 attributes a record uses are written out instead.
+# the RFC 2865 attributes a record uses, and the one dictionary.openser gives values to, are
+# written out instead.
 CLIENT_DICTIONARY = """\
 ATTRIBUTE\tUser-Name\t1\tstring
 ATTRIBUTE\tNAS-IP-Address\t4\tipaddr
+ATTRIBUTE\tService-Type\t6\tinteger
 $INCLUDE /usr/share/freeradius/dictionary.rfc2866
 $INCLUDE /usr/share/freeradius/dictionary.openser
 """

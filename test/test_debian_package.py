@@ -338,7 +338,7 @@ def test_operator_lifecycle(debs, tmp_path):
             assert host_state() == before
         finally:
             for name in ("relay", "dispatcher"):
-                if os.path.exists(f"/etc/init.d/mediaproxy-{name}"):
+                if os.access(f"/etc/init.d/mediaproxy-{name}", os.X_OK):
                     service(name, "stop", check=False)
             shutil.rmtree("/etc/mediaproxy/radius-client", ignore_errors=True)
             run("apt-get", "purge", "-y", "-q", *PACKAGES, env=env, timeout=300)

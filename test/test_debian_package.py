@@ -341,9 +341,9 @@ def test_operator_lifecycle(debs, tmp_path):
                 if os.access(f"/etc/init.d/mediaproxy-{name}", os.X_OK):
                     service(name, "stop", check=False)
             shutil.rmtree("/etc/mediaproxy/radius-client", ignore_errors=True)
-            run("apt-get", "purge", "-y", "-q", *PACKAGES, env=env, timeout=300)
             if kamailio_groups is not None and "mediaproxy" not in kamailio_groups:
                 run("gpasswd", "-d", "kamailio", "mediaproxy", check=False)
+            run("apt-get", "purge", "-y", "-q", *PACKAGES, env=env, timeout=300)
             syslog.close()
             radius.remove()
     for path in (

@@ -20,13 +20,22 @@ def fake_proc(tmp_path, **values):
 
 
 class FakeNft:
-    def __init__(self, table=""):
+    def __init__(self, table="", others=()):
         self.table = table
         self.loaded = []
+        self.deleted = []
+        self.others = list(others)
 
     def __call__(self, command, input=None, **options):  # noqa: A002
         if command[1:3] == ["list", "table"]:
             return subprocess.CompletedProcess(command, 0 if self.table else 1, self.table, "")
+        if command[1:3] == ["list", "tables"]:
+            names = [f"table ip {name}" for name in (self.others + (["mediaproxy_4d50"] if self.table else []))]
+            return subprocess.CompletedProcess(command, 0, "\n".join(names) + "\n", "")
+        if command[1:3] == ["delete", "table"]:
+            self.deleted.append(command[-1])
+            self.table = ""
+            return subprocess.CompletedProcess(command, 0, "", "")
         self.loaded.append(input)
         self.table = input
         return subprocess.CompletedProcess(command, 0, "", "")
@@ -68,3 +77,40 @@ def test_no_conntrack_and_stream_timeout(tmp_path):
     assert host.udp_stream_timeout(str(tmp_path)) == host.DEFAULT_UDP_STREAM_TIMEOUT
     fake_proc(tmp_path, net__netfilter__nf_conntrack_udp_timeout_stream="180")
     assert host.udp_stream_timeout(str(tmp_path)) == 180
+
+
+def test_undo_restores_exactly_what_was_changed_also_after_a_crash(tmp_path):
+    proc = fake_proc(tmp_path / "proc", net__netfilter__nf_conntrack_acct="1")
+    record = str(tmp_path / "changes.json")
+    nft = FakeNft()
+    host.prepare(True, MARK, proc=proc, run=nft, changes=host.HostChanges(record))
+    # the relay crashed: a new one finds ip_forward=1 (its predecessor's) and still knows it was 0
+    restarted = host.HostChanges(record)
+    assert "net.ipv4.ip_forward=1" not in host.prepare(True, MARK, proc=proc, run=nft, changes=restarted)
+    assert restarted.sysctls == {"net/ipv4/ip_forward": "0"} and restarted.table == "mediaproxy_4d50"
+    done = host.undo(restarted, proc=proc, run=nft)
+    assert done == ["removed the nftables table ip mediaproxy_4d50", "net.ipv4.ip_forward=0 again"]
+    assert (tmp_path / "proc/net/ipv4/ip_forward").read_text() == "0\n"
+    assert (tmp_path / "proc/net/netfilter/nf_conntrack_acct").read_text() == "1\n"  # was 1 before: not ours
+    assert not (tmp_path / "changes.json").exists()
+
+
+def test_undo_leaves_sysctls_another_relay_needs_or_someone_changed(tmp_path):
+    proc = fake_proc(tmp_path / "proc")
+    changes = host.HostChanges(str(tmp_path / "changes.json"))
+    nft = FakeNft(others=["mediaproxy_4d51"])
+    host.prepare(True, MARK, proc=proc, run=nft, changes=changes)
+    done = host.undo(changes, proc=proc, run=nft)
+    assert nft.deleted == ["mediaproxy_4d50"]
+    assert "left net.ipv4.ip_forward=1 for the relay table(s) mediaproxy_4d51" in done
+    assert (tmp_path / "proc/net/ipv4/ip_forward").read_text() == "1\n"
+    changes = host.HostChanges(str(tmp_path / "changes.json"))
+    host.prepare(True, MARK, proc=fake_proc(tmp_path / "proc2"), run=FakeNft(), changes=changes)
+    (tmp_path / "proc2/net/ipv4/ip_forward").write_text("0\n")  # the operator turned it off meanwhile
+    host.undo(changes, proc=str(tmp_path / "proc2"), run=FakeNft())
+    assert (tmp_path / "proc2/net/ipv4/ip_forward").read_text() == "0\n"
+
+
+def test_nothing_changed_means_nothing_undone(tmp_path):
+    nft = FakeNft()
+    assert host.undo(host.HostChanges(None), run=nft) == [] and nft.deleted == []

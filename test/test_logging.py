@@ -1,8 +1,10 @@
 """Log level control: configured level, SIGUSR1-style toggling, Twisted chatter filtered."""
 
+import io
+
 from twisted.logger import LogLevel, PredicateResult
 
-from mediaproxy.log import LogControl, format_line, quiet_twisted
+from mediaproxy.log import JournalObserver, LogControl, format_line, quiet_twisted
 
 
 def test_toggle_debug_and_back():
@@ -21,3 +23,10 @@ def test_port_chatter_is_dropped_but_not_other_messages():
     assert quiet_twisted(noise) is PredicateResult.no
     useful = {"log_level": LogLevel.info, "log_namespace": "dispatcher", "log_format": "Relay connected"}
     assert quiet_twisted(useful) is PredicateResult.maybe
+
+
+def test_journal_lines_carry_the_priority_on_every_line():
+    stream = io.StringIO()
+    JournalObserver(stream)({"log_level": LogLevel.error, "log_format": "first\nsecond"})
+    JournalObserver(stream)({"log_level": LogLevel.info, "log_format": "fine"})
+    assert stream.getvalue() == "<3>ERROR    first\n<3>second\n<6>INFO     fine\n"

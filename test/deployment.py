@@ -24,7 +24,7 @@ class Deployment:
         self.tmp_path = tmp_path
         self.namespace = namespace
         self.config = tmp_path / "config"
-        certgen.generate(str(self.config / "tls"))
+        self.authority = certgen.generate(str(self.config / "tls"))
         self.relay_port, self.management_port = free_port(), free_port()
         self.runtime = tmp_path / "run"
         self.socket_path = str(self.runtime / "dispatcher.sock")

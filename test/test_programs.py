@@ -8,7 +8,9 @@ import subprocess
 import time
 
 import pytest
-from deployment import Deployment, Proxy, call, establish, management, rtp_packet, stream_of, udp_endpoint
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from deployment import Deployment, Proxy, call, establish, management, rtp_packet, stream_of, udp_endpoint, wait_until
 
 from harness import free_port, program_command
 from mediaproxy import certgen
@@ -140,3 +142,25 @@ def test_daemon_start_failure_is_reported_by_the_parent(tmp_path):
     busy.close()
     assert result.returncode == 1
     assert "Failed to create the listening socket" in result.stderr
+
+
+def test_tls_rechecks_drop_a_revoked_relay_without_a_traceback(tmp_path):
+    """verify_interval = 1: the periodic re-check (expiry, CRL re-read) runs on every library version we support."""
+    programs = Deployment(tmp_path, "[TLS]\nverify_interval = 1\n")
+    try:
+        programs.start()
+        programs.dispatcher.wait_for_log("Relay 127.0.0.1 connected")
+        with open(programs.config / "tls" / "relay.crt", "rb") as file:
+            programs.authority.revoke(x509.load_pem_x509_certificate(file.read()))
+        (programs.config / "tls" / "crl.pem").write_bytes(programs.authority.crl().public_bytes(serialization.Encoding.PEM))
+        programs.dispatcher.wait_for_log("Dropping relay 127.0.0.1: certificate revoked by the CRL", timeout=15)
+        # the relay keeps trying and is refused at the handshake from now on
+        wait_until(
+            lambda: "certificate revoked" in programs.dispatcher.output().split("Dropping relay")[-1],
+            "the refused reconnection",
+            timeout=30,
+        )
+        for program in (programs.dispatcher, programs.relay):
+            assert "Traceback" not in program.output() and "CRITICAL" not in program.output(), program.output()
+    finally:
+        programs.kill()

@@ -12,7 +12,7 @@ import time
 import pytest
 from twisted.internet import task
 
-from harness import free_port, program_command
+from harness import Program, free_port, program_command
 from mediaproxy import certgen
 from mediaproxy.systemd import Notifier
 
@@ -101,43 +101,32 @@ def test_readiness_status_watchdog_and_journal_priorities(tmp_path):
 
 def test_sigusr1_toggles_debug_without_a_traceback(tmp_path):
     config = write_config(tmp_path, free_port())
-    log = tmp_path / "dispatcher.log"
-    command = [*program_command("media-dispatcher"), "--no-fork", "--config-dir", str(config), "--runtime-dir", str(tmp_path / "run")]
-    dispatcher = subprocess.Popen(command, stdout=open(log, "w"), stderr=subprocess.STDOUT)
+    dispatcher = Program("media-dispatcher", str(config), str(tmp_path / "run"), str(tmp_path / "dispatcher.log"))
     try:
-        deadline = time.monotonic() + 20
-        while "Dispatcher started" not in log.read_text():
-            assert dispatcher.poll() is None and time.monotonic() < deadline, log.read_text()
-            time.sleep(0.05)
+        dispatcher.wait_for_log("Dispatcher started")
         for level in ("DEBUG", "INFO"):
-            dispatcher.send_signal(signal.SIGUSR1)
-            while f"Log level is now {level}" not in log.read_text():
-                assert dispatcher.poll() is None and time.monotonic() < deadline, log.read_text()
-                time.sleep(0.05)
-        assert "Traceback" not in log.read_text() and "CRITICAL" not in log.read_text()
+            dispatcher.process.send_signal(signal.SIGUSR1)
+            dispatcher.wait_for_log(f"Log level is now {level}")
+        assert "Traceback" not in dispatcher.output() and "CRITICAL" not in dispatcher.output()
     finally:
-        dispatcher.kill()
-        dispatcher.wait()
+        dispatcher.process.kill()
+        dispatcher.process.wait()
 
 
 def test_proxy_sockets_get_the_configured_mode_and_group(tmp_path):
     group = grp.getgrgid(os.getgid()).gr_name
     config = write_config(tmp_path, free_port(), f"socket_mode = 0600\nsocket_group = {group}\n")
     runtime = tmp_path / "run"
-    command = [*program_command("media-dispatcher"), "--no-fork", "--config-dir", str(config), "--runtime-dir", str(runtime)]
-    log = tmp_path / "dispatcher.log"
-    dispatcher = subprocess.Popen(command, stdout=open(log, "w"), stderr=subprocess.STDOUT)
+    dispatcher = Program("media-dispatcher", str(config), str(runtime), str(tmp_path / "dispatcher.log"))
     try:
-        deadline = time.monotonic() + 20
-        while "Dispatcher started" not in log.read_text():
-            assert dispatcher.poll() is None and time.monotonic() < deadline, log.read_text()
-            time.sleep(0.05)
+        dispatcher.wait_for_log("Dispatcher started")
         for name in ("dispatcher.sock", "opensips.sock"):
             info = os.stat(runtime / name)
             assert stat.S_IMODE(info.st_mode) == 0o600 and info.st_gid == os.getgid(), name
     finally:
-        dispatcher.kill()
-        dispatcher.wait()
+        dispatcher.process.kill()
+        dispatcher.process.wait()
+    command = [*program_command("media-dispatcher"), "--no-fork", "--config-dir", str(config), "--runtime-dir", str(runtime)]
     (config / "config.ini").write_text(
         (config / "config.ini").read_text().replace(f"socket_group = {group}", "socket_group = mp-no-such-group")
     )

@@ -3,6 +3,8 @@
 import io
 import json
 import os
+import shutil
+import tempfile
 
 from twisted.internet import defer, threads
 from twisted.trial import unittest
@@ -60,8 +62,8 @@ class MediaSessionsTests(unittest.TestCase):
     @defer.inlineCallbacks
     def test_address_tls_and_certificates_come_from_config_ini(self):
         yield self.start(tls=True)
-        config = self.mktemp()
-        os.makedirs(config)
+        config = tempfile.mkdtemp(prefix="mp-test-")
+        self.addCleanup(shutil.rmtree, config, True)
 
         def write(use_tls):
             with open(os.path.join(config, "config.ini"), "w") as file:

@@ -135,7 +135,7 @@ class Program:
                 started.addCallback(lambda _: root.ready())
             started.addCallbacks(lambda _: self._started(reactor, root), lambda f: self._abort(reactor, f.getErrorMessage()))
 
-        def stopping() -> None:
+        def stopping() -> defer.Deferred | None:
             self.notifier.stopping("stopping")
             self.notifier.stop_watchdog()
             if root.running:

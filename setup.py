@@ -25,7 +25,8 @@ setup(
         ],
     },
     install_requires=[
-        "twisted>=22.4",
+        # the tls extra: twisted.internet.ssl needs service_identity (Debian's python3-twisted depends on it)
+        "twisted[tls]>=22.4",
         "pyOpenSSL>=23.0",
         "cryptography>=38",
         "zope.interface>=5",

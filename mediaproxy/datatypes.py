@@ -282,7 +282,7 @@ def file_mode(text: str) -> int:
 def optional_group(text: str) -> str | None:
     """A group name or number; empty keeps the process's own group."""
     value = text.strip()
-    if value and not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_.-]*\$?|\d+", value):
+    if value and not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_.-]*\$?|[0-9]+", value):
         raise ValueError("expected a group name or number")
     return value or None
 

@@ -45,32 +45,21 @@ def format_line(event: dict) -> str:
 
 @implementer(ILogObserver)
 class ConsoleObserver:
-    def __init__(self, stream: TextIO) -> None:
+    """Lines on a terminal or, with ``priorities``, for the journal: there each line starts with
+    the ``<N>`` priority prefix journald reads (sd-daemon(3)), every line of a multi-line event
+    (a traceback) too, so ``journalctl -p err`` shows all of it."""
+
+    def __init__(self, stream: TextIO, priorities: bool = False) -> None:
         self.stream = stream
+        self.priorities = priorities
 
     def __call__(self, event: dict) -> None:
+        text = format_line(event)
+        if self.priorities:
+            priority = _SYSLOG_PRIORITY.get(event.get("log_level"), syslog.LOG_INFO)
+            text = "\n".join(f"<{priority}>{line}" for line in text.splitlines())
         try:
-            self.stream.write(format_line(event) + "\n")
-            self.stream.flush()
-        except (OSError, ValueError):
-            pass
-
-
-@implementer(ILogObserver)
-class JournalObserver:
-    """stderr lines with the ``<N>`` priority prefix that journald reads (sd-daemon(3)).
-
-    Every line of a multi-line event (a traceback) carries the prefix, so ``journalctl -p err``
-    shows all of it.
-    """
-
-    def __init__(self, stream: TextIO) -> None:
-        self.stream = stream
-
-    def __call__(self, event: dict) -> None:
-        priority = _SYSLOG_PRIORITY.get(event.get("log_level"), syslog.LOG_INFO)
-        try:
-            self.stream.write("".join(f"<{priority}>{line}\n" for line in format_line(event).splitlines()))
+            self.stream.write(text + "\n")
             self.stream.flush()
         except (OSError, ValueError):
             pass
@@ -122,8 +111,5 @@ class LogControl:
         self.predicate.setLogLevelForNamespace(None, self.configured)
 
     def start(self, ident: str, to_console: bool, journal: bool = False) -> None:
-        if journal:
-            observer = JournalObserver(sys.stderr)
-        else:
-            observer = ConsoleObserver(sys.stderr) if to_console else SyslogObserver(ident)
+        observer = ConsoleObserver(sys.stderr, priorities=journal) if to_console or journal else SyslogObserver(ident)
         globalLogBeginner.beginLoggingTo([FilteringLogObserver(observer, [quiet_twisted, self.predicate])], redirectStandardIO=False)

@@ -164,18 +164,20 @@ class Program:
         for number, handler in handlers.items():
             signal.signal(number, lambda _n, _f, handler=handler: reactor.callFromThread(handler))
 
-    def _abort(self, reactor, message: str) -> None:  # noqa: ANN001
+    def _report_failure(self, message: str) -> None:
+        """One start-up failure, to the log, the waiting parent and the service manager."""
         log.critical("{problem}", problem=message)
-        self.exit_status = EXIT_STARTUP_FAILED
         self._signal_ready(message)
         self.notifier.send(STATUS=f"start-up failed: {message}")
+
+    def _abort(self, reactor, message: str) -> None:  # noqa: ANN001
+        self._report_failure(message)
+        self.exit_status = EXIT_STARTUP_FAILED
         if reactor.running:
             reactor.stop()
 
     def _startup_failed(self, message: str) -> int:
-        log.critical("{problem}", problem=message)
-        self._signal_ready(message)
-        self.notifier.send(STATUS=f"start-up failed: {message}")
+        self._report_failure(message)
         if self.options.foreground:
             print(f"{self.options.program}: {message}", file=sys.stderr)
         return EXIT_STARTUP_FAILED

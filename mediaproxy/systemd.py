@@ -30,10 +30,6 @@ class Notifier:
         self._loop: task.LoopingCall | None = None
         self._failed_logged = False
 
-    @property
-    def enabled(self) -> bool:
-        return self.address is not None
-
     def send(self, **fields: str) -> None:
         if self.address is None:
             return
@@ -93,4 +89,5 @@ def _watchdog_interval(environ: Mapping[str, str]) -> float | None:
         microseconds = int(environ.get("WATCHDOG_USEC", ""))
     except ValueError:
         return None
-    return microseconds / 1_000_000 if microseconds > 0 else None
+    # systemd's usec_t is 64 bits; anything else is not from systemd (and would overflow a float)
+    return microseconds / 1_000_000 if 0 < microseconds < 2**64 else None

@@ -7,11 +7,12 @@ import os
 
 from twisted.logger import Logger
 
+from mediaproxy.configuration import DispatcherConfig
 from mediaproxy.process import StartupError
 
 log = Logger(namespace="dispatcher")
 
-DEFAULT_GROUP = "mediaproxy"
+DEFAULT_GROUP = DispatcherConfig.socket_group
 
 
 def group_id(name: str | None) -> int | None:
@@ -23,7 +24,7 @@ def group_id(name: str | None) -> int | None:
     if name is None:
         return None
     try:
-        return grp.getgrgid(int(name)).gr_gid if name.isdigit() else grp.getgrnam(name).gr_gid
+        return grp.getgrgid(int(name)).gr_gid if name.isascii() and name.isdigit() else grp.getgrnam(name).gr_gid
     except (KeyError, ValueError):
         if name == DEFAULT_GROUP:
             log.info("There is no group {group}; the proxy sockets keep the dispatcher's own group", group=name)
@@ -31,12 +32,12 @@ def group_id(name: str | None) -> int | None:
         raise StartupError(f"[Dispatcher] socket_group = {name!r}: there is no such group") from None
 
 
-def restrict(path: str, mode: int, gid: int | None) -> None:
-    """Give a freshly bound socket its group and mode (Twisted set the mode already; repeat it after chown)."""
+def give_group(path: str, gid: int | None) -> None:
+    """Give a freshly bound socket its group (Twisted's listen set its mode already)."""
+    # no chown when the group is already right: the unit's system call filter need not allow it
+    if gid is None or os.stat(path).st_gid == gid:
+        return
     try:
-        # no chown when the group is already right: the unit's system call filter need not allow it
-        if gid is not None and os.stat(path).st_gid != gid:
-            os.chown(path, -1, gid)
-        os.chmod(path, mode)
+        os.chown(path, -1, gid)
     except OSError as error:
-        raise StartupError(f"cannot give {path} mode {mode:04o} and group {gid}: {error.strerror}") from None
+        raise StartupError(f"cannot give {path} to group {gid}: {error.strerror}") from None

@@ -114,3 +114,25 @@ def test_undo_leaves_sysctls_another_relay_needs_or_someone_changed(tmp_path):
 def test_nothing_changed_means_nothing_undone(tmp_path):
     nft = FakeNft()
     assert host.undo(host.HostChanges(None), run=nft) == [] and nft.deleted == []
+
+
+GARBAGE_RECORDS = [
+    b"",
+    b"{",
+    b"[1, 2]",
+    b'{"sysctls": [1]}',
+    b'{"sysctls": {"../../etc/passwd": "x"}, "table": 5}',
+    b'{"sysctls": {"net/ipv4/ip_forward": "1; reboot"}, "table": "filter"}',
+    b"\xff" * 64,
+]
+
+
+@pytest.mark.parametrize("garbage", GARBAGE_RECORDS)
+def test_a_damaged_record_is_read_as_nothing_changed(tmp_path, garbage):
+    (tmp_path / "changes.json").write_bytes(garbage)
+    changes = host.HostChanges(str(tmp_path / "changes.json"))
+    assert changes.sysctls == {}
+    nft = FakeNft()
+    host.undo(changes, proc=fake_proc(tmp_path / "proc"), run=nft)
+    assert nft.deleted == [] and not (tmp_path / "changes.json").exists()
+    assert (tmp_path / "proc/net/ipv4/ip_forward").read_text() == "0\n"

@@ -4,7 +4,7 @@ import io
 
 from twisted.logger import LogLevel, PredicateResult
 
-from mediaproxy.log import JournalObserver, LogControl, format_line, quiet_twisted
+from mediaproxy.log import ConsoleObserver, LogControl, format_line, quiet_twisted
 
 
 def test_toggle_debug_and_back():
@@ -27,6 +27,7 @@ def test_port_chatter_is_dropped_but_not_other_messages():
 
 def test_journal_lines_carry_the_priority_on_every_line():
     stream = io.StringIO()
-    JournalObserver(stream)({"log_level": LogLevel.error, "log_format": "first\nsecond"})
-    JournalObserver(stream)({"log_level": LogLevel.info, "log_format": "fine"})
+    journal = ConsoleObserver(stream, priorities=True)
+    journal({"log_level": LogLevel.error, "log_format": "first\nsecond"})
+    journal({"log_level": LogLevel.info, "log_format": "fine"})
     assert stream.getvalue() == "<3>ERROR    first\n<3>second\n<6>INFO     fine\n"

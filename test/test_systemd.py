@@ -11,9 +11,11 @@ import time
 
 import pytest
 from twisted.internet import task
+from twisted.logger import formatEvent, globalLogPublisher
 
 from harness import Program, free_port, program_command
 from mediaproxy import certgen
+from mediaproxy import datatypes as dt
 from mediaproxy.systemd import Notifier
 
 
@@ -139,7 +141,7 @@ def test_proxy_sockets_get_the_configured_mode_and_group(tmp_path):
 
 def test_notifier_without_a_socket_does_nothing_and_watchdog_interval_is_halved(tmp_path):
     silent = Notifier({})
-    assert not silent.enabled
+    assert silent.address is None
     silent.ready("running")  # no error without NOTIFY_SOCKET
     listener = NotifySocket(tmp_path / "notify")
     notifier = Notifier({"NOTIFY_SOCKET": listener.path, "WATCHDOG_USEC": "4000000", "WATCHDOG_PID": str(os.getpid())})
@@ -158,6 +160,36 @@ def test_notifier_without_a_socket_does_nothing_and_watchdog_interval_is_halved(
 
 @pytest.mark.parametrize("text", ["0660", "660", "0o660"])
 def test_socket_mode_values(text):
-    from mediaproxy import datatypes as dt
-
     assert dt.file_mode(text) == 0o660
+
+
+@pytest.mark.parametrize("text", ["", "rw-rw----", "0888", "7777", "66", "0660x", "-660", "٦٦٠", "0" * 400])
+def test_socket_mode_garbage_is_refused(text):
+    with pytest.raises(ValueError, match="octal"):
+        dt.file_mode(text)
+
+
+@pytest.mark.parametrize("text", ["mediaproxy x", "-g", "a;b", "grp/../x", "x\ny", "١٢"])
+def test_socket_group_garbage_is_refused(text):
+    with pytest.raises(ValueError, match="group name or number"):
+        dt.optional_group(text)
+    assert dt.optional_group("  ") is None and dt.optional_group("123") == "123" and dt.optional_group("kamailio") == "kamailio"
+
+
+@pytest.mark.parametrize("value", ["", "abc", "-5", "0", "1e6", "9" * 400])
+def test_watchdog_garbage_means_no_watchdog(value):
+    assert Notifier({"WATCHDOG_USEC": value}).watchdog_interval is None
+
+
+def test_an_unreachable_notify_socket_is_logged_once_and_ignored(tmp_path):
+    notifier = Notifier({"NOTIFY_SOCKET": str(tmp_path / "nobody-listens")})
+    events = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        for _ in range(3):
+            notifier.ready("running")
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    assert [formatEvent(event) for event in events if "Cannot notify" in formatEvent(event)] == [
+        f"Cannot notify the service manager at {tmp_path / 'nobody-listens'}: No such file or directory"
+    ]

@@ -194,7 +194,7 @@ def main(argv: list[str] | None = None, out: TextIO | None = None) -> int:
         # the dispatcher's own config.ini says where and how its management interface listens
         config = configuration.load(configuration.search_path(args.config_dir))
         listen = config.dispatcher.listen_management
-        host = args.host or ("127.0.0.1" if listen.host in ("0.0.0.0", "") else listen.host)
+        host = args.host or ("127.0.0.1" if listen.host == "0.0.0.0" else listen.host)
         port = args.port or listen.port
         context = None
         if not args.no_tls and (args.certs or config.dispatcher.management_use_tls):

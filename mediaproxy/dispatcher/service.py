@@ -70,7 +70,7 @@ class DispatcherService(service.Service):
             os.unlink(path)
         try:
             self.control_port = self.reactor.listenUNIX(path, self.control_factory, mode=self.config.socket_mode)
-            unixsocket.restrict(path, self.config.socket_mode, self.socket_gid)
+            unixsocket.give_group(path, self.socket_gid)
             address = self.config.listen
             self.relay_port = self.reactor.listenSSL(
                 address.port, RelayFactory(self.registry), ContextFactory(self.credentials), interface=address.host

@@ -68,7 +68,7 @@ class DialogEndPlugin(PluginBase, DatagramProtocol):
             os.unlink(self.reply_path)
         # the proxy writes its answers here: the same mode and group as the dispatcher socket
         self.port = self.reactor.listenUNIXDatagram(self.reply_path, self, mode=self.socket_mode)
-        unixsocket.restrict(self.reply_path, self.socket_mode, self.socket_gid)
+        unixsocket.give_group(self.reply_path, self.socket_gid)
         log.info("Ending expired dialogs through {target} ({flavour} flavour)", target=self.target, flavour=self.flavour)
 
     def stop(self) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 
@@ -51,6 +52,11 @@ def _read(setting: str, proc: str) -> str | None:
         return None
 
 
+def _write(setting: str, value: str, proc: str) -> None:
+    with open(f"{proc}/{setting}", "w") as file:
+        file.write(f"{value}\n")
+
+
 def udp_stream_timeout(proc: str = PROC_SYS) -> int:
     """How long the kernel keeps an idle UDP entry that saw both directions; also the userspace idle timeout."""
     value = _read(UDP_STREAM_TIMEOUT, proc)
@@ -84,8 +90,10 @@ class HostChanges:
             try:
                 with open(path) as file:
                     saved = json.load(file)
-                self.sysctls = {str(key): str(value) for key, value in saved.get("sysctls", {}).items() if key in SETTINGS}
-                self.table = saved.get("table") or None
+                self.sysctls = {key: value for key, value in saved.get("sysctls", {}).items() if key in SETTINGS and value in ("0", "1")}
+                # only a table of ours is ever deleted, whatever the file says
+                table = saved.get("table")
+                self.table = table if isinstance(table, str) and re.fullmatch(r"mediaproxy_[0-9a-f]+", table) else None
             except (OSError, ValueError, AttributeError):
                 pass
 
@@ -124,8 +132,7 @@ def prepare(fix: bool, mark: int, proc: str = PROC_SYS, run=subprocess.run, chan
         changes.sysctls.setdefault(setting, _read(setting, proc) or "0")
         changes.save()
         try:
-            with open(f"{proc}/{setting}", "w") as file:
-                file.write("1\n")
+            _write(setting, "1", proc)
         except OSError as error:
             raise KernelSetupError(f"cannot set {name}=1: {error.strerror}") from None
         changed.append(f"{name}=1")
@@ -167,9 +174,7 @@ def undo(changes: HostChanges, proc: str = PROC_SYS, run=subprocess.run) -> list
     others = []
     if nft is not None:
         listed = run([nft, "list", "tables", "ip"], capture_output=True, text=True)
-        others = [
-            line.split()[-1] for line in listed.stdout.splitlines() if line.split()[-1:] and line.split()[-1].startswith("mediaproxy_")
-        ]
+        others = re.findall(r"^table ip (mediaproxy_\w+)$", listed.stdout, re.MULTILINE)
     for setting, original in changes.sysctls.items():
         name = setting.replace("/", ".")
         if others:
@@ -178,8 +183,7 @@ def undo(changes: HostChanges, proc: str = PROC_SYS, run=subprocess.run) -> list
         if _read(setting, proc) != "1":
             continue  # someone else changed it since; theirs to keep
         try:
-            with open(f"{proc}/{setting}", "w") as file:
-                file.write(f"{original}\n")
+            _write(setting, original, proc)
             done.append(f"{name}={original} again")
         except OSError as error:
             done.append(f"could not set {name} back to {original}: {error.strerror}")

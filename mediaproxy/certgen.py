@@ -18,6 +18,13 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 ORGANIZATION = "MediaProxy Test"
 ROLES = ("dispatcher", "relay", "client")
+# The role is written in the subject OU, which the daemons check (tls.PeerVerifier), and in the
+# extended key usage, which OpenSSL checks: only the dispatcher acts as a TLS server.
+KEY_USAGES = {
+    "dispatcher": [ExtendedKeyUsageOID.SERVER_AUTH],
+    "relay": [ExtendedKeyUsageOID.CLIENT_AUTH],
+    "client": [ExtendedKeyUsageOID.CLIENT_AUTH],
+}
 
 
 def _name(common_name: str, organization: str, unit: str | None = None) -> x509.Name:
@@ -70,7 +77,10 @@ class CertificateAuthority:
             .not_valid_before(not_before)
             .not_valid_after(not_after)
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
+            .add_extension(
+                x509.ExtendedKeyUsage(KEY_USAGES.get(unit or "", [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH])),
+                critical=False,
+            )
             .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(self.key.public_key()), critical=False)
             .sign(self.key, hashes.SHA256())
         )

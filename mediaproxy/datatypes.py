@@ -26,11 +26,20 @@ def boolean(text: str) -> bool:
     raise ValueError("expected yes/no, true/false, on/off or 1/0")
 
 
+# far above any sensible setting, and small enough for every timer and counter we feed it to
+MAX_INTEGER = 10**9
+MAX_DURATION = 366 * 86400
+_INTEGER = re.compile(r"^\s*-?[0-9]{1,18}\s*$", re.ASCII)
+
+
 def integer(text: str) -> int:
-    try:
-        return int(text.strip(), 10)
-    except ValueError:
-        raise ValueError("expected a decimal integer") from None
+    """ASCII decimal digits only (``int()`` alone would take ``1_000`` or Arabic-Indic digits)."""
+    if not _INTEGER.match(text):
+        raise ValueError("expected a decimal integer")
+    value = int(text.strip(), 10)
+    if abs(value) > MAX_INTEGER:
+        raise ValueError(f"expected an integer of at most {MAX_INTEGER}")
+    return value
 
 
 def positive_integer(text: str) -> int:
@@ -48,7 +57,7 @@ def non_negative_integer(text: str) -> int:
 
 
 _DURATION_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
-_DURATION = re.compile(r"^\s*(\d+)\s*([smhd]?)\s*$", re.IGNORECASE)
+_DURATION = re.compile(r"^\s*([0-9]{1,12})\s*([smhd]?)\s*$", re.IGNORECASE | re.ASCII)
 
 
 def duration(text: str) -> int:
@@ -56,13 +65,19 @@ def duration(text: str) -> int:
     match = _DURATION.match(text)
     if not match:
         raise ValueError("expected a number of seconds, optionally with a unit s, m, h or d (e.g. 90, 5m, 2h)")
-    return int(match.group(1)) * _DURATION_UNITS[match.group(2).lower()]
+    value = int(match.group(1)) * _DURATION_UNITS[match.group(2).lower()]
+    if value > MAX_DURATION:
+        raise ValueError(f"expected at most {MAX_DURATION} seconds (366 days)")
+    return value
 
 
 def conntrack_mark(text: str) -> int:
     """A 32-bit netfilter mark, decimal or 0x-hexadecimal, not 0 (0 is every unmarked entry)."""
+    value_text = text.strip()
     try:
-        value = int(text.strip(), 0)
+        if not value_text.isascii() or "_" in value_text or len(value_text) > 12:
+            raise ValueError
+        value = int(value_text, 0)
     except ValueError:
         raise ValueError("expected an integer, e.g. 19792 or 0x4d50") from None
     if not 0 < value < 1 << 32:
@@ -98,11 +113,18 @@ def optional_ipv4_address(text: str) -> str | None:
     return ipv4_address(text)
 
 
+def _digits(text: str) -> int | None:
+    """A short run of ASCII digits as an int, else None."""
+    text = text.strip()
+    if not text or len(text) > 9 or not (text.isascii() and text.isdigit()):
+        return None
+    return int(text)
+
+
 def _port(text: str) -> int:
-    try:
-        port = int(text, 10)
-    except ValueError:
-        raise ValueError(f"port {text!r} is not a number") from None
+    port = _digits(text)
+    if port is None:
+        raise ValueError(f"port {text!r} is not a number")
     if not 0 < port < 65536:
         raise ValueError(f"port {port} is outside 1-65535")
     return port
@@ -192,10 +214,9 @@ def port_range(text: str) -> PortRange:
     start_text, sep, end_text = text.strip().partition(":")
     if not sep:
         raise ValueError(allowed)
-    try:
-        start, end = int(start_text, 10), int(end_text, 10)
-    except ValueError:
-        raise ValueError(allowed) from None
+    start, end = _digits(start_text), _digits(end_text)
+    if start is None or end is None:
+        raise ValueError(allowed)
     if start % 2 or end % 2:
         raise ValueError("both ends must be even numbers (RTP uses the even port, RTCP the odd one)")
     if not (1024 <= start < end <= 65536):

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from twisted.internet import defer, protocol
 from twisted.protocols.basic import LineOnlyReceiver
 
-from mediaproxy.wire.headers import decode_headers
+from mediaproxy.wire import headers as wire_headers
 
 
 class FakeEndpoint:
@@ -40,6 +40,14 @@ class FakeEndpoint:
         self.receiver(data, source)
 
 
+class InOrder:
+    """A PortPool chooser that hands out pairs in ascending order, so tests can name the ports."""
+
+    @staticmethod
+    def randrange(count: int) -> int:
+        return count - 1
+
+
 class FakeBinder:
     """Stands in for UDP binding; ``refuse`` holds ports that fail to bind."""
 
@@ -60,10 +68,7 @@ class FakeBinder:
 
 def headers(text: str) -> dict:
     """Decode header lines the way the relay does (for tests written as literal requests)."""
-    problems: list[str] = []
-    decoded = decode_headers([line for line in text.splitlines() if line.strip() and not line.endswith(": ")], problems.append)
-    assert not problems, problems
-    return decoded
+    return wire_headers.typed(wire_headers.split([line for line in text.splitlines() if line.strip() and not line.endswith(": ")]))
 
 
 @dataclass

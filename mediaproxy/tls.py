@@ -16,6 +16,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from mediaproxy.datatypes import Passport
+from mediaproxy.ratelimit import Refusals
 
 log = Logger(namespace="tls")
 
@@ -242,19 +243,50 @@ class ClientContextFactory(ContextFactory):
     method = SSL.TLS_METHOD
 
 
-class PeerVerifier:
-    """Checks the passport at the handshake, then re-checks expiry and revocation periodically."""
+# the roles mediaproxy-gen-certs writes into the subject OU
+ROLES = ("dispatcher", "relay", "client")
+ROLE_OF_PEER = {"relay": "relay", "dispatcher": "dispatcher", "management client": "client"}
 
-    def __init__(self, credentials: Credentials, passport: Passport | None, interval: int, reactor, what: str) -> None:  # noqa: ANN001
+
+def role_of(certificate) -> str | None:  # noqa: ANN001
+    unit = subject_of(certificate).get("OU")
+    return unit if unit in ROLES else None
+
+
+class PeerVerifier:
+    """Checks the role and passport at the handshake, then re-checks expiry and revocation periodically.
+
+    When our own certificate carries a role (mediaproxy-gen-certs writes one into the subject OU),
+    a peer must carry the role of ``what``: a management client's certificate cannot pose as a
+    relay. With an operator's CA whose certificates carry no role, any certificate of the CA is
+    accepted in any role, and start-up says so once.
+    """
+
+    def __init__(
+        self, credentials: Credentials, passport: Passport | None, interval: int, reactor, what: str, refusals: Refusals | None = None
+    ) -> None:  # noqa: ANN001
         self.credentials = credentials
         self.passport = passport
         self.what = what
+        self.role = ROLE_OF_PEER.get(what, what)
+        self.refusals = refusals or Refusals(reactor)
         self.peers: dict = {}
         self._loop = task.LoopingCall(self.verify_all)
         self._loop.clock = reactor
         self.interval = interval
 
+    @property
+    def checks_roles(self) -> bool:
+        return role_of(self.credentials.certificate) is not None
+
     def start(self) -> None:
+        if not self.checks_roles and self.passport is None:
+            log.warn(
+                "The certificate {own} carries no MediaProxy role (subject OU dispatcher, relay or client), so any certificate "
+                "signed by the CA is accepted as a {what}; set a passport for {what}s to restrict it",
+                own=self.credentials.cert_path,
+                what=self.what,
+            )
         if not self._loop.running:
             self._loop.start(self.interval, now=False)
 
@@ -265,24 +297,25 @@ class PeerVerifier:
     def accept(self, transport) -> bool:  # noqa: ANN001
         """Called when a handshake completed; returns False (and drops the peer) on a wrong passport."""
         certificate = transport.getPeerCertificate()
-        peer = transport.getPeer()
+        peer = _host(transport.getPeer())
         if certificate is None:
-            log.warn("{what} {peer} refused: no certificate", what=self.what, peer=_host(peer))
-            transport.abortConnection()
-            return False
+            return self._refuse(transport, "no_certificate", peer, "no certificate")
         subject = subject_of(certificate)
+        if self.checks_roles:
+            role = role_of(certificate)
+            if role != self.role:
+                held = f"the {role} role" if role else "no MediaProxy role"
+                return self._refuse(transport, "wrong_role", peer, f"certificate {_format_subject(subject)} has {held}, not {self.role}")
         if self.passport is not None and not self.passport.accepts(subject):
-            log.warn(
-                "{what} {peer} refused due to wrong passport: subject {subject} does not match {passport}",
-                what=self.what,
-                peer=_host(peer),
-                subject=_format_subject(subject),
-                passport=str(self.passport),
-            )
-            transport.abortConnection()
-            return False
+            text = f"wrong passport: subject {_format_subject(subject)} does not match {self.passport}"
+            return self._refuse(transport, "wrong_passport", peer, text)
         self.peers[transport] = certificate
         return True
+
+    def _refuse(self, transport, kind: str, peer: str, reason: str) -> bool:  # noqa: ANN001
+        self.refusals.refuse(kind, peer, log, "{what} {peer} refused: {reason}", what=self.what, reason=reason)
+        transport.abortConnection()
+        return False
 
     def forget(self, transport) -> None:  # noqa: ANN001
         self.peers.pop(transport, None)

@@ -201,7 +201,7 @@ class FakeRelay(protocol.ClientFactory):
         self.link: FakeRelayLink | None = None
         self.commands: list[tuple[str, list[str]]] = []
         self.sessions: list[dict] = []
-        self.statistics = {"call_id": "x", "start_time": 1.0, "streams": []}
+        self.statistics = {"call_id": "x", "from_tag": "ft", "start_time": 1.0, "streams": []}
         self.pongs = 0
 
     def buildProtocol(self, addr) -> FakeRelayLink:  # noqa: N802, ANN001

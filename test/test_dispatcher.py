@@ -148,14 +148,14 @@ class DispatcherTests(unittest.TestCase):
         yield relay.connect(stack)
         proxy = yield stack.proxy()
         yield proxy.request(update("call-1", "ft", media=AUDIO, dialog_id="12:34"))
-        relay.statistics = {"call_id": "call-1", "start_time": 100.0, "streams": []}
+        relay.statistics = {"call_id": "call-1", "from_tag": "ft", "start_time": 100.0, "streams": []}
         self.assertEqual((yield proxy.request(remove("call-1", "ft", "tt"))), "removed")
         (record,) = self.recorder.records
         self.assertEqual((record["dialog_id"], record["timed_out"]), ("12:34", False))
         self.assertEqual((yield proxy.request(remove("call-1", "ft", "tt"))), "error")
         # a call that never started is not accounted
         yield proxy.request(update("call-2", "ft", media=AUDIO))
-        relay.statistics = {"call_id": "call-2", "start_time": None, "streams": []}
+        relay.statistics = {"call_id": "call-2", "from_tag": "ft", "start_time": None, "streams": []}
         self.assertEqual((yield proxy.request(remove("call-2", "ft"))), "removed")
         self.assertEqual(len(self.recorder.records), 1)
         # the broken plugin failed each time without affecting the recorder or the replies
@@ -182,12 +182,16 @@ class DispatcherTests(unittest.TestCase):
         proxy = yield stack.proxy()
         yield proxy.request(update("call-1", "ft", media=AUDIO, dialog_id="7:8"))
         yield proxy.request(update("call-ice", "ft", media=AUDIO, dialog_id="9:9"))
-        statistics = {"call_id": "call-1", "start_time": 5.0, "streams": [{"status": "no-traffic timeout"}]}
-        relay.link.sendLine(b"expired " + json.dumps(statistics).encode())
-        ice = {"call_id": "call-ice", "start_time": 5.0, "streams": [{"status": "unselected ICE candidate"}]}
-        relay.link.sendLine(b"expired " + json.dumps(ice).encode())
+        # malformed expiries are skipped one by one, and the link and the expiries after them stay
         relay.link.sendLine(b"expired {not json")
-        relay.link.sendLine(b'expired {"call_id": "unknown"}')
+        relay.link.sendLine(b'expired {"call_id": [], "from_tag": "ft"}')
+        relay.link.sendLine(b'expired {"call_id": "call-1", "from_tag": ' + b"[" * 100000)
+        relay.link.sendLine(b"expired " + b"x" * (5 * 1024 * 1024))
+        statistics = {"call_id": "call-1", "from_tag": "ft", "start_time": 5.0, "streams": [{"status": "no-traffic timeout"}]}
+        relay.link.sendLine(b"expired " + json.dumps(statistics).encode())
+        ice = {"call_id": "call-ice", "from_tag": "ft", "start_time": 5.0, "streams": [{"status": "unselected ICE candidate"}]}
+        relay.link.sendLine(b"expired " + json.dumps(ice).encode())
+        relay.link.sendLine(b'expired {"call_id": "unknown", "from_tag": "ft"}')
         yield wait_for(lambda: len(self.recorder.records) == 2, what="accounting of expired calls")
         first, second = self.recorder.records
         self.assertEqual((first["timed_out"], first["all_streams_ice"], first["dialog_id"]), (True, False, "7:8"))
@@ -213,7 +217,7 @@ class DispatcherTests(unittest.TestCase):
         yield proxy.request(update("lost", "ft", media=AUDIO, dialog_id="2:2"))
         old_link = stack.dispatcher.registry.get("127.0.0.2")
         again = FakeRelay("127.0.0.2")
-        again.sessions = [{"call_id": "kept"}]
+        again.sessions = [{"call_id": "kept", "from_tag": "ft"}]
         again.connector = reactor.connectSSL(
             "127.0.0.1", stack.relay_port, again, ClientContextFactory(Credentials(stack.certs, "relay")), bindAddress=("127.0.0.2", 0)
         )

@@ -32,7 +32,7 @@ def test_media_flows_both_ways_through_the_relay(deployment):
     caller, callee = udp_endpoint(), udp_endpoint()
     proxy = Proxy(socket_path)
     caller_facing, callee_facing = call(proxy, "it-1", caller, callee)
-    assert callee_facing == caller_facing + 2
+    assert caller_facing % 2 == 0 and callee_facing % 2 == 0 and caller_facing != callee_facing
     establish(caller, callee, caller_facing, callee_facing)
     for sequence in range(50):
         caller.sendto(rtp_packet(sequence, 0), ("127.0.0.1", caller_facing))

@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import tempfile
 
 from twisted.internet import defer
@@ -82,10 +83,17 @@ def test_commands_over_the_link():
     relay.startService()
     link, transport = connect_link(relay, ("127.0.0.1", 25060))
     link.dataReceived(UPDATE_C1)
-    assert transport.value() == b"0 127.0.0.1 40002\r\n"
+    assert re.fullmatch(rb"0 127\.0\.0\.1 \d+\r\n", transport.value())
     transport.clear()
     link.dataReceived(b"update 1\r\ncall_id: c2\r\ncseq: nope\r\n\r\n")
     assert transport.value() == b"1 error\r\n"
+    transport.clear()
+    # what the dispatcher checks is checked here too, by the same parser; an over-long line
+    # spoils only its own command, and the link goes on
+    link.dataReceived(b"remove 11\r\ncall_id: c2\r\ncall_id: c1\r\nfrom_tag: ft\r\n\r\n")
+    link.dataReceived(b"remove 12\r\ncall_id: c1\r\nfrom_tag: " + b"x" * 20000 + b"\r\n\r\n")
+    link.dataReceived(UPDATE_C1.replace(b"cseq: 1", "cseq: \u0661".encode()).replace(b"update 0", b"update 13"))
+    assert transport.value() == b"11 error\r\n12 error\r\n13 error\r\n" and not transport.disconnecting
     transport.clear()
     link.dataReceived(b"frobnicate 2\r\n")
     assert transport.value() == b"2 error\r\n"

@@ -8,8 +8,9 @@ from twisted.internet.task import Clock
 from mediaproxy.configuration import RelayConfig
 from mediaproxy.datatypes import PortRange, network_range_list
 from mediaproxy.relay.packets import codec_name, is_stun
+from mediaproxy.relay.ports import PortPool
 from mediaproxy.relay.session import Halting, SessionManager, UpdateError
-from mediaproxy.testing import FakeBinder, headers
+from mediaproxy.testing import FakeBinder, InOrder, headers
 
 RELAY = "203.0.113.5"
 CALLER_SDP = ("192.0.2.10", 6000)
@@ -54,6 +55,7 @@ class Relay:
         self.expired = []
         config = RelayConfig(port_range=port_range, **options)
         self.manager = SessionManager(self.clock, config, self.binder, lambda session, stats: self.expired.append(stats), RELAY)
+        self.manager.pool = PortPool(port_range, rng=InOrder())
 
     def update(self, **kwargs):
         return self.manager.update(make_update(**kwargs), dispatcher="d1")
@@ -71,7 +73,8 @@ class Relay:
 
     @property
     def free_pairs(self):
-        return len(self.manager.pool.free) + len(self.manager.pool.bad)
+        pool = self.manager.pool
+        return len(pool.free) + len(pool.cooling) + len(pool.bad)
 
 
 def test_plain_call_ports_learning_forwarding_and_statistics():
@@ -546,3 +549,103 @@ def test_lost_destroy_events_are_made_up_for():
     table.entries.clear()  # the kernel dropped it; its DESTROY event was lost
     relay.manager.forwarder.reconcile()
     assert stream.status == "conntrack timeout" and stream.rtp.kernel is None
+
+
+# -- hostile peers: latching that a blind attacker cannot win, a bounded STUN queue
+
+
+ATTACKER = ("203.0.113.66", 5555)
+
+
+def test_a_source_that_fits_the_sdp_takes_a_stream_back_from_an_earlier_stranger():
+    relay = Relay()
+    relay.call()
+    caller_side, callee_side = relay.socket(40000), relay.socket(40002)
+    # the attacker sprays the port before the caller speaks and is latched first
+    caller_side.deliver(rtp(0), ATTACKER)
+    callee_side.deliver(rtp(8), CALLEE_SDP)
+    assert caller_side.sent == [(rtp(8), ATTACKER)]
+    # the caller's packets come from its SDP address: they take the latch over for good
+    relay.clock.advance(30)
+    caller_side.deliver(rtp(0), CALLER_SDP)
+    assert callee_side.sent[-1] == (rtp(0), CALLEE_SDP)
+    callee_side.deliver(rtp(8), CALLEE_SDP)
+    assert caller_side.sent[-1] == (rtp(8), CALLER_SDP)
+    caller_side.deliver(rtp(0), ATTACKER)
+    assert len(callee_side.sent) == 1
+    assert relay.manager.refusals.counts["latch_refused"] == 1
+    assert relay.manager.statistics()[0]["streams"][0]["caller_remote"] == "192.0.2.10:6000"
+
+
+def test_a_natted_party_is_recognised_by_its_signalling_address():
+    relay = Relay()
+    relay.update(media="audio:10.0.0.5:6000:sendrecv", signaling_ip="192.0.2.99")  # the caller's NAT
+    relay.update(kind="reply", to_tag="tt", media="audio:10.1.1.1:7000:sendrecv", signaling_ip="198.51.100.99")
+    caller_side, callee_side = relay.socket(40000), relay.socket(40002)
+    caller_side.deliver(rtp(0), ATTACKER)
+    caller_side.deliver(rtp(0), CALLER_NAT)  # same IP as the caller's SIP, another port: level 1
+    callee_side.deliver(rtp(8), CALLEE_NAT)
+    assert caller_side.sent == [(rtp(8), CALLER_NAT)]
+    # later strangers never win; a better fit (its SDP address) only within latch_window
+    relay.clock.advance(relay.manager.latch_window + 1)
+    caller_side.deliver(rtp(0), ATTACKER)
+    caller_side.deliver(rtp(0), ("10.0.0.5", 6000))
+    assert relay.manager.statistics()[0]["streams"][0]["caller_remote"] == "192.0.2.99:30000"
+
+
+def test_a_stranger_among_strangers_keeps_first_come_rules():
+    relay = Relay()
+    relay.call()
+    caller_side, callee_side = relay.socket(40000), relay.socket(40002)
+    caller_side.deliver(rtp(0), CALLER_NAT)  # fits nothing signalling said, like the attacker
+    caller_side.deliver(rtp(0), ATTACKER)
+    callee_side.deliver(rtp(8), CALLEE_NAT)
+    assert caller_side.sent == [(rtp(8), CALLER_NAT)]
+
+
+def test_takeover_moves_the_kernel_entry_to_the_real_party():
+    relay = Relay()
+    forwarder = RecordingForwarder()
+    relay.manager.forwarder = forwarder
+    relay.call()
+    relay.socket(40000).deliver(rtp(0), ATTACKER)
+    relay.socket(40002).deliver(rtp(8), CALLEE_SDP)
+    assert len(forwarder.offloaded) == 1
+    relay.socket(40000).deliver(rtp(0), CALLER_SDP)
+    assert forwarder.removed == ["rtp"] and forwarder.offloaded == ["rtp", "rtp"]
+    assert relay.manager.statistics()[0]["streams"][0]["caller_remote"] == "192.0.2.10:6000"
+
+
+def test_stun_queue_is_bounded_in_packets_and_bytes_and_cleared():
+    relay = Relay(stun_queue_packets=4, stun_queue_bytes=1000)
+    relay.call(caller_media="audio:192.0.2.10:6000:sendrecv:ice=yes", callee_media="audio:198.51.100.20:7000:sendrecv:ice=yes")
+    big = stun_binding_request() + b"\x00" * 280
+    for _ in range(1000):
+        relay.socket(40000).deliver(big, CALLER_NAT)
+    side = relay.manager.sessions[("c1", "ft")].streams[0].rtp.callee
+    assert len(side.stun_queue) == 3 and relay.manager.refusals.counts["stun_queue_full"] == 997
+    small = stun_binding_request()
+    for _ in range(10):
+        relay.socket(40000).deliver(small, CALLER_NAT)
+    assert len(side.stun_queue) == 4
+    # the callee speaks: what waited goes to it, and the queue is gone
+    relay.socket(40002).deliver(small, CALLEE_NAT)
+    assert len(relay.socket(40002).sent) == 4 and side.stun_queue is None
+    # an expiring RTCP side forgets its queue with its address
+    rtcp = relay.manager.sessions[("c1", "ft")].streams[0].rtcp
+    relay.socket(40001).deliver(small, ("192.0.2.99", 30001))
+    assert rtcp.callee.stun_queue
+    rtcp.expire("conntrack timeout", 60)
+    assert rtcp.callee.stun_queue is None
+
+
+def test_ports_are_handed_out_at_random_and_cool_down_after_release():
+    from mediaproxy.relay.ports import PortPool as Pool
+
+    pool = Pool(PortRange(40000, 40400))
+    first = [pool.allocate(lambda port: port)[0] for _ in range(20)]
+    assert first != sorted(first) and len(set(first)) == 20 and all(port % 2 == 0 for port in first)
+    for port in first:
+        pool.release(port)
+    again = {pool.allocate(lambda port: port)[0] for _ in range(150)}
+    assert not again & set(first)  # 180 younger pairs than these were free; they wait

@@ -1,10 +1,18 @@
 """Pure wire formats: proxy request framing, header decoding, relay link lines."""
 
+import json
+
 import pytest
 
-from mediaproxy.wire import relaylink
+from mediaproxy.wire import jsontext, relaylink, statistics
 from mediaproxy.wire.control import ProxyRequest, RequestError, RequestFramer
 from mediaproxy.wire.headers import HeaderError, parse_media, parse_signaling_ip
+from mediaproxy.wire.lines import LineSplitter, OverlongLine
+
+UPDATE = (
+    b"update\r\ntype: request\r\ncall_id: c1\r\ncseq: 1\r\nfrom_uri: a@x\r\nto_uri: b@x\r\nfrom_tag: ft\r\n"
+    b"to_tag: \r\nuser_agent: ua\r\nsignaling_ip: 127.0.0.1\r\nmedia_relay: \r\nmedia: audio:192.0.2.1:6000:sendrecv\r\n\r\n"
+)
 
 
 def feed(framer, *chunks):
@@ -15,26 +23,28 @@ def feed(framer, *chunks):
 
 
 def test_request_split_across_chunks_and_empty_values_dropped():
-    data = b"update\r\ntype: request\r\ncall_id: c1\r\nto_tag: \r\nmedia_relay: \r\n\r\n"
     framer = RequestFramer()
-    results = feed(framer, *(data[i : i + 1] for i in range(len(data))))
+    results = feed(framer, *(UPDATE[i : i + 1] for i in range(len(UPDATE))))
     (request,) = results
     assert isinstance(request, ProxyRequest)
     assert request.command == "update"
-    assert request.lines == ["type: request", "call_id: c1"]
-    assert "to_tag" not in request.headers
-    assert request.encode_headers() == b"type: request\r\ncall_id: c1\r\n"
+    assert request.lines[:2] == ["type: request", "call_id: c1"] and len(request.lines) == 9
+    assert "to_tag" not in request.headers and "media_relay" not in request.headers
+    assert request.headers["cseq"] == 1 and request.headers["media"][0].port == 6000
+    assert request.encode_headers().startswith(b"type: request\r\ncall_id: c1\r\ncseq: 1\r\n")
     assert not framer.pending
 
 
 def test_pipelined_requests_and_stray_empty_lines():
     framer = RequestFramer()
-    results = framer.feed(b"\r\n\r\nremove\r\ncall_id: a\r\n\r\nremove\r\ncall_id: b\r\n\r\n\r\n")
+    results = framer.feed(b"\r\n\r\nremove\r\ncall_id: a\r\nfrom_tag: f\r\n\r\nremove\r\ncall_id: b\r\nfrom_tag: f\r\n\r\n\r\n")
     assert [r.call_id for r in results] == ["a", "b"]
 
 
 def test_values_containing_colon_space_split_at_the_first_one():
-    (request,) = RequestFramer().feed(b'update\r\ncall_id: x: y\r\nsignaling_ip: {"a": 1}\r\n\r\n')
+    (request,) = RequestFramer().feed(
+        UPDATE.replace(b"call_id: c1", b"call_id: x: y").replace(b"signaling_ip: 127.0.0.1", b'signaling_ip: {"a": 1}')
+    )
     assert request.headers["call_id"] == "x: y"
     assert request.headers["signaling_ip"] == '{"a": 1}'
 
@@ -47,6 +57,21 @@ def test_values_containing_colon_space_split_at_the_first_one():
         (b"update\r\ncall_id: \xff\xfe\r\n\r\n", "not UTF-8"),
         (b"update\r\n" + b"a: b\r\n" * 70 + b"call_id: c\r\n\r\n", "more than 64 lines"),
         (b"update\r\ncall_id: " + b"x" * 20000 + b"\r\n\r\n", "longer than"),
+        # only update and remove reach a relay, and the command line is exactly that word
+        (UPDATE.replace(b"update", b"update x", 1), "neither update nor remove"),
+        (b"summary\r\ncall_id: c\r\n\r\n", "neither update nor remove"),
+        # one reading of a request, the same on the dispatcher and the relay
+        (b"remove\r\ncall_id: attacker\r\ncall_id: victim\r\nfrom_tag: f\r\n\r\n", "appears twice"),
+        (UPDATE.replace(b"cseq: 1", "cseq: \u0661".encode()), "not a decimal number"),
+        (UPDATE.replace(b"cseq: 1", b"cseq: 1_0"), "not a decimal number"),
+        (UPDATE.replace(b"cseq: 1", b"cseq: 99999999999"), "not a decimal number"),
+        (UPDATE.replace(b"cseq: 1", b"cseq: 4294967296"), "above"),
+        (UPDATE.replace(b"type: request", b"type: other"), "neither 'request' nor 'reply'"),
+        (UPDATE.replace(b":6000:", ":\u0666000:".encode()), "not a decimal number"),
+        (UPDATE.replace(b"sendrecv", b"sendrecv," + b"audio:1.2.3.4:5:sendrecv," * 16), "more than 16 streams"),
+        (UPDATE.replace(b"signaling_ip: 127.0.0.1", b"signaling_ip: {" + b"[" * 5000), "not valid JSON"),
+        (UPDATE.replace(b"signaling_ip: 127.0.0.1", b'signaling_ip: {"signaling_ip": [[[1]]]}'), "not valid JSON"),
+        (UPDATE.replace(b"signaling_ip: 127.0.0.1", b'signaling_ip: {"signaling_ip": ["1"]}'), "nested value"),
     ],
 )
 def test_malformed_requests_give_one_error_each(data, problem):
@@ -55,16 +80,33 @@ def test_malformed_requests_give_one_error_each(data, problem):
     assert len(results) == 1 and isinstance(results[0], RequestError)
     assert problem in str(results[0])
     # the framer is ready for the next request
-    (good,) = framer.feed(b"remove\r\ncall_id: ok\r\n\r\n")
+    (good,) = framer.feed(b"remove\r\ncall_id: ok\r\nfrom_tag: f\r\n\r\n")
     assert good.call_id == "ok"
 
 
 def test_overlong_line_without_newline_is_discarded_incrementally():
     framer = RequestFramer(max_line=100)
     assert framer.feed(b"update\r\ncall_id: " + b"x" * 500) == []
-    assert len(framer._buffer) < 200  # not buffered without bound
-    results = framer.feed(b"y" * 500 + b"\r\n\r\nremove\r\ncall_id: z\r\n\r\n")
+    assert len(framer._splitter._buffer) < 200  # not buffered without bound
+    for _ in range(100):
+        assert framer.feed(b"y" * 10000) == []
+    assert len(framer._splitter._buffer) < 200 and len(framer._splitter._discarding) <= 64
+    results = framer.feed(b"y" * 500 + b"\r\n\r\nremove\r\ncall_id: z\r\nfrom_tag: f\r\n\r\n")
     assert isinstance(results[0], RequestError) and results[1].call_id == "z"
+
+
+@pytest.mark.parametrize("length", [99, 100, 101])
+@pytest.mark.parametrize("split", [None, -1, -2, -3])
+def test_line_limit_does_not_depend_on_how_crlf_arrives(length, split):
+    line = b"a" * length + b"\r\n"
+    chunks = [line] if split is None else [line[:split], line[split:]]
+    splitter = LineSplitter(100)
+    out = [item for chunk in chunks for item in splitter.feed(chunk)]
+    if length <= 100:
+        assert out == [b"a" * length]
+    else:
+        assert len(out) == 1 and isinstance(out[0], OverlongLine) and out[0].head == b"a" * 64
+    assert not splitter.pending
 
 
 def test_media_header():
@@ -112,3 +154,52 @@ def test_relay_command_framer():
     assert framer.line("bogus 5") == ("unknown", "5")
     assert framer.line("one two three")[0] == "bad"
     assert framer.line("") is None
+
+
+def test_relay_sequence_numbers_are_ascii():
+    assert isinstance(relaylink.parse_relay_line("\u0661\u0662 127.0.0.1 40000"), relaylink.Garbage)
+    assert isinstance(relaylink.parse_relay_line("1_2 127.0.0.1 40000"), relaylink.Garbage)
+    assert relaylink.parse_relay_line("12 x") == relaylink.Reply(12, "x")
+
+
+def test_relay_command_framer_spoiled_and_bounded():
+    framer = relaylink.CommandFramer()
+    framer.line("update 4")
+    framer.spoil("a line longer than 16384 bytes")
+    framer.line("call_id: c")
+    kind, command = framer.line("")
+    assert kind == "command" and command.problem and command.lines == []
+    framer.line("update 5")
+    for number in range(100):
+        framer.line(f"h{number}: v")
+    kind, command = framer.line("")
+    assert "more than 64" in command.problem and len(command.lines) == 64
+
+
+def test_json_depth_is_limited_without_recursing():
+    assert jsontext.loads('{"a": [1, {"b": "[[[[[[["}]}', max_depth=3) == {"a": [1, {"b": "[[[[[[["}]}
+    for text in ("[" * 100000, '{"a": ' * 50 + "1" + "}" * 50):
+        with pytest.raises(ValueError, match="nested deeper"):
+            jsontext.loads(text, max_depth=16)
+    with pytest.raises(ValueError):
+        jsontext.loads("1" * 5000)  # Python's own limit on integer digits, still a ValueError
+
+
+def test_statistics_records_are_checked_field_by_field():
+    good = {"call_id": "c", "from_tag": "f", "duration": 3, "streams": [{"media_type": "audio", "caller_bytes": 10}]}
+    assert statistics.parse_record(json.dumps(good)) == good
+    for bad, problem in [
+        ({"call_id": [], "from_tag": "f"}, "call_id has the wrong type"),
+        ({"from_tag": "f"}, "lacks call_id"),
+        ({"call_id": "c", "from_tag": "f", "duration": True}, "duration"),
+        ({"call_id": "c", "from_tag": "f", "streams": {}}, "streams is not a list"),
+        ({"call_id": "c", "from_tag": "f", "streams": [1]}, "stream 0 is not"),
+        ({"call_id": "c", "from_tag": "f", "streams": [{"caller_bytes": "many"}]}, "caller_bytes"),
+        ({"call_id": "c", "from_tag": "f", "streams": [{"extra": [[[1]]]}]}, "nested deeper"),
+        (["c"], "not a JSON object"),
+    ]:
+        with pytest.raises(ValueError, match=problem):
+            statistics.parse_record(json.dumps(bad))
+    assert statistics.parse_sessions(json.dumps([good, good])) == [good, good]
+    with pytest.raises(ValueError):
+        statistics.parse_sessions(json.dumps({"call_id": "c"}))

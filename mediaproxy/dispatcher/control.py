@@ -7,6 +7,7 @@ from collections import deque
 from twisted.internet import defer, protocol
 from twisted.logger import Logger
 
+from mediaproxy.ratelimit import Refusals
 from mediaproxy.wire.control import ProxyRequest, RequestError, RequestFramer
 
 log = Logger(namespace="dispatcher.control")
@@ -51,6 +52,7 @@ class ControlProtocol(protocol.Protocol):
         while not self.busy and self.queue:
             item = self.queue.popleft()
             if isinstance(item, RequestError):
+                self.factory.refusals.counts["bad_request"] += 1
                 log.warn("Malformed request from the proxy: {error}; answering error", error=str(item))
                 self._write("error")
                 continue
@@ -82,8 +84,9 @@ class ControlProtocol(protocol.Protocol):
 class ControlFactory(protocol.Factory):
     noisy = False
 
-    def __init__(self, dispatcher) -> None:  # noqa: ANN001
+    def __init__(self, dispatcher, refusals: Refusals | None = None) -> None:  # noqa: ANN001
         self.dispatcher = dispatcher
+        self.refusals = refusals or Refusals(dispatcher.clock)
         self.connections: set[ControlProtocol] = set()
         self._drained: defer.Deferred | None = None
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 
 from twisted.internet import defer, task
@@ -11,6 +10,7 @@ from twisted.logger import Logger
 from mediaproxy.dispatcher.relays import RelayError, RelayRegistry
 from mediaproxy.dispatcher.sessions import STATE_FILE, CallEntry, CallTable
 from mediaproxy.plugin import PluginSet
+from mediaproxy.wire import statistics
 from mediaproxy.wire.control import ProxyRequest
 
 log = Logger(namespace="dispatcher")
@@ -153,7 +153,7 @@ class Dispatcher:
         media = request.headers.get("media")
         if media is None:
             return payload if len(tokens) > 1 else relay_ip
-        expected = len([item for item in media.split(",") if item.strip()])
+        expected = len(media)
         if len(tokens) != expected + 1:
             log.error(
                 "Relay {ip} answered {payload!r} to an update with {count} media streams for call {call_id}; answering error",
@@ -168,9 +168,7 @@ class Dispatcher:
     def _removed(self, call_id: str, entry: CallEntry, payload: str) -> str:
         self.table.pop(call_id)
         try:
-            record = json.loads(payload)
-            if not isinstance(record, dict):
-                raise ValueError("not a JSON object")
+            record = statistics.parse_record(payload)
         except ValueError as error:
             log.error("Relay {ip} sent undecodable statistics for call {call_id}: {error}", ip=entry.relay_ip, call_id=call_id, error=error)
             return "removed"
@@ -194,8 +192,8 @@ class Dispatcher:
 
     def _purge(self, payload: str, ip: str) -> None:
         try:
-            present = {item["call_id"] for item in json.loads(payload)}
-        except (ValueError, TypeError, KeyError) as error:
+            present = {item["call_id"] for item in statistics.parse_sessions(payload)}
+        except ValueError as error:
             log.error("Relay {ip} sent an undecodable sessions list: {error}", ip=ip, error=error)
             return
         for call_id, entry in self.table.of_relay(ip):
@@ -231,13 +229,12 @@ class Dispatcher:
 
     def expired(self, ip: str, text: str) -> None:
         try:
-            record = json.loads(text)
-            call_id = record["call_id"]
-            streams = record.get("streams") or []
-            all_streams_ice = all(stream.get("status") == UNSELECTED_ICE for stream in streams)
-        except (ValueError, TypeError, KeyError, AttributeError) as error:
-            log.error("Relay {ip} sent an undecodable expired message: {error}", ip=ip, error=error)
+            record = statistics.parse_record(text)
+        except ValueError as error:
+            log.error("Relay {ip} sent an undecodable expired message: {error}; skipped it", ip=ip, error=error)
             return
+        call_id = record["call_id"]
+        all_streams_ice = all(stream.get("status") == UNSELECTED_ICE for stream in record.get("streams", []))
         entry = self.table.get(call_id)
         if entry is None:
             log.error("Relay {ip} reported unknown call {call_id} as expired", ip=ip, call_id=call_id)
@@ -272,15 +269,15 @@ class Dispatcher:
 
     # -- management
 
-    def _gather(self, command: str) -> defer.Deferred:
+    def _gather(self, command: str, parse) -> defer.Deferred:  # noqa: ANN001
         links = list(self.registry.relays.values())
-        deferreds = [link.send_command(command).addCallback(json.loads) for link in links]
+        deferreds = [link.send_command(command).addCallback(parse) for link in links]
         return defer.DeferredList(deferreds, consumeErrors=True).addCallback(
             lambda results: [(link.ip, ok, value) for link, (ok, value) in zip(links, results)]
         )
 
     def relay_summaries(self) -> defer.Deferred:
-        return self._gather("summary").addCallback(
+        return self._gather("summary", statistics.parse_summary).addCallback(
             lambda results: [value if ok and isinstance(value, dict) else {"status": "error", "ip": ip} for ip, ok, value in results]
         )
 
@@ -288,8 +285,8 @@ class Dispatcher:
         def concatenate(results: list) -> list:
             sessions = []
             for _ip, ok, value in results:
-                if ok and isinstance(value, list):
+                if ok:
                     sessions.extend(value)
             return sessions
 
-        return self._gather("sessions").addCallback(concatenate)
+        return self._gather("sessions", statistics.parse_sessions).addCallback(concatenate)

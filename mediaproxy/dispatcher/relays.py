@@ -7,10 +7,11 @@ import random
 from twisted.internet import defer, protocol
 from twisted.internet.interfaces import IHandshakeListener
 from twisted.logger import Logger
-from twisted.protocols.basic import LineOnlyReceiver
 from zope.interface import implementer
 
+from mediaproxy.lineprotocol import BoundedLineReceiver
 from mediaproxy.wire import relaylink
+from mediaproxy.wire.lines import OverlongLine
 
 log = Logger(namespace="dispatcher.relays")
 
@@ -32,8 +33,7 @@ class RelayDisconnected(RelayError):
 
 
 @implementer(IHandshakeListener)
-class RelayLink(LineOnlyReceiver):
-    delimiter = b"\r\n"
+class RelayLink(BoundedLineReceiver):
     MAX_LENGTH = relaylink.MAX_RELAY_LINE
 
     def __init__(self, registry: RelayRegistry) -> None:
@@ -68,9 +68,19 @@ class RelayLink(LineOnlyReceiver):
         if self.accepted:
             self.registry.relay_lost(self)
 
-    def lineLengthExceeded(self, line: bytes) -> None:  # noqa: N802
-        log.error("Relay {ip} sent a line longer than {limit} bytes; dropping the link", ip=self.ip, limit=self.MAX_LENGTH)
-        self.transport.abortConnection()
+    def lineTooLong(self, line: OverlongLine) -> None:  # noqa: N802
+        if not self.accepted:
+            return
+        head = line.head.decode("utf-8", "replace")
+        seq = relaylink.parse_seq(head.partition(" ")[0])
+        entry = self.pending.pop(seq, None) if seq is not None else None
+        log.error(
+            "Relay {ip} sent a line longer than {limit} bytes ({head!r}...); skipped it", ip=self.ip, limit=line.limit, head=head[:40]
+        )
+        if entry is not None:
+            deferred, timer = entry
+            timer.cancel()
+            deferred.errback(RelayError(f"the answer was longer than {line.limit} bytes"))
 
     def lineReceived(self, raw: bytes) -> None:  # noqa: N802
         if not self.accepted:

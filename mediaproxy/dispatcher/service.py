@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from twisted.application import service
@@ -13,7 +14,9 @@ from mediaproxy import __version__, plugin, unixsocket
 from mediaproxy.dispatcher.control import ControlFactory
 from mediaproxy.dispatcher.core import Dispatcher
 from mediaproxy.dispatcher.relays import RelayFactory, RelayRegistry
+from mediaproxy.guard import DescriptorBudget, GuardedFactory, Limits, raise_descriptor_limit
 from mediaproxy.process import StartupError
+from mediaproxy.ratelimit import Refusals
 from mediaproxy.tls import ContextFactory, Credentials, PeerVerifier
 
 log = Logger(namespace="dispatcher")
@@ -30,6 +33,8 @@ class PluginContext:
     runtime_dir: str
     socket_mode: int = 0o660
     socket_gid: int | None = None
+    guard: Callable[[object, str, bool], GuardedFactory] | None = None  # (factory, name, tls) → limited factory
+    refusals: Refusals | None = None
 
 
 class DispatcherService(service.Service):
@@ -39,13 +44,17 @@ class DispatcherService(service.Service):
         self.credentials = credentials
         self.runtime_dir = runtime_dir
         self.reactor = reactor
-        self.verifier = PeerVerifier(credentials, self.config.passport, configuration.tls.verify_interval, reactor, "relay")
+        self.refusals = Refusals(reactor)
+        self.budget = DescriptorBudget(self.config.descriptor_reserve, raise_descriptor_limit())
+        self.verifier = PeerVerifier(credentials, self.config.passport, configuration.tls.verify_interval, reactor, "relay", self.refusals)
         self.registry = RelayRegistry(reactor, self.verifier, self.config.relay_timeout, self.config.relay_recover_interval)
         self.plugins = plugin.PluginSet([])
         self.dispatcher = Dispatcher(reactor, self.registry, self.plugins, runtime_dir, self.config)
-        self.control_factory = ControlFactory(self.dispatcher)
+        self.control_factory = ControlFactory(self.dispatcher, self.refusals)
         self.socket_gid = unixsocket.group_id(self.config.socket_group)
-        context = PluginContext(self.dispatcher, reactor, credentials, runtime_dir, self.config.socket_mode, self.socket_gid)
+        context = PluginContext(
+            self.dispatcher, reactor, credentials, runtime_dir, self.config.socket_mode, self.socket_gid, self.guard, self.refusals
+        )
         factories = plugin.discover() if plugin_factories is None else plugin_factories
         for factory in factories:
             instance = factory.create(configuration, context)
@@ -53,6 +62,12 @@ class DispatcherService(service.Service):
                 self.plugins.plugins.append(instance)
         self.control_port = None
         self.relay_port = None
+
+    def guard(self, factory, name: str, tls: bool) -> GuardedFactory:  # noqa: ANN001
+        """``factory`` held to the connection limits of config.ini (and a TLS handshake deadline)."""
+        config = self.config
+        limits = Limits(config.max_connections, config.max_connections_per_ip, config.tls_handshake_timeout if tls else None)
+        return GuardedFactory(factory, name, limits, self.budget, self.refusals, self.reactor)
 
     @property
     def socket_path(self) -> str:
@@ -69,11 +84,16 @@ class DispatcherService(service.Service):
         if os.path.exists(path):
             os.unlink(path)
         try:
-            self.control_port = self.reactor.listenUNIX(path, self.control_factory, mode=self.config.socket_mode)
+            self.control_port = self.reactor.listenUNIX(
+                path, self.guard(self.control_factory, "proxy socket", False), mode=self.config.socket_mode
+            )
             unixsocket.give_group(path, self.socket_gid)
             address = self.config.listen
             self.relay_port = self.reactor.listenSSL(
-                address.port, RelayFactory(self.registry), ContextFactory(self.credentials), interface=address.host
+                address.port,
+                self.guard(RelayFactory(self.registry), "relay listener", True),
+                ContextFactory(self.credentials),
+                interface=address.host,
             )
             log.info("Listening for the proxy on {path} and for relays on {address} (TLS)", path=path, address=str(address))
             self.verifier.start()

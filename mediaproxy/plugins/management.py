@@ -1,4 +1,9 @@
-"""Management interface plugin: ``summary``, ``sessions``, ``version``, ``quit`` over TLS or TCP."""
+"""Management interface plugin: ``summary``, ``sessions``, ``counters``, ``version``, ``quit`` over TLS or TCP.
+
+A client is held to: one command running at a time, at most ``MAX_BACKLOG`` waiting (past that its
+socket is not read), no command started while the transport says its unread output is full, and
+``management_idle_timeout`` seconds without a command or with its output stuck, then it is closed.
+"""
 
 from __future__ import annotations
 
@@ -9,10 +14,12 @@ from twisted.internet.interfaces import IHandshakeListener
 from twisted.logger import Logger
 from twisted.plugin import IPlugin
 from twisted.protocols.basic import LineOnlyReceiver
+from twisted.protocols.policies import TimeoutMixin
 from zope.interface import implementer, provider
 
 from mediaproxy import __version__
 from mediaproxy.plugin import IDispatcherPlugin, IDispatcherPluginFactory, PluginBase
+from mediaproxy.ratelimit import Refusals
 from mediaproxy.tls import ContextFactory, PeerVerifier
 
 log = Logger(namespace="management")
@@ -22,8 +29,11 @@ def _dump(value: object) -> str:
     return json.dumps(value)
 
 
+MAX_BACKLOG = 16
+
+
 @implementer(IHandshakeListener)
-class ManagementProtocol(LineOnlyReceiver):
+class ManagementProtocol(LineOnlyReceiver, TimeoutMixin):
     delimiter = b"\r\n"
     MAX_LENGTH = 1024
 
@@ -31,7 +41,10 @@ class ManagementProtocol(LineOnlyReceiver):
         self.plugin = plugin
         self.accepted = plugin.verifier is None
         self.busy = False
+        self.output_full = False  # the transport asked us to stop producing
+        self.reading = True
         self.backlog: list[str] = []
+        self.callLater = plugin.context.reactor.callLater
 
     def handshakeCompleted(self) -> None:  # noqa: N802
         self.accepted = self.plugin.verifier.accept(self.transport)
@@ -40,11 +53,39 @@ class ManagementProtocol(LineOnlyReceiver):
 
     def connectionMade(self) -> None:  # noqa: N802
         self.plugin.connections.add(self)
+        self.transport.registerProducer(self, True)
+        self.setTimeout(self.plugin.config.management_idle_timeout)
 
     def connectionLost(self, reason) -> None:  # noqa: N802, ANN001
+        self.setTimeout(None)
         self.plugin.connections.discard(self)
         if self.plugin.verifier is not None:
             self.plugin.verifier.forget(self.transport)
+
+    def timeoutConnection(self) -> None:  # noqa: N802
+        peer = self.transport.getPeer().host
+        stuck = "its output unread" if self.output_full else "no command"
+        self.plugin.refusals.refuse(
+            "management_timeout", peer, log, "Management client {peer}: {stuck} for {timeout}s; closing", stuck=stuck, timeout=self.timeOut
+        )
+        self.transport.abortConnection()
+
+    def close(self) -> None:
+        # a transport with a producer registered would wait for it before closing
+        self.transport.unregisterProducer()
+        self.transport.loseConnection()
+
+    # the transport's producer interface: it calls these as its unread output grows and drains
+
+    def pauseProducing(self) -> None:  # noqa: N802
+        self.output_full = True
+
+    def resumeProducing(self) -> None:  # noqa: N802
+        self.output_full = False
+        self._drain_backlog()
+
+    def stopProducing(self) -> None:  # noqa: N802
+        self.backlog.clear()
 
     def lineLengthExceeded(self, line: bytes) -> None:  # noqa: N802
         log.warn(
@@ -53,22 +94,29 @@ class ManagementProtocol(LineOnlyReceiver):
             limit=self.MAX_LENGTH,
         )
         self.sendLine(b"error")
-        self.transport.loseConnection()
+        self.close()
 
     def lineReceived(self, raw: bytes) -> None:  # noqa: N802
+        self.resetTimeout()
         self.backlog.append(raw.decode("utf-8", "replace").strip())
+        if len(self.backlog) >= MAX_BACKLOG and self.reading:
+            self.reading = False
+            self.transport.pauseProducing()  # its commands wait in its own socket, not in our memory
         if self.accepted:
             self._drain_backlog()
 
     def _drain_backlog(self) -> None:
-        while self.backlog and not self.busy:
+        while self.backlog and not self.busy and not self.output_full and self.connected:
             command = self.backlog.pop(0)
             if command in ("quit", "exit"):
-                self.transport.loseConnection()
+                self.close()
                 self.backlog.clear()
                 return
             self.busy = True
             defer.maybeDeferred(self._run, command).addErrback(self._failed, command).addCallback(self._reply)
+        if not self.reading and len(self.backlog) < MAX_BACKLOG // 2 and self.connected:
+            self.reading = True
+            self.transport.resumeProducing()
 
     def _run(self, command: str):  # noqa: ANN202
         dispatcher = self.plugin.dispatcher
@@ -80,8 +128,14 @@ class ManagementProtocol(LineOnlyReceiver):
             return __version__
         if command == "accounting":
             return _dump(dispatcher.plugins.accounting_status())
+        if command == "counters":
+            return dispatcher.relay_summaries().addCallback(self._counters)
         log.info("Unknown management command {command!r}", command=command[:80])
         return "error"
+
+    def _counters(self, summaries: list) -> str:
+        relays = {item.get("ip", "?"): item.get("refused", {}) for item in summaries}
+        return _dump({"dispatcher": self.plugin.refusals.snapshot(), "relays": relays})
 
     def _failed(self, failure, command: str) -> str:  # noqa: ANN001
         log.failure("Management command {command} failed", failure, command=command)
@@ -90,6 +144,7 @@ class ManagementProtocol(LineOnlyReceiver):
     def _reply(self, line: str) -> None:
         self.busy = False
         if self.transport is not None and self.connected:
+            self.resetTimeout()
             self.sendLine(line.encode())
             self._drain_backlog()
 
@@ -114,15 +169,23 @@ class ManagementPlugin(PluginBase):
         self.dispatcher = context.dispatcher
         self.connections: set = set()
         self.verifier = None
+        self.refusals = context.refusals or Refusals(context.reactor)
         if self.config.management_use_tls:
             self.verifier = PeerVerifier(
-                context.credentials, self.config.management_passport, config.tls.verify_interval, context.reactor, "management client"
+                context.credentials,
+                self.config.management_passport,
+                config.tls.verify_interval,
+                context.reactor,
+                "management client",
+                self.refusals,
             )
         self.port = None
 
     def start(self) -> None:
         address = self.config.listen_management
         factory = ManagementFactory(self)
+        if self.context.guard is not None:
+            factory = self.context.guard(factory, "management", self.verifier is not None)
         reactor = self.context.reactor
         if self.verifier is not None:
             self.port = reactor.listenSSL(address.port, factory, ContextFactory(self.context.credentials), interface=address.host)
@@ -135,7 +198,7 @@ class ManagementPlugin(PluginBase):
         if self.verifier is not None:
             self.verifier.stop()
         for connection in list(self.connections):
-            connection.transport.loseConnection()
+            connection.close()
         if self.port is not None:
             return defer.maybeDeferred(self.port.stopListening)
         return None

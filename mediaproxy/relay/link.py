@@ -7,12 +7,13 @@ import json
 from twisted.internet import protocol, task
 from twisted.internet.interfaces import IHandshakeListener
 from twisted.logger import Logger
-from twisted.protocols.basic import LineOnlyReceiver
 from zope.interface import implementer
 
+from mediaproxy.lineprotocol import BoundedLineReceiver
 from mediaproxy.relay.session import Halting, UpdateError
+from mediaproxy.wire import headers as wire_headers
 from mediaproxy.wire import relaylink
-from mediaproxy.wire.headers import decode_headers
+from mediaproxy.wire.lines import OverlongLine
 
 log = Logger(namespace="relay.link")
 
@@ -20,9 +21,8 @@ MAX_OUTSTANDING_PINGS = 3
 
 
 @implementer(IHandshakeListener)
-class DispatcherLink(LineOnlyReceiver):
-    delimiter = b"\r\n"
-    MAX_LENGTH = 1024 * 1024
+class DispatcherLink(BoundedLineReceiver):
+    MAX_LENGTH = relaylink.MAX_COMMAND_LINE
 
     def __init__(self, connector) -> None:  # noqa: ANN001
         self.connector = connector
@@ -56,9 +56,14 @@ class DispatcherLink(LineOnlyReceiver):
         self.outstanding_pings += 1
         self.sendLine(b"ping")
 
-    def lineLengthExceeded(self, line: bytes) -> None:  # noqa: N802
-        log.error("Dispatcher {dispatcher} sent an over-long line; reconnecting", dispatcher=self.connector.name)
-        self.transport.abortConnection()
+    def lineTooLong(self, line: OverlongLine) -> None:  # noqa: N802
+        log.error(
+            "Dispatcher {dispatcher} sent a line longer than {limit} bytes ({head!r}...); skipped it",
+            dispatcher=self.connector.name,
+            limit=line.limit,
+            head=line.head[:40],
+        )
+        self.framer.spoil(f"a line longer than {line.limit} bytes")
 
     def lineReceived(self, raw: bytes) -> None:  # noqa: N802
         if not self.accepted:
@@ -82,12 +87,15 @@ class DispatcherLink(LineOnlyReceiver):
     def execute(self, command: relaylink.RelayCommand) -> str:
         relay = self.connector.relay
         manager = relay.sessions
-
-        def problem(text: str) -> None:
-            log.warn("Dispatcher {dispatcher} {command}: {problem}", dispatcher=self.connector.name, command=command.command, problem=text)
-
-        headers = decode_headers(command.lines, problem)
+        headers: dict = {}
         try:
+            if command.problem is not None:
+                raise UpdateError(command.problem)
+            if command.command in wire_headers.COMMANDS:
+                try:
+                    headers = wire_headers.decode(command.command, command.lines)
+                except wire_headers.HeaderError as error:
+                    raise UpdateError(str(error)) from None
             if command.command == "update":
                 return manager.update(headers, self.connector.key)
             if command.command == "remove":

@@ -22,7 +22,7 @@ IP_UDP_OVERHEAD = 28
 class Party:
     """What one party's latest SDP said about a stream."""
 
-    __slots__ = ("ip", "port", "direction", "uses_ice", "seen")
+    __slots__ = ("ip", "port", "direction", "uses_ice", "seen", "signaling_ip")
 
     def __init__(self) -> None:
         self.ip: str | None = None
@@ -30,6 +30,7 @@ class Party:
         self.direction = "sendrecv"
         self.uses_ice = False
         self.seen = False
+        self.signaling_ip: str | None = None  # where the party's SIP message came from
 
     @property
     def sdp(self) -> tuple[str, int] | None:
@@ -39,8 +40,18 @@ class Party:
     def on_hold(self) -> bool:
         return self.seen and (self.direction in ("sendonly", "inactive") or self.ip == "0.0.0.0")
 
-    def describe(self, entry) -> None:  # noqa: ANN001 - a MediaEntry
+    def describe(self, entry, signaling_ip: str | None = None) -> None:  # noqa: ANN001 - a MediaEntry
         self.ip, self.port, self.direction, self.uses_ice, self.seen = entry.ip, entry.port, entry.direction, entry.uses_ice, True
+        if signaling_ip is not None:
+            self.signaling_ip = signaling_ip
+
+    def match(self, source: tuple[str, int], rtcp: bool) -> int:
+        """How well ``source`` fits what signalling says about this party: 2 for its SDP address
+        and port, 1 for its SDP or signalling IP, 0 for anything else (see :meth:`Substream.received`)."""
+        ip = source[0]
+        if ip == self.ip:
+            return 2 if source[1] == self.port + rtcp else 1
+        return 1 if ip == self.signaling_ip else 0
 
 
 class Side:
@@ -61,6 +72,8 @@ class Side:
         "bytes",
         "send_counter",
         "stun_queue",
+        "latch_level",
+        "latched_at",
         "kernel_packets",
         "kernel_bytes",
         "codec",
@@ -81,12 +94,11 @@ class Side:
         self.bytes = 0
         self.send_counter = 0
         self.stun_queue: list[bytes] | None = None  # STUN waiting for this side's address; rare, so made on demand
+        self.latch_level = 0  # how well the latched source fits the party's signalling (Party.match)
+        self.latched_at = 0.0
         self.kernel_packets = 0  # what removed kernel entries counted from this side
         self.kernel_bytes = 0
         self.codec: str | None = None
-        self.deadline: float | None = None  # when this side's no-traffic / on-hold timeout fires
-        self.timer_reason = ""
-        self.timer_seconds = 0
 
     def start_timer(self, seconds: int, reason: str) -> None:
         stream = self.substream.stream
@@ -104,12 +116,24 @@ class Side:
         self.got_rtp = False
         self.got_stun_probing = False
         self.send_counter = 0
+        self.stun_queue = None
 
     def forget(self) -> None:
         self.remote = None
         self.in_use = False
         self.got_rtp = False
         self.send_counter = 0
+        self.stun_queue = None
+
+    def queue_stun(self, data: bytes, max_packets: int, max_bytes: int) -> bool:
+        """Keep a STUN packet for when this side's address is known; False (dropped) when full."""
+        queue = self.stun_queue
+        if queue is None:
+            queue = self.stun_queue = []
+        elif len(queue) >= max_packets or sum(map(len, queue)) + len(data) > max_bytes:
+            return False
+        queue.append(data)
+        return True
 
 
 class Substream:
@@ -155,28 +179,22 @@ class Substream:
                 side.packets += 1
                 side.bytes += len(data) + IP_UDP_OVERHEAD
                 return
-        elif side.in_use:
+        elif side.in_use and not self._takes_over(side, source):
             return  # someone else than the latched party
         else:
-            side.remote = source
-            side.in_use = True
-            log.debug(
-                "{kind} {party} of {stream} learnt at {ip}:{port}",
-                kind=self.kind,
-                party=side.party,
-                stream=self.stream,
-                ip=source[0],
-                port=source[1],
-            )
-            if side.stun_queue:
-                # connectivity checks that waited for this party can go now, not at its next check
-                self._flush_stun(side, source)
+            self._latch(side, source)
         if packets.is_stun(data):
             if packets.is_stun_binding_request(data):
                 side.got_stun_probing = True
-            if other.stun_queue is None:
-                other.stun_queue = []
-            other.stun_queue.append(data)
+            manager = self.stream.manager
+            if not other.queue_stun(data, manager.stun_queue_packets, manager.stun_queue_bytes):
+                manager.refusals.refuse(
+                    "stun_queue_full",
+                    source[0],
+                    log,
+                    "STUN from {peer} for {stream} dropped: the queue waiting for the other party is full",
+                    stream=str(self.stream),
+                )
             destination = self.destination(other)
             if destination is not None:
                 self._flush_stun(other, destination)
@@ -198,6 +216,60 @@ class Substream:
         if offload:
             # after the packet left: its own send must not clash with the new entry's tuples
             self.stream.manager.forwarder.offload(self)
+
+    def _takes_over(self, side: Side, source: tuple[str, int]) -> bool:
+        """Whether ``source`` may replace the latched address of ``side``.
+
+        The first packet latches a side, whoever sent it. A later source that fits the party's
+        signalling better (Party.match) takes over: from a source that fits nothing at any time,
+        from one that fits the IP only within ``latch_window`` seconds of the latch. So a third
+        party that sprays relay ports cannot keep a stream unless it spoofs the party's address.
+        """
+        level = self.stream.parties[side.party].match(source, self.kind == "rtcp")
+        if level > side.latch_level:
+            manager = self.stream.manager
+            if side.latch_level == 0 or self.stream.clock.seconds() - side.latched_at <= manager.latch_window:
+                log.info(
+                    "{kind} {party} of {stream}: {ip}:{port} fits the signalling better than {old}; latching to it",
+                    kind=self.kind,
+                    party=side.party,
+                    stream=self.stream,
+                    ip=source[0],
+                    port=source[1],
+                    old=_address(side.remote),
+                )
+                self.remove_kernel_entry()
+                side.got_rtp = False
+                side.send_counter = 0
+                return True
+        self.stream.manager.refusals.refuse(
+            "latch_refused",
+            source[0],
+            log,
+            "Packets from {peer} to {stream} ignored: the {party} is latched to {latched}",
+            level="info",
+            stream=str(self.stream),
+            party=side.party,
+            latched=_address(side.remote),
+        )
+        return False
+
+    def _latch(self, side: Side, source: tuple[str, int]) -> None:
+        side.remote = source
+        side.in_use = True
+        side.latch_level = self.stream.parties[side.party].match(source, self.kind == "rtcp")
+        side.latched_at = self.stream.clock.seconds()
+        log.debug(
+            "{kind} {party} of {stream} learnt at {ip}:{port}",
+            kind=self.kind,
+            party=side.party,
+            stream=self.stream,
+            ip=source[0],
+            port=source[1],
+        )
+        if side.stun_queue:
+            # connectivity checks that waited for this party can go now, not at its next check
+            self._flush_stun(side, source)
 
     @staticmethod
     def _flush_stun(side: Side, destination: tuple[str, int]) -> None:
@@ -366,9 +438,9 @@ class Stream:
             or (ip == entry.ip and entry.port == 0)
         )
 
-    def describe_party(self, party: str, entry) -> None:  # noqa: ANN001
+    def describe_party(self, party: str, entry, signaling_ip: str | None = None) -> None:  # noqa: ANN001
         was_on_hold = self.on_hold
-        self.parties[party].describe(entry)
+        self.parties[party].describe(entry, signaling_ip)
         self._hold_changed(was_on_hold)
 
     def _hold_changed(self, was_on_hold: bool) -> None:
@@ -387,10 +459,10 @@ class Stream:
                     side.start_timer(self.manager.stream_timeout, "no-traffic timeout")
             log.info("{stream} is off hold", stream=self)
 
-    def answer(self, party: str, entry) -> None:  # noqa: ANN001
+    def answer(self, party: str, entry, signaling_ip: str | None = None) -> None:  # noqa: ANN001
         """Apply the answering party's SDP for this stream."""
         old = self.parties[party].sdp
-        self.describe_party(party, entry)
+        self.describe_party(party, entry, signaling_ip)
         if old is None or old[0] == "0.0.0.0":
             return
         if entry.port != old[1] or (entry.ip != old[0] and entry.ip != "0.0.0.0"):
@@ -412,6 +484,7 @@ class Stream:
         self._timer = None
         for side in self.all_sides():
             side.cancel_timer()
+            side.stun_queue = None
             side.endpoint.close()
         self.manager.release_ports(self)
         if status not in ("closed", "rejected"):

@@ -1,7 +1,13 @@
-"""RTP/RTCP port pairs: even port for RTP, the next odd one for RTCP; taken FIFO, bad pairs parked."""
+"""RTP/RTCP port pairs: even port for RTP, the next odd one for RTCP; bad pairs parked.
+
+Pairs are handed out at random, so nobody can guess the ports of the next call and send to
+them first; a released pair cools down behind the more recently released half of the pool
+before it can be chosen again, so late packets of an ended call rarely meet a new one.
+"""
 
 from __future__ import annotations
 
+import random
 from collections import deque
 from collections.abc import Callable
 from typing import TypeVar
@@ -16,22 +22,35 @@ class PortsExhausted(Exception):
 
 
 class PortPool:
-    def __init__(self, port_range: PortRange) -> None:
-        self.free: deque[int] = deque(range(port_range.start, port_range.end, 2))
+    def __init__(self, port_range: PortRange, rng: random.Random | None = None) -> None:
+        # highest first: a chooser that always takes the last one hands out ascending ports (tests)
+        self.free: list[int] = list(range(port_range.end - 2, port_range.start - 2, -2))
+        self.cooling: deque[int] = deque()
         self.bad: deque[int] = deque()
         self.in_use: set[int] = set()
         self.total = len(self.free)
+        self.rng = rng or random.SystemRandom()
+
+    def _take(self) -> int | None:
+        while self.cooling and (not self.free or len(self.cooling) > self.total // 2):
+            self.free.append(self.cooling.popleft())
+        if not self.free:
+            return None
+        index = self.rng.randrange(len(self.free))
+        free = self.free
+        free[index], free[-1] = free[-1], free[index]
+        return free.pop()
 
     def allocate(self, bind: Callable[[int], T]) -> tuple[int, T]:
-        """Take the next pair that ``bind(rtp_port)`` accepts; ``bind`` raises OSError for a bad pair."""
+        """Take a random pair that ``bind(rtp_port)`` accepts; ``bind`` raises OSError for a bad pair."""
         for _attempt in range(self.total):
-            if len(self.bad) > len(self.free):
+            if len(self.bad) > len(self.free) + len(self.cooling):
                 # a port that failed to bind is usually free again later; give it another chance
                 self.free.extend(self.bad)
                 self.bad.clear()
-            if not self.free:
+            port = self._take()
+            if port is None:
                 break
-            port = self.free.popleft()
             try:
                 bound = bind(port)
             except OSError:
@@ -44,4 +63,4 @@ class PortPool:
     def release(self, port: int) -> None:
         if port in self.in_use:
             self.in_use.remove(port)
-            self.free.append(port)
+            self.cooling.append(port)

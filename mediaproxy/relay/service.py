@@ -13,6 +13,7 @@ from twisted.names import client as dns_client
 from twisted.names import dns
 
 from mediaproxy import __version__
+from mediaproxy.guard import DescriptorBudget, GuardedFactory, Limits
 from mediaproxy.process import StartupError
 from mediaproxy.relay.forwarding import choice, host
 from mediaproxy.relay.forwarding.userspace import UDPBinder
@@ -23,6 +24,7 @@ from mediaproxy.tls import ClientContextFactory, Credentials, PeerVerifier
 log = Logger(namespace="relay")
 
 LONG_ENOUGH_CONNECTION = 5
+TLS_HANDSHAKE_TIMEOUT = 10
 HOST_CHANGES_FILE = "relay-host-changes.json"
 
 
@@ -83,7 +85,7 @@ class DispatcherConnector:
         self._connector = self.relay.reactor.connectSSL(
             self.host,
             self.port,
-            LinkFactory(self),
+            self.relay.guard(LinkFactory(self)),
             ClientContextFactory(self.relay.credentials),
             timeout=10,
             bindAddress=(source, 0) if source else None,
@@ -143,7 +145,6 @@ class RelayService(service.Service):
         self.credentials = credentials
         self.reactor = reactor
         self.resolver = resolver
-        self.verifier = PeerVerifier(credentials, self.config.passport, configuration.tls.verify_interval, reactor, "dispatcher")
         self.relay_ip = self.config.relay_ip or default_relay_ip()
         bind_addresses = None
         if self.config.auto_detect_interfaces and not self.config.advertised_ip:
@@ -158,6 +159,13 @@ class RelayService(service.Service):
             bind_addresses=bind_addresses,
             idle_timeout=self.idle_timeout,
         )
+        self.refusals = self.sessions.refusals
+        self.verifier = PeerVerifier(
+            credentials, self.config.passport, configuration.tls.verify_interval, reactor, "dispatcher", self.refusals
+        )
+        # one link per dispatcher, nothing accepted: only the handshake deadline and the failure log matter
+        self._link_limits = Limits(max_connections=1, max_per_address=1, handshake_timeout=TLS_HANDSHAKE_TIMEOUT)
+        self._link_budget = DescriptorBudget(0, limit=1 << 20)
         self.connectors: dict[tuple[str, int], DispatcherConnector] = {}
         self._wanted: frozenset = frozenset()  # dispatchers in the latest resolved list
         self.stopping = False
@@ -171,6 +179,9 @@ class RelayService(service.Service):
         self.host_changes = host.HostChanges(os.path.join(state_dir, HOST_CHANGES_FILE) if state_dir else None)
         self._ready: defer.Deferred | None = None
         self._resolved_once = False
+
+    def guard(self, factory) -> GuardedFactory:  # noqa: ANN001
+        return GuardedFactory(factory, "dispatcher link", self._link_limits, self._link_budget, self.refusals, self.reactor)
 
     # -- start and stop
 

@@ -10,15 +10,13 @@ from twisted.internet import task
 from twisted.logger import Logger
 
 from mediaproxy import __version__
+from mediaproxy.ratelimit import Refusals
 from mediaproxy.relay.media import ALIVE, CALLEE, CALLER, Stream
 from mediaproxy.relay.packets import Routability
 from mediaproxy.relay.ports import PortPool, PortsExhausted
-from mediaproxy.wire.headers import SignalingInfo, parse_signaling_ip
+from mediaproxy.wire.headers import REMOVE_REQUIRED, UPDATE_REQUIRED, SignalingInfo, parse_signaling_ip
 
 log = Logger(namespace="relay.session")
-
-UPDATE_REQUIRED = ("call_id", "from_tag", "from_uri", "to_uri", "cseq", "user_agent", "type", "signaling_ip")
-REMOVE_REQUIRED = ("call_id", "from_tag")
 
 
 class UpdateError(Exception):
@@ -79,28 +77,28 @@ class Session:
         cseq = headers["cseq"]
         pair = (cseq, self.pair[1]) if is_caller else (self.pair[0], cseq)
         media = headers.get("media")
+        # where this message came from: the party's address as the proxy saw it, for latching
+        source_ip = parse_signaling_ip(headers["signaling_ip"]).caller_ip
         if pair > self.pair:
             if media is not None:
-                self._offer(pair, party, media)
+                self._offer(pair, party, media, source_ip)
         elif pair == self.pair:
-            self._answer(party, media)
+            self._answer(party, media, source_ip)
         else:
             log.info("Got old CSeq {cseq} for call {call_id}; ignoring its SDP", cseq=cseq, call_id=self.call_id)
         return self._reply(0 if is_caller else 1, cseq, downstream, media is not None)
 
-    def _offer(self, pair: tuple[int, int], party: str, media: list) -> None:
+    def _offer(self, pair: tuple[int, int], party: str, media: list, source_ip: str | None) -> None:
         current = [stream for stream in self.offers.get(self.pair, []) if stream.alive]
         offered: list[Stream] = []
         created: list[Stream] = []
         try:
             for entry in media:
                 stream = next((s for s in current if s not in offered and s.matches(party, entry)), None)
-                if stream is not None:
-                    stream.describe_party(party, entry)
-                else:
+                if stream is None:
                     stream = self.manager.create_stream(self, entry.media_type)
                     created.append(stream)
-                    stream.describe_party(party, entry)
+                stream.describe_party(party, entry, source_ip)
                 if entry.port == 0:
                     stream.close("closed")
                 offered.append(stream)
@@ -115,7 +113,7 @@ class Session:
         self.previous_pair, self.pair = self.pair, pair
         self.offers[pair] = offered
 
-    def _answer(self, party: str, media: list | None) -> None:
+    def _answer(self, party: str, media: list | None, source_ip: str | None) -> None:
         now = self.clock.seconds()
         if self.start_time is None:
             self.start_time = now
@@ -136,7 +134,7 @@ class Session:
             if entry.port == 0:
                 stream.close("rejected")
             else:
-                stream.answer(party, entry)
+                stream.answer(party, entry, source_ip)
         if self.previous_pair is not None:
             for stream in self.offers.get(self.previous_pair, []):
                 if stream not in offered:
@@ -237,6 +235,10 @@ class SessionManager:
         self.stream_timeout = config.stream_timeout
         self.on_hold_timeout = config.on_hold_timeout
         self.transmit_every = config.userspace_transmit_every
+        self.stun_queue_packets = config.stun_queue_packets
+        self.stun_queue_bytes = config.stun_queue_bytes
+        self.latch_window = config.latch_window
+        self.refusals = Refusals(clock)
         self.routable = Routability(config.routable_private_ranges)
         self.forwarder = forwarder or NoKernelForwarding()
         self.bind_addresses = bind_addresses or (lambda signaling: (relay_ip, relay_ip))
@@ -352,4 +354,5 @@ class SessionManager:
             "session_count": len(self.sessions),
             "stream_count": self.stream_count(),
             "bps_relayed": bps_relayed,
+            "refused": self.refusals.snapshot(),
         }

@@ -2,12 +2,16 @@
 
 A request is a command line, ``name: value`` header lines and an empty line, all CRLF-terminated.
 Kamailio writes an empty value as ``name: `` (trailing space); such a line means the header is
-absent and is dropped, as are the lines of an over-long or malformed request once it ends.
+absent and is dropped. A request is checked completely here — command, every header, with the
+parser the relay uses — so nothing malformed is ever forwarded to a relay.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+
+from mediaproxy.wire import headers as wire_headers
+from mediaproxy.wire.lines import LineSplitter, OverlongLine
 
 MAX_LINE_LENGTH = 16384
 MAX_HEADER_LINES = 64
@@ -21,30 +25,25 @@ class RequestError(ValueError):
 class ProxyRequest:
     command: str
     lines: list[str] = field(default_factory=list)
-    headers: dict[str, str] = field(default_factory=dict)
+    headers: dict = field(default_factory=dict)
 
     @property
     def call_id(self) -> str:
         return self.headers["call_id"]
 
     def encode_headers(self) -> bytes:
-        return b"".join(line.encode("utf-8", "surrogateescape") + b"\r\n" for line in self.lines)
+        return b"".join(line.encode("utf-8") + b"\r\n" for line in self.lines)
 
 
 def parse_request(lines: list[str]) -> ProxyRequest:
-    command = lines[0].strip()
-    if not command:
-        raise RequestError("empty command line")
-    request = ProxyRequest(command)
-    for line in lines[1:]:
-        name, sep, value = line.partition(": ")
-        if not sep or not name:
-            raise RequestError(f"header line {_show(line)} has no 'name: value' form")
-        request.lines.append(line)
-        request.headers.setdefault(name, value)
-    if not request.headers.get("call_id"):
-        raise RequestError(f"{command!r} request without call_id")
-    return request
+    command = lines[0]
+    if command not in wire_headers.COMMANDS:
+        raise RequestError(f"command {_show(command)} is neither update nor remove")
+    try:
+        decoded = wire_headers.decode(command, lines[1:])
+    except wire_headers.HeaderError as error:
+        raise RequestError(str(error)) from None
+    return ProxyRequest(command, lines[1:], decoded)
 
 
 def _show(text: str, limit: int = 80) -> str:
@@ -59,41 +58,28 @@ class RequestFramer:
     """
 
     def __init__(self, max_line: int = MAX_LINE_LENGTH, max_lines: int = MAX_HEADER_LINES) -> None:
-        self.max_line = max_line
         self.max_lines = max_lines
-        self._buffer = b""
+        self._splitter = LineSplitter(max_line)
         self._lines: list[str] = []
         self._problem: str | None = None
-        self._discarding = False
 
     @property
     def pending(self) -> bool:
         """True while part of a request has arrived and its end has not."""
-        return bool(self._lines or self._buffer or self._problem)
+        return bool(self._lines or self._problem or self._splitter.pending)
 
     def feed(self, data: bytes) -> list[ProxyRequest | RequestError]:
         results: list[ProxyRequest | RequestError] = []
-        self._buffer += data
-        while True:
-            end = self._buffer.find(b"\n")
-            if end < 0:
-                if len(self._buffer) > self.max_line:
-                    self._problem = self._problem or f"line longer than {self.max_line} bytes"
-                    self._buffer = b""
-                    self._discarding = True
-                break
-            raw, self._buffer = self._buffer[:end], self._buffer[end + 1 :]
-            if self._discarding:
-                self._discarding = False
-                continue
-            if raw.endswith(b"\r"):
-                raw = raw[:-1]
+        for raw in self._splitter.feed(data):
             result = self._line(raw)
             if result is not None:
                 results.append(result)
         return results
 
-    def _line(self, raw: bytes) -> ProxyRequest | RequestError | None:
+    def _line(self, raw: bytes | OverlongLine) -> ProxyRequest | RequestError | None:
+        if isinstance(raw, OverlongLine):
+            self._problem = self._problem or f"line longer than {raw.limit} bytes"
+            return None
         if not raw:
             if not self._lines and self._problem is None:
                 return None
@@ -106,9 +92,6 @@ class RequestFramer:
             except RequestError as error:
                 return error
         if self._problem is not None:
-            return None
-        if len(raw) > self.max_line:
-            self._problem = f"line longer than {self.max_line} bytes"
             return None
         try:
             line = raw.decode("utf-8")

@@ -1,15 +1,29 @@
-"""Decoding the header values of update/remove as the relay receives them."""
+"""The header lines of ``update`` and ``remove``: one parser for the dispatcher and the relay.
+
+The dispatcher validates a request with :func:`decode` before it forwards the very same lines,
+and the relay decodes them with the same function, so the two can never read a request
+differently (a duplicate header, say, is an error on both, never "first wins" on one side and
+"last wins" on the other).
+"""
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 
+from mediaproxy.wire import jsontext
+
+COMMANDS = ("update", "remove")
 DIRECTIONS = ("sendrecv", "sendonly", "recvonly", "inactive")
+UPDATE_REQUIRED = ("call_id", "from_tag", "from_uri", "to_uri", "cseq", "user_agent", "type", "signaling_ip")
+REMOVE_REQUIRED = ("call_id", "from_tag")
+REQUIRED = {"update": UPDATE_REQUIRED, "remove": REMOVE_REQUIRED}
+MAX_CSEQ = 2**32 - 1  # RFC 3261: a 32-bit unsigned integer
+# a call has a handful of streams; every one costs the relay four sockets
+MAX_MEDIA_STREAMS = 16
 
 
 class HeaderError(ValueError):
-    pass
+    """The text names the header and what is wrong with it, for the one log line."""
 
 
 @dataclass(frozen=True)
@@ -29,6 +43,20 @@ class MediaEntry:
         return self.direction in ("sendonly", "inactive") or self.ip == "0.0.0.0"
 
 
+def _show(text: str, limit: int = 60) -> str:
+    return repr(text if len(text) <= limit else text[:limit] + "...")
+
+
+def ascii_number(text: str, what: str, maximum: int) -> int:
+    """A decimal number of ASCII digits only (``int()`` would take ``١`` or ``1_0``)."""
+    if not text or len(text) > 10 or not (text.isascii() and text.isdigit()):
+        raise HeaderError(f"{what} {_show(text)} is not a decimal number")
+    value = int(text)
+    if value > maximum:
+        raise HeaderError(f"{what} {value} is above {maximum}")
+    return value
+
+
 def parse_media(value: str) -> list[MediaEntry]:
     """``type:ip:port:direction[:key=value...]``, comma-separated; empty elements are skipped."""
     entries = []
@@ -38,23 +66,22 @@ def parse_media(value: str) -> list[MediaEntry]:
             continue
         parts = element.split(":")
         if len(parts) < 4:
-            raise HeaderError(f"media stream {element!r} has fewer than 4 fields (type:ip:port:direction)")
+            raise HeaderError(f"media stream {_show(element)} has fewer than 4 fields (type:ip:port:direction)")
         media_type, ip, port_text, direction = parts[:4]
-        try:
-            port = int(port_text)
-        except ValueError:
-            raise HeaderError(f"media stream {element!r} has a non-numeric port") from None
-        if not 0 <= port < 65536:
-            raise HeaderError(f"media stream {element!r} has port {port} outside 0-65535")
+        if not media_type or not ip:
+            raise HeaderError(f"media stream {_show(element)} has an empty type or address")
+        port = ascii_number(port_text, f"media stream {_show(element)} port", 65535)
         parameters = {}
         for parameter in parts[4:]:
             if not parameter:
                 continue
             key, sep, item = parameter.partition("=")
             if not sep:
-                raise HeaderError(f"media parameter {parameter!r} has no '='")
+                raise HeaderError(f"media parameter {_show(parameter)} has no '='")
             parameters[key] = item
         entries.append(MediaEntry(media_type, ip, port, direction, parameters))
+        if len(entries) > MAX_MEDIA_STREAMS:
+            raise HeaderError(f"media has more than {MAX_MEDIA_STREAMS} streams")
     return entries
 
 
@@ -67,16 +94,14 @@ class SignalingInfo:
 
 def parse_signaling_ip(value: str) -> SignalingInfo:
     """The three forms of ``signaling_ip``: a JSON object, ``SRC_DST``, or a plain IP."""
-    try:
-        decoded = json.loads(value)
-    except ValueError:
-        decoded = None
-    else:
-        if isinstance(decoded, dict):
-            return SignalingInfo(
-                _string(decoded.get("signaling_ip")), _string(decoded.get("destination_ip")), _string(decoded.get("username"))
-            )
-        # JSON scalars (a bare number, say) are not the object form; read them as text below.
+    if value.startswith("{"):
+        try:
+            decoded = jsontext.loads(value, max_depth=2)
+        except ValueError as error:
+            raise HeaderError(f"signaling_ip {_show(value)} is not valid JSON: {error}") from None
+        if not isinstance(decoded, dict):
+            raise HeaderError(f"signaling_ip {_show(value)} is not a JSON object")
+        return SignalingInfo(_string(decoded.get("signaling_ip")), _string(decoded.get("destination_ip")), _string(decoded.get("username")))
     parts = value.split("_")
     if len(parts) == 2:
         return SignalingInfo(parts[0], parts[1])
@@ -84,40 +109,60 @@ def parse_signaling_ip(value: str) -> SignalingInfo:
 
 
 def _string(value: object) -> str | None:
-    return None if value is None else str(value)
+    if value is None:
+        return None
+    if isinstance(value, (dict, list)):
+        raise HeaderError("signaling_ip has a nested value where a string belongs")
+    return str(value)
 
 
 def parse_cseq(value: str) -> int:
-    try:
-        return int(value)
-    except ValueError:
-        raise HeaderError(f"cseq {value!r} is not an integer") from None
+    return ascii_number(value, "cseq", MAX_CSEQ)
 
 
 def parse_type(value: str) -> str:
     if value not in ("request", "reply"):
-        raise HeaderError(f"type {value!r} is neither 'request' nor 'reply'")
+        raise HeaderError(f"type {_show(value)} is neither 'request' nor 'reply'")
     return value
 
 
 DECODERS = {"media": parse_media, "cseq": parse_cseq, "type": parse_type}
+# checked for form, handed on as text (the relay parses it into a SignalingInfo)
+VALIDATORS = {"signaling_ip": parse_signaling_ip}
 
 
-def decode_headers(lines: list[str], on_problem) -> dict:  # noqa: ANN001 - callable(str)
-    """Split header lines and decode the typed ones; problems are reported and the header dropped."""
-    headers: dict = {}
+def split(lines: list[str]) -> dict[str, str]:
+    """``name: value`` lines into a dict; a line without the separator or a repeated name is an error."""
+    headers: dict[str, str] = {}
     for line in lines:
         name, sep, value = line.partition(": ")
-        if not sep:
-            on_problem(f"header line {line[:80]!r} has no ': '")
-            continue
-        decoder = DECODERS.get(name)
-        if decoder is not None:
-            try:
-                headers[name] = decoder(value)
-            except HeaderError as error:
-                on_problem(str(error))
-                continue
-        else:
-            headers[name] = value
+        if not sep or not name:
+            raise HeaderError(f"header line {_show(line)} has no 'name: value' form")
+        if name in headers:
+            raise HeaderError(f"header {_show(name)} appears twice")
+        headers[name] = value
+    return headers
+
+
+def decode(command: str, lines: list[str]) -> dict:
+    """Split, check and decode the headers of ``update`` or ``remove``; HeaderError on any problem."""
+    required = REQUIRED.get(command)
+    if required is None:
+        raise HeaderError(f"command {_show(command)} is neither update nor remove")
+    headers = split(lines)
+    missing = [name for name in required if not headers.get(name)]
+    if missing:
+        raise HeaderError(f"{command} without " + ", ".join(missing))
+    return typed(headers)
+
+
+def typed(headers: dict[str, str]) -> dict:
+    """The typed headers decoded (media, cseq, type) and the others checked for form."""
+    headers = dict(headers)
+    for name, decoder in DECODERS.items():
+        if name in headers:
+            headers[name] = decoder(headers[name])
+    for name, validator in VALIDATORS.items():
+        if name in headers:
+            validator(headers[name])
     return headers

@@ -11,6 +11,8 @@ from dataclasses import dataclass
 
 COMMANDS = ("update", "remove", "summary", "sessions")
 MAX_RELAY_LINE = 4 * 1024 * 1024
+MAX_COMMAND_LINE = 16384  # dispatcher → relay: the proxy's header lines, already checked there
+MAX_COMMAND_LINES = 64
 
 
 def format_command(command: str, seq: int, header_block: bytes = b"") -> bytes:
@@ -52,11 +54,17 @@ def parse_relay_line(line: str) -> RelayMessage:
     first, _, rest = line.partition(" ")
     if first == "expired":
         return Expired(rest)
-    try:
-        seq = int(first)
-    except ValueError:
+    seq = parse_seq(first)
+    if seq is None:
         return Garbage(line, "neither a reply, ping nor expired")
     return Reply(seq, rest)
+
+
+def parse_seq(text: str) -> int | None:
+    """A sequence number: ASCII digits only, at most 20 of them."""
+    if not text or len(text) > 20 or not (text.isascii() and text.isdigit()):
+        return None
+    return int(text)
 
 
 @dataclass
@@ -64,6 +72,7 @@ class RelayCommand:
     command: str
     seq: str
     lines: list[str]
+    problem: str | None = None  # set when a line of it could not be taken; the answer is error
 
 
 class CommandFramer:
@@ -75,6 +84,11 @@ class CommandFramer:
     @property
     def between_commands(self) -> bool:
         return self._current is None
+
+    def spoil(self, problem: str) -> None:
+        """A line of the current command was unusable (over-long, say): it completes as an error."""
+        if self._current is not None and self._current.problem is None:
+            self._current.problem = problem
 
     def line(self, line: str) -> tuple[str, object] | None:
         """Returns ('command', RelayCommand), ('unknown', seq) or ('bad', text) when something completes."""
@@ -92,5 +106,8 @@ class CommandFramer:
         if not line:
             complete, self._current = self._current, None
             return ("command", complete)
-        self._current.lines.append(line)
+        if len(self._current.lines) >= MAX_COMMAND_LINES:
+            self.spoil(f"more than {MAX_COMMAND_LINES} header lines")
+        elif self._current.problem is None:
+            self._current.lines.append(line)
         return None

@@ -16,7 +16,7 @@ from zope.interface import implementer
 log = Logger(namespace="relay.forwarding")
 
 SO_MARK = getattr(socket, "SO_MARK", 36)
-MAX_DATAGRAM = 16384  # RTP stays under the path MTU; this leaves room for anything sane
+MAX_DATAGRAM = 65535  # the largest UDP payload; a datagram is forwarded whole, never cut
 READS_PER_WAKEUP = 64  # bounded, so one flooded socket cannot starve the others
 
 

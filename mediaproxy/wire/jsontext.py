@@ -1,0 +1,35 @@
+"""JSON from peers, decoded with a nesting limit (the decoder would otherwise recurse as deep as
+the text goes) and never raising anything but :class:`ValueError`."""
+
+from __future__ import annotations
+
+import json
+import re
+
+MAX_DEPTH = 16
+
+_STRING = re.compile(r'"(?:[^"\\]|\\.)*"', re.DOTALL)
+_BRACKET = re.compile(r"[\[\]{}]")
+
+
+def nesting_depth(text: str) -> int:
+    """How deep arrays and objects nest in ``text`` (brackets inside strings do not count)."""
+    depth = deepest = 0
+    for match in _BRACKET.finditer(_STRING.sub("", text)):
+        if match.group() in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        else:
+            depth -= 1
+    return deepest
+
+
+def loads(text: str | bytes, max_depth: int = MAX_DEPTH) -> object:
+    if isinstance(text, bytes):
+        text = text.decode("utf-8", "replace")
+    if nesting_depth(text) > max_depth:
+        raise ValueError(f"JSON nested deeper than {max_depth} levels")
+    try:
+        return json.loads(text)
+    except RecursionError:
+        raise ValueError(f"JSON nested deeper than {max_depth} levels") from None

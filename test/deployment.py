@@ -20,9 +20,10 @@ class Deployment:
     the programs run in that network namespace (the proxy's UNIX socket is reachable from anywhere).
     """
 
-    def __init__(self, tmp_path, extra: str = "", stream_timeout: int = 3, namespace: str | None = None) -> None:  # noqa: ANN001
+    def __init__(self, tmp_path, extra: str = "", stream_timeout: int = 3, namespace: str | None = None, files: int | None = None) -> None:  # noqa: ANN001
         self.tmp_path = tmp_path
         self.namespace = namespace
+        self.files = files  # the dispatcher's open-file limit (soft and hard), when not the default
         self.config = tmp_path / "config"
         self.authority = certgen.generate(str(self.config / "tls"))
         self.relay_port, self.management_port = free_port(), free_port()
@@ -57,6 +58,8 @@ class Deployment:
 
     def _program(self, name: str, log: str) -> Program:
         prefix = ("ip", "netns", "exec", self.namespace) if self.namespace else ()
+        if self.files is not None and name == "media-dispatcher":
+            prefix = (*prefix, "prlimit", f"--nofile={self.files}:{self.files}", "--")
         return Program(name, str(self.config), str(self.runtime), str(self.tmp_path / log), prefix=prefix)
 
     def start_dispatcher(self) -> Program:
@@ -142,6 +145,15 @@ def udp_endpoint() -> socket.socket:
 
 def rtp_packet(sequence: int, payload_type: int = 0) -> bytes:
     return bytes([0x80, payload_type]) + sequence.to_bytes(2, "big") + b"\x00" * 8 + b"\xd5" * 160
+
+
+def rss(program: Program) -> int:
+    """Resident memory of a running program, in bytes."""
+    with open(f"/proc/{program.process.pid}/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    raise AssertionError("no VmRSS")
 
 
 def management(port: int, command: bytes) -> str:

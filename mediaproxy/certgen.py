@@ -60,7 +60,13 @@ class CertificateAuthority:
         self.revoked: list[x509.Certificate] = []
 
     def issue(
-        self, common_name: str, organization: str = ORGANIZATION, unit: str | None = None, days: int = 825, expired: bool = False
+        self,
+        common_name: str,
+        organization: str = ORGANIZATION,
+        unit: str | None = None,
+        days: int = 825,
+        expired: bool = False,
+        dns_names: tuple[str, ...] = (),
     ) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
         key = ec.generate_private_key(ec.SECP256R1())
         now = _now()
@@ -68,9 +74,11 @@ class CertificateAuthority:
             not_before, not_after = now - datetime.timedelta(days=30), now - datetime.timedelta(days=1)
         else:
             not_before, not_after = now - datetime.timedelta(minutes=5), now + datetime.timedelta(days=days)
+        builder = x509.CertificateBuilder()
+        if dns_names:
+            builder = builder.add_extension(x509.SubjectAlternativeName([x509.DNSName(name) for name in dns_names]), critical=False)
         certificate = (
-            x509.CertificateBuilder()
-            .subject_name(_name(common_name, organization, unit))
+            builder.subject_name(_name(common_name, organization, unit))
             .issuer_name(self.name)
             .public_key(key.public_key())
             .serial_number(x509.random_serial_number())
@@ -134,13 +142,13 @@ def write_identity(directory: str, role: str, certificate: x509.Certificate, key
     write_pem(os.path.join(directory, f"{role}.key"), key_pem(key), private=True)
 
 
-def generate(directory: str, with_crl: bool = True) -> CertificateAuthority:
+def generate(directory: str, with_crl: bool = True, dispatcher_names: tuple[str, ...] = ()) -> CertificateAuthority:
     """Write ca.pem, crl.pem and a certificate/key per role into ``directory``."""
     os.makedirs(directory, exist_ok=True)
     authority = CertificateAuthority()
     write_pem(os.path.join(directory, "ca.pem"), certificate_pem(authority.certificate))
     for role in ROLES:
-        certificate, key = authority.issue(f"mediaproxy-{role}", unit=role)
+        certificate, key = authority.issue(f"mediaproxy-{role}", unit=role, dns_names=dispatcher_names if role == "dispatcher" else ())
         write_identity(directory, role, certificate, key)
     if with_crl:
         write_pem(os.path.join(directory, "crl.pem"), authority.crl().public_bytes(serialization.Encoding.PEM))
@@ -154,11 +162,18 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("directory", help="where to write ca.pem, crl.pem, dispatcher.crt/.key, relay.crt/.key, client.crt/.key")
     parser.add_argument("--force", action="store_true", help="overwrite existing files")
+    parser.add_argument(
+        "--dispatcher-name",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="a DNS name relays reach the dispatcher by (for [Relay] verify_dispatcher_name); repeatable",
+    )
     args = parser.parse_args(argv)
     if os.path.exists(os.path.join(args.directory, "ca.pem")) and not args.force:
         print(f"{args.directory} already holds ca.pem; use --force to replace the certificates", file=sys.stderr)
         return 1
-    generate(args.directory)
+    generate(args.directory, dispatcher_names=tuple(args.dispatcher_name))
     print(f"Test certificates written to {args.directory} (CA, dispatcher, relay, client). Do not use them in production.")
     return 0
 

@@ -28,6 +28,7 @@ def option(default: Any, parse: Callable[[str], Any]) -> Any:
 class RelayConfig:
     dispatchers: tuple = option((), dt.endpoint_list(25060))
     passport: dt.Passport | None = option(None, dt.passport)
+    verify_dispatcher_name: bool = option(False, dt.boolean)
     relay_ip: str | None = option(None, dt.optional_ipv4_address)
     advertised_ip: str | None = option(None, dt.optional_ipv4_address)
     auto_detect_interfaces: bool = option(False, dt.boolean)

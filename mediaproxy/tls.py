@@ -10,6 +10,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import NameOID
 from OpenSSL import SSL, crypto
+from service_identity import CertificateError, VerificationError
+from service_identity.cryptography import verify_certificate_hostname
 from twisted.internet import task
 from twisted.internet.interfaces import IOpenSSLContextFactory
 from twisted.logger import Logger
@@ -294,12 +296,17 @@ class PeerVerifier:
         if self._loop.running:
             self._loop.stop()
 
-    def accept(self, transport) -> bool:  # noqa: ANN001
-        """Called when a handshake completed; returns False (and drops the peer) on a wrong passport."""
+    def accept(self, transport, name: str | None = None) -> bool:  # noqa: ANN001
+        """Called when a handshake completed; returns False (and drops the peer) on a wrong role or
+        passport, or, when ``name`` is given, a certificate that is not for that DNS name."""
         certificate = transport.getPeerCertificate()
         peer = _host(transport.getPeer())
         if certificate is None:
             return self._refuse(transport, "no_certificate", peer, "no certificate")
+        if name is not None:
+            problem = hostname_problem(certificate, name)
+            if problem is not None:
+                return self._refuse(transport, "wrong_name", peer, problem)
         subject = subject_of(certificate)
         if self.checks_roles:
             role = role_of(certificate)
@@ -332,6 +339,19 @@ class PeerVerifier:
                 log.warn("Dropping {what} {peer}: {reason}", what=self.what, peer=_host(transport.getPeer()), reason=reason)
                 self.peers.pop(transport, None)
                 transport.abortConnection()
+
+
+def hostname_problem(certificate, name: str) -> str | None:  # noqa: ANN001
+    """Why ``certificate`` is not one for the DNS ``name`` (RFC 6125, by service-identity), or None."""
+    if isinstance(certificate, crypto.X509):
+        certificate = certificate.to_cryptography()
+    try:
+        verify_certificate_hostname(certificate, name)
+    except VerificationError:
+        return f"the certificate is not for {name}"
+    except CertificateError as error:
+        return f"the certificate cannot be checked against {name}: {error}"
+    return None
 
 
 def _format_subject(subject: dict[str, str]) -> str:

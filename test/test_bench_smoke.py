@@ -33,3 +33,8 @@ def test_setup_rate_benchmark_runs():
 def test_memory_benchmark_runs():
     output = bench("memory.py", "--sessions", "10")
     assert "      10 " in output
+
+
+def test_fuzzer_runs_and_finds_nothing():
+    output = bench("fuzz.py", "--inputs", "30000", "--seed", "7")
+    assert "30000 inputs" in output and ", 0 exceptions outside the documented error types" in output

@@ -5,13 +5,16 @@ import shutil
 import tempfile
 
 from cryptography.hazmat.primitives import serialization
+from OpenSSL import crypto
 from twisted.internet import defer, protocol, reactor
+from twisted.internet.address import IPv4Address
 from twisted.internet.interfaces import IHandshakeListener
+from twisted.logger import globalLogPublisher
 from twisted.trial import unittest
 from zope.interface import implementer
 
 from mediaproxy import certgen, datatypes
-from mediaproxy.tls import ClientContextFactory, ContextFactory, Credentials, PeerVerifier, TLSConfigurationError
+from mediaproxy.tls import ClientContextFactory, ContextFactory, Credentials, PeerVerifier, TLSConfigurationError, hostname_problem
 
 
 @implementer(IHandshakeListener)
@@ -162,3 +165,70 @@ class TLSHandshakeTests(unittest.TestCase):
         self.assertIsNone(credentials.crl)
         self.assertIsNotNone(credentials.context())
         self.assertIn("CN=mediaproxy-dispatcher", credentials.describe())
+
+
+class RolesAndNames(unittest.TestCase):
+    """What the verifier decides from a certificate: its role (subject OU) and, optionally, its DNS name."""
+
+    def setUp(self):
+        self.directory = tempfile.mkdtemp()
+        self.addCleanup(shutil.rmtree, self.directory)
+        self.authority = certgen.generate(self.directory, dispatcher_names=("dispatcher.example.com",))
+
+    def verdict(self, verifier_role, certificate, name=None):
+        transport = FakeTLSTransport(certificate)
+        verifier = PeerVerifier(Credentials(self.directory, "dispatcher"), None, 300, reactor, verifier_role)
+        return verifier.accept(transport, name), transport.aborted, verifier.refusals.snapshot()
+
+    def test_each_listener_takes_only_its_role(self):
+        relay, _ = self.authority.issue("r", unit="relay")
+        client, _ = self.authority.issue("c", unit="client")
+        unmarked, _ = self.authority.issue("x")
+        self.assertEqual(self.verdict("relay", relay), (True, False, {}))
+        self.assertEqual(self.verdict("relay", client), (False, True, {"wrong_role": 1}))
+        self.assertEqual(self.verdict("management client", client)[0], True)
+        self.assertEqual(self.verdict("management client", relay)[0], False)
+        self.assertEqual(self.verdict("relay", unmarked)[0], False)
+
+    def test_an_operators_ca_without_roles_accepts_any_role_and_says_so_once(self):
+        certificate, key = self.authority.issue("own-dispatcher")
+        certgen.write_identity(self.directory, "dispatcher", certificate, key)
+        client, _ = self.authority.issue("c", unit="client")
+        self.assertEqual(self.verdict("relay", client)[0], True)
+        verifier = PeerVerifier(Credentials(self.directory, "dispatcher"), None, 300, reactor, "relay")
+        logged = collect_events(self)
+        verifier.start()
+        verifier.stop()
+        (warning,) = [event for event in logged if "carries no MediaProxy role" in event.get("log_format", "")]
+        self.assertEqual(warning["what"], "relay")
+
+    def test_dispatcher_name_is_checked_when_asked(self):
+        dispatcher = Credentials(self.directory, "dispatcher").certificate
+        self.assertIsNone(hostname_problem(dispatcher, "dispatcher.example.com"))
+        self.assertIn("not for other.example.com", hostname_problem(dispatcher, "other.example.com"))
+        relay = Credentials(self.directory, "relay").certificate
+        self.assertIn("cannot be checked", hostname_problem(relay, "dispatcher.example.com"))
+        accepted, aborted, refused = self.verdict("dispatcher", crypto.X509.from_cryptography(dispatcher), "other.example.com")
+        self.assertEqual((accepted, aborted, refused), (False, True, {"wrong_name": 1}))
+
+
+class FakeTLSTransport:
+    def __init__(self, certificate):
+        self.certificate = certificate if isinstance(certificate, crypto.X509) else crypto.X509.from_cryptography(certificate)
+        self.aborted = False
+
+    def getPeerCertificate(self):
+        return self.certificate
+
+    def getPeer(self):
+        return IPv4Address("TCP", "192.0.2.7", 4444)
+
+    def abortConnection(self):
+        self.aborted = True
+
+
+def collect_events(test):
+    events = []
+    globalLogPublisher.addObserver(events.append)
+    test.addCleanup(globalLogPublisher.removeObserver, events.append)
+    return events

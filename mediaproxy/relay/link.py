@@ -32,7 +32,8 @@ class DispatcherLink(BoundedLineReceiver):
         self._keepalive = None
 
     def handshakeCompleted(self) -> None:  # noqa: N802
-        if not self.connector.relay.verifier.accept(self.transport):
+        relay = self.connector.relay
+        if not relay.verifier.accept(self.transport, self.connector.name_to_verify):
             return
         self.accepted = True
         self._keepalive = task.LoopingCall(self._ping)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import resource
 import socket
@@ -43,6 +44,14 @@ def default_relay_ip() -> str:
         raise StartupError(f"cannot determine relay_ip from the default route ({error.strerror}); set [Relay] relay_ip") from None
 
 
+def _is_ip(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
+
+
 def raise_file_limit(port_range) -> int:  # noqa: ANN001
     wanted = port_range.end - port_range.start + 1000
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -71,6 +80,14 @@ class DispatcherConnector:
         self._retry = None
         self._connector = None
         self.tried = False  # the first attempt has an outcome (for the relay's readiness)
+
+    @property
+    def name_to_verify(self) -> str | None:
+        """The DNS name the dispatcher's certificate must be for, when the relay checks names."""
+        hostname = self.name.rsplit(":", 1)[0]  # the configured host[:port]
+        if not self.relay.config.verify_dispatcher_name or _is_ip(hostname):
+            return None
+        return hostname
 
     def _outcome(self) -> None:
         if not self.tried:

@@ -1,0 +1,177 @@
+"""Property tests for every parser a peer or an operator feeds: whatever arrives, each returns a
+value or raises its documented error, and framing does not depend on how bytes are chunked."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from twisted.internet.task import Clock
+
+from mediaproxy import configuration
+from mediaproxy.configuration import RelayConfig
+from mediaproxy.datatypes import PortRange
+from mediaproxy.relay import packets
+from mediaproxy.relay.session import SessionManager, UpdateError
+from mediaproxy.testing import FakeBinder
+from mediaproxy.wire import headers, jsontext, relaylink, statistics
+from mediaproxy.wire.control import ProxyRequest, RequestError, RequestFramer
+from mediaproxy.wire.lines import LineSplitter, OverlongLine
+
+BOUNDED = settings(max_examples=300, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
+
+# text that looks like the protocol often enough to get past the first checks
+TOKENS = st.sampled_from(
+    ["update", "remove", "call_id: ", "from_tag: ", "cseq: ", "type: ", "media: ", "signaling_ip: ", "audio:", "1.2.3.4",
+     ":6000:", "sendrecv", "request", "reply", "\r\n", "\n", "\r", ": ", ",", "{", "[", "\"", "]", "}", "\u0661", "1", "0"]
+)  # fmt: skip
+PROTOCOLISH = st.lists(st.one_of(TOKENS, st.text(max_size=8)), max_size=40).map("".join)
+
+
+def _split(data: bytes, cuts: list[int]) -> list[bytes]:
+    points = sorted({cut % (len(data) + 1) for cut in cuts})
+    return [data[start:end] for start, end in zip([0, *points], [*points, len(data)])]
+
+
+def _describe(items: list) -> list:
+    return [(type(item).__name__, str(item) if isinstance(item, RequestError) else repr(item)) for item in items]
+
+
+@BOUNDED
+@given(PROTOCOLISH, st.lists(st.integers(min_value=0), max_size=6))
+def test_request_framing_is_the_same_however_the_bytes_arrive(text, cuts):
+    data = text.encode("utf-8", "surrogatepass")
+    whole = RequestFramer(max_line=64).feed(data)
+    framer = RequestFramer(max_line=64)
+    pieces = [item for chunk in _split(data, cuts) for item in framer.feed(chunk)]
+    assert _describe(whole) == _describe(pieces)
+    assert all(isinstance(item, (ProxyRequest, RequestError)) for item in whole)
+
+
+@BOUNDED
+@given(st.binary(max_size=300), st.lists(st.integers(min_value=0), max_size=6))
+def test_line_splitting_is_the_same_however_the_bytes_arrive(data, cuts):
+    whole = LineSplitter(16).feed(data)
+    splitter = LineSplitter(16)
+    pieces = [item for chunk in _split(data, cuts) for item in splitter.feed(chunk)]
+    assert whole == pieces
+    assert all(isinstance(item, OverlongLine) or len(item) <= 16 for item in whole)
+
+
+@BOUNDED
+@given(st.sampled_from(["update", "remove", "summary", ""]), st.lists(PROTOCOLISH, max_size=12))
+def test_header_decoding_returns_headers_or_header_error(command, lines):
+    try:
+        decoded = headers.decode(command, lines)
+    except headers.HeaderError:
+        return
+    assert decoded["call_id"] and command in headers.COMMANDS
+
+
+@BOUNDED
+@given(PROTOCOLISH)
+def test_value_parsers_return_values_or_header_error(text):
+    for parse in (headers.parse_media, headers.parse_signaling_ip, headers.parse_cseq, headers.parse_type):
+        try:
+            parse(text)
+        except headers.HeaderError:
+            pass
+
+
+@st.composite
+def media_entries(draw):
+    return headers.MediaEntry(
+        draw(st.sampled_from(["audio", "video", "image"])),
+        draw(st.ip_addresses(v=4).map(str)),
+        draw(st.integers(0, 65535)),
+        draw(st.sampled_from(headers.DIRECTIONS)),
+        {"ice": draw(st.sampled_from(["yes", "no"]))},
+    )
+
+
+@BOUNDED
+@given(st.lists(media_entries(), min_size=1, max_size=headers.MAX_MEDIA_STREAMS))
+def test_media_written_as_kamailio_writes_it_reads_back(entries):
+    text = ",".join(f"{e.media_type}:{e.ip}:{e.port}:{e.direction}:ice={e.parameters['ice']}" for e in entries)
+    assert headers.parse_media(text) == entries
+
+
+JSONISH = st.recursive(
+    st.one_of(st.none(), st.booleans(), st.integers(), st.floats(allow_nan=False), st.text(max_size=10)),
+    lambda children: st.one_of(st.lists(children, max_size=4), st.dictionaries(st.text(max_size=10), children, max_size=4)),
+    max_leaves=20,
+)
+
+
+@BOUNDED
+@given(st.one_of(PROTOCOLISH, JSONISH.map(lambda value: __import__("json").dumps(value))))
+def test_relay_lines_and_statistics_parse_or_raise_value_error(text):
+    assert isinstance(relaylink.parse_relay_line(text), (relaylink.Reply, relaylink.Expired, relaylink.Ping, relaylink.Garbage))
+    for parse in (statistics.parse_record, statistics.parse_sessions, statistics.parse_summary, jsontext.loads):
+        try:
+            parse(text)
+        except ValueError:
+            pass
+
+
+@BOUNDED
+@given(st.integers(1, 100), st.integers(0, 3))
+def test_json_nesting_beyond_the_limit_is_a_value_error(depth, kind):
+    opening, closing = ["[", '{"a": ', "[[", '[{"b": '][kind], ["]", "}", "]]", "}]"][kind]
+    text = opening * depth + "1" + closing * depth
+    try:
+        jsontext.loads(text, max_depth=8)
+    except ValueError:
+        assert jsontext.nesting_depth(text) > 8
+    else:
+        assert jsontext.nesting_depth(text) <= 8
+
+
+OPTIONS = [
+    (section, spec.name, spec.metadata["parse"])
+    for section, section_class in configuration.SECTIONS.items()
+    for spec in dataclasses.fields(section_class)
+]
+
+
+@BOUNDED
+@given(st.sampled_from(OPTIONS), st.one_of(PROTOCOLISH, st.from_regex(r"\s*[0-9\u0660-\u0669_]{1,40}[smhd]?\s*", fullmatch=True)))
+def test_every_config_option_parses_or_raises_value_error(option, text):
+    _section, _name, parse = option
+    try:
+        parse(text)
+    except ValueError:
+        pass
+
+
+@BOUNDED
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from([0, 1, 2, 3]), st.binary(max_size=64), st.sampled_from(["192.0.2.10", "203.0.113.66"]), st.integers(1, 65535)
+        ),
+        max_size=30,
+    )
+)
+def test_any_packets_from_anywhere_leave_the_relay_consistent(arrivals):
+    clock = Clock()
+    binder = FakeBinder()
+    manager = SessionManager(clock, RelayConfig(port_range=PortRange(40000, 40010)), binder, lambda *args: None, "203.0.113.5")
+    common = "call_id: c\nfrom_tag: f\nfrom_uri: a\nto_uri: b\nuser_agent: u\nsignaling_ip: 192.0.2.10\n"
+    manager.update(headers.decode("update", (common + "type: request\ncseq: 1\nmedia: audio:192.0.2.10:6000:sendrecv").splitlines()))
+    manager.update(
+        headers.decode("update", (common + "type: reply\ncseq: 1\nto_tag: t\nmedia: audio:198.51.100.1:7000:sendrecv").splitlines())
+    )
+    ports = sorted(binder.by_port)
+    for socket_index, data, ip, port in arrivals:
+        packets.is_stun(data) and packets.is_stun_binding_request(data)
+        packets.codec_name(data)
+        binder.by_port[ports[socket_index]].deliver(data, (ip, port))
+        clock.advance(0.5)
+    (record,) = manager.statistics()
+    statistics.check_record(record)
+    try:
+        manager.remove({"call_id": "c", "from_tag": "f"})
+    except UpdateError:
+        raise AssertionError("the session is gone") from None

@@ -30,6 +30,8 @@ setup(
         "pyOpenSSL>=23.0",
         "cryptography>=38",
         "zope.interface>=5",
+        # checks a dispatcher's certificate against its DNS name ([Relay] verify_dispatcher_name)
+        "service_identity>=18.1",
         "SQLObject>=3.10",
         "pyrad>=2.1",
         "pyroute2>=0.7.2",

@@ -50,7 +50,7 @@ def make_relay(dispatchers="127.0.0.1", resolver=None, **options):
     config = RelayConfig(dispatchers=endpoint_list(25060)(dispatchers), relay_ip="127.0.0.1", **{"forwarding": "userspace", **options})
     relay = RelayService(Configuration(relay=config), Credentials(CERTS, "relay"), reactor, resolver=resolver)
     relay.sessions.binder = FakeBinder()
-    relay.verifier.accept = lambda transport: True
+    relay.verifier.accept = lambda transport, name=None: True
     return relay, reactor
 
 

@@ -226,23 +226,13 @@ class Substream:
         party that sprays relay ports cannot keep a stream unless it spoofs the party's address.
         """
         level = self.stream.parties[side.party].match(source, self.kind == "rtcp")
-        if level > side.latch_level:
-            manager = self.stream.manager
-            if side.latch_level == 0 or self.stream.clock.seconds() - side.latched_at <= manager.latch_window:
-                log.info(
-                    "{kind} {party} of {stream}: {ip}:{port} fits the signalling better than {old}; latching to it",
-                    kind=self.kind,
-                    party=side.party,
-                    stream=self.stream,
-                    ip=source[0],
-                    port=source[1],
-                    old=_address(side.remote),
-                )
-                self.remove_kernel_entry()
-                side.got_rtp = False
-                side.send_counter = 0
-                return True
-        self.stream.manager.refusals.refuse(
+        manager = self.stream.manager
+        if level > side.latch_level and (side.latch_level == 0 or self.stream.clock.seconds() - side.latched_at <= manager.latch_window):
+            self.remove_kernel_entry()
+            side.got_rtp = False
+            side.send_counter = 0
+            return True
+        manager.refusals.refuse(
             "latch_refused",
             source[0],
             log,
@@ -255,17 +245,20 @@ class Substream:
         return False
 
     def _latch(self, side: Side, source: tuple[str, int]) -> None:
+        replaced = side.remote if side.in_use else None
         side.remote = source
         side.in_use = True
         side.latch_level = self.stream.parties[side.party].match(source, self.kind == "rtcp")
         side.latched_at = self.stream.clock.seconds()
-        log.debug(
-            "{kind} {party} of {stream} learnt at {ip}:{port}",
+        # taking a stream from another source is worth an operator's attention; learning is not
+        (log.info if replaced else log.debug)(
+            "{kind} {party} of {stream} learnt at {ip}:{port}{replacing}",
             kind=self.kind,
             party=side.party,
             stream=self.stream,
             ip=source[0],
             port=source[1],
+            replacing=f", replacing {_address(replaced)} that fits the signalling less" if replaced else "",
         )
         if side.stun_queue:
             # connectivity checks that waited for this party can go now, not at its next check

@@ -16,8 +16,9 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from mediaproxy.tls import ROLES
+
 ORGANIZATION = "MediaProxy Test"
-ROLES = ("dispatcher", "relay", "client")
 # The role is written in the subject OU, which the daemons check (tls.PeerVerifier), and in the
 # extended key usage, which OpenSSL checks: only the dispatcher acts as a TLS server.
 KEY_USAGES = {

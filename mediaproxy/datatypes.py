@@ -113,16 +113,16 @@ def optional_ipv4_address(text: str) -> str | None:
     return ipv4_address(text)
 
 
-def _digits(text: str) -> int | None:
-    """A short run of ASCII digits as an int, else None."""
-    text = text.strip()
-    if not text or len(text) > 9 or not (text.isascii() and text.isdigit()):
+def ascii_decimal(text: str, max_digits: int = 9) -> int | None:
+    """``text`` as an int if it is 1 to ``max_digits`` ASCII digits, else None (``int()`` alone
+    would also take ``1_0``, signs, spaces or Arabic-Indic digits)."""
+    if not text or len(text) > max_digits or not (text.isascii() and text.isdigit()):
         return None
     return int(text)
 
 
 def _port(text: str) -> int:
-    port = _digits(text)
+    port = ascii_decimal(text.strip())
     if port is None:
         raise ValueError(f"port {text!r} is not a number")
     if not 0 < port < 65536:
@@ -214,7 +214,7 @@ def port_range(text: str) -> PortRange:
     start_text, sep, end_text = text.strip().partition(":")
     if not sep:
         raise ValueError(allowed)
-    start, end = _digits(start_text), _digits(end_text)
+    start, end = ascii_decimal(start_text.strip()), ascii_decimal(end_text.strip())
     if start is None or end is None:
         raise ValueError(allowed)
     if start % 2 or end % 2:

@@ -25,9 +25,7 @@ class DescriptorBudget:
     """Descriptors that accepted connections may take: the open-file limit less a reserve kept
     for what must never fail for want of one (the call table, the spool, database links)."""
 
-    def __init__(self, reserve: int, limit: int | None = None) -> None:
-        if limit is None:
-            limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    def __init__(self, reserve: int, limit: int) -> None:
         self.total = max(limit - reserve, 8)
         self.used = 0
 
@@ -97,11 +95,9 @@ class GuardedProtocol(ProtocolWrapper):
 def tls_failure_text(reason) -> str:  # noqa: ANN001 - a Failure
     """OpenSSL's reasons (``peer did not return a certificate``, ``unsupported protocol``,
     ``wrong version number``, ...) rather than the nested tuples pyOpenSSL raises."""
-    value = reason.value
-    parts = []
-    for item in getattr(value, "args", [()])[0] if getattr(value, "args", None) else []:
-        if isinstance(item, tuple) and len(item) == 3:
-            parts.append(str(item[2]))
+    args = getattr(reason.value, "args", ())
+    errors = args[0] if args and isinstance(args[0], list) else []
+    parts = [str(item[2]) for item in errors if isinstance(item, tuple) and len(item) == 3]
     return ", ".join(parts) if parts else reason.getErrorMessage()
 
 

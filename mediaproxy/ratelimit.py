@@ -24,7 +24,7 @@ class Refusals:
 
     def refuse(self, kind: str, peer: str, log: Logger, text: str, level: str = "warn", **fields: object) -> None:
         """Count one refusal of ``kind`` from ``peer`` and log ``text`` if this peer had none logged lately."""
-        self.counts[kind] += 1
+        self.count(kind)
         key = (kind, peer)
         now = self.clock.seconds()
         last = self._last.get(key)
@@ -46,6 +46,10 @@ class Refusals:
         if len(self._last) >= MAX_KEYS:
             self._last.clear()
             self._suppressed.clear()
+
+    def count(self, kind: str) -> None:
+        """Count a refusal that is logged by its own rules (one line per bad proxy request, say)."""
+        self.counts[kind] += 1
 
     def snapshot(self) -> dict[str, int]:
         return dict(sorted(self.counts.items()))

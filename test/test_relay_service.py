@@ -201,3 +201,15 @@ def test_auto_detect_interfaces_binds_towards_caller_and_destination():
     plain, _ = make_relay(auto_detect_interfaces=True, advertised_ip="192.0.2.200")
     assert plain.sessions.bind_addresses(parse_signaling_ip("10.9.9.9")) == ("127.0.0.1", "127.0.0.1")
     assert plain.sessions.advertised_ip == "192.0.2.200"
+
+
+def test_the_dispatcher_name_is_verified_only_when_asked_and_configured_by_name():
+    from mediaproxy.datatypes import Endpoint
+    from mediaproxy.relay.service import DispatcherConnector
+
+    named, by_ip = Endpoint("dispatcher.example.com", 25060), Endpoint("192.0.2.1", 25060)
+    checking, _ = make_relay(verify_dispatcher_name=True)
+    assert DispatcherConnector(checking, named, "192.0.2.1", 25060).name_to_verify == "dispatcher.example.com"
+    assert DispatcherConnector(checking, by_ip, "192.0.2.1", 25060).name_to_verify is None
+    default, _ = make_relay()
+    assert DispatcherConnector(default, named, "192.0.2.1", 25060).name_to_verify is None

@@ -52,7 +52,7 @@ class ControlProtocol(protocol.Protocol):
         while not self.busy and self.queue:
             item = self.queue.popleft()
             if isinstance(item, RequestError):
-                self.factory.refusals.counts["bad_request"] += 1
+                self.factory.refusals.count("bad_request")
                 log.warn("Malformed request from the proxy: {error}; answering error", error=str(item))
                 self._write("error")
                 continue

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ipaddress
 import os
 import resource
 import socket
@@ -14,6 +13,7 @@ from twisted.names import client as dns_client
 from twisted.names import dns
 
 from mediaproxy import __version__
+from mediaproxy.datatypes import Endpoint
 from mediaproxy.guard import DescriptorBudget, GuardedFactory, Limits
 from mediaproxy.process import StartupError
 from mediaproxy.relay.forwarding import choice, host
@@ -44,14 +44,6 @@ def default_relay_ip() -> str:
         raise StartupError(f"cannot determine relay_ip from the default route ({error.strerror}); set [Relay] relay_ip") from None
 
 
-def _is_ip(text: str) -> bool:
-    try:
-        ipaddress.ip_address(text)
-    except ValueError:
-        return False
-    return True
-
-
 def raise_file_limit(port_range) -> int:  # noqa: ANN001
     wanted = port_range.end - port_range.start + 1000
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -69,9 +61,10 @@ def raise_file_limit(port_range) -> int:  # noqa: ANN001
 class DispatcherConnector:
     """Keeps one dispatcher connected, reconnecting by the rules of the original."""
 
-    def __init__(self, relay: RelayService, name: str, host: str, port: int) -> None:
+    def __init__(self, relay: RelayService, endpoint: Endpoint, host: str, port: int) -> None:
         self.relay = relay
-        self.name = name
+        self.endpoint = endpoint  # as configured; host:port is what it resolved to
+        self.name = str(endpoint)
         self.key = (host, port)
         self.host, self.port = host, port
         self.link = None
@@ -84,10 +77,9 @@ class DispatcherConnector:
     @property
     def name_to_verify(self) -> str | None:
         """The DNS name the dispatcher's certificate must be for, when the relay checks names."""
-        hostname = self.name.rsplit(":", 1)[0]  # the configured host[:port]
-        if not self.relay.config.verify_dispatcher_name or _is_ip(hostname):
+        if not self.relay.config.verify_dispatcher_name or self.endpoint.is_ip:
             return None
-        return hostname
+        return self.endpoint.host
 
     def _outcome(self) -> None:
         if not self.tried:
@@ -182,7 +174,7 @@ class RelayService(service.Service):
         )
         # one link per dispatcher, nothing accepted: only the handshake deadline and the failure log matter
         self._link_limits = Limits(max_connections=1, max_per_address=1, handshake_timeout=TLS_HANDSHAKE_TIMEOUT)
-        self._link_budget = DescriptorBudget(0, limit=1 << 20)
+        self._link_budget = DescriptorBudget(0, 1 << 20)
         self.connectors: dict[tuple[str, int], DispatcherConnector] = {}
         self._wanted: frozenset = frozenset()  # dispatchers in the latest resolved list
         self.stopping = False
@@ -307,20 +299,20 @@ class RelayService(service.Service):
         wanted = {}
         for endpoint in self.config.dispatchers:
             if endpoint.is_ip:
-                wanted[(endpoint.host, endpoint.port)] = str(endpoint)
+                wanted[(endpoint.host, endpoint.port)] = endpoint
                 continue
             ip = yield self._resolve(endpoint.host)
             if ip is None:
                 log.error("Could resolve neither SRV nor A record for dispatcher {name}", name=endpoint.host)
                 continue
-            wanted[(ip, endpoint.port)] = str(endpoint)
+            wanted[(ip, endpoint.port)] = endpoint
         if self.stopping:
             return
         self._wanted = frozenset(wanted)
-        for key, name in wanted.items():
+        for key, endpoint in wanted.items():
             connector = self.connectors.get(key)
             if connector is None or connector.retired:
-                connector = self.connectors[key] = DispatcherConnector(self, name, *key)
+                connector = self.connectors[key] = DispatcherConnector(self, endpoint, *key)
                 connector.connect()
         for key, connector in list(self.connectors.items()):
             if key not in wanted and not self._owns_sessions(key):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from mediaproxy.datatypes import ascii_decimal
 from mediaproxy.wire import jsontext
 
 COMMANDS = ("update", "remove")
@@ -48,10 +49,10 @@ def _show(text: str, limit: int = 60) -> str:
 
 
 def ascii_number(text: str, what: str, maximum: int) -> int:
-    """A decimal number of ASCII digits only (``int()`` would take ``١`` or ``1_0``)."""
-    if not text or len(text) > 10 or not (text.isascii() and text.isdigit()):
+    """A decimal number of ASCII digits only, at most ``maximum``."""
+    value = ascii_decimal(text, max_digits=10)
+    if value is None:
         raise HeaderError(f"{what} {_show(text)} is not a decimal number")
-    value = int(text)
     if value > maximum:
         raise HeaderError(f"{what} {value} is above {maximum}")
     return value

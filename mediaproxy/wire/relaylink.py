@@ -9,10 +9,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from mediaproxy.datatypes import ascii_decimal
+from mediaproxy.wire import control
+
 COMMANDS = ("update", "remove", "summary", "sessions")
 MAX_RELAY_LINE = 4 * 1024 * 1024
-MAX_COMMAND_LINE = 16384  # dispatcher → relay: the proxy's header lines, already checked there
-MAX_COMMAND_LINES = 64
+# dispatcher → relay: the proxy's header lines, already held to these limits by the dispatcher
+MAX_COMMAND_LINE = control.MAX_LINE_LENGTH
+MAX_COMMAND_LINES = control.MAX_HEADER_LINES
 
 
 def format_command(command: str, seq: int, header_block: bytes = b"") -> bytes:
@@ -62,9 +66,7 @@ def parse_relay_line(line: str) -> RelayMessage:
 
 def parse_seq(text: str) -> int | None:
     """A sequence number: ASCII digits only, at most 20 of them."""
-    if not text or len(text) > 20 or not (text.isascii() and text.isdigit()):
-        return None
-    return int(text)
+    return ascii_decimal(text, max_digits=20)
 
 
 @dataclass

@@ -16,6 +16,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from mediaproxy.datatypes import is_hostname
 from mediaproxy.tls import ROLES
 
 ORGANIZATION = "MediaProxy Test"
@@ -171,6 +172,9 @@ def main(argv: list[str] | None = None) -> int:
         help="a DNS name relays reach the dispatcher by (for [Relay] verify_dispatcher_name); repeatable",
     )
     args = parser.parse_args(argv)
+    for name in args.dispatcher_name:
+        if not is_hostname(name):
+            parser.error(f"--dispatcher-name {name!r} is not a DNS name")
     if os.path.exists(os.path.join(args.directory, "ca.pem")) and not args.force:
         print(f"{args.directory} already holds ca.pem; use --force to replace the certificates", file=sys.stderr)
         return 1

@@ -181,12 +181,17 @@ _HOSTNAME = re.compile(
 )
 
 
+def is_hostname(text: str) -> bool:
+    """A DNS name as relays may be given a dispatcher's: letters, digits, '-' and '_' in dot-separated labels."""
+    return bool(_HOSTNAME.match(text))
+
+
 def endpoint_list(default_port: int):
     def parse(text: str) -> tuple[Endpoint, ...]:
         result = []
         for item in string_list(text):
             host, sep, port = item.rpartition(":") if ":" in item else (item, "", "")
-            if not _HOSTNAME.match(host):
+            if not is_hostname(host):
                 raise ValueError(f"{item!r} is not host[:port] (host: IPv4 address or domain name)")
             endpoint = Endpoint(host.rstrip("."), _port(port) if sep else default_port)
             if endpoint not in result:

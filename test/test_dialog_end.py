@@ -110,10 +110,25 @@ class DialogEndTests(unittest.TestCase):
         self.assertIn("The proxy ended dialog 11:22", self.logs.text())
 
     @defer.inlineCallbacks
-    def test_missing_proxy_socket_and_bad_dialog_id(self):
+    def test_missing_proxy_socket(self):
         plugin = self.plugin("opensips")
         plugin.target = os.path.join(self.directory, "nobody-listens.sock")
         plugin.end_dialog("call-1", "1:2")
-        plugin.end_dialog("call-2", "not-a-dialog")
         yield wait_for(lambda: "Giving up ending dialog 1:2" in self.logs.text(), what="giving up")
-        self.assertIn("dialog_id 'not-a-dialog' is not H:I", "\n".join(self.logs.at_least(LogLevel.error)))
+
+    @defer.inlineCallbacks
+    def test_opensips_takes_any_dialog_id_as_it_is(self):
+        plugin = self.plugin("opensips")
+        self.peer.answers.append(lambda request: json.dumps({"jsonrpc": "2.0", "result": "OK", "id": request["id"]}).encode())
+        plugin.end_dialog("call-3", "6c2.a4f0e1")
+        yield wait_for(lambda: not plugin.pending and self.peer.requests, what="the reply")
+        request = json.loads(self.peer.requests[0])
+        self.assertEqual((request["method"], request["params"]), ("dlg_end_dlg", ["6c2.a4f0e1"]))
+
+    def test_kamailio_refuses_what_is_not_h_i(self):
+        plugin = self.plugin("kamailio")
+        for dialog_id in ("not-a-dialog", "1:", "1:2:3", "١:2", "1:" + "9" * 11):
+            plugin.end_dialog("call-2", dialog_id)
+        self.assertEqual(plugin.pending, {})
+        self.assertEqual(self.peer.requests, [])
+        self.assertEqual(sum("is not H:I" in line for line in self.logs.at_least(LogLevel.error)), 5)

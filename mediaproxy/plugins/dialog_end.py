@@ -38,6 +38,11 @@ def kamailio_request(request_id: int, dialog_id: str) -> bytes:
     ).encode()
 
 
+def _is_kamailio_dialog_id(dialog_id: str) -> bool:
+    entry, colon, identifier = dialog_id.partition(":")
+    return bool(colon) and all(part.isascii() and part.isdigit() and len(part) <= 10 for part in (entry, identifier))
+
+
 class _Pending:
     __slots__ = ("call_id", "dialog_id", "attempt", "timer")
 
@@ -85,11 +90,14 @@ class DialogEndPlugin(PluginBase, DatagramProtocol):
             pass
 
     def end_dialog(self, call_id: str, dialog_id: str) -> None:
-        try:
-            entry, identifier = dialog_id.split(":")
-            int(entry), int(identifier)
-        except ValueError:
-            log.error("Cannot end the dialog of call {call_id}: dialog_id {dialog_id!r} is not H:I", call_id=call_id, dialog_id=dialog_id)
+        # OpenSIPS takes the id as the one string it gave us, whatever its form; only Kamailio's
+        # integers need the H:I split
+        if self.flavour == "kamailio" and not _is_kamailio_dialog_id(dialog_id):
+            log.error(
+                "Cannot end the dialog of call {call_id}: dialog_id {dialog_id!r} is not H:I, as Kamailio's dlg.end_dlg needs",
+                call_id=call_id,
+                dialog_id=dialog_id,
+            )
             return
         self._send(_Pending(call_id, dialog_id))
 

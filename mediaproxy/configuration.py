@@ -70,6 +70,8 @@ class DispatcherConfig:
     management_idle_timeout: int = option(600, dt.positive_duration)
     relay_recover_interval: int = option(60, dt.positive_duration)
     cleanup_dead_relays_after: int = option(43200, dt.positive_duration)
+    lost_relay_grace: int = option(300, dt.positive_duration)
+    statistics_pull_interval: int = option(60, dt.duration)
     cleanup_expired_sessions_after: int = option(86400, dt.positive_duration)
     accounting: tuple = option((), dt.accounting_list)
     spool_dir: str = option("/var/spool/mediaproxy", dt.text_value)

@@ -176,6 +176,7 @@ class FakeRelayLink(LineOnlyReceiver):
         command, self.current = self.current, None
         name, seq = command[0].split()
         self.relay.commands.append((name, command[1:]))
+        call_id = next((value[len("call_id: ") :] for value in command if value.startswith("call_id: ")), None)
         if name == "sessions":
             self.sendLine(f"{seq} {json.dumps(self.relay.sessions)}".encode())
         elif name == "summary":
@@ -185,8 +186,13 @@ class FakeRelayLink(LineOnlyReceiver):
         elif self.relay.mode in ("error", "halting"):
             self.sendLine(f"{seq} {self.relay.mode}".encode())
         elif name == "remove":
-            self.sendLine(f"{seq} {json.dumps(self.relay.statistics)}".encode())
+            if call_id in self.relay.calls:
+                self.relay.calls.discard(call_id)
+                self.sendLine(f"{seq} {json.dumps(self.relay.statistics)}".encode())
+            else:
+                self.sendLine(f"{seq} error".encode())
         else:
+            self.relay.calls.add(call_id)
             media = next((value for value in command if value.startswith("media: ")), None)
             count = len(media.split(",")) if media else 0
             self.sendLine(f"{seq} {self.relay.ip} {' '.join(['50000'] * count)}".strip().encode())
@@ -201,6 +207,7 @@ class FakeRelay(protocol.ClientFactory):
         self.link: FakeRelayLink | None = None
         self.commands: list[tuple[str, list[str]]] = []
         self.sessions: list[dict] = []
+        self.calls: set[str] = set()  # call ids it was sent updates for and not removes
         self.statistics = {"call_id": "x", "from_tag": "ft", "start_time": 1.0, "streams": []}
         self.pongs = 0
 

@@ -150,19 +150,24 @@ class DispatcherTests(unittest.TestCase):
         yield proxy.request(update("call-1", "ft", media=AUDIO, dialog_id="12:34"))
         relay.statistics = {"call_id": "call-1", "from_tag": "ft", "start_time": 100.0, "streams": []}
         self.assertEqual((yield proxy.request(remove("call-1", "ft", "tt"))), "removed")
+        yield wait_for(lambda: self.recorder.records, what="the record")
         (record,) = self.recorder.records
-        self.assertEqual((record["dialog_id"], record["timed_out"]), ("12:34", False))
+        self.assertEqual((record["dialog_id"], record["timed_out"], record["end_reason"]), ("12:34", False, "bye"))
+        self.assertNotIn("call-1", stack.dispatcher.dispatcher.table)
+        # unknown here and on every relay
         self.assertEqual((yield proxy.request(remove("call-1", "ft", "tt"))), "error")
         # a call that never started is not accounted
         yield proxy.request(update("call-2", "ft", media=AUDIO))
         relay.statistics = {"call_id": "call-2", "from_tag": "ft", "start_time": None, "streams": []}
         self.assertEqual((yield proxy.request(remove("call-2", "ft"))), "removed")
+        yield wait_for(lambda: "call-2" not in stack.dispatcher.dispatcher.table, what="the remove done")
         self.assertEqual(len(self.recorder.records), 1)
         # the broken plugin failed each time without affecting the recorder or the replies
         self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
 
     @defer.inlineCallbacks
-    def test_relay_error_on_remove_keeps_the_entry(self):
+    def test_remove_the_relay_refuses_forgets_the_call_with_a_warning(self):
+        logs = collect_logs(self)
         stack = self.make_stack()
         yield stack.start()
         relay = FakeRelay("127.0.0.2")
@@ -170,8 +175,10 @@ class DispatcherTests(unittest.TestCase):
         proxy = yield stack.proxy()
         yield proxy.request(update("call-1", "ft", media=AUDIO))
         relay.mode = "error"
-        self.assertEqual((yield proxy.request(remove("call-1", "ft"))), "error")
-        self.assertIn("call-1", stack.dispatcher.dispatcher.table)
+        self.assertEqual((yield proxy.request(remove("call-1", "ft"))), "removed")  # the proxy ignores it
+        yield wait_for(lambda: "call-1" not in stack.dispatcher.dispatcher.table, what="the entry forgotten")
+        self.assertIn("Relay 127.0.0.2 could not remove call call-1", logs.text())
+        self.assertEqual(self.recorder.records, [])
 
     @defer.inlineCallbacks
     def test_expired_then_remove_sequence(self):
@@ -239,7 +246,7 @@ class DispatcherTests(unittest.TestCase):
         yield stack.stop_dispatcher()
         with open(os.path.join(stack.runtime, "dispatcher_state")) as stream:
             state = json.load(stream)
-        self.assertEqual(state["sessions"]["call-1"], {"relay_ip": "127.0.0.1", "dialog_id": "3:4", "expire_time": None})
+        self.assertEqual(state["sessions"]["call-1"], {"relay_ip": "127.0.0.1", "dialog_id": "3:4", "expire_time": None, "removal": None})
         stack.dispatcher = DispatcherService(
             stack.configuration, Credentials(stack.certs, "dispatcher"), stack.runtime, reactor, [factory_for(self.recorder)]
         )

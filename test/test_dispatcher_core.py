@@ -1,4 +1,4 @@
-"""Dispatcher timers in memory: dead relays, expired sessions, relay recovery, state saving."""
+"""The dispatcher core in memory: the journalled call table, removes, lost relays, end reasons, timers."""
 
 import json
 import os
@@ -7,10 +7,13 @@ from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 
 from mediaproxy.configuration import DispatcherConfig
-from mediaproxy.dispatcher.core import STATE_SAVE_INTERVAL, Dispatcher
+from mediaproxy.dispatcher.core import Dispatcher
 from mediaproxy.dispatcher.relays import RelayLink, RelayRegistry, RelayTimeout
 from mediaproxy.dispatcher.sessions import CallEntry
-from mediaproxy.plugin import PluginSet
+from mediaproxy.plugin import PluginBase, PluginSet
+from mediaproxy.testing import remove, update
+from mediaproxy.wire import statistics
+from mediaproxy.wire.control import RequestFramer
 
 
 class AcceptAll:
@@ -21,11 +24,27 @@ class AcceptAll:
         pass
 
 
+class Recorder(PluginBase):
+    name = "recorder"
+
+    def __init__(self):
+        self.records = []
+        self.ended = []
+
+    def session_ended(self, record):
+        self.records.append(record)
+
+    def end_dialog(self, call_id, dialog_id):
+        self.ended.append((call_id, dialog_id))
+
+
 def make(tmp_path, **options):
     clock = Clock()
-    config = DispatcherConfig(**options)
+    config = DispatcherConfig(**{"statistics_pull_interval": 0, **options})
     registry = RelayRegistry(clock, AcceptAll(), config.relay_timeout, config.relay_recover_interval)
-    dispatcher = Dispatcher(clock, registry, PluginSet([]), str(tmp_path), config)
+    recorder = Recorder()
+    dispatcher = Dispatcher(clock, registry, PluginSet([recorder]), str(tmp_path), config)
+    dispatcher.recorder = recorder
     dispatcher.start()
     return clock, registry, dispatcher
 
@@ -38,16 +57,151 @@ def link_from(registry, ip):
     return link, transport
 
 
-def test_calls_of_a_dead_relay_are_forgotten_unless_it_returns(tmp_path):
-    clock, registry, dispatcher = make(tmp_path, cleanup_dead_relays_after=100)
-    dispatcher.table.set("a", CallEntry("192.0.2.1"))
-    dispatcher.table.set("b", CallEntry("192.0.2.2"))
-    dispatcher.relay_down("192.0.2.1")
+def commands(transport):
+    """The commands written to a relay so far, as (name, seq, header lines); the transport is emptied."""
+    written = transport.value().decode()
+    transport.clear()
+    found = []
+    for block in written.split("\r\n\r\n"):
+        lines = [line for line in block.split("\r\n") if line]
+        if lines:
+            name, seq = lines[0].split()
+            found.append((name, int(seq), lines[1:]))
+    return found
+
+
+def answer(link, seq, payload):
+    link.lineReceived(f"{seq} {payload}".encode())
+
+
+def request(text):
+    (parsed,) = RequestFramer().feed(text)
+    return parsed
+
+
+def handled(dispatcher, text):
+    results = []
+    dispatcher.handle(request(text)).addCallback(results.append)
+    return results
+
+
+def record(call_id, **extra):
+    return {"call_id": call_id, "from_tag": "ft", "start_time": 1000.0, "duration": 5, "streams": [], **extra}
+
+
+def set_up_call(dispatcher, link, transport, call_id, dialog_id=""):
+    reply = handled(dispatcher, update(call_id, "ft", media="audio:192.0.2.10:6000:sendrecv", dialog_id=dialog_id))
+    ((_, seq, _),) = commands(transport)
+    answer(link, seq, f"{link.ip} 40000")
+    assert reply == [f"{link.ip} 40000"]
+
+
+def test_calls_of_a_lost_relay_end_with_the_last_statistics_pulled(tmp_path):
+    clock, registry, dispatcher = make(tmp_path, lost_relay_grace=100, statistics_pull_interval=30)
+    link, transport = link_from(registry, "192.0.2.1")
+    ((_, seq, _),) = commands(transport)  # the listing asked on connect
+    answer(link, seq, statistics.format_page([], None))
+    set_up_call(dispatcher, link, transport, "a", "1:2")
+    set_up_call(dispatcher, link, transport, "b")
+    clock.advance(30)
+    ((name, seq, lines),) = commands(transport)
+    assert (name, lines) == ("sessions", ["page: 0"])
+    answer(link, seq, statistics.format_page([json.dumps(record("a", yours=True))], 5))
+    ((_, seq, lines),) = commands(transport)
+    assert lines == ["page: 5"]
+    answer(link, seq, statistics.format_page([json.dumps(record("b", start_time=None))], None))
+    pulled_at = clock.seconds()
+    link.connectionLost(None)
+    clock.advance(99)
+    assert "a" in dispatcher.table and dispatcher.recorder.records == []
+    clock.advance(1)
+    assert len(dispatcher.table) == 0
+    (lost,) = dispatcher.recorder.records
+    assert (lost["call_id"], lost["end_reason"], lost["timed_out"], lost["statistics_at"]) == ("a", "relay lost", False, pulled_at)
+    assert "yours" not in lost and dispatcher.recorder.ended == [("a", "1:2")]
+    dispatcher.stop()
+
+
+def test_a_relay_back_within_the_grace_keeps_its_calls(tmp_path):
+    clock, registry, dispatcher = make(tmp_path, lost_relay_grace=100)
+    dispatcher.table.set("a", CallEntry("192.0.2.2"))
     dispatcher.relay_down("192.0.2.2")
     clock.advance(50)
-    link_from(registry, "192.0.2.2")  # came back in time
+    link, transport = link_from(registry, "192.0.2.2")
+    ((_, seq, _),) = commands(transport)
+    answer(link, seq, statistics.format_page([json.dumps(record("a", yours=True))], None))
     clock.advance(51)
-    assert "a" not in dispatcher.table and "b" in dispatcher.table
+    assert "a" in dispatcher.table and dispatcher.recorder.records == []
+    dispatcher.stop()
+
+
+def test_remove_is_answered_at_once_and_accounted_when_the_relay_answers(tmp_path):
+    _, registry, dispatcher = make(tmp_path)
+    link, transport = link_from(registry, "192.0.2.1")
+    commands(transport)
+    set_up_call(dispatcher, link, transport, "a", "3:4")
+    assert handled(dispatcher, remove("a", "ft", "tt")) == ["removed"]
+    assert handled(dispatcher, remove("a", "ft", "tt")) == ["removed"]  # a retransmission is not sent twice
+    ((name, seq, lines),) = commands(transport)
+    assert name == "remove" and "call_id: a" in lines
+    assert dispatcher.recorder.records == []
+    answer(link, seq, json.dumps(record("a")))
+    (done,) = dispatcher.recorder.records
+    assert (done["end_reason"], done["timed_out"], done["dialog_id"]) == ("bye", False, "3:4")
+    assert "a" not in dispatcher.table
+    dispatcher.stop()
+
+
+def test_a_remove_waits_for_a_relay_that_is_away_even_across_a_restart(tmp_path):
+    clock, registry, dispatcher = make(tmp_path)
+    link, transport = link_from(registry, "192.0.2.1")
+    commands(transport)
+    set_up_call(dispatcher, link, transport, "a")
+    link.connectionLost(None)
+    assert handled(dispatcher, remove("a", "ft", "tt")) == ["removed"]
+    dispatcher.stop()
+    clock, registry, dispatcher = make(tmp_path)
+    assert dispatcher.table.get("a").removal == ["call_id: a", "from_tag: ft", "to_tag: tt"]
+    link, transport = link_from(registry, "192.0.2.1")
+    ((_, seq, _),) = commands(transport)
+    answer(link, seq, json.dumps([record("a")]))  # an original relay's answer: all at once
+    ((name, seq, lines),) = commands(transport)
+    assert name == "remove" and lines == ["call_id: a", "from_tag: ft", "to_tag: tt"]
+    answer(link, seq, json.dumps(record("a")))
+    assert [done["call_id"] for done in dispatcher.recorder.records] == ["a"]
+    dispatcher.stop()
+
+
+def test_a_relay_reconnecting_gives_back_the_calls_the_table_lost(tmp_path):
+    _, registry, dispatcher = make(tmp_path)
+    dispatcher.table.set("gone", CallEntry("192.0.2.1", "5:5"))
+    link, transport = link_from(registry, "192.0.2.1")
+    ((_, seq, _),) = commands(transport)
+    mine, other = record("mine", yours=True, dialog_id="8:9"), record("other")
+    answer(link, seq, statistics.format_page([json.dumps(mine), json.dumps(other)], None))
+    assert dispatcher.table.get("mine") == CallEntry("192.0.2.1", "8:9")
+    assert "other" not in dispatcher.table  # another dispatcher's call
+    assert "gone" not in dispatcher.table and dispatcher.recorder.ended == [("gone", "5:5")]
+    dispatcher.stop()
+
+
+def test_end_reasons_and_timed_out(tmp_path):
+    _, registry, dispatcher = make(tmp_path)
+    link, transport = link_from(registry, "192.0.2.1")
+    commands(transport)
+    cases = {
+        "shutdown": (record("shutdown", end_reason="relay shutdown", streams=[{"status": "closed"}]), "relay shutdown", False),
+        "old-shutdown": (record("old-shutdown", streams=[{"status": "closed"}]), "relay shutdown", False),
+        "silent": (record("silent", streams=[{"status": "closed"}, {"status": "no-traffic timeout"}]), "no-traffic timeout", True),
+        "held": (record("held", streams=[{"status": "on hold timeout"}]), "on-hold timeout", True),
+        "kernel": (record("kernel", end_reason="conntrack timeout"), "conntrack timeout", True),
+        "ice": (record("ice", streams=[{"status": "unselected ICE candidate"}]), "unselected ICE candidate", False),
+    }
+    for call_id, (statistics_record, _, _) in cases.items():
+        dispatcher.table.set(call_id, CallEntry("192.0.2.1"))
+        link.lineReceived(b"expired " + json.dumps(statistics_record).encode())
+    got = {done["call_id"]: (done["end_reason"], done["timed_out"]) for done in dispatcher.recorder.records}
+    assert got == {call_id: (reason, timed_out) for call_id, (_, reason, timed_out) in cases.items()}
     dispatcher.stop()
 
 
@@ -77,14 +231,44 @@ def test_timed_out_relay_recovers_on_ping_or_is_dropped(tmp_path):
     dispatcher.stop()
 
 
-def test_state_is_saved_periodically_and_atomically(tmp_path):
-    clock, _, dispatcher = make(tmp_path)
+def _journal_lines(tmp_path):
+    with open(os.path.join(tmp_path, "dispatcher_state.journal")) as stream:
+        return stream.read().splitlines()
+
+
+def test_every_change_is_in_the_journal_at_once_and_survives_a_kill(tmp_path):
+    _, _, dispatcher = make(tmp_path)
     dispatcher.table.set("a", CallEntry("192.0.2.1", "4:5"))
-    clock.advance(STATE_SAVE_INTERVAL)
+    dispatcher.table.set("b", CallEntry("192.0.2.1"))
+    dispatcher.table.pop("b")
+    assert [json.loads(line) for line in _journal_lines(tmp_path)] == [
+        {"set": "a", "entry": {"relay_ip": "192.0.2.1", "dialog_id": "4:5", "expire_time": None, "removal": None}},
+        {"set": "b", "entry": {"relay_ip": "192.0.2.1", "dialog_id": None, "expire_time": None, "removal": None}},
+        {"pop": "b"},
+    ]
+    # killed: no stop(); a torn last line (the machine went down mid-write) is ignored
+    with open(os.path.join(tmp_path, "dispatcher_state.journal"), "a") as stream:
+        stream.write('{"set": "c", "ent')
+    _, _, again = make(tmp_path)
+    assert again.table.entries == {"a": CallEntry("192.0.2.1", "4:5")}
+    again.stop()
     with open(os.path.join(tmp_path, "dispatcher_state")) as stream:
-        assert json.load(stream)["sessions"]["a"]["dialog_id"] == "4:5"
+        assert list(json.load(stream)["sessions"]) == ["a"]
+    assert not os.path.exists(os.path.join(tmp_path, "dispatcher_state.journal"))
     assert not os.path.exists(os.path.join(tmp_path, "dispatcher_state.tmp"))
-    dispatcher.stop()
+
+
+def test_the_journal_is_folded_into_the_snapshot_as_it_grows(tmp_path):
+    _, _, dispatcher = make(tmp_path)
+    for number in range(3000):  # calls come and go; a hundred stay
+        dispatcher.table.set(f"call-{number}", CallEntry("192.0.2.1"))
+        if number % 30:
+            dispatcher.table.pop(f"call-{number}")
+    assert len(_journal_lines(tmp_path)) <= 1000
+    _, _, again = make(tmp_path)  # snapshot + journal, without a clean stop
+    assert set(again.table.entries) == {f"call-{number}" for number in range(0, 3000, 30)}
+    again.stop()
+    os.close(dispatcher.journal.fd)  # the first instance was "killed"
 
 
 def test_corrupt_state_file_is_set_aside(tmp_path):

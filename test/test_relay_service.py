@@ -17,6 +17,7 @@ from mediaproxy.relay.link import DispatcherLink
 from mediaproxy.relay.service import RelayService
 from mediaproxy.testing import FakeBinder
 from mediaproxy.tls import Credentials
+from mediaproxy.wire import statistics
 
 UPDATE_C1 = (
     b"update 0\r\ntype: request\r\ncall_id: c1\r\ncseq: 1\r\nfrom_uri: a\r\nto_uri: b\r\nfrom_tag: ft\r\nuser_agent: ua\r\n"
@@ -117,7 +118,35 @@ def test_expiry_is_reported_to_the_dispatcher_that_created_the_session():
     reactor.advance(6)
     line = transport.value().decode().strip()
     assert line.startswith("expired ")
-    assert json.loads(line[len("expired ") :])["call_id"] == "c1"
+    expired = json.loads(line[len("expired ") :])
+    assert (expired["call_id"], expired["end_reason"]) == ("c1", "no-traffic timeout")
+
+
+def test_sessions_come_in_pages_that_mark_the_asking_dispatchers_own(monkeypatch):
+    relay, _ = make_relay("127.0.0.1 127.0.0.2")
+    relay.startService()
+    first, first_transport = connect_link(relay, ("127.0.0.1", 25060))
+    second, _ = connect_link(relay, ("127.0.0.2", 25060))
+    for number in range(5):
+        link = first if number % 2 == 0 else second
+        link.dataReceived(UPDATE_C1.replace(b"call_id: c1", f"call_id: c{number}".encode()))
+    first_transport.clear()
+    monkeypatch.setattr(statistics, "PAGE_BYTES", 1)  # one session a page
+    seen, position, seq = [], 0, 100
+    while position is not None:
+        first.dataReceived(f"sessions {seq}\r\npage: {position}\r\n\r\n".encode())
+        answer_seq, payload = first_transport.value().decode().strip().split(" ", 1)
+        first_transport.clear()
+        page = statistics.parse_sessions(payload)
+        assert answer_seq == str(seq) and len(page.records) == 1
+        seen += [(record["call_id"], record.get("yours", False)) for record in page.records]
+        if len(seen) == 2:  # a session that ends while the listing goes on is not listed; the others are
+            first.dataReceived(b"remove 99\r\ncall_id: c2\r\nfrom_tag: ft\r\n\r\n")
+            first_transport.clear()
+        position, seq = page.next, seq + 1
+    assert seen == [("c0", True), ("c1", False), ("c3", False), ("c4", True)]
+    first.dataReceived(b"sessions 7\r\npage: x\r\n\r\n")
+    assert first_transport.value() == b"7 error\r\n"
 
 
 def test_dispatcher_names_use_srv_then_a():
@@ -163,6 +192,7 @@ def test_hard_shutdown_reports_every_session_and_disconnects():
     transport.clear()
     done = relay.stopService()
     assert transport.value().startswith(b"expired ")
+    assert json.loads(transport.value().decode().split(" ", 1)[1])["end_reason"] == "relay shutdown"
     assert transport.disconnecting
     link.connectionLost(Failure(Exception("closed")))
     assert done.called

@@ -200,7 +200,12 @@ def test_statistics_records_are_checked_field_by_field():
     ]:
         with pytest.raises(ValueError, match=problem):
             statistics.parse_record(json.dumps(bad))
-    assert statistics.parse_sessions(json.dumps([good, good])) == [good, good]
+    assert statistics.parse_sessions(json.dumps([good, good])) == statistics.SessionList([good, good])
+    page = statistics.format_page([json.dumps(good)], 7)
+    assert statistics.parse_sessions(page) == statistics.SessionList([good], 7)
+    for bad in ('{"sessions": [], "next": -1}', '{"sessions": [], "next": true}', '{"sessions": {}}', '{"next": 3}'):
+        with pytest.raises(ValueError):
+            statistics.parse_sessions(bad)
     with pytest.raises(ValueError):
         statistics.parse_sessions(json.dumps({"call_id": "c"}))
 

@@ -2,22 +2,21 @@
 
 from __future__ import annotations
 
+import json
 import os
 
 from twisted.internet import defer, task
 from twisted.logger import Logger
 
-from mediaproxy.dispatcher.relays import RelayError, RelayRegistry
-from mediaproxy.dispatcher.sessions import STATE_FILE, CallEntry, CallTable
+from mediaproxy.dispatcher.relays import RelayDisconnected, RelayError, RelayLink, RelayRegistry, RelayTimeout
+from mediaproxy.dispatcher.sessions import STATE_FILE, CallEntry, CallTable, Journal
 from mediaproxy.plugin import PluginSet
 from mediaproxy.wire import statistics
-from mediaproxy.wire.control import ProxyRequest
+from mediaproxy.wire.control import ProxyRequest, encode_lines
 
 log = Logger(namespace="dispatcher")
 
-UNSELECTED_ICE = "unselected ICE candidate"
 EXPIRED_CHECK_INTERVAL = 600
-STATE_SAVE_INTERVAL = 5
 
 
 class Dispatcher:
@@ -28,13 +27,15 @@ class Dispatcher:
         self.plugins = plugins
         self.config = config
         self.table = CallTable()
-        self.state_path = os.path.join(runtime_dir, STATE_FILE)
+        self.journal = Journal(os.path.join(runtime_dir, STATE_FILE), clock)
         self.dead_relay_timers: dict[str, object] = {}
+        # call_id → (the statistics its relay last reported, as JSON text; when): what a call's
+        # record says when its relay is lost for good
+        self.last_known: dict[str, tuple[str, float]] = {}
         self.stopped = False
-        self._loops = [
-            self._loop(self.cleanup_expired_sessions, EXPIRED_CHECK_INTERVAL),
-            self._loop(self.save_state_if_changed, STATE_SAVE_INTERVAL),
-        ]
+        self._loops = [self._loop(self.cleanup_expired_sessions, EXPIRED_CHECK_INTERVAL)]
+        if config.statistics_pull_interval:
+            self._loops.append(self._loop(self.pull_statistics, config.statistics_pull_interval))
 
     def _loop(self, function, interval: int) -> tuple[task.LoopingCall, int]:  # noqa: ANN001
         loop = task.LoopingCall(function)
@@ -44,9 +45,10 @@ class Dispatcher:
     # -- life cycle
 
     def start(self) -> None:
-        restored = self.table.load(self.state_path)
+        restored = self.journal.load(self.table)
+        self.journal.open(self.table)
         if restored:
-            log.info("Restored {count} calls from {path}", count=restored, path=self.state_path)
+            log.info("Restored {count} calls from {path}", count=restored, path=self.journal.path)
         for ip in self.table.relay_ips():
             if self.registry.get(ip) is None:
                 self._start_dead_relay_timer(ip)
@@ -62,17 +64,7 @@ class Dispatcher:
             if timer.active():
                 timer.cancel()
         self.dead_relay_timers.clear()
-        self.save_state()
-
-    def save_state(self) -> None:
-        try:
-            self.table.save(self.state_path)
-        except OSError as error:
-            log.error("Cannot save the call table to {path}: {error}", path=self.state_path, error=error)
-
-    def save_state_if_changed(self) -> None:
-        if self.table.dirty:
-            self.save_state()
+        self.journal.close()
 
     # -- proxy requests
 
@@ -89,16 +81,22 @@ class Dispatcher:
     def _route(self, request: ProxyRequest):  # noqa: ANN202
         call_id = request.call_id
         entry = self.table.get(call_id)
+        if entry is not None and entry.removal is not None:
+            if request.command == "remove":
+                return "removed"  # a retransmission: the first one is on its way
+            log.warn("update for call {call_id}, which is being removed", call_id=call_id)
+            return "error"
         if entry is not None and entry.expire_time is None:
+            if request.command == "remove":
+                return self._remove(request, entry)
             return self._to_known_relay(request, entry)
         if request.command == "update":
             return self._to_new_relay(request)
-        if entry is not None and request.command == "remove":
+        if entry is not None:
             self.table.pop(call_id)
             log.info("Call {call_id} removed after its dialog was ended", call_id=call_id)
             return "removed"
-        log.warn("{command} for unknown call {call_id}", command=request.command, call_id=call_id)
-        return "error"
+        return self._locate_and_remove(request)
 
     @defer.inlineCallbacks
     def _to_known_relay(self, request: ProxyRequest, entry: CallEntry):  # noqa: ANN202
@@ -122,11 +120,9 @@ class Dispatcher:
                 error=error,
             )
             return "error"
-        if request.command == "remove":
-            return self._removed(request.call_id, entry, payload)
-        if entry.dialog_id is None and request.headers.get("dialog_id"):
+        if entry.dialog_id is None and request.headers.get("dialog_id") and self.table.get(request.call_id) is entry:
             entry.dialog_id = request.headers["dialog_id"]
-            self.table.dirty = True
+            self.table.set(request.call_id, entry)
         return self._update_reply(request, payload, entry.relay_ip)
 
     @defer.inlineCallbacks
@@ -165,19 +161,77 @@ class Dispatcher:
             return "error"
         return payload
 
-    def _removed(self, call_id: str, entry: CallEntry, payload: str) -> str:
+    # -- removing: answered at once (the proxy ignores the answer's body, and a proxy that
+    # waits for it may lose the BYE it is about to send); the relay's statistics follow
+
+    def _remove(self, request: ProxyRequest, entry: CallEntry) -> str:
+        entry.removal = list(request.lines)
+        self.table.set(request.call_id, entry)
+        self._send_remove(request.call_id, entry)
+        return "removed"
+
+    def _send_remove(self, call_id: str, entry: CallEntry) -> None:
+        link = self.registry.get(entry.relay_ip)
+        if link is None:
+            log.info("Call {call_id} removed; its relay {ip} is away and is told when it is back", call_id=call_id, ip=entry.relay_ip)
+            return
+        link.send_command("remove", encode_lines(entry.removal)).addCallbacks(
+            self._removed, self._remove_failed, callbackArgs=(call_id, entry), errbackArgs=(call_id, entry)
+        )
+
+    def _removed(self, payload: str, call_id: str, entry: CallEntry) -> None:
+        if self.table.get(call_id) is not entry:
+            return  # accounted meanwhile (its expiry crossed the remove)
         self.table.pop(call_id)
+        self.last_known.pop(call_id, None)
         try:
             record = statistics.parse_record(payload)
         except ValueError as error:
             log.error("Relay {ip} sent undecodable statistics for call {call_id}: {error}", ip=entry.relay_ip, call_id=call_id, error=error)
-            return "removed"
-        record["dialog_id"] = entry.dialog_id
-        record["timed_out"] = False
-        self._account(record)
-        return "removed"
+            return
+        self._account(record, entry, statistics.BYE)
 
-    def _account(self, record: dict) -> None:
+    def _remove_failed(self, failure, call_id: str, entry: CallEntry) -> None:  # noqa: ANN001
+        if self.table.get(call_id) is not entry:
+            return
+        if failure.check(RelayTimeout):
+            log.warn("Relay {ip} did not answer the remove of call {call_id}; asking again later", ip=entry.relay_ip, call_id=call_id)
+            self.clock.callLater(self.config.relay_recover_interval, self._remove_again, call_id, entry)
+        elif failure.check(RelayError) and not failure.check(RelayDisconnected):
+            self.table.pop(call_id)
+            log.warn("Relay {ip} could not remove call {call_id}: {error}", ip=entry.relay_ip, call_id=call_id, error=failure.value)
+        # disconnected: sent again when the relay is back (relay_up)
+
+    def _remove_again(self, call_id: str, entry: CallEntry) -> None:
+        if self.table.get(call_id) is entry and not self.stopped:
+            self._send_remove(call_id, entry)
+
+    @defer.inlineCallbacks
+    def _locate_and_remove(self, request: ProxyRequest):  # noqa: ANN202
+        """A remove for a call this dispatcher does not know: another proxy may have set it up on a
+        relay we share. The relay that has it answers with its statistics; the others say error."""
+        links = [link for link in self.registry.relays.values() if link.accepted]
+        results = yield defer.DeferredList([link.send_command("remove", request.encode_headers()) for link in links], consumeErrors=True)
+        for link, (ok, payload) in zip(links, results):
+            if not ok:
+                continue
+            log.info("Call {call_id}, unknown here, was found and removed on relay {ip}", call_id=request.call_id, ip=link.ip)
+            try:
+                record = statistics.parse_record(payload)
+            except ValueError as error:
+                log.error(
+                    "Relay {ip} sent undecodable statistics for call {call_id}: {error}", ip=link.ip, call_id=request.call_id, error=error
+                )
+                return "removed"
+            self._account(record, CallEntry(link.ip, request.headers.get("dialog_id")), statistics.BYE)
+            return "removed"
+        log.warn("remove for unknown call {call_id}: none of {count} relays has it", call_id=request.call_id, count=len(links))
+        return "error"
+
+    def _account(self, record: dict, entry: CallEntry, end_reason: str) -> None:
+        record["dialog_id"] = entry.dialog_id or record.get("dialog_id")
+        record["end_reason"] = end_reason
+        record["timed_out"] = end_reason in statistics.MEDIA_TIMEOUTS
         if record.get("start_time") is not None:
             self.plugins.session_ended(record)
 
@@ -188,22 +242,37 @@ class Dispatcher:
         if timer is not None and timer.active():
             timer.cancel()
         link = self.registry.get(ip)
-        link.send_command("sessions").addCallbacks(self._purge, self._purge_failed, callbackArgs=(ip,), errbackArgs=(ip,))
+        known = {call_id for call_id, _ in self.table.of_relay(ip)}
+        link.fetch_sessions().addCallbacks(self._reconcile, self._reconcile_failed, callbackArgs=(ip, known), errbackArgs=(ip,))
 
-    def _purge(self, payload: str, ip: str) -> None:
-        try:
-            present = {item["call_id"] for item in statistics.parse_sessions(payload)}
-        except ValueError as error:
-            log.error("Relay {ip} sent an undecodable sessions list: {error}", ip=ip, error=error)
-            return
+    def _reconcile(self, listing: statistics.SessionList, ip: str, known: set[str]) -> None:
+        """A relay (re)connected: its removes that waited go now; calls it no longer has are over;
+        calls of ours that only it knows (set up just before a crash) are taken back."""
+        present = {record["call_id"] for record in listing.records}
         for call_id, entry in self.table.of_relay(ip):
-            if entry.expire_time is None and call_id not in present:
+            if call_id not in known:
+                continue  # set up since the question was asked
+            if entry.removal is not None:
+                if call_id in present:
+                    self._send_remove(call_id, entry)
+                else:
+                    self.table.pop(call_id)
+                    log.warn("Call {call_id} was removed while relay {ip} was away, and it no longer has it", call_id=call_id, ip=ip)
+            elif entry.expire_time is None and call_id not in present:
                 log.warn("Call {call_id} is no longer on relay {ip}; its statistics are probably lost", call_id=call_id, ip=ip)
                 self.table.pop(call_id)
                 if entry.dialog_id:
                     self.plugins.end_dialog(call_id, entry.dialog_id)
+        adopted = 0
+        for record in listing.records:
+            if record.get("yours") and record["call_id"] not in self.table:
+                self.table.set(record["call_id"], CallEntry(ip, record.get("dialog_id")))
+                adopted += 1
+        if adopted:
+            log.warn("Took back {count} calls from relay {ip} that the call table had lost", count=adopted, ip=ip)
+        self._remember(listing.records)
 
-    def _purge_failed(self, failure, ip: str) -> None:  # noqa: ANN001
+    def _reconcile_failed(self, failure, ip: str) -> None:  # noqa: ANN001
         log.warn("Could not get the sessions of relay {ip}: {error}", ip=ip, error=failure.getErrorMessage())
 
     def relay_down(self, ip: str) -> None:
@@ -212,20 +281,24 @@ class Dispatcher:
 
     def _start_dead_relay_timer(self, ip: str) -> None:
         if ip not in self.dead_relay_timers:
-            self.dead_relay_timers[ip] = self.clock.callLater(self.config.cleanup_dead_relays_after, self._forget_dead_relay, ip)
+            grace = min(self.config.lost_relay_grace, self.config.cleanup_dead_relays_after)
+            self.dead_relay_timers[ip] = self.clock.callLater(grace, self._relay_lost, ip, grace)
 
-    def _forget_dead_relay(self, ip: str) -> None:
+    def _relay_lost(self, ip: str, grace: int) -> None:
+        """A relay stayed away: its calls end, each with the last statistics it reported."""
         self.dead_relay_timers.pop(ip, None)
         calls = self.table.of_relay(ip)
-        for call_id, _ in calls:
-            self.table.pop(call_id)
         if calls:
-            log.warn(
-                "Relay {ip} stayed away for {after}s; forgot its {count} calls",
-                ip=ip,
-                after=self.config.cleanup_dead_relays_after,
-                count=len(calls),
-            )
+            log.error("Relay {ip} stayed away for {after}s; ending its {count} calls", ip=ip, after=grace, count=len(calls))
+        for call_id, entry in calls:
+            self.table.pop(call_id)
+            known = self.last_known.pop(call_id, None)
+            if known is not None:
+                record = json.loads(known[0])
+                record["statistics_at"] = known[1]  # the record is as of then, not of the call's end
+                self._account(record, entry, statistics.BYE if entry.removal is not None else statistics.RELAY_LOST)
+            if entry.dialog_id and entry.removal is None and entry.expire_time is None:
+                self.plugins.end_dialog(call_id, entry.dialog_id)
 
     def expired(self, ip: str, text: str) -> None:
         try:
@@ -234,7 +307,6 @@ class Dispatcher:
             log.error("Relay {ip} sent an undecodable expired message: {error}; skipped it", ip=ip, error=error)
             return
         call_id = record["call_id"]
-        all_streams_ice = all(stream.get("status") == UNSELECTED_ICE for stream in record.get("streams", []))
         entry = self.table.get(call_id)
         if entry is None:
             log.error("Relay {ip} reported unknown call {call_id} as expired", ip=ip, call_id=call_id)
@@ -244,12 +316,13 @@ class Dispatcher:
                 "Ignoring expiry of call {call_id} from relay {ip}: the call is on {owner}", call_id=call_id, ip=ip, owner=entry.relay_ip
             )
             return
-        record["all_streams_ice"] = all_streams_ice
-        record["timed_out"] = not all_streams_ice
-        record["dialog_id"] = entry.dialog_id
-        log.info("Call {call_id} expired on relay {ip}", call_id=call_id, ip=ip)
-        self._account(record)
-        if entry.dialog_id and record.get("start_time") is not None and not all_streams_ice:
+        self.last_known.pop(call_id, None)
+        reason = statistics.expiry_reason(record)
+        record["all_streams_ice"] = reason == statistics.UNSELECTED_ICE
+        log.info("Call {call_id} expired on relay {ip} ({reason})", call_id=call_id, ip=ip, reason=reason)
+        self._account(record, entry, reason)
+        ends_dialog = reason != statistics.UNSELECTED_ICE and entry.removal is None
+        if entry.dialog_id and record.get("start_time") is not None and ends_dialog:
             self.table.mark_expired(call_id, self.clock.seconds())
             self.plugins.end_dialog(call_id, entry.dialog_id)
         else:
@@ -267,26 +340,46 @@ class Dispatcher:
                 after=self.config.cleanup_expired_sessions_after,
             )
 
+    # -- statistics kept for relays that may be lost
+
+    def pull_statistics(self) -> defer.Deferred:
+        links = [link for link in self.registry.relays.values() if link.accepted]
+        return defer.DeferredList([self._pull(link) for link in links], consumeErrors=True)
+
+    def _pull(self, link: RelayLink) -> defer.Deferred:
+        return link.fetch_sessions().addCallback(lambda listing: self._remember(listing.records))
+
+    def _remember(self, records: list[dict]) -> None:
+        now = self.clock.seconds()
+        for record in records:
+            call_id = record["call_id"]
+            if call_id in self.table and record.get("start_time") is not None:
+                record.pop("yours", None)
+                self.last_known[call_id] = (json.dumps(record, separators=(",", ":")), now)
+        for call_id in [call_id for call_id in self.last_known if call_id not in self.table]:
+            del self.last_known[call_id]
+
     # -- management
 
-    def _gather(self, command: str, parse) -> defer.Deferred:  # noqa: ANN001
+    def _gather(self, fetch) -> defer.Deferred:  # noqa: ANN001
         links = list(self.registry.relays.values())
-        deferreds = [link.send_command(command).addCallback(parse) for link in links]
-        return defer.DeferredList(deferreds, consumeErrors=True).addCallback(
+        return defer.DeferredList([fetch(link) for link in links], consumeErrors=True).addCallback(
             lambda results: [(link.ip, ok, value) for link, (ok, value) in zip(links, results)]
         )
 
     def relay_summaries(self) -> defer.Deferred:
-        return self._gather("summary", statistics.parse_summary).addCallback(
+        return self._gather(lambda link: link.send_command("summary").addCallback(statistics.parse_summary)).addCallback(
             lambda results: [value if ok and isinstance(value, dict) else {"status": "error", "ip": ip} for ip, ok, value in results]
         )
 
     def relay_sessions(self) -> defer.Deferred:
         def concatenate(results: list) -> list:
             sessions = []
-            for _ip, ok, value in results:
+            for _ip, ok, listing in results:
                 if ok:
-                    sessions.extend(value)
+                    for record in listing.records:
+                        record.pop("yours", None)
+                        sessions.append(record)
             return sessions
 
-        return self._gather("sessions", statistics.parse_sessions).addCallback(concatenate)
+        return self._gather(lambda link: link.fetch_sessions()).addCallback(concatenate)

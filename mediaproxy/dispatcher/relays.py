@@ -10,10 +10,13 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from mediaproxy.lineprotocol import BoundedLineReceiver
-from mediaproxy.wire import relaylink
+from mediaproxy.wire import relaylink, statistics
 from mediaproxy.wire.lines import OverlongLine
 
 log = Logger(namespace="dispatcher.relays")
+
+# a bound on one listing: pages hold at least one session each, and no relay has this many
+MAX_PAGES = 100_000
 
 
 class RelayError(Exception):
@@ -105,6 +108,21 @@ class RelayLink(BoundedLineReceiver):
         self.pending[seq] = (deferred, timer)
         self.transport.write(relaylink.format_command(command, seq, header_block))
         return deferred
+
+    @defer.inlineCallbacks
+    def fetch_sessions(self):  # noqa: ANN201 - a Deferred firing with a statistics.SessionList
+        """All the relay's sessions, page by page (a relay of ours), or in one answer (the original)."""
+        listing = statistics.SessionList()
+        position = 0
+        for _ in range(MAX_PAGES):
+            page = statistics.parse_sessions((yield self.send_command("sessions", relaylink.page_request(position))))
+            listing.records.extend(page.records)
+            if page.next is None:
+                return listing
+            if page.next <= position:
+                raise RelayError(f"the relay's pages of sessions go back from {position} to {page.next}")
+            position = page.next
+        raise RelayError(f"the relay's sessions took more than {MAX_PAGES} pages")
 
     def _reply(self, message: relaylink.Reply) -> None:
         entry = self.pending.pop(message.seq, None)

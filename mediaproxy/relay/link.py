@@ -12,7 +12,7 @@ from zope.interface import implementer
 from mediaproxy.lineprotocol import BoundedLineReceiver
 from mediaproxy.relay.session import Halting, UpdateError
 from mediaproxy.wire import headers as wire_headers
-from mediaproxy.wire import relaylink
+from mediaproxy.wire import relaylink, statistics
 from mediaproxy.wire.lines import OverlongLine
 
 log = Logger(namespace="relay.link")
@@ -105,7 +105,7 @@ class DispatcherLink(BoundedLineReceiver):
                 return json.dumps(statistics)
             if command.command == "summary":
                 return json.dumps(relay.summary())
-            return json.dumps(manager.statistics())
+            return self.sessions_answer(command.lines)
         except Halting:
             return "halting"
         except UpdateError as error:
@@ -114,6 +114,30 @@ class DispatcherLink(BoundedLineReceiver):
         except Exception:  # noqa: BLE001 - a bug in one call must not take the relay down
             log.failure("{command} for call {call_id} failed", command=command.command, call_id=headers.get("call_id"))
             return "error"
+
+    def sessions_answer(self, lines: list[str]) -> str:
+        """All sessions at once for a dispatcher that asks so (the original), else the page of
+        about PAGE_BYTES that starts at the asked position, marking this dispatcher's own sessions."""
+        try:
+            position = relaylink.parse_page_request(lines)
+        except ValueError as error:
+            raise UpdateError(str(error)) from None
+        sessions = self.connector.relay.sessions.sessions
+        if position is None:
+            return json.dumps(self.connector.relay.sessions.statistics())
+        page: list[str] = []
+        size = 0
+        for session in sessions.values():
+            if session.serial < position:
+                continue
+            if size >= statistics.PAGE_BYTES:
+                return statistics.format_page(page, session.serial)
+            record = session.statistics()
+            if session.dispatcher == self.connector.key:
+                record["yours"] = True
+            page.append(json.dumps(record))
+            size += len(page[-1])
+        return statistics.format_page(page, None)
 
     def reply(self, seq: str, payload: str) -> None:
         self.transport.write(relaylink.format_reply(seq, payload))

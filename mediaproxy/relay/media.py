@@ -9,12 +9,12 @@ from __future__ import annotations
 from twisted.logger import Logger
 
 from mediaproxy.relay import packets
+from mediaproxy.wire.statistics import UNSELECTED_ICE
 
 log = Logger(namespace="relay.media")
 
 CALLER, CALLEE = "caller", "callee"
 ALIVE = ("active", "on hold")
-UNSELECTED_ICE = "unselected ICE candidate"
 # conntrack counts whole IP packets; userspace counts the same way so both paths report alike
 IP_UDP_OVERHEAD = 28
 

@@ -6,6 +6,8 @@ sockets for a port pair and a ``forwarder`` for the kernel path.
 
 from __future__ import annotations
 
+import itertools
+
 from twisted.internet import task
 from twisted.logger import Logger
 
@@ -14,6 +16,7 @@ from mediaproxy.ratelimit import Refusals
 from mediaproxy.relay.media import ALIVE, CALLEE, CALLER, Stream
 from mediaproxy.relay.packets import Routability
 from mediaproxy.relay.ports import PortPool, PortsExhausted
+from mediaproxy.wire import statistics as records
 from mediaproxy.wire.headers import REMOVE_REQUIRED, UPDATE_REQUIRED, SignalingInfo, parse_signaling_ip
 
 log = Logger(namespace="relay.session")
@@ -30,7 +33,8 @@ class Halting(Exception):
 class Session:
     __slots__ = (
         "manager", "clock", "dispatcher", "call_id", "caller_tag", "from_uri", "to_uri", "to_tag", "caller_ua", "callee_ua",
-        "signaling", "created", "start_time", "end_time", "ended", "streams", "offers", "pair", "previous_pair",
+        "signaling", "created", "start_time", "end_time", "ended", "end_reason", "streams", "offers", "pair", "previous_pair",
+        "serial", "dialog_id",
     )  # fmt: skip
 
     def __init__(self, manager: SessionManager, headers: dict, dispatcher: object) -> None:
@@ -53,6 +57,9 @@ class Session:
         self.offers: dict[tuple[int, int], list[Stream]] = {}
         self.streams: list[Stream] = []
         self.ended = False
+        self.end_reason: str | None = None
+        self.serial = next(manager.serials)  # creation order, where a page of sessions starts
+        self.dialog_id: str | None = headers.get("dialog_id")  # for a dispatcher that lost its call table
 
     @property
     def key(self) -> tuple[str, str]:
@@ -70,6 +77,8 @@ class Session:
         to_tag = headers.get("to_tag")
         if is_caller and to_tag and self.to_tag is None:
             self.to_tag = to_tag
+        if self.dialog_id is None and headers.get("dialog_id"):
+            self.dialog_id = headers["dialog_id"]
         if party == CALLER and self.caller_ua is None:
             self.caller_ua = headers["user_agent"]
         elif party == CALLEE and self.callee_ua is None:
@@ -161,13 +170,14 @@ class Session:
 
     def stream_expired(self, stream: Stream) -> None:
         if not self.alive_streams():
-            self.manager.session_expired(self)
+            self.manager.session_expired(self, records.stream_end_reason(stream.status) or records.NO_TRAFFIC)
 
-    def end(self) -> None:
+    def end(self, reason: str) -> None:
         """Close every stream; the session keeps its statistics."""
         if self.ended:
             return
         self.ended = True
+        self.end_reason = reason
         self.end_time = self.clock.seconds()
         for stream in self.streams:
             stream.close("closed")
@@ -195,6 +205,8 @@ class Session:
             "caller_ua": self.caller_ua or "Unknown",
             "callee_ua": self.callee_ua or "Unknown",
             "username": self.signaling.username,
+            "end_reason": self.end_reason,
+            "dialog_id": self.dialog_id,
             "streams": [stream.statistics(self.start_time, duration) for stream in answered],
         }
 
@@ -242,7 +254,8 @@ class SessionManager:
         self.routable = Routability(config.routable_private_ranges)
         self.forwarder = forwarder or NoKernelForwarding()
         self.bind_addresses = bind_addresses or (lambda signaling: (relay_ip, relay_ip))
-        self.sessions: dict[tuple[str, str], Session] = {}
+        self.sessions: dict[tuple[str, str], Session] = {}  # in creation order: ascending serials
+        self.serials = itertools.count(1)
         self.halting = False
         self.started = clock.seconds()
         self.closed_bytes = 0
@@ -268,7 +281,7 @@ class SessionManager:
         try:
             reply = session.update(headers)
         except Exception:
-            session.end()
+            session.end(records.BYE)
             raise
         self.sessions[session.key] = session
         log.info("New session {call_id} ({streams} streams)", call_id=session.call_id, streams=len(session.streams))
@@ -281,19 +294,19 @@ class SessionManager:
         session = self.find(headers["call_id"], headers["from_tag"], headers.get("to_tag"))
         if session is None:
             raise UpdateError(f"remove for unknown session {headers['call_id']}")
-        return self._close(session)
+        return self._close(session, records.BYE)
 
-    def _close(self, session: Session) -> dict:
-        session.end()
+    def _close(self, session: Session, reason: str) -> dict:
+        session.end(reason)
         self.sessions.pop(session.key, None)
         self.closed_bytes += session.relayed_bytes()
         return session.statistics()
 
-    def session_expired(self, session: Session) -> None:
+    def session_expired(self, session: Session, reason: str) -> None:
         if session.key not in self.sessions:
             return
-        statistics = self._close(session)
-        log.info("Session {call_id} expired", call_id=session.call_id)
+        statistics = self._close(session, reason)
+        log.info("Session {call_id} expired ({reason})", call_id=session.call_id, reason=reason)
         self.on_expired(session, statistics)
 
     def start_idle_checks(self) -> None:
@@ -315,8 +328,9 @@ class SessionManager:
                     stream.rtp.check_idle(now, self.idle_timeout)
 
     def expire_all(self) -> None:
+        """The relay stops: every session ends, and its record says so."""
         for session in list(self.sessions.values()):
-            self.session_expired(session)
+            self.session_expired(session, records.RELAY_SHUTDOWN)
 
     def create_stream(self, session: Session, media_type: str) -> Stream:
         caller_ip, callee_ip = self.bind_addresses(session.signaling)

@@ -32,7 +32,12 @@ class ProxyRequest:
         return self.headers["call_id"]
 
     def encode_headers(self) -> bytes:
-        return b"".join(line.encode("utf-8") + b"\r\n" for line in self.lines)
+        return encode_lines(self.lines)
+
+
+def encode_lines(lines: list[str]) -> bytes:
+    """Header lines as they go on to a relay."""
+    return b"".join(line.encode("utf-8") + b"\r\n" for line in lines)
 
 
 def parse_request(lines: list[str]) -> ProxyRequest:

@@ -52,6 +52,26 @@ class Garbage:
 RelayMessage = Reply | Expired | Ping | Garbage
 
 
+PAGE_HEADER = "page"
+
+
+def page_request(position: int) -> bytes:
+    """The header block of ``sessions`` asking for the page that starts at ``position`` (0: a fresh listing)."""
+    return f"{PAGE_HEADER}: {position}\r\n".encode()
+
+
+def parse_page_request(lines: list[str]) -> int | None:
+    """Where the asked page starts; None for the original's request for everything at once."""
+    for line in lines:
+        name, _, value = line.partition(": ")
+        if name == PAGE_HEADER:
+            position = ascii_decimal(value, max_digits=9)
+            if position is None:
+                raise ValueError(f"page {value[:20]!r} is not a position")
+            return position
+    return None
+
+
 def parse_relay_line(line: str) -> RelayMessage:
     if line == "ping":
         return Ping()

@@ -14,9 +14,10 @@ from twisted.trial import unittest as trial
 from harness import ROOT, LogCollector, program_command
 from mediaproxy import certgen, configuration
 from mediaproxy.accounting import radius, sql
+from mediaproxy.accounting import spool as spool_module
 from mediaproxy.accounting.delivery import MAX_BACKOFF, BackendUnavailable, DeliveryQueue, RecordRejected, ThreadRunner
 from mediaproxy.accounting.plugin import STOP_TIMEOUT, AccountingPlugin
-from mediaproxy.accounting.spool import Spool, SpoolError
+from mediaproxy.accounting.spool import Spool, SpoolError, SpoolFull
 from mediaproxy.process import StartupError
 
 
@@ -227,13 +228,15 @@ def test_stop_waits_for_the_record_in_flight(tmp_path):
 def test_unwritable_spool_logs_the_whole_record(tmp_path):
     queue, _ = make_queue(tmp_path, ScriptedBackend())
     queue.spool.directory = str(tmp_path / "vanished")
+    queue.backend.script = [BackendUnavailable("down")]
     collector = LogCollector()
     globalLogPublisher.addObserver(collector)
     try:
         queue.add(record(7))
     finally:
         globalLogPublisher.removeObserver(collector)
-    assert "cannot spool the record of call call-7@example.com" in collector.text()
+    assert "cannot write to its spool" in collector.text()
+    assert "call call-7@example.com is held in memory only" in collector.text()
     assert '"call_id": "call-7@example.com"' in collector.text()
 
 
@@ -456,3 +459,68 @@ def test_the_table_is_created_when_the_plugin_starts(tmp_path):
     plugin.start()
     tables = sqlite3.connect(path).execute("SELECT name FROM sqlite_master WHERE type = 'table'").fetchall()
     assert ("media_sessions",) in tables
+
+
+@pytest.fixture
+def tiny_disk(tmp_path):
+    """A real filesystem of 64 KiB that the test can fill (tmpfs; needs root, as the suite has)."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small tmpfs needs root")
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "mp-test-disk", str(mount)], check=True)
+    yield mount
+    subprocess.run(["umount", "-l", str(mount)], check=True)
+
+
+def _fill(directory):
+    descriptor = os.open(directory / "filler", os.O_WRONLY | os.O_CREAT)
+    try:
+        while os.write(descriptor, b"\0" * 4096):
+            pass
+    except OSError:
+        pass  # full
+    finally:
+        os.close(descriptor)
+
+
+def test_a_full_spool_disk_loses_no_record_and_keeps_the_order(tiny_disk):
+    down = BackendUnavailable("connection refused")
+    backend = ScriptedBackend([None, down])
+    clock = task.Clock()
+    spool = Spool(str(tiny_disk / "spool"))
+    queue = DeliveryQueue("test", backend, spool, clock, defer.maybeDeferred)
+    queue.start()
+    queue.add(record(0))  # spooled and delivered
+    _fill(tiny_disk)
+    queue.add(record(1))  # backend down now: held in memory, in order
+    queue.add(record(2))
+    assert queue.status()["held_in_memory"] == 2 and queue.status()["spooled"] == 2
+    clock.advance(1)  # the backend is back: held records go straight from memory
+    assert backend.delivered == [f"call-{n}@example.com" for n in range(3)]
+    assert queue.status()["held_in_memory"] == 0
+    # with the backend down and the disk full, records wait in memory and reach the spool once there is room
+    backend.script = [down] * 4
+    queue.add(record(3))
+    os.unlink(tiny_disk / "filler")
+    clock.advance(5)
+    assert queue.status()["held_in_memory"] == 0
+    assert sorted(os.listdir(tiny_disk / "spool")) == ["000000000004.json", "rejected"]
+    for _ in range(30):  # the backoff goes on: 4 s, then 8 s
+        clock.advance(1)
+    assert backend.delivered[-1] == "call-3@example.com" and os.listdir(tiny_disk / "spool") == ["rejected"]
+
+
+def test_the_memory_hold_is_bounded(tmp_path, monkeypatch):
+    monkeypatch.setattr(spool_module, "MAX_HELD", 2)
+    spool = Spool(str(tmp_path / "spool"))
+
+    def disk_full(entry, content):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(spool, "_write", disk_full)
+    assert [spool.append(record(number), now=1.0).held for number in range(2)] == [True, True]
+    assert spool.last_error.errno == 28
+    with pytest.raises(SpoolFull):
+        spool.append(record(3), now=1.0)
+    assert spool.held == 2 and len(spool) == 2

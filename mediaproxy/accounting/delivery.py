@@ -18,13 +18,14 @@ from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.python import failure
 
-from mediaproxy.accounting.spool import Entry, Spool
+from mediaproxy.accounting.spool import Entry, Spool, SpoolFull
 
 log = Logger(namespace="accounting")
 
 MIN_BACKOFF = 1.0
 MAX_BACKOFF = 60.0
 BACKLOG_REPORT_INTERVAL = 60.0
+HELD_RETRY_INTERVAL = 5.0
 
 
 class BackendUnavailable(Exception):
@@ -107,6 +108,7 @@ class DeliveryQueue:
         self.delivered = 0
         self.rejected = 0
         self.stopping = False
+        self.held_timer = None
 
     # -- reactor side
 
@@ -121,19 +123,43 @@ class DeliveryQueue:
         self._next()
 
     def add(self, record: dict) -> None:
+        held_before = self.spool.held
         try:
-            self.spool.append(record, self.clock.seconds())
-        except OSError as error:
-            # the record must survive somewhere: the log is the last durable place left
-            log.critical(
-                "{name} accounting cannot spool the record of call {call_id} ({error}); the record: {record}",
-                name=self.name,
-                call_id=record.get("call_id"),
-                error=error,
-                record=json.dumps(record),
-            )
+            entry = self.spool.append(record, self.clock.seconds())
+        except SpoolFull as error:
+            self._last_resort(record, f"not kept: {error}")
             return
+        if entry.held:
+            # delivered from memory, and written to the spool once it can be; the log gets a
+            # copy for a dispatcher stopped before either happens
+            if not held_before:
+                log.critical(
+                    "{name} accounting cannot write to its spool {path} ({error}); holding records in memory until it can",
+                    name=self.name,
+                    path=self.spool.directory,
+                    error=self.spool.last_error,
+                )
+            self._last_resort(record, "held in memory only")
+            if self.held_timer is None:
+                self.held_timer = self.clock.callLater(HELD_RETRY_INTERVAL, self._write_held)
         self._next()
+
+    def _last_resort(self, record: dict, why: str) -> None:
+        log.critical(
+            "{name} accounting: the record of call {call_id} is {why}; the record: {record}",
+            name=self.name,
+            call_id=record.get("call_id"),
+            why=why,
+            record=json.dumps(record),
+        )
+
+    def _write_held(self) -> None:
+        self.held_timer = None
+        left = self.spool.write_held()
+        if left:
+            self.held_timer = self.clock.callLater(HELD_RETRY_INTERVAL, self._write_held)
+        else:
+            log.info("{name} accounting writes to its spool {path} again", name=self.name, path=self.spool.directory)
 
     def status(self) -> dict:
         now = self.clock.seconds()
@@ -142,6 +168,7 @@ class DeliveryQueue:
             "backend": self.name,
             "state": "unavailable" if self.outage_since is not None else "delivering" if len(self.spool) else "idle",
             "spooled": len(self.spool),
+            "held_in_memory": self.spool.held,
             "oldest_age": None if age is None else int(age),
             "delivered": self.delivered,
             "rejected": self.rejected,
@@ -152,9 +179,16 @@ class DeliveryQueue:
     def stop(self) -> defer.Deferred:
         """Stop after the record in flight (if any); spooled records wait for the next start."""
         self.stopping = True
-        if self.retry_timer is not None and self.retry_timer.active():
-            self.retry_timer.cancel()
-        self.retry_timer = None
+        for timer in (self.retry_timer, self.held_timer):
+            if timer is not None and timer.active():
+                timer.cancel()
+        self.retry_timer = self.held_timer = None
+        if self.spool.held and self.spool.write_held():
+            log.critical(
+                "{name} accounting: {count} records held in memory could not be spooled; they are in this log",
+                name=self.name,
+                count=self.spool.held,
+            )
         if len(self.spool):
             log.info(
                 "{name} accounting: {count} records stay spooled in {path}",
@@ -253,6 +287,8 @@ class DeliveryQueue:
             target = self.spool.reject(entry, reason)
         except OSError as error:
             target = f"{entry.path} (could not be moved aside: {error})"
+            if entry.held:
+                self._last_resort(entry.record, f"refused and not kept in {self.spool.rejected_directory}")
         call_id = record.get("call_id") if record else None
         log.error(
             "{name} accounting refused the record of call {call_id} ({reason}); kept in {target}",

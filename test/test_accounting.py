@@ -1,9 +1,12 @@
 """Accounting without servers: the spool, ordered delivery with backoff, RADIUS attributes, SQLite."""
 
+import gc
 import json
 import os
 import sqlite3
+import shutil
 import subprocess
+import tempfile
 import threading
 
 import pytest
@@ -524,3 +527,26 @@ def test_the_memory_hold_is_bounded(tmp_path, monkeypatch):
     with pytest.raises(SpoolFull):
         spool.append(record(3), now=1.0)
     assert spool.held == 2 and len(spool) == 2
+
+
+def test_database_accounting_memory_stays_flat_over_20000_records(tmp_path):
+    # on tmpfs when there is one: what is measured is our memory, not 20,000 fsyncs of this machine's disk
+    directory = tempfile.mkdtemp(prefix="mp-", dir="/dev/shm") if os.path.isdir("/dev/shm") else str(tmp_path)
+    backend = sql.SQLBackend(configuration.DatabaseConfig(dburi=f"sqlite://{directory}/accounting.sqlite"))
+    backend.prepare()
+    for number in range(2000):  # the connection, the driver and the statement caches warm up
+        backend.deliver(record(number))
+    gc.collect()
+    before = _resident()
+    for number in range(2000, 22000):
+        backend.deliver(record(number))
+    gc.collect()
+    grown = _resident() - before
+    backend.close()
+    shutil.rmtree(directory, ignore_errors=True)
+    assert grown < 1024 * 1024, f"{grown / 20000:.0f} bytes kept per record"  # 3.6 MB before the fix
+
+
+def _resident() -> int:
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")

@@ -189,6 +189,8 @@ class SQLBackend:
                 return ALREADY_RECORDED
             info = json.dumps(record)
             self.table(call_id=call_id, from_tag=from_tag, to_tag=to_tag, info=info if self.text_info else info.encode())
+            # even with caching off SQLObject keeps a weak reference per inserted row, forever
+            self.connection.cache.clear(self.table)
         except dberrors.DuplicateEntryError:
             return ALREADY_RECORDED
         except (dberrors.DataError, dberrors.IntegrityError) as error:

@@ -3,8 +3,8 @@
 import gc
 import json
 import os
-import sqlite3
 import shutil
+import sqlite3
 import subprocess
 import tempfile
 import threading

@@ -242,13 +242,13 @@ def test_every_change_is_in_the_journal_at_once_and_survives_a_kill(tmp_path):
     dispatcher.table.set("b", CallEntry("192.0.2.1"))
     dispatcher.table.pop("b")
     assert [json.loads(line) for line in _journal_lines(tmp_path)] == [
-        {"set": "a", "entry": {"relay_ip": "192.0.2.1", "dialog_id": "4:5", "expire_time": None, "removal": None}},
-        {"set": "b", "entry": {"relay_ip": "192.0.2.1", "dialog_id": None, "expire_time": None, "removal": None}},
+        {"set": "a", "value": {"relay_ip": "192.0.2.1", "dialog_id": "4:5", "expire_time": None, "removal": None}},
+        {"set": "b", "value": {"relay_ip": "192.0.2.1", "dialog_id": None, "expire_time": None, "removal": None}},
         {"pop": "b"},
     ]
     # killed: no stop(); a torn last line (the machine went down mid-write) is ignored
     with open(os.path.join(tmp_path, "dispatcher_state.journal"), "a") as stream:
-        stream.write('{"set": "c", "ent')
+        stream.write('{"set": "c", "val')
     _, _, again = make(tmp_path)
     assert again.table.entries == {"a": CallEntry("192.0.2.1", "4:5")}
     again.stop()
@@ -268,7 +268,7 @@ def test_the_journal_is_folded_into_the_snapshot_as_it_grows(tmp_path):
     _, _, again = make(tmp_path)  # snapshot + journal, without a clean stop
     assert set(again.table.entries) == {f"call-{number}" for number in range(0, 3000, 30)}
     again.stop()
-    os.close(dispatcher.journal.fd)  # the first instance was "killed"
+    os.close(dispatcher.state_file.fd)  # the first instance was "killed"
 
 
 def test_corrupt_state_file_is_set_aside(tmp_path):

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import json
-import os
 
 from twisted.internet import defer, task
 from twisted.logger import Logger
 
 from mediaproxy.dispatcher.relays import RelayDisconnected, RelayError, RelayLink, RelayRegistry, RelayTimeout
-from mediaproxy.dispatcher.sessions import STATE_FILE, CallEntry, CallTable, Journal
+from mediaproxy.dispatcher.sessions import CallEntry, CallTable, call_table_file
 from mediaproxy.plugin import PluginSet
 from mediaproxy.wire import statistics
 from mediaproxy.wire.control import ProxyRequest, encode_lines
@@ -27,7 +26,7 @@ class Dispatcher:
         self.plugins = plugins
         self.config = config
         self.table = CallTable()
-        self.journal = Journal(os.path.join(runtime_dir, STATE_FILE), clock)
+        self.state_file = call_table_file(runtime_dir, clock)
         self.dead_relay_timers: dict[str, object] = {}
         # call_id → (the statistics its relay last reported, as JSON text; when): what a call's
         # record says when its relay is lost for good
@@ -45,10 +44,9 @@ class Dispatcher:
     # -- life cycle
 
     def start(self) -> None:
-        restored = self.journal.load(self.table)
-        self.journal.open(self.table)
+        restored = self.table.restore(self.state_file)
         if restored:
-            log.info("Restored {count} calls from {path}", count=restored, path=self.journal.path)
+            log.info("Restored {count} calls from {path}", count=restored, path=self.state_file.path)
         for ip in self.table.relay_ips():
             if self.registry.get(ip) is None:
                 self._start_dead_relay_timer(ip)
@@ -64,7 +62,7 @@ class Dispatcher:
             if timer.active():
                 timer.cancel()
         self.dead_relay_timers.clear()
-        self.journal.close()
+        self.table.close()
 
     # -- proxy requests
 

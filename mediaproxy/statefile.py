@@ -1,0 +1,217 @@
+"""State that must outlive the process: a keyed table kept as a snapshot file plus a journal.
+
+Every change is appended to the journal as it happens, so a process killed at any moment loses
+nothing: the kernel keeps what was written even when the process dies at once, and an fsync
+follows within ``SYNC_DELAY`` for the machine going down. The journal is folded into the
+snapshot (written atomically) when it grows past a few times the table, and at a clean stop.
+
+The snapshot is ``{"version": n, <section>: {key: value}}``; journal lines are
+``{"set": key, "value": value}`` or ``{"pop": key}``; values are plain JSON.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable
+
+from twisted.logger import Logger
+
+log = Logger(namespace="statefile")
+
+JOURNAL_SUFFIX = ".journal"
+SYNC_DELAY = 0.05
+MIN_COMPACT_LINES = 1000
+RETRY_DELAY = 1.0
+
+
+class StateFile:
+    def __init__(self, path: str, section: str, version: int, clock, what: str) -> None:  # noqa: ANN001
+        self.path = path
+        self.journal_path = path + JOURNAL_SUFFIX
+        self.section = section
+        self.version = version
+        self.clock = clock
+        self.what = what  # for the log: "the call table"
+        self.fd: int | None = None
+        self.lines = 0
+        self.current: Callable[[], dict] | None = None  # the whole state now, for compaction
+        self._sync = None
+        self._retry = None
+        self.failed = False
+
+    # -- start: the snapshot, then the changes after it
+
+    def load(self) -> dict:
+        """What was kept: the snapshot with the journal replayed over it. A corrupt snapshot is set aside."""
+        try:
+            with open(self.path, encoding="utf-8") as stream:
+                data = json.load(stream)
+            state = data[self.section]
+            if not isinstance(state, dict):
+                raise TypeError(f"{self.section} is not an object")
+        except FileNotFoundError:
+            state = {}
+        except (OSError, ValueError, KeyError, TypeError) as error:
+            aside = f"{self.path}.corrupt"
+            log.error(
+                "Cannot restore {what} from {path} ({error}); moved it to {aside} and starting without it",
+                what=self.what,
+                path=self.path,
+                error=error,
+                aside=aside,
+            )
+            _replace_quietly(self.path, aside)
+            state = {}
+        self._replay(state)
+        return state
+
+    def _replay(self, state: dict) -> None:
+        try:
+            with open(self.journal_path, "rb") as stream:
+                content = stream.read()
+        except FileNotFoundError:
+            return
+        except OSError as error:
+            log.error("Cannot read the journal {path}: {error}", path=self.journal_path, error=error)
+            return
+        lines = content.split(b"\n")
+        for number, line in enumerate(lines, 1):
+            if not line.strip():
+                continue
+            try:
+                change = json.loads(line)
+                if "set" in change:
+                    state[str(change["set"])] = change["value"]
+                elif "pop" in change:
+                    state.pop(str(change["pop"]), None)
+                else:
+                    raise ValueError("neither set nor pop")
+            except (ValueError, KeyError, TypeError) as error:
+                # only the last line can be torn (the machine went down mid-write); anything else is worth a word
+                if number < len(lines) - 1:
+                    log.error("Skipped line {number} of {path}: {error}", number=number, path=self.journal_path, error=error)
+
+    def open(self, current: Callable[[], dict]) -> None:
+        """Fold what was loaded into a fresh snapshot and journal changes from now on."""
+        self.current = current
+        self.compact()
+
+    # -- running
+
+    def set(self, key: str, value: object) -> None:
+        self._append({"set": key, "value": value})
+
+    def pop(self, key: str) -> None:
+        self._append({"pop": key})
+
+    def _append(self, change: dict) -> None:
+        if self.fd is None:
+            return
+        try:
+            os.write(self.fd, json.dumps(change, separators=(",", ":")).encode() + b"\n")
+        except OSError as error:
+            self._failed(error)
+            return
+        self.lines += 1
+        if self._sync is None:
+            self._sync = self.clock.callLater(SYNC_DELAY, self.sync)
+        if self.lines > MIN_COMPACT_LINES and self.lines > 4 * len(self.current()):
+            self.compact()
+
+    def sync(self) -> None:
+        self._sync = None
+        if self.fd is not None:
+            try:
+                os.fsync(self.fd)
+            except OSError as error:
+                self._failed(error)
+
+    def compact(self) -> None:
+        """Write the whole state atomically, then start the journal afresh (replaying the old one
+        over the new snapshot would be harmless: its changes are already in it)."""
+        try:
+            _write_atomically(self.path, {"version": self.version, self.section: self.current()})
+            fd = os.open(self.journal_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND | os.O_CLOEXEC, 0o640)
+        except OSError as error:
+            self._failed(error)
+            return
+        self._close_fd()
+        self.fd = fd
+        self.lines = 0
+        if self.failed:
+            log.info("{what} is written again to {path}", what=self.what.capitalize(), path=self.path)
+            self.failed = False
+
+    def _failed(self, error: OSError) -> None:
+        if not self.failed:
+            log.critical(
+                "Cannot write {what} to {path} ({error}); what changes now is lost if the process stops before it can",
+                what=self.what,
+                path=self.path,
+                error=error,
+            )
+        self.failed = True
+        if self._retry is None:
+            # try again with the whole state, so nothing that could not be journalled is missed
+            self._retry = self.clock.callLater(RETRY_DELAY, self._try_again)
+
+    def _try_again(self) -> None:
+        self._retry = None
+        if self.failed:
+            self.compact()
+
+    def close(self) -> None:
+        """Leave everything in the snapshot; nothing more is journalled."""
+        for timer in (self._sync, self._retry):
+            if timer is not None and timer.active():
+                timer.cancel()
+        self._sync = self._retry = None
+        if self.current is not None:
+            self.compact()
+        self._close_fd()
+        self.current = None
+        if not self.failed:
+            _unlink_quietly(self.journal_path)  # the snapshot has it all
+
+    def _close_fd(self) -> None:
+        if self.fd is not None:
+            try:
+                os.fsync(self.fd)
+            except OSError:
+                pass
+            os.close(self.fd)
+            self.fd = None
+
+
+def _write_atomically(path: str, data: dict) -> None:
+    """A crash mid-write leaves the previous file intact."""
+    temporary = f"{path}.tmp"
+    try:
+        with open(temporary, "w", encoding="utf-8") as stream:
+            json.dump(data, stream, separators=(",", ":"))
+            stream.flush()
+            os.fsync(stream.fileno())
+        os.replace(temporary, path)
+    except OSError:
+        _unlink_quietly(temporary)
+        raise
+    directory = os.open(os.path.dirname(os.path.abspath(path)), os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(directory)
+    finally:
+        os.close(directory)
+
+
+def _replace_quietly(source: str, target: str) -> None:
+    try:
+        os.replace(source, target)
+    except OSError:
+        pass
+
+
+def _unlink_quietly(path: str) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass

@@ -48,6 +48,7 @@ class RelayConfig:
     link_source_ip: str | None = option(None, dt.optional_ipv4_address)
     forwarding: str = option("auto", dt.choice("auto", "kernel", "userspace"))
     fix_kernel_settings: bool = option(True, dt.boolean)
+    keep_calls_on_stop: bool = option(True, dt.boolean)
     conntrack_mark: int = option(0x4D50, dt.conntrack_mark)
 
 

@@ -243,3 +243,89 @@ def test_the_dispatcher_name_is_verified_only_when_asked_and_configured_by_name(
     assert DispatcherConnector(checking, by_ip, "192.0.2.1", 25060).name_to_verify is None
     default, _ = make_relay()
     assert DispatcherConnector(default, named, "192.0.2.1", 25060).name_to_verify is None
+
+
+RTP = bytes([0x80, 0x00]) + bytes(10) + b"media"
+ANSWER_C1 = (
+    b"update 1\r\ntype: reply\r\ncall_id: c1\r\ncseq: 1\r\nfrom_uri: a\r\nto_uri: b\r\nfrom_tag: ft\r\nto_tag: tt\r\nuser_agent: ua\r\n"
+    b"signaling_ip: 127.0.0.1\r\nmedia: audio:192.0.2.2:7000:sendrecv:ice=no\r\n\r\n"
+)
+
+
+def test_a_stopped_relay_keeps_its_sessions_for_the_next_start(tmp_path):
+    relay, reactor = _relay_with_state(tmp_path)
+    relay.startService()
+    link, transport = connect_link(relay, ("127.0.0.1", 25060))
+    link.dataReceived(UPDATE_C1 + ANSWER_C1)
+    callee_port = int(transport.value().split(b"\r\n")[0].split()[2])
+    caller_port = int(transport.value().split(b"\r\n")[1].split()[2])
+    binder = relay.sessions.binder
+    for _ in range(3):
+        binder.by_port[caller_port].deliver(RTP, ("192.0.2.1", 6000))
+        binder.by_port[callee_port].deliver(RTP, ("192.0.2.2", 7000))
+    transport.clear()
+    relay.stopService()
+    assert transport.value() == b""  # nothing expired, nothing reported
+    assert binder.open == set()  # every socket closed
+    # the next process: same ports, same latches, the counting goes on
+    again, reactor = _relay_with_state(tmp_path)
+    again.startService()
+    (session,) = again.sessions.sessions.values()
+    stream = session.streams[0]
+    assert (stream.caller_port, stream.callee_port) == (caller_port, callee_port)
+    assert stream.rtp.caller.remote == ("192.0.2.1", 6000) and stream.rtp.callee.in_use
+    assert session.dispatcher == ("127.0.0.1", 25060) and session.to_tag == "tt"
+    again.sessions.binder.by_port[caller_port].deliver(RTP, ("192.0.2.1", 6000))
+    assert again.sessions.binder.by_port[callee_port].sent == [(RTP, ("192.0.2.2", 7000))]
+    link, transport = connect_link(again, ("127.0.0.1", 25060))
+    link.dataReceived(b"remove 2\r\ncall_id: c1\r\nfrom_tag: ft\r\n\r\n")
+    record = json.loads(transport.value().decode().split(" ", 1)[1])
+    # the caller's first packet had nowhere to go yet (the callee unlearnt, its SDP address not routable)
+    assert record["streams"][0]["caller_packets"] == 2 + 1 and record["streams"][0]["callee_packets"] == 3
+    assert record["end_reason"] == "bye"
+    # a clean stop without sessions leaves nothing to take back
+    again.stopService()
+    third, _ = _relay_with_state(tmp_path)
+    third.startService()
+    assert third.sessions.sessions == {}
+
+
+def test_a_killed_relay_takes_back_what_it_had_written(tmp_path):
+    relay, reactor = _relay_with_state(tmp_path)
+    relay.startService()
+    link, transport = connect_link(relay, ("127.0.0.1", 25060))
+    link.dataReceived(UPDATE_C1 + ANSWER_C1)
+    caller_port = int(transport.value().split(b"\r\n")[1].split()[2])
+    relay.sessions.binder.by_port[caller_port].deliver(RTP, ("192.0.2.1", 6000))
+    reactor.advance(2)  # the latch is kept within SAVE_INTERVAL
+    # killed: no stop at all
+    again, _ = _relay_with_state(tmp_path)
+    again.startService()
+    (session,) = again.sessions.sessions.values()
+    assert session.streams[0].rtp.caller.remote == ("192.0.2.1", 6000)
+    assert session.streams[0].parties["callee"].port == 7000
+
+
+def test_keep_calls_on_stop_no_ends_them_as_a_relay_shutdown(tmp_path):
+    relay, _ = _relay_with_state(tmp_path, keep_calls_on_stop=False)
+    relay.startService()
+    link, transport = connect_link(relay, ("127.0.0.1", 25060))
+    link.dataReceived(UPDATE_C1)
+    transport.clear()
+    relay.stopService()
+    assert json.loads(transport.value().decode().split(" ", 1)[1])["end_reason"] == "relay shutdown"
+    again, _ = _relay_with_state(tmp_path)
+    again.startService()
+    assert again.sessions.sessions == {}
+
+
+def _relay_with_state(tmp_path, **options):
+    reactor = MemoryReactorClock()
+    reactor.advance(1_800_000_000)  # wall-clock times, as the real reactor has
+    config = RelayConfig(
+        dispatchers=endpoint_list(25060)("127.0.0.1"), relay_ip="127.0.0.1", **{"forwarding": "userspace", "stream_timeout": 30, **options}
+    )
+    relay = RelayService(Configuration(relay=config), Credentials(CERTS, "relay"), reactor, state_dir=str(tmp_path))
+    relay.sessions.binder = FakeBinder()
+    relay.verifier.accept = lambda transport, name=None: True
+    return relay, reactor

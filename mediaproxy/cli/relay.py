@@ -43,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
         from twisted.internet import reactor  # noqa: PLC0415
 
         def hard_stop() -> None:
-            log.info("Received a termination signal; expiring all sessions")
+            log.info("Received a termination signal; stopping")
             if reactor.running:
                 reactor.stop()
 
@@ -64,7 +64,7 @@ def cleanup(config, runtime_dir: str) -> int:  # noqa: ANN001
         from mediaproxy.relay.forwarding.conntrack import Conntrack  # noqa: PLC0415
 
         conntrack = Conntrack(config.relay.conntrack_mark)
-        removed = conntrack.flush_ours()
+        _, removed = conntrack.flush_ours()
         conntrack.close()
         if removed:
             print(f"media-relay: removed {removed} conntrack entries")

@@ -216,6 +216,7 @@ class Substream:
         if offload:
             # after the packet left: its own send must not clash with the new entry's tuples
             self.stream.manager.forwarder.offload(self)
+            self.stream.manager.changed(self.stream.session)
 
     def _takes_over(self, side: Side, source: tuple[str, int]) -> bool:
         """Whether ``source`` may replace the latched address of ``side``.
@@ -245,6 +246,7 @@ class Substream:
         return False
 
     def _latch(self, side: Side, source: tuple[str, int]) -> None:
+        self.stream.manager.changed(self.stream.session)
         replaced = side.remote if side.in_use else None
         side.remote = source
         side.in_use = True
@@ -275,6 +277,7 @@ class Substream:
         side.got_rtp = True
         side.cancel_timer()
         stream = self.stream
+        stream.manager.changed(stream.session)
         if self.kind == "rtp":
             side.codec = packets.codec_name(data)
         if stream.first_media_time is None:
@@ -293,6 +296,7 @@ class Substream:
     def remove_kernel_entry(self) -> None:
         if self.kernel is not None:
             self.stream.manager.forwarder.remove(self)
+            self.stream.manager.changed(self.stream.session)
 
     def counters(self, party: str) -> tuple[int, int]:
         """(packets, bytes) received from ``party`` and relayed, over both paths."""
@@ -480,8 +484,18 @@ class Stream:
             side.stun_queue = None
             side.endpoint.close()
         self.manager.release_ports(self)
+        self.manager.changed(self.session)
         if status not in ("closed", "rejected"):
             log.info("{stream} ended: {status}", stream=self, status=status)
+
+    def suspend(self) -> None:
+        """The relay process stops and a new one takes over: sockets and timer go, the state stays."""
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
+        if self.alive:
+            for side in self.all_sides():
+                side.endpoint.close()
 
     def counters(self, party: str) -> tuple[int, int]:
         rtp_packets, rtp_bytes = self.rtp.counters(party)

@@ -60,6 +60,23 @@ class PortPool:
             return port, bound
         raise PortsExhausted(f"no free RTP/RTCP port pair left ({len(self.in_use)} in use, {len(self.bad)} failed to bind)")
 
+    def claim(self, port: int, bind: Callable[[int], T]) -> tuple[int, T]:
+        """Take this very pair (a session kept across a restart had it); OSError when ``bind`` fails,
+        PortsExhausted when it is not free."""
+        for pool in (self.free, self.cooling, self.bad):
+            if port in pool:
+                pool.remove(port)
+                break
+        else:
+            raise PortsExhausted(f"port {port} is not in port_range or already in use")
+        try:
+            bound = bind(port)
+        except OSError:
+            self.bad.append(port)
+            raise
+        self.in_use.add(port)
+        return port, bound
+
     def release(self, port: int) -> None:
         if port in self.in_use:
             self.in_use.remove(port)

@@ -12,10 +12,11 @@ from twisted.logger import Logger
 from twisted.names import client as dns_client
 from twisted.names import dns
 
-from mediaproxy import __version__
+from mediaproxy import __version__, statefile
 from mediaproxy.datatypes import Endpoint
 from mediaproxy.guard import DescriptorBudget, GuardedFactory, Limits
 from mediaproxy.process import StartupError
+from mediaproxy.relay import persist
 from mediaproxy.relay.forwarding import choice, host
 from mediaproxy.relay.forwarding.userspace import UDPBinder
 from mediaproxy.relay.link import LinkFactory
@@ -27,6 +28,7 @@ log = Logger(namespace="relay")
 LONG_ENOUGH_CONNECTION = 5
 TLS_HANDSHAKE_TIMEOUT = 10
 HOST_CHANGES_FILE = "relay-host-changes.json"
+SESSIONS_FILE = "relay_sessions"
 
 
 def local_address_towards(ip: str) -> str:
@@ -42,6 +44,13 @@ def default_relay_ip() -> str:
         return local_address_towards("198.51.100.1")
     except OSError as error:
         raise StartupError(f"cannot determine relay_ip from the default route ({error.strerror}); set [Relay] relay_ip") from None
+
+
+def _kernel_flows(state: object) -> set:
+    try:
+        return persist.kernel_flows(state)
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError):
+        return set()  # not a session's state: load_session says so when it gets there
 
 
 def raise_file_limit(port_range) -> int:  # noqa: ANN001
@@ -186,6 +195,12 @@ class RelayService(service.Service):
         self._dns_loop = None
         # what kernel forwarding changed on the host, undone at stop (kept in a file against crashes)
         self.host_changes = host.HostChanges(os.path.join(state_dir, HOST_CHANGES_FILE) if state_dir else None)
+        # the sessions, kept so that a restart (or a crash) does not end the calls
+        self.state_file = (
+            statefile.StateFile(os.path.join(state_dir, SESSIONS_FILE), "sessions", persist.VERSION, reactor, "the relay's sessions")
+            if state_dir
+            else None
+        )
         self._ready: defer.Deferred | None = None
         self._resolved_once = False
 
@@ -204,7 +219,13 @@ class RelayService(service.Service):
         )
         if not self.config.dispatchers:
             log.error("No dispatchers configured ([Relay] dispatchers); this relay will not be used")
-        self.sessions.forwarder = choice.choose(self.config, self.reactor, self.idle_timeout, self.sessions.binder, self.host_changes)
+        kept = self.state_file.load() if self.state_file is not None else {}
+        keep = frozenset(key for state in kept.values() for key in _kernel_flows(state))
+        self.sessions.forwarder = choice.choose(self.config, self.reactor, self.idle_timeout, self.sessions.binder, self.host_changes, keep)
+        if self.state_file is not None:
+            restored = self.sessions.restore(self.state_file, self.sessions.forwarder.kept)
+            if restored:
+                log.info("Took back {count} sessions kept from the last run", count=restored)
         self.sessions.start_idle_checks()
         self.verifier.start()
         if self.config.traffic_sampling_period > 0:
@@ -245,6 +266,9 @@ class RelayService(service.Service):
         return self.shutdown()
 
     def shutdown(self) -> defer.Deferred:
+        """Stop. With ``keep_calls_on_stop`` (and somewhere to keep them) the sessions stay for the
+        next start: kept in the state directory, kernel entries and host set-up left in place,
+        nothing reported; otherwise every session ends now and is reported as a relay shutdown."""
         if self._stopped is not None:
             return self._stopped
         self._stopped = defer.Deferred()
@@ -255,10 +279,16 @@ class RelayService(service.Service):
                 loop.stop()
         self.verifier.stop()
         self.sessions.stop_idle_checks()
-        self.sessions.expire_all()
-        self.sessions.forwarder.stop()
-        for change in host.undo(self.host_changes):
-            log.info("Kernel forwarding set-up undone: {change}", change=change)
+        if self.sessions.sessions and self.config.keep_calls_on_stop and self.sessions.state is not None:
+            log.info("Keeping {count} sessions for the next start", count=len(self.sessions.sessions))
+            self.sessions.suspend()
+            self.sessions.forwarder.stop(keep_entries=True)
+        else:
+            self.sessions.expire_all()
+            self.sessions.close_state()
+            self.sessions.forwarder.stop()
+            for change in host.undo(self.host_changes):
+                log.info("Kernel forwarding set-up undone: {change}", change=change)
         for connector in list(self.connectors.values()):
             connector.retire()
         self._check_stopped()

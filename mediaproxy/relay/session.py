@@ -13,6 +13,7 @@ from twisted.logger import Logger
 
 from mediaproxy import __version__
 from mediaproxy.ratelimit import Refusals
+from mediaproxy.relay import persist
 from mediaproxy.relay.media import ALIVE, CALLEE, CALLER, Stream
 from mediaproxy.relay.packets import Routability
 from mediaproxy.relay.ports import PortPool, PortsExhausted
@@ -20,6 +21,11 @@ from mediaproxy.wire import statistics as records
 from mediaproxy.wire.headers import REMOVE_REQUIRED, UPDATE_REQUIRED, SignalingInfo, parse_signaling_ip
 
 log = Logger(namespace="relay.session")
+
+# how soon a change that no command made (a latch, first media, a kernel hand-over) is kept
+SAVE_INTERVAL = 2
+# how often sessions whose userspace counters moved are kept (a crash loses at most this much counting)
+COUNTERS_INTERVAL = 60
 
 
 class UpdateError(Exception):
@@ -188,6 +194,14 @@ class Session:
             return 0
         return int((self.end_time if self.end_time is not None else self.clock.seconds()) - self.start_time)
 
+    def userspace_packets(self) -> int:
+        return sum(side.packets for stream in self.streams for side in stream.all_sides())
+
+    def suspend(self) -> None:
+        """Close the sockets and timers, keeping the state: the process is going away, the call is not."""
+        for stream in self.streams:
+            stream.suspend()
+
     def relayed_bytes(self) -> int:
         return sum(stream.counters(CALLER)[1] + stream.counters(CALLEE)[1] for stream in self.streams)
 
@@ -215,12 +229,16 @@ class NoKernelForwarding:
     """The forwarder used when the kernel path is off: everything stays in userspace."""
 
     name = "userspace"
+    kept: frozenset = frozenset()
 
-    def start(self) -> None:
+    def start(self, keep: frozenset = frozenset()) -> set:
+        return set()
+
+    def stop(self, keep_entries: bool = False) -> None:
         pass
 
-    def stop(self) -> None:
-        pass
+    def adopt(self, substream, present: set) -> bool:  # noqa: ANN001
+        return False
 
     def offload(self, substream) -> None:  # noqa: ANN001
         pass
@@ -259,6 +277,10 @@ class SessionManager:
         self.halting = False
         self.started = clock.seconds()
         self.closed_bytes = 0
+        self.state = None  # a statefile.StateFile keeping the sessions across restarts, once restored
+        self._changed: set[tuple[str, str]] = set()
+        self._kept_packets: dict[tuple[str, str], int] = {}
+        self._save_loops: list[task.LoopingCall] = []
 
     def find(self, call_id: str, from_tag: str, to_tag: str | None) -> Session | None:
         session = self.sessions.get((call_id, from_tag))
@@ -272,7 +294,10 @@ class SessionManager:
             raise UpdateError("update without " + ", ".join(missing))
         session = self.find(headers["call_id"], headers["from_tag"], headers.get("to_tag"))
         if session is not None:
-            return session.update(headers)
+            try:
+                return session.update(headers)
+            finally:
+                self.keep(session)
         if self.halting:
             raise Halting()
         if headers["type"] == "reply" and headers.get("media") is None:
@@ -284,6 +309,7 @@ class SessionManager:
             session.end(records.BYE)
             raise
         self.sessions[session.key] = session
+        self.keep(session)
         log.info("New session {call_id} ({streams} streams)", call_id=session.call_id, streams=len(session.streams))
         return reply
 
@@ -299,6 +325,10 @@ class SessionManager:
     def _close(self, session: Session, reason: str) -> dict:
         session.end(reason)
         self.sessions.pop(session.key, None)
+        self._changed.discard(session.key)
+        self._kept_packets.pop(session.key, None)
+        if self.state is not None:
+            self.state.pop(persist.session_key(session))
         self.closed_bytes += session.relayed_bytes()
         return session.statistics()
 
@@ -308,6 +338,71 @@ class SessionManager:
         statistics = self._close(session, reason)
         log.info("Session {call_id} expired ({reason})", call_id=session.call_id, reason=reason)
         self.on_expired(session, statistics)
+
+    # -- kept across restarts
+
+    def changed(self, session: Session) -> None:
+        """Something no command made changed (a latch, first media, the kernel path): keep it soon."""
+        if self.state is not None:
+            self._changed.add(session.key)
+
+    def keep(self, session: Session) -> None:
+        if self.state is not None and self.sessions.get(session.key) is session:
+            self.state.set(persist.session_key(session), persist.dump_session(session))
+            self._changed.discard(session.key)
+            self._kept_packets[session.key] = session.userspace_packets()
+
+    def keep_changed(self) -> None:
+        changed, self._changed = self._changed, set()
+        for key in changed:
+            session = self.sessions.get(key)
+            if session is not None:
+                self.keep(session)
+
+    def keep_counters(self) -> None:
+        for key, session in self.sessions.items():
+            if session.userspace_packets() != self._kept_packets.get(key):
+                self.keep(session)
+
+    def restore(self, state, present: set) -> int:  # noqa: ANN001 - a statefile.StateFile
+        """Take back the sessions ``state`` kept (their kernel entries in ``present``), then keep
+        every change to them there; returns how many came back."""
+        for key, saved in state.load().items():
+            try:
+                session = persist.load_session(self, saved, present)
+            except (OSError, PortsExhausted, KeyError, TypeError, ValueError, AttributeError) as error:
+                log.error("Cannot take back session {key} kept from the last run: {error}", key=key, error=error)
+                continue
+            self.sessions[session.key] = session
+        self.state = state
+        state.open(lambda: {persist.session_key(session): persist.dump_session(session) for session in self.sessions.values()})
+        for session in self.sessions.values():
+            self._kept_packets[session.key] = session.userspace_packets()
+        for function, interval in ((self.keep_changed, SAVE_INTERVAL), (self.keep_counters, COUNTERS_INTERVAL)):
+            loop = task.LoopingCall(function)
+            loop.clock = self.clock
+            loop.start(interval, now=False)
+            self._save_loops.append(loop)
+        return len(self.sessions)
+
+    def suspend(self) -> None:
+        """The relay stops and will start again: keep everything, close the sockets, end nothing."""
+        for loop in self._save_loops:
+            if loop.running:
+                loop.stop()
+        if self.state is not None:
+            self.state.close()  # the whole state, written once more
+            self.state = None
+        for session in self.sessions.values():
+            session.suspend()
+
+    def close_state(self) -> None:
+        for loop in self._save_loops:
+            if loop.running:
+                loop.stop()
+        if self.state is not None:
+            self.state.close()
+            self.state = None
 
     def start_idle_checks(self) -> None:
         """Expire substreams forwarded in userspace that stopped, as the kernel does for its entries."""

@@ -11,10 +11,11 @@ from mediaproxy.relay.session import NoKernelForwarding
 log = Logger(namespace="relay")
 
 
-def choose(config, reactor, idle_timeout: int, binder=None, changes: host.HostChanges | None = None):  # noqa: ANN001, ANN201
+def choose(config, reactor, idle_timeout: int, binder=None, changes: host.HostChanges | None = None, keep: frozenset = frozenset()):  # noqa: ANN001, ANN201, PLR0913
     """The forwarder to use; with ``auto`` a host that cannot do kernel forwarding gets userspace and one warning.
 
-    What was changed on the host to make kernel forwarding work is noted in ``changes``.
+    What was changed on the host to make kernel forwarding work is noted in ``changes``; the
+    conntrack entries in ``keep`` (of sessions kept from the last run) are left in place.
     """
     if config.forwarding == "userspace":
         log.info("Forwarding media in userspace ([Relay] forwarding = userspace)")
@@ -25,7 +26,7 @@ def choose(config, reactor, idle_timeout: int, binder=None, changes: host.HostCh
     try:
         changed = host.prepare(config.fix_kernel_settings, config.conntrack_mark, changes=changes)
         forwarder = KernelForwarder(reactor, Conntrack(config.conntrack_mark), idle_timeout)
-        forwarder.start()
+        forwarder.start(keep)
     except (host.KernelSetupError, ConntrackError, OSError) as error:
         if config.forwarding == "kernel":
             raise StartupError(f"Kernel forwarding is not available: {error}") from None

@@ -169,12 +169,17 @@ class Conntrack:
         except Exception as error:  # noqa: BLE001
             raise ConntrackError(f"cannot list the conntrack entries: {error}") from None
 
-    def flush_ours(self) -> int:
-        """Delete every entry with our mark (left by a relay that did not stop cleanly); returns how many."""
-        stale = self.snapshot()
-        for source, destination in stale:
-            self._delete(source, destination)
-        return len(stale)
+    def flush_ours(self, keep: frozenset = frozenset()) -> tuple[set, int]:
+        """Delete every entry with our mark but those whose keys are in ``keep`` (the entries of
+        sessions kept across a restart); returns the keys kept and how many were deleted."""
+        kept, deleted = set(), 0
+        for key in self.snapshot():
+            if key in keep:
+                kept.add(key)
+            else:
+                self._delete(*key)
+                deleted += 1
+        return kept, deleted
 
     def close(self) -> None:
         self.socket.close()

@@ -59,17 +59,28 @@ class KernelForwarder:
         self._snapshot: dict | None = None
         self.reader: DestroyReader | None = None
         self.failures = 0
+        self.kept: set[tuple] = set()  # entries kept at start for the sessions of the last run
 
-    def start(self) -> None:
-        stale = self.conntrack.flush_ours()
+    def start(self, keep: frozenset = frozenset()) -> set[tuple]:
+        """Delete the entries with our mark that no kept session had; returns the keys of those kept."""
+        present, stale = self.conntrack.flush_ours(keep)
         if stale:
             log.info("Removed {count} stale conntrack entries left by an earlier run", count=stale)
+        if present:
+            log.info("Kept {count} conntrack entries of the sessions kept from the last run", count=len(present))
         self.reader = DestroyReader(self.reactor, self)
         self.reactor.addReader(self.reader)
+        self.kept = present
+        return present
 
-    def stop(self) -> None:
+    def stop(self, keep_entries: bool = False) -> None:
+        """Stop; the entries stay in the kernel (forwarding on) when the sessions are kept for the next start."""
         for substream in list(self.substreams.values()):
-            self.remove(substream)
+            if keep_entries:
+                substream.kernel = None
+            else:
+                self.remove(substream)
+        self.substreams.clear()
         if self.reader is not None:
             self.reactor.removeReader(self.reader)
             self.reader.connectionLost(None)
@@ -78,13 +89,17 @@ class KernelForwarder:
 
     # -- the forwarder interface used by the media streams
 
+    def adopt(self, substream: Substream, present: set[tuple]) -> bool:
+        """Take back the entry a kept session's substream had, when the kernel still has it."""
+        flow = _flow(substream)
+        if flow.key not in present:
+            return False
+        substream.kernel = flow
+        self.substreams[flow.key] = substream
+        return True
+
     def offload(self, substream: Substream) -> None:
-        flow = Flow(
-            caller_remote=substream.caller.remote,
-            caller_local=substream.caller.endpoint.local,
-            callee_remote=substream.callee.remote,
-            callee_local=substream.callee.endpoint.local,
-        )
+        flow = _flow(substream)
         try:
             self.conntrack.create(flow, self.idle_timeout)
         except ConntrackError as error:
@@ -154,6 +169,15 @@ class KernelForwarder:
         substream.kernel = None
         _fold(substream, counters)
         substream.kernel_entry_expired(self.idle_timeout)
+
+
+def _flow(substream: Substream) -> Flow:
+    return Flow(
+        caller_remote=substream.caller.remote,
+        caller_local=substream.caller.endpoint.local,
+        callee_remote=substream.callee.remote,
+        callee_local=substream.callee.endpoint.local,
+    )
 
 
 def _fold(substream: Substream, counters: Counters) -> None:

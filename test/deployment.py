@@ -55,6 +55,7 @@ class Deployment:
         self.dispatcher: Program | None = None
         self.relay: Program | None = None
         self.starts = 0
+        self.relay_starts = 0
 
     def _program(self, name: str, log: str) -> Program:
         prefix = ("ip", "netns", "exec", self.namespace) if self.namespace else ()
@@ -69,7 +70,8 @@ class Deployment:
         return self.dispatcher
 
     def start_relay(self) -> Program:
-        self.relay = self._program("media-relay", f"relay-{self.starts}.log")
+        self.relay_starts += 1
+        self.relay = self._program("media-relay", f"relay-{self.relay_starts}.log")
         self.relay.wait_for_log("Connected to dispatcher")
         return self.relay
 

@@ -15,7 +15,7 @@ from deployment import Deployment, wait_until
 from netns import Topology, in_namespace, require_root_and_tools, udp_socket
 
 from mediaproxy.relay.forwarding.conntrack import Conntrack
-from mediaproxy.testing import update
+from mediaproxy.testing import remove, update
 
 RELAY_IP = "203.0.113.1"
 CALLER = ("10.0.0.2", 5000)
@@ -170,3 +170,79 @@ def test_forwarding_kernel_refuses_to_start_without_the_kernel_path(tmp_path, to
         programs.kill()
     finally:
         network.remove()
+
+
+CALLS = 10
+
+
+def test_calls_survive_the_relay_killed_or_stopped_and_started_again(tmp_path, topology):
+    """Kernel-forwarded media flows on while the relay process is gone; the restarted relay takes its
+    sessions back (ports, latches, kernel entries) and every record counts the whole call."""
+    namespace = topology.name("relay")
+    database = tmp_path / "accounting.sqlite"
+    programs = Deployment(
+        tmp_path,
+        f"[Relay]\nrelay_ip = {RELAY_IP}\nforwarding = kernel\nport_range = 40000:40100\n"
+        f"[Dispatcher]\naccounting = database\n[Database]\ndburi = sqlite://{database}\n",
+        namespace=namespace,
+    )
+    parties = [
+        (udp_socket(topology.name("caller"), (CALLER[0], 5100 + n)), udp_socket(topology.name("callee"), (CALLEE[0], 7100 + n)))
+        for n in range(CALLS)
+    ]
+    facing = []
+    sent = 0
+    try:
+        programs.start()
+        proxy = programs.proxy()
+        for number, (caller, callee) in enumerate(parties):
+            call_id = f"survivor-{number}@example.com"
+            caller_media = f"audio:{CALLER[0]}:{5100 + number}:sendrecv:ice=no"
+            callee_media = f"audio:{CALLEE[0]}:{7100 + number}:sendrecv:ice=no"
+            offer = proxy.request(update(call_id, "ft", media=caller_media, dialog_id=f"1:{number}"))
+            answer = proxy.request(update(call_id, "ft", "tt", kind="reply", media=callee_media, dialog_id=f"1:{number}"))
+            to_caller_side, to_callee_side = (RELAY_IP, int(answer.split()[1])), (RELAY_IP, int(offer.split()[1]))
+            facing.append((to_caller_side, to_callee_side))
+            callee.sendto(rtp(0, 8), to_callee_side)
+            caller.sendto(rtp(0, 0), to_caller_side)
+            assert callee.recvfrom(2048)[0] == rtp(0, 0)
+
+        def exchange(rounds):
+            nonlocal sent
+            for _ in range(rounds):
+                sent += 1
+                for (caller, callee), (to_caller_side, to_callee_side) in zip(parties, facing):
+                    caller.sendto(rtp(sent, 0), to_caller_side)
+                    assert callee.recvfrom(2048) == (rtp(sent, 0), to_callee_side)
+                    callee.sendto(rtp(sent, 8), to_callee_side)
+                    assert caller.recvfrom(2048) == (rtp(sent, 8), to_caller_side)
+
+        exchange(WARM_UP)
+        wait_until(lambda: len(in_namespace(namespace, lambda: Conntrack(MARK).snapshot())) == CALLS, "every call in the kernel")
+        for stop in ("kill", "SIGTERM"):
+            if stop == "kill":
+                programs.relay.process.kill()
+                programs.relay.process.wait()
+            else:
+                code, _ = programs.relay.stop(timeout=10)
+                assert code == 0 and f"Keeping {CALLS} sessions for the next start" in programs.relay.output()
+            exchange(5)  # no relay process at all: the kernel forwards every packet
+            programs.start_relay()
+            programs.relay.wait_for_log(f"Took back {CALLS} sessions")
+            wait_until(lambda: len(json.loads(programs.management(b"sessions"))) == CALLS, "the calls listed again", timeout=5)
+            exchange(5)
+        assert "Removed" not in programs.relay.output()  # no entry of ours was flushed
+        for number in range(CALLS):
+            assert proxy.request(remove(f"survivor-{number}@example.com", "ft", "tt")) == "removed"
+        wait_until(lambda: len(_rows(database)) == CALLS, "every record")
+        for record in _rows(database):
+            (stream,) = record["streams"]
+            assert record["end_reason"] == "bye" and record["timed_out"] is False
+            # the first packet each way, then every exchange (the callee's first had nowhere to go)
+            assert (stream["caller_packets"], stream["callee_packets"]) == (1 + sent, sent), record["call_id"]
+    finally:
+        programs.kill()
+        for caller, callee in parties:
+            caller.close()
+            callee.close()
+        in_namespace(namespace, lambda: Conntrack(MARK).flush_ours())

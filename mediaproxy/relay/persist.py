@@ -67,15 +67,18 @@ def _dump_side(side: Side) -> dict:
 
 
 def kernel_flows(state: dict) -> set[tuple]:
-    """The conntrack keys of the entries a kept session's substreams had, to keep them at start."""
+    """The conntrack keys a kept session's substreams may have entries for, to keep them at start.
+
+    Any substream with a learnt caller may; the entries are taken back for those that have both
+    sides learnt (see :func:`load_session`).
+    """
     keys = set()
     for stream in state.get("streams", []):
         if stream["status"] not in ALIVE:
             continue
         for kind, offset in (("rtp", 0), ("rtcp", 1)):
-            saved = stream[kind]
-            remote = saved[CALLER]["remote"]
-            if saved["kernel"] and remote is not None:
+            remote = stream[kind][CALLER]["remote"]
+            if remote is not None:
                 keys.add(((remote[0], remote[1]), (stream["local_ips"][0], stream["ports"][0] + offset)))
     return keys
 
@@ -169,8 +172,12 @@ def _adopt_kernel(manager, stream: Stream, state: dict, present: set[tuple]) -> 
     saved = state["streams"][stream.session.streams.index(stream)]
     for kind in ("rtp", "rtcp"):
         substream = getattr(stream, kind)
-        if not saved[kind]["kernel"]:
+        if substream.caller.remote is None or substream.callee.remote is None:
             continue
-        if not manager.forwarder.adopt(substream, present):
+        if manager.forwarder.adopt(substream, present):
+            for side in substream.sides:  # an entry is made only once both sides sent media
+                side.in_use = side.got_rtp = True
+                side.deadline = None
+        elif saved[kind]["kernel"]:
             # the entry lapsed while the relay was away: media that comes now goes back to the kernel
             substream.reoffload = True

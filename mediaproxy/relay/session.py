@@ -22,8 +22,6 @@ from mediaproxy.wire.headers import REMOVE_REQUIRED, UPDATE_REQUIRED, SignalingI
 
 log = Logger(namespace="relay.session")
 
-# how soon a change that no command made (a latch, first media, a kernel hand-over) is kept
-SAVE_INTERVAL = 2
 # how often sessions whose userspace counters moved are kept (a crash loses at most this much counting)
 COUNTERS_INTERVAL = 60
 
@@ -281,6 +279,7 @@ class SessionManager:
         self._changed: set[tuple[str, str]] = set()
         self._kept_packets: dict[tuple[str, str], int] = {}
         self._save_loops: list[task.LoopingCall] = []
+        self._keeping = None  # the call that keeps what changed in this reactor turn
 
     def find(self, call_id: str, from_tag: str, to_tag: str | None) -> Session | None:
         session = self.sessions.get((call_id, from_tag))
@@ -342,9 +341,12 @@ class SessionManager:
     # -- kept across restarts
 
     def changed(self, session: Session) -> None:
-        """Something no command made changed (a latch, first media, the kernel path): keep it soon."""
+        """Something no command made changed (a latch, first media, the kernel path): keep it at the
+        end of this reactor turn, so a relay killed right after still finds it (and its kernel entry)."""
         if self.state is not None:
             self._changed.add(session.key)
+            if self._keeping is None:
+                self._keeping = self.clock.callLater(0, self.keep_changed)
 
     def keep(self, session: Session) -> None:
         if self.state is not None and self.sessions.get(session.key) is session:
@@ -353,6 +355,7 @@ class SessionManager:
             self._kept_packets[session.key] = session.userspace_packets()
 
     def keep_changed(self) -> None:
+        self._keeping = None
         changed, self._changed = self._changed, set()
         for key in changed:
             session = self.sessions.get(key)
@@ -378,18 +381,15 @@ class SessionManager:
         state.open(lambda: {persist.session_key(session): persist.dump_session(session) for session in self.sessions.values()})
         for session in self.sessions.values():
             self._kept_packets[session.key] = session.userspace_packets()
-        for function, interval in ((self.keep_changed, SAVE_INTERVAL), (self.keep_counters, COUNTERS_INTERVAL)):
-            loop = task.LoopingCall(function)
-            loop.clock = self.clock
-            loop.start(interval, now=False)
-            self._save_loops.append(loop)
+        loop = task.LoopingCall(self.keep_counters)
+        loop.clock = self.clock
+        loop.start(COUNTERS_INTERVAL, now=False)
+        self._save_loops.append(loop)
         return len(self.sessions)
 
     def suspend(self) -> None:
         """The relay stops and will start again: keep everything, close the sockets, end nothing."""
-        for loop in self._save_loops:
-            if loop.running:
-                loop.stop()
+        self._stop_keeping()
         if self.state is not None:
             self.state.close()  # the whole state, written once more
             self.state = None
@@ -397,12 +397,18 @@ class SessionManager:
             session.suspend()
 
     def close_state(self) -> None:
-        for loop in self._save_loops:
-            if loop.running:
-                loop.stop()
+        self._stop_keeping()
         if self.state is not None:
             self.state.close()
             self.state = None
+
+    def _stop_keeping(self) -> None:
+        for loop in self._save_loops:
+            if loop.running:
+                loop.stop()
+        if self._keeping is not None and self._keeping.active():
+            self._keeping.cancel()
+        self._keeping = None
 
     def start_idle_checks(self) -> None:
         """Expire substreams forwarded in userspace that stopped, as the kernel does for its entries."""

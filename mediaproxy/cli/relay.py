@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import sys
@@ -55,8 +56,13 @@ def main(argv: list[str] | None = None) -> int:
 def cleanup(config, runtime_dir: str) -> int:  # noqa: ANN001
     """What a clean stop does to the host, for a relay that crashed (the package runs it on removal)."""
     from mediaproxy.relay.forwarding import host  # noqa: PLC0415
-    from mediaproxy.relay.service import HOST_CHANGES_FILE  # noqa: PLC0415
+    from mediaproxy.relay.service import HOST_CHANGES_FILE, SESSIONS_FILE  # noqa: PLC0415
+    from mediaproxy.statefile import JOURNAL_SUFFIX  # noqa: PLC0415
 
+    # the sessions a stopped relay kept for its next start: there is none
+    for name in (SESSIONS_FILE, SESSIONS_FILE + JOURNAL_SUFFIX):
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(os.path.join(runtime_dir, name))
     path = os.path.join(runtime_dir, HOST_CHANGES_FILE)
     if not os.path.exists(path):
         return process.EXIT_OK

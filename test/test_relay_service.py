@@ -252,13 +252,19 @@ ANSWER_C1 = (
 )
 
 
-def test_a_stopped_relay_keeps_its_sessions_for_the_next_start(tmp_path):
+def _answered_call(tmp_path):
+    """A relay keeping its sessions in ``tmp_path``, with one answered call; its link and ports."""
     relay, reactor = _relay_with_state(tmp_path)
     relay.startService()
     link, transport = connect_link(relay, ("127.0.0.1", 25060))
     link.dataReceived(UPDATE_C1 + ANSWER_C1)
     callee_port = int(transport.value().split(b"\r\n")[0].split()[2])
     caller_port = int(transport.value().split(b"\r\n")[1].split()[2])
+    return relay, reactor, transport, caller_port, callee_port
+
+
+def test_a_stopped_relay_keeps_its_sessions_for_the_next_start(tmp_path):
+    relay, _, transport, caller_port, callee_port = _answered_call(tmp_path)
     binder = relay.sessions.binder
     for _ in range(3):
         binder.by_port[caller_port].deliver(RTP, ("192.0.2.1", 6000))
@@ -291,11 +297,7 @@ def test_a_stopped_relay_keeps_its_sessions_for_the_next_start(tmp_path):
 
 
 def test_a_killed_relay_takes_back_what_it_had_written(tmp_path):
-    relay, reactor = _relay_with_state(tmp_path)
-    relay.startService()
-    link, transport = connect_link(relay, ("127.0.0.1", 25060))
-    link.dataReceived(UPDATE_C1 + ANSWER_C1)
-    caller_port = int(transport.value().split(b"\r\n")[1].split()[2])
+    relay, reactor, _, caller_port, _ = _answered_call(tmp_path)
     relay.sessions.binder.by_port[caller_port].deliver(RTP, ("192.0.2.1", 6000))
     reactor.advance(0)  # the latch is kept at the end of the reactor turn
     # killed: no stop at all

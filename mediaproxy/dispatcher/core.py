@@ -247,6 +247,7 @@ class Dispatcher:
         """A relay (re)connected: its removes that waited go now; calls it no longer has are over;
         calls of ours that only it knows (set up just before a crash) are taken back."""
         present = {record["call_id"] for record in listing.records}
+        log.info("Relay {ip} has {count} sessions", ip=ip, count=len(present))
         for call_id, entry in self.table.of_relay(ip):
             if call_id not in known:
                 continue  # set up since the question was asked

@@ -52,12 +52,9 @@ class PortPool:
             if port is None:
                 break
             try:
-                bound = bind(port)
+                return port, self._bind(port, bind)
             except OSError:
-                self.bad.append(port)
                 continue
-            self.in_use.add(port)
-            return port, bound
         raise PortsExhausted(f"no free RTP/RTCP port pair left ({len(self.in_use)} in use, {len(self.bad)} failed to bind)")
 
     def claim(self, port: int, bind: Callable[[int], T]) -> tuple[int, T]:
@@ -69,13 +66,17 @@ class PortPool:
                 break
         else:
             raise PortsExhausted(f"port {port} is not in port_range or already in use")
+        return port, self._bind(port, bind)
+
+    def _bind(self, port: int, bind: Callable[[int], T]) -> T:
+        """A pair taken out of the free ones goes in use, or is parked as bad when it does not bind."""
         try:
             bound = bind(port)
         except OSError:
             self.bad.append(port)
             raise
         self.in_use.add(port)
-        return port, bound
+        return bound
 
     def release(self, port: int) -> None:
         if port in self.in_use:

@@ -36,6 +36,7 @@ class StateFile:
         self.fd: int | None = None
         self.lines = 0
         self.current: Callable[[], dict] | None = None  # the whole state now, for compaction
+        self.count: Callable[[], int] = lambda: 0  # how many keys it has, cheaply
         self._sync = None
         self._retry = None
         self.failed = False
@@ -92,9 +93,11 @@ class StateFile:
                 if number < len(lines) - 1:
                     log.error("Skipped line {number} of {path}: {error}", number=number, path=self.journal_path, error=error)
 
-    def open(self, current: Callable[[], dict]) -> None:
-        """Fold what was loaded into a fresh snapshot and journal changes from now on."""
+    def open(self, current: Callable[[], dict], count: Callable[[], int]) -> None:
+        """Fold what was loaded into a fresh snapshot and journal changes from now on; ``current``
+        gives the whole state (for compaction), ``count`` its size (checked at every change)."""
         self.current = current
+        self.count = count
         self.compact()
 
     # -- running
@@ -116,7 +119,7 @@ class StateFile:
         self.lines += 1
         if self._sync is None:
             self._sync = self.clock.callLater(SYNC_DELAY, self.sync)
-        if self.lines > MIN_COMPACT_LINES and self.lines > 4 * len(self.current()):
+        if self.lines > MIN_COMPACT_LINES and self.lines > 4 * self.count():
             self.compact()
 
     def sync(self) -> None:

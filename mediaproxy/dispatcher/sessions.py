@@ -100,7 +100,7 @@ class CallTable:
             except (KeyError, TypeError, ValueError, AttributeError) as error:
                 log.error("Cannot restore call {call_id}: {error}", call_id=call_id, error=error)
         self.state = state
-        state.open(lambda: {call_id: asdict(entry) for call_id, entry in self.entries.items()})
+        state.open(lambda: {call_id: asdict(entry) for call_id, entry in self.entries.items()}, lambda: len(self.entries))
         return len(self.entries)
 
     def close(self) -> None:

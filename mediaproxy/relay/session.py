@@ -378,7 +378,10 @@ class SessionManager:
                 continue
             self.sessions[session.key] = session
         self.state = state
-        state.open(lambda: {persist.session_key(session): persist.dump_session(session) for session in self.sessions.values()})
+        state.open(
+            lambda: {persist.session_key(session): persist.dump_session(session) for session in self.sessions.values()},
+            lambda: len(self.sessions),
+        )
         for session in self.sessions.values():
             self._kept_packets[session.key] = session.userspace_packets()
         loop = task.LoopingCall(self.keep_counters)

@@ -182,12 +182,7 @@ class Dispatcher:
             return  # accounted meanwhile (its expiry crossed the remove)
         self.table.pop(call_id)
         self.last_known.pop(call_id, None)
-        try:
-            record = statistics.parse_record(payload)
-        except ValueError as error:
-            log.error("Relay {ip} sent undecodable statistics for call {call_id}: {error}", ip=entry.relay_ip, call_id=call_id, error=error)
-            return
-        self._account(record, entry, statistics.BYE)
+        self._account_removed(payload, call_id, entry)
 
     def _remove_failed(self, failure, call_id: str, entry: CallEntry) -> None:  # noqa: ANN001
         if self.table.get(call_id) is not entry:
@@ -214,17 +209,19 @@ class Dispatcher:
             if not ok:
                 continue
             log.info("Call {call_id}, unknown here, was found and removed on relay {ip}", call_id=request.call_id, ip=link.ip)
-            try:
-                record = statistics.parse_record(payload)
-            except ValueError as error:
-                log.error(
-                    "Relay {ip} sent undecodable statistics for call {call_id}: {error}", ip=link.ip, call_id=request.call_id, error=error
-                )
-                return "removed"
-            self._account(record, CallEntry(link.ip, request.headers.get("dialog_id")), statistics.BYE)
+            self._account_removed(payload, request.call_id, CallEntry(link.ip, request.headers.get("dialog_id")))
             return "removed"
         log.warn("remove for unknown call {call_id}: none of {count} relays has it", call_id=request.call_id, count=len(links))
         return "error"
+
+    def _account_removed(self, payload: str, call_id: str, entry: CallEntry) -> None:
+        """Account the statistics a relay answered a remove with."""
+        try:
+            record = statistics.parse_record(payload)
+        except ValueError as error:
+            log.error("Relay {ip} sent undecodable statistics for call {call_id}: {error}", ip=entry.relay_ip, call_id=call_id, error=error)
+            return
+        self._account(record, entry, statistics.BYE)
 
     def _account(self, record: dict, entry: CallEntry, end_reason: str) -> None:
         record["dialog_id"] = entry.dialog_id or record.get("dialog_id")

@@ -99,9 +99,9 @@ class GoneEndpoint:
         pass
 
 
-def load_session(manager, state: dict, present: set[tuple]):  # noqa: ANN001, ANN201
+def load_session(manager, state: dict):  # noqa: ANN001, ANN201
     """Rebuild a kept session: its live streams' ports claimed and bound again, its kernel entries
-    (those whose keys are in ``present``) taken back. Raises OSError, PortsExhausted, or KeyError,
+    (those the forwarder kept at start) taken back. Raises OSError, PortsExhausted, or KeyError,
     TypeError or ValueError for a state that is not a session's."""
     from mediaproxy.relay.session import Session  # noqa: PLC0415 - the session module uses this one's caller
 
@@ -130,7 +130,7 @@ def load_session(manager, state: dict, present: set[tuple]):  # noqa: ANN001, AN
     session.offers = {(caller, callee): [session.streams[number] for number in numbers] for caller, callee, numbers in state["offers"]}
     for stream in session.streams:
         if stream.alive:
-            _adopt_kernel(manager, stream, state, present)
+            _adopt_kernel(manager, stream, state)
     return session
 
 
@@ -168,13 +168,13 @@ def _load_stream(manager, session, saved: dict, claimed: list[int]) -> Stream:  
     return stream
 
 
-def _adopt_kernel(manager, stream: Stream, state: dict, present: set[tuple]) -> None:  # noqa: ANN001
+def _adopt_kernel(manager, stream: Stream, state: dict) -> None:  # noqa: ANN001
     saved = state["streams"][stream.session.streams.index(stream)]
     for kind in ("rtp", "rtcp"):
         substream = getattr(stream, kind)
         if substream.caller.remote is None or substream.callee.remote is None:
             continue
-        if manager.forwarder.adopt(substream, present):
+        if manager.forwarder.adopt(substream):
             for side in substream.sides:  # an entry is made only once both sides sent media
                 side.in_use = side.got_rtp = True
                 side.deadline = None

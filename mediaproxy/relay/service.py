@@ -223,7 +223,7 @@ class RelayService(service.Service):
         keep = frozenset(key for state in kept.values() for key in _kernel_flows(state))
         self.sessions.forwarder = choice.choose(self.config, self.reactor, self.idle_timeout, self.sessions.binder, self.host_changes, keep)
         if self.state_file is not None:
-            restored = self.sessions.restore(self.state_file, self.sessions.forwarder.kept)
+            restored = self.sessions.restore(self.state_file, kept)
             if restored:
                 log.info("Took back {count} sessions kept from the last run", count=restored)
         self.sessions.start_idle_checks()

@@ -229,13 +229,13 @@ class NoKernelForwarding:
     name = "userspace"
     kept: frozenset = frozenset()
 
-    def start(self, keep: frozenset = frozenset()) -> set:
-        return set()
+    def start(self, keep: frozenset = frozenset()) -> None:
+        pass
 
     def stop(self, keep_entries: bool = False) -> None:
         pass
 
-    def adopt(self, substream, present: set) -> bool:  # noqa: ANN001
+    def adopt(self, substream) -> bool:  # noqa: ANN001
         return False
 
     def offload(self, substream) -> None:  # noqa: ANN001
@@ -367,12 +367,12 @@ class SessionManager:
             if session.userspace_packets() != self._kept_packets.get(key):
                 self.keep(session)
 
-    def restore(self, state, present: set) -> int:  # noqa: ANN001 - a statefile.StateFile
-        """Take back the sessions ``state`` kept (their kernel entries in ``present``), then keep
-        every change to them there; returns how many came back."""
-        for key, saved in state.load().items():
+    def restore(self, state, kept: dict) -> int:  # noqa: ANN001 - a statefile.StateFile
+        """Take back the sessions ``kept`` (what ``state`` loaded; their kernel entries those the
+        forwarder kept), then keep every change to them in ``state``; returns how many came back."""
+        for key, saved in kept.items():
             try:
-                session = persist.load_session(self, saved, present)
+                session = persist.load_session(self, saved)
             except (OSError, PortsExhausted, KeyError, TypeError, ValueError, AttributeError) as error:
                 log.error("Cannot take back session {key} kept from the last run: {error}", key=key, error=error)
                 continue
@@ -392,10 +392,7 @@ class SessionManager:
 
     def suspend(self) -> None:
         """The relay stops and will start again: keep everything, close the sockets, end nothing."""
-        self._stop_keeping()
-        if self.state is not None:
-            self.state.close()  # the whole state, written once more
-            self.state = None
+        self.close_state()  # the whole state, written once more
         for session in self.sessions.values():
             session.suspend()
 

@@ -61,8 +61,8 @@ class KernelForwarder:
         self.failures = 0
         self.kept: set[tuple] = set()  # entries kept at start for the sessions of the last run
 
-    def start(self, keep: frozenset = frozenset()) -> set[tuple]:
-        """Delete the entries with our mark that no kept session had; returns the keys of those kept."""
+    def start(self, keep: frozenset = frozenset()) -> None:
+        """Delete the entries with our mark that no kept session had; those kept wait in ``kept`` for :meth:`adopt`."""
         present, stale = self.conntrack.flush_ours(keep)
         if stale:
             log.info("Removed {count} stale conntrack entries left by an earlier run", count=stale)
@@ -71,7 +71,6 @@ class KernelForwarder:
         self.reader = DestroyReader(self.reactor, self)
         self.reactor.addReader(self.reader)
         self.kept = present
-        return present
 
     def stop(self, keep_entries: bool = False) -> None:
         """Stop; the entries stay in the kernel (forwarding on) when the sessions are kept for the next start."""
@@ -89,10 +88,10 @@ class KernelForwarder:
 
     # -- the forwarder interface used by the media streams
 
-    def adopt(self, substream: Substream, present: set[tuple]) -> bool:
+    def adopt(self, substream: Substream) -> bool:
         """Take back the entry a kept session's substream had, when the kernel still has it."""
         flow = _flow(substream)
-        if flow.key not in present:
+        if flow.key not in self.kept:
             return False
         substream.kernel = flow
         self.substreams[flow.key] = substream

@@ -7,6 +7,7 @@ import tempfile
 
 from twisted.internet import defer
 from twisted.internet.testing import MemoryReactorClock, StringTransport
+from twisted.logger import formatEvent, globalLogPublisher
 from twisted.names import dns
 from twisted.python.failure import Failure
 
@@ -331,3 +332,32 @@ def _relay_with_state(tmp_path, **options):
     relay.sessions.binder = FakeBinder()
     relay.verifier.accept = lambda transport, name=None: True
     return relay, reactor
+
+
+def test_garbage_in_the_kept_sessions_is_logged_and_skipped(tmp_path):
+    relay, _, _, _, _ = _answered_call(tmp_path)
+    relay.stopService()
+    kept = json.loads((tmp_path / "relay_sessions").read_text())
+    kept["sessions"]["broken ft"] = {"call_id": ["not", "a", "session"]}
+    kept["sessions"]["ports taken ft"] = {**next(iter(kept["sessions"].values())), "call_id": "ports taken"}
+    (tmp_path / "relay_sessions").write_text(json.dumps(kept))
+    with open(tmp_path / "relay_sessions.journal", "w") as journal:
+        journal.write('{"pop": ["x"]}\n[[[[\n{"set": "half')
+    again, _ = _relay_with_state(tmp_path)
+    logged = []
+    globalLogPublisher.addObserver(logged.append)
+    try:
+        again.startService()
+    finally:
+        globalLogPublisher.removeObserver(logged.append)
+    # the good session came back; the broken one and the one whose ports it holds are skipped, each with a line
+    assert [session.call_id for session in again.sessions.sessions.values()] == ["c1"]
+    skipped = [formatEvent(event) for event in logged if "Cannot take back session" in formatEvent(event)]
+    assert len(skipped) == 2 and "broken ft" in skipped[0] and "ports taken ft" in skipped[1]
+    # a snapshot that is not JSON at all is set aside, and the relay starts without sessions
+    again.sessions.suspend()
+    (tmp_path / "relay_sessions").write_text("\x80 not json")
+    (tmp_path / "relay_sessions.journal").unlink(missing_ok=True)
+    third, _ = _relay_with_state(tmp_path)
+    third.startService()
+    assert third.sessions.sessions == {} and (tmp_path / "relay_sessions.corrupt").exists()

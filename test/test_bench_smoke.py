@@ -38,3 +38,8 @@ def test_memory_benchmark_runs():
 def test_fuzzer_runs_and_finds_nothing():
     output = bench("fuzz.py", "--inputs", "30000", "--seed", "7")
     assert "30000 inputs" in output and ", 0 exceptions outside the documented error types" in output
+
+
+def test_packet_path_benchmark_runs():
+    output = bench("packet_path.py", "--streams", "5", "--packets", "2000", "--rounds", "1")
+    assert "this checkout" in output and "ns/packet" in output

@@ -24,7 +24,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))  # run from a checkout; an installed mediaproxy wins if present
 
 from mediaproxy import configuration  # noqa: E402
-from mediaproxy.relay import packets  # noqa: E402
+from mediaproxy.relay.model import packets  # noqa: E402
 from mediaproxy.testing import capture_requests  # noqa: E402
 from mediaproxy.wire import headers, jsontext, relaylink, statistics  # noqa: E402
 from mediaproxy.wire.control import ProxyRequest, RequestError, RequestFramer  # noqa: E402

@@ -15,10 +15,13 @@ from dataclasses import dataclass
 
 from twisted.internet import defer, protocol
 from twisted.protocols.basic import LineOnlyReceiver
+from zope.interface import implementer
 
+from mediaproxy.relay.plane.interfaces import IBinder, IEndpoint
 from mediaproxy.wire import headers as wire_headers
 
 
+@implementer(IEndpoint)
 class FakeEndpoint:
     def __init__(self, ip: str, port: int, binder: FakeBinder) -> None:
         self.local = (ip, port)
@@ -37,7 +40,9 @@ class FakeEndpoint:
     def deliver(self, data: bytes, source: tuple[str, int]) -> None:
         """A packet arrives at this relay socket from ``source``."""
         assert not self.closed, f"packet for closed socket {self.local}"
-        self.receiver(data, source)
+        touched = self.receiver(data, source)
+        if touched is not None:
+            self.binder.sink(touched)
 
 
 class InOrder:
@@ -48,6 +53,7 @@ class InOrder:
         return count - 1
 
 
+@implementer(IBinder)
 class FakeBinder:
     """Stands in for UDP binding; ``refuse`` holds ports that fail to bind."""
 
@@ -55,6 +61,7 @@ class FakeBinder:
         self.open: set[FakeEndpoint] = set()
         self.refuse: set[int] = set()
         self.by_port: dict[int, FakeEndpoint] = {}
+        self.sink = lambda owner: None  # set by the session manager that takes this binder
 
     def __call__(self, ip: str, port: int) -> tuple[FakeEndpoint, FakeEndpoint]:
         if port in self.refuse:

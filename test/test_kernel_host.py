@@ -4,7 +4,7 @@ import subprocess
 
 import pytest
 
-from mediaproxy.relay.forwarding import host
+from mediaproxy.relay.plane import host
 
 MARK = 0x4D50
 

@@ -12,8 +12,8 @@ from twisted.internet.task import Clock
 from mediaproxy import configuration
 from mediaproxy.configuration import RelayConfig
 from mediaproxy.datatypes import PortRange
-from mediaproxy.relay import packets
-from mediaproxy.relay.session import SessionManager, UpdateError
+from mediaproxy.relay.model import packets
+from mediaproxy.relay.sessions import SessionManager, UpdateError
 from mediaproxy.testing import FakeBinder
 from mediaproxy.wire import headers, jsontext, relaylink, statistics
 from mediaproxy.wire.control import ProxyRequest, RequestError, RequestFramer

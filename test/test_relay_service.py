@@ -231,7 +231,7 @@ def test_auto_detect_interfaces_binds_towards_caller_and_destination():
     # advertised_ip turns auto-detection off: relay_ip is used for both sides
     plain, _ = make_relay(auto_detect_interfaces=True, advertised_ip="192.0.2.200")
     assert plain.sessions.bind_addresses(parse_signaling_ip("10.9.9.9")) == ("127.0.0.1", "127.0.0.1")
-    assert plain.sessions.advertised_ip == "192.0.2.200"
+    assert plain.sessions.policy.advertised_ip == "192.0.2.200"
 
 
 def test_the_dispatcher_name_is_verified_only_when_asked_and_configured_by_name():

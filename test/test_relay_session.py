@@ -4,12 +4,14 @@ import struct
 
 import pytest
 from twisted.internet.task import Clock
+from zope.interface import implementer
 
 from mediaproxy.configuration import RelayConfig
 from mediaproxy.datatypes import PortRange, network_range_list
-from mediaproxy.relay.packets import codec_name, is_stun
-from mediaproxy.relay.ports import PortPool
-from mediaproxy.relay.session import Halting, SessionManager, UpdateError
+from mediaproxy.relay.model.packets import codec_name, is_stun
+from mediaproxy.relay.plane.interfaces import IForwarder
+from mediaproxy.relay.plane.ports import PortPool
+from mediaproxy.relay.sessions import Halting, SessionManager, UpdateError
 from mediaproxy.testing import FakeBinder, InOrder, headers
 
 RELAY = "203.0.113.5"
@@ -416,6 +418,7 @@ def test_codec_names(payload_type, name):
     assert codec_name(rtp(payload_type | 0x80)) == name
 
 
+@implementer(IForwarder)
 class RecordingForwarder:
     """A kernel forwarder stand-in: remembers offloads, reports fixed counters."""
 
@@ -424,19 +427,26 @@ class RecordingForwarder:
     def __init__(self):
         self.offloaded = []
         self.removed = []
+        self.entries = {}
+        self.on_gone = None
 
-    def offload(self, substream):
-        substream.kernel = ("entry", substream.kind)
-        self.offloaded.append(substream.kind)
+    def offload(self, owner, flow):
+        self.entries[owner] = flow
+        self.offloaded.append(owner.kind)
+        return True
 
-    def remove(self, substream):
-        self.removed.append(substream.kind)
-        substream.kernel = None
-        for side in substream.sides:
-            side.kernel_packets, side.kernel_bytes = 10, 2000  # what the real one folds in from the entry
+    def remove(self, owner):
+        self.removed.append(owner.kind)
+        del self.entries[owner]
+        return 10, 2000, 10, 2000  # what the real one reads from the entry as it goes
 
-    def counters(self, substream, party):
-        return (10, 2000) if substream.kernel else (0, 0)
+    def counters(self, owner):
+        return (10, 2000, 10, 2000) if owner in self.entries else None
+
+    def time_out(self, owner, timeout_wait=120):
+        """The kernel drops the entry by itself (no packets for ``timeout_wait`` s)."""
+        del self.entries[owner]
+        self.on_gone(owner, (0, 0, 0, 0), timeout_wait)
 
 
 def established(relay):
@@ -489,15 +499,14 @@ def test_kernel_entry_offloaded_after_first_packets_and_counted():
     stats = relay.remove()
     (counted,) = stats["streams"]
     assert counted["caller_packets"] == 0 + 10 and counted["callee_packets"] == 1 + 10
-    assert forwarder.removed == ["rtp"] and stream.rtp.kernel is None
+    assert forwarder.removed == ["rtp"] and stream.rtp.path != "kernel" and not forwarder.entries
 
 
 def test_kernel_entry_timeout_expires_the_stream_but_not_on_hold():
     relay = Relay()
-    relay.manager.forwarder = RecordingForwarder()
+    forwarder = relay.manager.forwarder = RecordingForwarder()
     stream = established(relay)
-    stream.rtp.kernel = None
-    stream.rtp.kernel_entry_expired(120)
+    forwarder.time_out(stream.rtp)
     assert stream.status == "conntrack timeout" and stream.timeout_wait == 120
 
     relay = Relay()
@@ -505,9 +514,8 @@ def test_kernel_entry_timeout_expires_the_stream_but_not_on_hold():
     stream = established(relay)
     relay.update(cseq=2, media="audio:192.0.2.10:6000:sendonly:ice=no")
     relay.update(kind="reply", cseq=2, to_tag="tt", media="audio:198.51.100.20:7000:recvonly:ice=no")
-    stream.rtp.kernel = None
-    stream.rtp.kernel_entry_expired(120)
-    assert stream.status == "on hold"
+    forwarder.time_out(stream.rtp)
+    assert stream.status == "on hold" and stream.rtp.path == "lapsed"
     # media resumes: back to the kernel
     relay.socket(40000).deliver(rtp(0), CALLER_NAT)
     assert forwarder.offloaded == ["rtp", "rtp"]
@@ -524,8 +532,8 @@ def test_empty_and_odd_datagrams_are_harmless():
 
 def test_lost_destroy_events_are_made_up_for():
     """A conntrack event overflow: entries that vanished meanwhile still end their streams."""
-    from mediaproxy.relay.forwarding.conntrack import Counters, Flow  # noqa: PLC0415
-    from mediaproxy.relay.forwarding.kernel import KernelForwarder  # noqa: PLC0415
+    from mediaproxy.relay.plane.conntrack import Counters, Flow  # noqa: PLC0415
+    from mediaproxy.relay.plane.kernel import KernelForwarder  # noqa: PLC0415
 
     class Table:
         mark = 1
@@ -543,12 +551,12 @@ def test_lost_destroy_events_are_made_up_for():
     table = Table()
     relay.manager.forwarder = KernelForwarder(relay.clock, table, 120)
     stream = established(relay)
-    assert isinstance(stream.rtp.kernel, Flow)
+    assert stream.rtp.path == "kernel" and isinstance(relay.manager.forwarder.entries[stream.rtp], Flow)
     relay.manager.forwarder.reconcile()
     assert stream.status == "active"  # still there: nothing happens
     table.entries.clear()  # the kernel dropped it; its DESTROY event was lost
     relay.manager.forwarder.reconcile()
-    assert stream.status == "conntrack timeout" and stream.rtp.kernel is None
+    assert stream.status == "conntrack timeout" and stream.rtp not in relay.manager.forwarder.entries
 
 
 # -- hostile peers: latching that a blind attacker cannot win, a bounded STUN queue
@@ -587,7 +595,7 @@ def test_a_natted_party_is_recognised_by_its_signalling_address():
     callee_side.deliver(rtp(8), CALLEE_NAT)
     assert caller_side.sent == [(rtp(8), CALLER_NAT)]
     # later strangers never win; a better fit (its SDP address) only within latch_window
-    relay.clock.advance(relay.manager.latch_window + 1)
+    relay.clock.advance(relay.manager.policy.latch_window + 1)
     caller_side.deliver(rtp(0), ATTACKER)
     caller_side.deliver(rtp(0), ("10.0.0.5", 6000))
     assert relay.manager.statistics()[0]["streams"][0]["caller_remote"] == "192.0.2.99:30000"
@@ -635,12 +643,12 @@ def test_stun_queue_is_bounded_in_packets_and_bytes_and_cleared():
     rtcp = relay.manager.sessions[("c1", "ft")].streams[0].rtcp
     relay.socket(40001).deliver(small, ("192.0.2.99", 30001))
     assert rtcp.callee.stun_queue
-    rtcp.expire("conntrack timeout", 60)
+    rtcp.lapse("conntrack timeout", 60)
     assert rtcp.callee.stun_queue is None
 
 
 def test_ports_are_handed_out_at_random_and_cool_down_after_release():
-    from mediaproxy.relay.ports import PortPool as Pool
+    from mediaproxy.relay.plane.ports import PortPool as Pool
 
     pool = Pool(PortRange(40000, 40400))
     first = [pool.allocate(lambda port: port)[0] for _ in range(20)]

@@ -55,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def cleanup(config, runtime_dir: str) -> int:  # noqa: ANN001
     """What a clean stop does to the host, for a relay that crashed (the package runs it on removal)."""
-    from mediaproxy.relay.forwarding import host  # noqa: PLC0415
+    from mediaproxy.relay.plane import host  # noqa: PLC0415
     from mediaproxy.relay.service import HOST_CHANGES_FILE, SESSIONS_FILE  # noqa: PLC0415
     from mediaproxy.statefile import JOURNAL_SUFFIX  # noqa: PLC0415
 
@@ -67,7 +67,7 @@ def cleanup(config, runtime_dir: str) -> int:  # noqa: ANN001
     if not os.path.exists(path):
         return process.EXIT_OK
     try:
-        from mediaproxy.relay.forwarding.conntrack import Conntrack  # noqa: PLC0415
+        from mediaproxy.relay.plane.conntrack import Conntrack  # noqa: PLC0415
 
         conntrack = Conntrack(config.relay.conntrack_mark)
         _, removed = conntrack.flush_ours()

@@ -10,7 +10,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from mediaproxy.lineprotocol import BoundedLineReceiver
-from mediaproxy.relay.session import Halting, UpdateError
+from mediaproxy.relay.sessions import Halting, UpdateError
 from mediaproxy.wire import headers as wire_headers
 from mediaproxy.wire import relaylink, statistics
 from mediaproxy.wire.lines import OverlongLine
@@ -132,7 +132,7 @@ class DispatcherLink(BoundedLineReceiver):
                 continue
             if size >= statistics.PAGE_BYTES:
                 return statistics.format_page(page, session.serial)
-            record = session.statistics()
+            record = self.connector.relay.sessions.session_statistics(session)
             if session.dispatcher == self.connector.key:
                 record["yours"] = True
             page.append(json.dumps(record))

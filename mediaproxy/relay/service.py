@@ -16,11 +16,11 @@ from mediaproxy import __version__, statefile
 from mediaproxy.datatypes import Endpoint
 from mediaproxy.guard import DescriptorBudget, GuardedFactory, Limits
 from mediaproxy.process import StartupError
-from mediaproxy.relay import persist
-from mediaproxy.relay.forwarding import choice, host
-from mediaproxy.relay.forwarding.userspace import UDPBinder
 from mediaproxy.relay.link import LinkFactory
-from mediaproxy.relay.session import SessionManager
+from mediaproxy.relay.model import serialize
+from mediaproxy.relay.plane import choice, host
+from mediaproxy.relay.plane.udp import UDPBinder
+from mediaproxy.relay.sessions import SessionManager
 from mediaproxy.tls import ClientContextFactory, Credentials, PeerVerifier
 
 log = Logger(namespace="relay")
@@ -48,7 +48,7 @@ def default_relay_ip() -> str:
 
 def _kernel_flows(state: object) -> set:
     try:
-        return persist.kernel_flows(state)
+        return serialize.kernel_flows(state)
     except (KeyError, TypeError, ValueError, AttributeError, IndexError):
         return set()  # not a session's state: load_session says so when it gets there
 
@@ -197,7 +197,7 @@ class RelayService(service.Service):
         self.host_changes = host.HostChanges(os.path.join(state_dir, HOST_CHANGES_FILE) if state_dir else None)
         # the sessions, kept so that a restart (or a crash) does not end the calls
         self.state_file = (
-            statefile.StateFile(os.path.join(state_dir, SESSIONS_FILE), "sessions", persist.VERSION, reactor, "the relay's sessions")
+            statefile.StateFile(os.path.join(state_dir, SESSIONS_FILE), "sessions", serialize.VERSION, reactor, "the relay's sessions")
             if state_dir
             else None
         )
@@ -384,7 +384,7 @@ class RelayService(service.Service):
 
     def sample_traffic(self) -> None:
         started = self.reactor.seconds()
-        live = sum(session.relayed_bytes() for session in self.sessions.sessions.values())
+        live = self.sessions.relayed_bytes()
         closed = self.sessions.closed_bytes - self._last_closed_bytes
         self.bps_relayed = 8.0 * (live + closed - self._last_live_bytes) / self.config.traffic_sampling_period
         self._last_live_bytes = live

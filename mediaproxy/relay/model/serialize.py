@@ -1,17 +1,20 @@
-"""A relay session as plain JSON and back, so calls outlive the relay process.
+"""A session as plain JSON and back, so calls outlive the relay process.
 
 What is kept is what the relay learnt and counted: the signalling (offers and answers), the ports,
-each side's latched address and its counters, the timers' deadlines (wall-clock times) and which
-substreams the kernel forwards. A restarted relay re-binds the same ports, takes the kernel's
-entries back instead of deleting them, and goes on as if it had never stopped; kernel-forwarded
-media does not even notice.
+each side's latched address and its counters, the timers' deadlines (wall-clock times) and each
+substream's path. A restarted relay re-binds the same ports, takes the kernel's entries back
+instead of deleting them, and goes on as if it had never stopped; kernel-forwarded media does not
+even notice. Nothing here binds or touches the kernel: :func:`load_session` gives back the model,
+and the session manager re-attaches its sockets and entries.
 """
 
 from __future__ import annotations
 
 from dataclasses import asdict
 
-from mediaproxy.relay.media import ALIVE, CALLEE, CALLER, Side, Stream, Substream
+from mediaproxy.relay.model.media import ALIVE, CALLEE, CALLER, KERNEL, LAPSED, LEARNING, PATHS, Side, Stream, Substream
+from mediaproxy.relay.model.policy import MediaPolicy
+from mediaproxy.relay.model.session import Session
 from mediaproxy.wire.headers import SignalingInfo
 
 VERSION = 1
@@ -24,11 +27,11 @@ _STREAM_FIELDS = ("media_type", "status", "timeout_wait", "create_time", "start_
 _SESSION_FIELDS = ("call_id", "caller_tag", "from_uri", "to_uri", "to_tag", "caller_ua", "callee_ua", "created", "start_time", "dialog_id")
 
 
-def session_key(session) -> str:  # noqa: ANN001
+def session_key(session: Session) -> str:
     return f"{session.call_id} {session.caller_tag}"
 
 
-def dump_session(session) -> dict:  # noqa: ANN001
+def dump_session(session: Session) -> dict:
     streams = session.streams
     index = {id(stream): number for number, stream in enumerate(streams)}
     return {
@@ -46,7 +49,7 @@ def _dump_stream(stream: Stream) -> dict:
     return {
         **{name: getattr(stream, name) for name in _STREAM_FIELDS},
         "ports": [stream.caller_port, stream.callee_port],
-        "local_ips": [stream.local(CALLER)[0], stream.local(CALLEE)[0]],
+        "local_ips": list(stream.local_ips),
         "parties": {party: {name: getattr(stream.parties[party], name) for name in _PARTY_FIELDS} for party in (CALLER, CALLEE)},
         "rtp": _dump_substream(stream.rtp),
         "rtcp": _dump_substream(stream.rtcp),
@@ -54,12 +57,7 @@ def _dump_stream(stream: Stream) -> dict:
 
 
 def _dump_substream(substream: Substream) -> dict:
-    return {
-        "kernel": substream.kernel is not None,
-        "reoffload": substream.reoffload,
-        CALLER: _dump_side(substream.caller),
-        CALLEE: _dump_side(substream.callee),
-    }
+    return {"path": substream.path, CALLER: _dump_side(substream.caller), CALLEE: _dump_side(substream.callee)}
 
 
 def _dump_side(side: Side) -> dict:
@@ -70,7 +68,7 @@ def kernel_flows(state: dict) -> set[tuple]:
     """The conntrack keys a kept session's substreams may have entries for, to keep them at start.
 
     Any substream with a learnt caller may; the entries are taken back for those that have both
-    sides learnt (see :func:`load_session`).
+    sides learnt (see the session manager's restore).
     """
     keys = set()
     for stream in state.get("streams", []):
@@ -83,69 +81,33 @@ def kernel_flows(state: dict) -> set[tuple]:
     return keys
 
 
-class GoneEndpoint:
-    """Where a stream that had ended before the restart had its sockets: nothing to bind."""
-
-    __slots__ = ("local", "receiver")
-
-    def __init__(self, ip: str, port: int) -> None:
-        self.local = (ip, port)
-        self.receiver = None
-
-    def send(self, data: bytes, destination: tuple[str, int]) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
-
-
-def load_session(manager, state: dict):  # noqa: ANN001, ANN201
-    """Rebuild a kept session: its live streams' ports claimed and bound again, its kernel entries
-    (those the forwarder kept at start) taken back. Raises OSError, PortsExhausted, or KeyError,
-    TypeError or ValueError for a state that is not a session's."""
-    from mediaproxy.relay.session import Session  # noqa: PLC0415 - the session module uses this one's caller
-
+def load_session(state: dict, serial: int, policy: MediaPolicy, clock) -> Session:  # noqa: ANN001
+    """The session ``state`` describes, without sockets. Raises KeyError, TypeError or ValueError
+    for a state that is not a session's."""
     signaling = SignalingInfo(**state["signaling"])
     headers = {"call_id": state["call_id"], "from_tag": state["caller_tag"], "from_uri": state["from_uri"], "to_uri": state["to_uri"]}
     dispatcher = state["dispatcher"]
     session = Session(
-        manager, {**headers, "signaling_ip": signaling.caller_ip or ""}, tuple(dispatcher) if isinstance(dispatcher, list) else dispatcher
+        {**headers, "signaling_ip": signaling.caller_ip or ""},
+        tuple(dispatcher) if isinstance(dispatcher, list) else dispatcher,
+        serial,
+        policy,
+        clock,
     )
     session.signaling = signaling
     for name in _SESSION_FIELDS:
         setattr(session, name, state[name])
     session.pair = tuple(state["pair"])
     session.previous_pair = tuple(state["previous_pair"]) if state["previous_pair"] is not None else None
-    claimed = []
-    try:
-        for saved in state["streams"]:
-            session.streams.append(_load_stream(manager, session, saved, claimed))
-    except Exception:
-        for stream in session.streams:
-            if stream.alive:
-                stream.close("closed")
-        for port in claimed:
-            manager.pool.release(port)
-        raise
+    session.streams = [_load_stream(session, saved, policy, clock) for saved in state["streams"]]
     session.offers = {(caller, callee): [session.streams[number] for number in numbers] for caller, callee, numbers in state["offers"]}
-    for stream in session.streams:
-        if stream.alive:
-            _adopt_kernel(manager, stream, state)
     return session
 
 
-def _load_stream(manager, session, saved: dict, claimed: list[int]) -> Stream:  # noqa: ANN001
-    caller_port, callee_port = saved["ports"]
+def _load_stream(session: Session, saved: dict, policy: MediaPolicy, clock) -> Stream:  # noqa: ANN001
     caller_ip, callee_ip = saved["local_ips"]
-    if saved["status"] in ALIVE:
-        caller = manager.pool.claim(caller_port, lambda port: manager.binder(caller_ip, port))
-        claimed.append(caller_port)
-        callee = manager.pool.claim(callee_port, lambda port: manager.binder(callee_ip, port))
-        claimed.append(callee_port)
-    else:
-        caller = (caller_port, (GoneEndpoint(caller_ip, caller_port), GoneEndpoint(caller_ip, caller_port + 1)))
-        callee = (callee_port, (GoneEndpoint(callee_ip, callee_port), GoneEndpoint(callee_ip, callee_port + 1)))
-    stream = Stream(session, saved["media_type"], (caller, callee), manager)
+    caller_port, callee_port = saved["ports"]
+    stream = Stream(session, saved["media_type"], (int(caller_port), int(callee_port)), (caller_ip, callee_ip), policy, clock)
     for name in _STREAM_FIELDS:
         setattr(stream, name, saved[name])
     for party in (CALLER, CALLEE):
@@ -154,30 +116,20 @@ def _load_stream(manager, session, saved: dict, claimed: list[int]) -> Stream:  
                 setattr(stream.parties[party], name, value)
     for kind in ("rtp", "rtcp"):
         substream = getattr(stream, kind)
-        substream.reoffload = saved[kind]["reoffload"]
+        substream.path = _path(saved[kind])
         for party in (CALLER, CALLEE):
             side = substream.side(party)
             values = saved[kind][party]
             side.remote = tuple(values["remote"]) if values["remote"] is not None else None
             for name in _SIDE_FIELDS:
                 setattr(side, name, values[name])
-    if stream.alive:
-        pending = [side.deadline for side in stream.all_sides() if side.deadline is not None]
-        if pending:
-            stream.schedule(min(pending))  # a deadline passed while the relay was away fires at once
     return stream
 
 
-def _adopt_kernel(manager, stream: Stream, state: dict) -> None:  # noqa: ANN001
-    saved = state["streams"][stream.session.streams.index(stream)]
-    for kind in ("rtp", "rtcp"):
-        substream = getattr(stream, kind)
-        if substream.caller.remote is None or substream.callee.remote is None:
-            continue
-        if manager.forwarder.adopt(substream):
-            for side in substream.sides:  # an entry is made only once both sides sent media
-                side.in_use = side.got_rtp = True
-                side.deadline = None
-        elif saved[kind]["kernel"]:
-            # the entry lapsed while the relay was away: media that comes now goes back to the kernel
-            substream.reoffload = True
+def _path(saved: dict) -> str:
+    path = saved.get("path")
+    if path is None:  # written before substreams had a path
+        path = KERNEL if saved.get("kernel") else LAPSED if saved.get("reoffload") else LEARNING
+    if path not in PATHS:
+        raise ValueError(f"unknown path {path!r}")
+    return PATHS[PATHS.index(path)]  # the model's own object: the packet path compares identities

@@ -1,22 +1,36 @@
-"""Media streams on the relay: sides, substreams (RTP/RTCP) and streams, with latching and timers.
+"""Media streams: parties, sides, substreams (RTP/RTCP) and streams, with latching and expiry.
 
-Pure logic: sockets are *endpoints* handed in by the session manager (anything with ``send``,
-``close``, ``local`` and a ``receiver`` attribute), time comes from an injected clock.
+A stream lives offered → active ⇄ on hold → ended (its status says why). Each of its two
+substreams takes a *path*: learning (a party not known yet) → userspace or kernel (both known;
+the kernel when it takes the entry) → lapsed (the kernel dropped the entry of a held stream;
+the next media goes back to it). Every expiry, whatever noticed it (a side's deadline, the
+kernel's entry timeout, the userspace idle check), enters through :meth:`Substream.lapse`.
 """
 
 from __future__ import annotations
 
-from twisted.logger import Logger
+from collections.abc import Callable
 
-from mediaproxy.relay import packets
+from mediaproxy.relay.model import events, packets
+from mediaproxy.relay.model.policy import MediaPolicy
 from mediaproxy.wire.statistics import UNSELECTED_ICE
-
-log = Logger(namespace="relay.media")
 
 CALLER, CALLEE = "caller", "callee"
 ALIVE = ("active", "on hold")
+# a stream's status when a timer or the kernel ended it (the original's words)
+NO_TRAFFIC, ON_HOLD_TIMEOUT, CONNTRACK_TIMEOUT = "no-traffic timeout", "on hold timeout", "conntrack timeout"
+# a substream's path; always one of these very objects (the packet path compares identities)
+LEARNING, USERSPACE, KERNEL, LAPSED = "learning", "userspace", "kernel", "lapsed"
+PATHS = (LEARNING, USERSPACE, KERNEL, LAPSED)
 # conntrack counts whole IP packets; userspace counts the same way so both paths report alike
 IP_UDP_OVERHEAD = 28
+
+# (caller packets, caller bytes, callee packets, callee bytes) of a substream's live kernel entry
+LiveCounters = Callable[["Substream"], "tuple[int, int, int, int] | None"]
+
+
+def _no_kernel(substream: Substream) -> None:
+    return None
 
 
 class Party:
@@ -79,10 +93,10 @@ class Side:
         "codec",
     )
 
-    def __init__(self, substream: Substream, party: str, endpoint) -> None:  # noqa: ANN001
+    def __init__(self, substream: Substream, party: str) -> None:
         self.substream = substream
         self.party = party
-        self.endpoint = endpoint
+        self.endpoint = None  # a plane.interfaces.IEndpoint, attached by whoever binds the port
         self.remote: tuple[str, int] | None = None
         self.in_use = False
         self.got_rtp = False
@@ -90,28 +104,26 @@ class Side:
         self.deadline: float | None = None  # when this side's no-traffic / on-hold timeout fires
         self.timer_reason = ""
         self.timer_seconds = 0
-        self.packets = 0
+        self.packets = 0  # relayed in userspace
         self.bytes = 0
         self.send_counter = 0
         self.stun_queue: list[bytes] | None = None  # STUN waiting for this side's address; rare, so made on demand
         self.latch_level = 0  # how well the latched source fits the party's signalling (Party.match)
         self.latched_at = 0.0
-        self.kernel_packets = 0  # what removed kernel entries counted from this side
+        self.kernel_packets = 0  # what the kernel relayed from this side in entries now gone
         self.kernel_bytes = 0
         self.codec: str | None = None
 
-    def start_timer(self, seconds: int, reason: str) -> None:
-        stream = self.substream.stream
-        self.deadline = stream.clock.seconds() + seconds
+    def start_timer(self, now: float, seconds: int, reason: str) -> None:
+        self.deadline = now + seconds
         self.timer_reason, self.timer_seconds = reason, seconds
-        stream.schedule(self.deadline)
 
     def cancel_timer(self) -> None:
-        self.deadline = None  # the stream's timer finds nothing due and moves on
+        self.deadline = None
 
-    def reset(self, stream_timeout: int) -> None:
+    def reset(self, now: float, stream_timeout: int) -> None:
         """The party announced a new address: ignore the old one and wait for media again."""
-        self.start_timer(stream_timeout, "no-traffic timeout")
+        self.start_timer(now, stream_timeout, NO_TRAFFIC)
         self.in_use = False
         self.got_rtp = False
         self.got_stun_probing = False
@@ -139,20 +151,20 @@ class Side:
 class Substream:
     """RTP or RTCP of one stream: packets from one side go out of the other side's socket."""
 
-    __slots__ = ("stream", "kind", "caller", "callee", "kernel", "reoffload", "activity", "every_packet", "idle_since")
+    __slots__ = ("stream", "kind", "caller", "callee", "path", "activity", "every_packet", "idle_since")
 
-    def __init__(self, stream: Stream, kind: str, caller_endpoint, callee_endpoint) -> None:  # noqa: ANN001
+    def __init__(self, stream: Stream, kind: str) -> None:
         self.stream = stream
         self.kind = kind
-        self.caller = Side(self, CALLER, caller_endpoint)
-        self.callee = Side(self, CALLEE, callee_endpoint)
-        self.kernel = None  # handle of the kernel forwarding entry, when there is one
-        self.reoffload = False  # the kernel entry lapsed while on hold: hand back to the kernel on media
+        self.caller = Side(self, CALLER)
+        self.callee = Side(self, CALLEE)
+        self.path = LEARNING
         self.activity = 0  # packets seen in userspace, for the idle check
-        self.every_packet = stream.manager.transmit_every == 1
+        self.every_packet = stream.policy.transmit_every == 1
         self.idle_since: float | None = None
-        caller_endpoint.receiver = self._from_caller
-        callee_endpoint.receiver = self._from_callee
+
+    def __str__(self) -> str:
+        return f"{self.kind} of {self.stream}"
 
     @property
     def sides(self) -> tuple[Side, Side]:
@@ -161,62 +173,63 @@ class Substream:
     def side(self, party: str) -> Side:
         return self.caller if party == CALLER else self.callee
 
-    def _from_caller(self, data: bytes, source: tuple[str, int]) -> None:
-        self.received(self.caller, self.callee, data, source)
+    def local(self, party: str) -> tuple[str, int]:
+        """The relay's address of this substream facing ``party``."""
+        ip, port = self.stream.local(party)
+        return ip, port + (self.kind == "rtcp")
 
-    def _from_callee(self, data: bytes, source: tuple[str, int]) -> None:
-        self.received(self.callee, self.caller, data, source)
+    def from_caller(self, data: bytes, source: tuple[str, int]):  # noqa: ANN201 - Session | None
+        return self.received(self.caller, self.callee, data, source)
 
-    def received(self, side: Side, other: Side, data: bytes, source: tuple[str, int]) -> None:
+    def from_callee(self, data: bytes, source: tuple[str, int]):  # noqa: ANN201
+        return self.received(self.callee, self.caller, data, source)
+
+    def received(self, side: Side, other: Side, data: bytes, source: tuple[str, int]):  # noqa: ANN201
+        """A packet from ``source`` reached ``side``'s socket. Returns the session when the packet
+        queued events in its outbox, None when it was only forwarded or dropped (the usual case)."""
         self.activity += 1
         if side.remote == source:
             if not side.in_use:
-                return  # the party's obsolete address after it moved
-            if side.got_rtp and other.in_use and self.every_packet and not self.reoffload and data and data[0] >= 0x80:
+                return None  # the party's obsolete address after it moved
+            if side.got_rtp and other.in_use and self.every_packet and self.path is not LAPSED and data and data[0] >= 0x80:
                 # the steady state, every packet of a call forwarded in userspace: keep it short
                 # (RTP and RTCP start with version 2, 0b10, so this is never STUN)
                 other.endpoint.send(data, other.remote)
                 side.packets += 1
                 side.bytes += len(data) + IP_UDP_OVERHEAD
-                return
+                return None
         elif side.in_use and not self._takes_over(side, source):
-            return  # someone else than the latched party
+            return self.stream.session  # refused: counted and logged
         else:
             self._latch(side, source)
+        stream = self.stream
+        policy = stream.policy
         if packets.is_stun(data):
             if packets.is_stun_binding_request(data):
                 side.got_stun_probing = True
-            manager = self.stream.manager
-            if not other.queue_stun(data, manager.stun_queue_packets, manager.stun_queue_bytes):
-                manager.refusals.refuse(
-                    "stun_queue_full",
-                    source[0],
-                    log,
-                    "STUN from {peer} for {stream} dropped: the queue waiting for the other party is full",
-                    stream=str(self.stream),
-                )
+            if not other.queue_stun(data, policy.stun_queue_packets, policy.stun_queue_bytes):
+                stream.session.outbox.append(events.Refused("stun_queue_full", source[0], self))
             destination = self.destination(other)
             if destination is not None:
                 self._flush_stun(other, destination)
-            return
+            return stream.session
         offload = False
         if not side.got_rtp:
             offload = self._first_media(side, data)
-        elif self.reoffload and self.caller.in_use and self.callee.in_use:
-            self.reoffload = False
+        elif self.path == LAPSED and self.caller.in_use and self.callee.in_use:
             offload = True
         destination = self.destination(other)
         if destination is not None:
-            every = self.stream.manager.transmit_every
+            every = policy.transmit_every
             if every == 1 or other.send_counter % every == 0:
                 other.endpoint.send(data, destination)
                 side.packets += 1
                 side.bytes += len(data) + IP_UDP_OVERHEAD
             other.send_counter += 1
         if offload:
-            # after the packet left: its own send must not clash with the new entry's tuples
-            self.stream.manager.forwarder.offload(self)
-            self.stream.manager.changed(self.stream.session)
+            # queued after the send: the packet left before the entry exists, so the two cannot clash
+            stream.session.outbox.append(events.Offload(self))
+        return stream.session
 
     def _takes_over(self, side: Side, source: tuple[str, int]) -> bool:
         """Whether ``source`` may replace the latched address of ``side``.
@@ -226,42 +239,24 @@ class Substream:
         from one that fits the IP only within ``latch_window`` seconds of the latch. So a third
         party that sprays relay ports cannot keep a stream unless it spoofs the party's address.
         """
-        level = self.stream.parties[side.party].match(source, self.kind == "rtcp")
-        manager = self.stream.manager
-        if level > side.latch_level and (side.latch_level == 0 or self.stream.clock.seconds() - side.latched_at <= manager.latch_window):
-            self.remove_kernel_entry()
+        stream = self.stream
+        level = stream.parties[side.party].match(source, self.kind == "rtcp")
+        if level > side.latch_level and (side.latch_level == 0 or stream.clock.seconds() - side.latched_at <= stream.policy.latch_window):
+            self._unload(LEARNING)
             side.got_rtp = False
             side.send_counter = 0
             return True
-        manager.refusals.refuse(
-            "latch_refused",
-            source[0],
-            log,
-            "Packets from {peer} to {stream} ignored: the {party} is latched to {latched}",
-            level="info",
-            stream=str(self.stream),
-            party=side.party,
-            latched=_address(side.remote),
-        )
+        stream.session.outbox.append(events.Refused("latch_refused", source[0], self, side.party))
         return False
 
     def _latch(self, side: Side, source: tuple[str, int]) -> None:
-        self.stream.manager.changed(self.stream.session)
+        stream = self.stream
         replaced = side.remote if side.in_use else None
         side.remote = source
         side.in_use = True
-        side.latch_level = self.stream.parties[side.party].match(source, self.kind == "rtcp")
-        side.latched_at = self.stream.clock.seconds()
-        # taking a stream from another source is worth an operator's attention; learning is not
-        (log.info if replaced else log.debug)(
-            "{kind} {party} of {stream} learnt at {ip}:{port}{replacing}",
-            kind=self.kind,
-            party=side.party,
-            stream=self.stream,
-            ip=source[0],
-            port=source[1],
-            replacing=f", replacing {_address(replaced)} that fits the signalling less" if replaced else "",
-        )
+        side.latch_level = stream.parties[side.party].match(source, self.kind == "rtcp")
+        side.latched_at = stream.clock.seconds()
+        stream.session.outbox += (events.Changed(stream.session), events.Learnt(self, side.party, source, replaced))
         if side.stun_queue:
             # connectivity checks that waited for this party can go now, not at its next check
             self._flush_stun(side, source)
@@ -277,7 +272,7 @@ class Substream:
         side.got_rtp = True
         side.cancel_timer()
         stream = self.stream
-        stream.manager.changed(stream.session)
+        stream.session.outbox.append(events.Changed(stream.session))
         if self.kind == "rtp":
             side.codec = packets.codec_name(data)
         if stream.first_media_time is None:
@@ -289,40 +284,65 @@ class Substream:
             return side.remote
         if self.kind == "rtp":
             party = self.stream.parties[side.party]
-            if party.ip is not None and party.port and self.stream.manager.routable(party.ip):
+            if party.ip is not None and party.port and self.stream.policy.routable(party.ip):
                 return party.ip, party.port
         return None
 
-    def remove_kernel_entry(self) -> None:
-        if self.kernel is not None:
-            self.stream.manager.forwarder.remove(self)
-            self.stream.manager.changed(self.stream.session)
+    # -- the path, as the kernel forwarder reports it
 
-    def counters(self, party: str) -> tuple[int, int]:
+    def set_path(self, path: str) -> None:
+        if path != self.path:
+            old, self.path = self.path, path
+            session = self.stream.session
+            session.outbox += (events.PathChanged(self, old, path), events.Changed(session))
+
+    def _unload(self, then: str) -> None:
+        """Leave the kernel (the entry is removed when the event is carried out) for path ``then``."""
+        if self.path == KERNEL:
+            self.stream.session.outbox.append(events.Unload(self))
+        self.set_path(then)
+
+    def adopted(self) -> None:
+        """The kernel still had this substream's entry from before a restart: both sides sent media."""
+        for side in self.sides:
+            side.in_use = side.got_rtp = True
+            side.deadline = None
+        self.path = KERNEL
+
+    def add_kernel_counts(self, caller_packets: int, caller_bytes: int, callee_packets: int, callee_bytes: int) -> None:
+        """The last counters of a kernel entry that is gone: the kernel's part of the totals."""
+        self.caller.kernel_packets += caller_packets
+        self.caller.kernel_bytes += caller_bytes
+        self.callee.kernel_packets += callee_packets
+        self.callee.kernel_bytes += callee_bytes
+
+    def kernel_entry_gone(self, counts: tuple[int, int, int, int], timeout_wait: int) -> None:
+        """The kernel dropped the entry after ``timeout_wait`` seconds without packets."""
+        self.add_kernel_counts(*counts)
+        if self.path == KERNEL:
+            self.set_path(USERSPACE)  # no Unload: there is no entry left to remove
+        self.lapse(CONNTRACK_TIMEOUT, timeout_wait)
+
+    def counters(self, party: str, live: LiveCounters = _no_kernel) -> tuple[int, int]:
         """(packets, bytes) received from ``party`` and relayed, over both paths."""
         side = self.side(party)
-        kernel_packets, kernel_bytes = side.kernel_packets, side.kernel_bytes
-        if self.kernel is not None:
-            live_packets, live_bytes = self.stream.manager.forwarder.counters(self, party)
-            kernel_packets, kernel_bytes = kernel_packets + live_packets, kernel_bytes + live_bytes
-        return side.packets + kernel_packets, side.bytes + kernel_bytes
+        packets_, bytes_ = side.packets + side.kernel_packets, side.bytes + side.kernel_bytes
+        if self.path == KERNEL:
+            counts = live(self)
+            if counts is not None:
+                offset = 0 if party == CALLER else 2
+                packets_, bytes_ = packets_ + counts[offset], bytes_ + counts[offset + 1]
+        return packets_, bytes_
 
     @property
     def media_started(self) -> bool:
         return self.caller.got_rtp or self.callee.got_rtp
 
-    def kernel_entry_expired(self, timeout_wait: int) -> None:
-        """The kernel dropped this substream's entry after ``timeout_wait`` seconds without packets."""
-        if self.stream.alive and self.stream.on_hold:
-            # a held call may send nothing for a long time: the on-hold timer decides, and media
-            # that resumes goes back to the kernel
-            self.reoffload = True
-            return
-        self.expire("conntrack timeout", timeout_wait)
+    # -- expiry: every source comes through lapse()
 
     def check_idle(self, now: float, idle_timeout: int) -> None:
-        """The userspace twin of the kernel entry's timeout: expire after ``idle_timeout`` s without packets."""
-        if self.kernel is not None or not self.media_started or self.stream.on_hold:
+        """The userspace twin of the kernel entry's timeout: lapse after ``idle_timeout`` s without packets."""
+        if self.path == KERNEL or not self.media_started or self.stream.on_hold:
             self.idle_since = None
             return
         if self.activity or self.idle_since is None:
@@ -331,24 +351,31 @@ class Substream:
             return
         if now - self.idle_since >= idle_timeout:
             self.idle_since = None
-            self.expire("conntrack timeout", idle_timeout)
+            self.lapse(CONNTRACK_TIMEOUT, idle_timeout)
 
-    def expire(self, reason: str, timeout_wait: int) -> None:
+    def lapse(self, reason: str, timeout_wait: int) -> None:
+        """No media for a while (``reason``: a stream status): RTCP is learnt afresh, a held
+        stream's kernel entry waits for media to resume, anything else ends the stream."""
         stream = self.stream
-        if stream.status not in ALIVE:
+        if not stream.alive:
+            return
+        if reason == CONNTRACK_TIMEOUT and stream.on_hold:
+            # a held call may send nothing for a long time: the on-hold timer decides, and media
+            # that resumes goes back to the kernel
+            self._unload(LAPSED)
             return
         for side in self.sides:
             side.cancel_timer()
-        self.remove_kernel_entry()
+        self._unload(LEARNING)
+        outbox = stream.session.outbox
         if self.kind == "rtcp":
             # RTCP going quiet is normal (some phones never send it); start over rather than end the call
             for side in self.sides:
                 side.forget()
-            log.debug("RTCP of {stream} expired ({reason}); will learn it afresh", stream=stream, reason=reason)
+            outbox.append(events.Relearning(self, reason))
             return
         if stream.uses_ice:
-            if not (self.caller.got_stun_probing or self.callee.got_stun_probing):
-                log.info("ICE stream {stream} expired and neither side sent a STUN binding request", stream=stream)
+            outbox.append(events.IceUnselected(stream, self.caller.got_stun_probing or self.callee.got_stun_probing))
             reason = UNSELECTED_ICE
         stream.close(reason, timeout_wait)
         stream.session.stream_expired(stream)
@@ -356,59 +383,56 @@ class Substream:
 
 class Stream:
     __slots__ = (
-        "session", "manager", "clock", "media_type", "parties", "status", "timeout_wait", "create_time", "start_time", "end_time",
-        "first_media_time", "_timer", "_timer_at", "caller_port", "callee_port", "rtp", "rtcp",
+        "session", "policy", "clock", "media_type", "parties", "status", "timeout_wait", "create_time", "start_time",
+        "end_time", "first_media_time", "caller_port", "callee_port", "local_ips", "rtp", "rtcp",
     )  # fmt: skip
 
-    def __init__(self, session, media_type: str, ports, manager) -> None:  # noqa: ANN001
+    def __init__(self, session, media_type: str, ports: tuple[int, int], local_ips: tuple[str, str], policy: MediaPolicy, clock) -> None:  # noqa: ANN001, PLR0913
         self.session = session
-        self.manager = manager
-        self.clock = manager.clock
+        self.policy = policy
+        self.clock = clock
         self.media_type = media_type
         self.parties = {CALLER: Party(), CALLEE: Party()}
         self.status = "active"
         self.timeout_wait = 0
-        self.create_time = self.clock.seconds()
+        self.create_time = clock.seconds()
         self.start_time: float | None = None
         self.end_time: float | None = None
         self.first_media_time: float | None = None
-        # one timer per stream serves the deadlines of its four sides (a DelayedCall each cost KiBs)
-        self._timer = None
-        self._timer_at = 0.0
-        (self.caller_port, caller_endpoints), (self.callee_port, callee_endpoints) = ports
-        self.rtp = Substream(self, "rtp", caller_endpoints[0], callee_endpoints[0])
-        self.rtcp = Substream(self, "rtcp", caller_endpoints[1], callee_endpoints[1])
+        self.caller_port, self.callee_port = ports
+        self.local_ips = local_ips
+        self.rtp = Substream(self, "rtp")
+        self.rtcp = Substream(self, "rtcp")
         for side in self.all_sides():
-            side.start_timer(manager.stream_timeout, "no-traffic timeout")
+            side.start_timer(self.create_time, policy.stream_timeout, NO_TRAFFIC)
 
     def __str__(self) -> str:
         return f"{self.media_type} stream of {self.session.call_id} ({self.caller_port}/{self.callee_port})"
+
+    def attach(self, caller_endpoints: tuple, callee_endpoints: tuple) -> None:
+        """Give the stream its sockets (RTP, RTCP) facing each party; their packets come in here."""
+        for substream, caller, callee in zip((self.rtp, self.rtcp), caller_endpoints, callee_endpoints):
+            substream.caller.endpoint, substream.callee.endpoint = caller, callee
+            caller.receiver, callee.receiver = substream.from_caller, substream.from_callee
+
+    def endpoints(self) -> list:
+        return [side.endpoint for side in self.all_sides() if side.endpoint is not None]
 
     @property
     def alive(self) -> bool:
         return self.status in ALIVE
 
-    def schedule(self, deadline: float) -> None:
-        delay = max(deadline - self.clock.seconds(), 0)
-        if self._timer is None or not self._timer.active():
-            self._timer = self.clock.callLater(delay, self._deadlines_due)
-        elif deadline < self._timer_at:
-            self._timer.reset(delay)
-        else:
-            return
-        self._timer_at = deadline
+    @property
+    def next_deadline(self) -> float | None:
+        pending = [side.deadline for side in self.all_sides() if side.deadline is not None]
+        return min(pending) if pending and self.alive else None
 
-    def _deadlines_due(self) -> None:
-        self._timer = None
-        now = self.clock.seconds() + 1e-6  # the reactor may wake a hair before a float deadline
+    def deadlines_due(self, now: float) -> None:
+        """Time passed: the sides whose timers ran out lapse."""
         for side in self.all_sides():
             if side.deadline is not None and side.deadline <= now:
                 side.deadline = None
-                side.substream.expire(side.timer_reason, side.timer_seconds)
-        if self.alive:
-            pending = [side.deadline for side in self.all_sides() if side.deadline is not None]
-            if pending:
-                self.schedule(min(pending))
+                side.substream.lapse(side.timer_reason, side.timer_seconds)
 
     @property
     def uses_ice(self) -> bool:
@@ -422,7 +446,10 @@ class Stream:
         return [*self.rtp.sides, *self.rtcp.sides]
 
     def local(self, party: str) -> tuple[str, int]:
-        return self.rtp.side(party).endpoint.local
+        """The relay's RTP address facing ``party``."""
+        if party == CALLER:
+            return self.local_ips[0], self.caller_port
+        return self.local_ips[1], self.callee_port
 
     def matches(self, party: str, entry) -> bool:  # noqa: ANN001
         sdp = self.parties[party].sdp
@@ -443,18 +470,18 @@ class Stream:
     def _hold_changed(self, was_on_hold: bool) -> None:
         if not self.alive or self.on_hold == was_on_hold:
             return
+        now = self.clock.seconds()
         if self.on_hold:
             self.status = "on hold"
             for side in self.all_sides():
-                side.start_timer(self.manager.on_hold_timeout, "on hold timeout")
-            log.info("{stream} is on hold", stream=self)
+                side.start_timer(now, self.policy.on_hold_timeout, ON_HOLD_TIMEOUT)
         else:
             self.status = "active"
             for side in self.all_sides():
                 side.cancel_timer()
                 if not side.in_use:
-                    side.start_timer(self.manager.stream_timeout, "no-traffic timeout")
-            log.info("{stream} is off hold", stream=self)
+                    side.start_timer(now, self.policy.stream_timeout, NO_TRAFFIC)
+        self.session.outbox.append(events.HoldChanged(self, self.on_hold))
 
     def answer(self, party: str, entry, signaling_ip: str | None = None) -> None:  # noqa: ANN001
         """Apply the answering party's SDP for this stream."""
@@ -463,10 +490,11 @@ class Stream:
         if old is None or old[0] == "0.0.0.0":
             return
         if entry.port != old[1] or (entry.ip != old[0] and entry.ip != "0.0.0.0"):
-            log.info("{party} of {stream} moved to {ip}:{port}", party=party, stream=self, ip=entry.ip, port=entry.port)
+            self.session.outbox.append(events.Moved(self, party, (entry.ip, entry.port)))
+            now = self.clock.seconds()
             for substream in (self.rtp, self.rtcp):
-                substream.remove_kernel_entry()
-                substream.side(party).reset(self.manager.stream_timeout)
+                substream._unload(LEARNING)
+                substream.side(party).reset(now, self.policy.stream_timeout)
 
     def close(self, status: str = "closed", timeout_wait: int = 0) -> None:
         if not self.alive:
@@ -475,34 +503,18 @@ class Stream:
         self.timeout_wait = timeout_wait
         self.end_time = self.clock.seconds()
         for substream in (self.rtp, self.rtcp):
-            substream.remove_kernel_entry()
-        if self._timer is not None and self._timer.active():
-            self._timer.cancel()
-        self._timer = None
+            substream._unload(substream.path if substream.path != KERNEL else USERSPACE)
         for side in self.all_sides():
             side.cancel_timer()
             side.stun_queue = None
-            side.endpoint.close()
-        self.manager.release_ports(self)
-        self.manager.changed(self.session)
-        if status not in ("closed", "rejected"):
-            log.info("{stream} ended: {status}", stream=self, status=status)
+        self.session.outbox += (events.StreamEnded(self), events.Changed(self.session))
 
-    def suspend(self) -> None:
-        """The relay process stops and a new one takes over: sockets and timer go, the state stays."""
-        if self._timer is not None and self._timer.active():
-            self._timer.cancel()
-        self._timer = None
-        if self.alive:
-            for side in self.all_sides():
-                side.endpoint.close()
-
-    def counters(self, party: str) -> tuple[int, int]:
-        rtp_packets, rtp_bytes = self.rtp.counters(party)
-        rtcp_packets, rtcp_bytes = self.rtcp.counters(party)
+    def counters(self, party: str, live: LiveCounters = _no_kernel) -> tuple[int, int]:
+        rtp_packets, rtp_bytes = self.rtp.counters(party, live)
+        rtcp_packets, rtcp_bytes = self.rtcp.counters(party, live)
         return rtp_packets + rtcp_packets, rtp_bytes + rtcp_bytes
 
-    def statistics(self, session_start: float | None, duration: int) -> dict:
+    def statistics(self, session_start: float | None, duration: int, live: LiveCounters = _no_kernel) -> dict:
         if session_start is None or self.start_time is None:
             start = end = 0
         else:
@@ -513,8 +525,8 @@ class Stream:
                 end = duration
             else:
                 end = min(int((self.end_time or self.clock.seconds()) - session_start), duration)
-        caller_packets, caller_bytes = self.counters(CALLER)
-        callee_packets, callee_bytes = self.counters(CALLEE)
+        caller_packets, caller_bytes = self.counters(CALLER, live)
+        callee_packets, callee_bytes = self.counters(CALLEE, live)
         return {
             "media_type": self.media_type,
             "status": self.status,
@@ -528,12 +540,12 @@ class Stream:
             "callee_bytes": callee_bytes,
             "caller_packets": caller_packets,
             "callee_packets": callee_packets,
-            "caller_local": _address(self.local(CALLER)),
-            "callee_local": _address(self.local(CALLEE)),
-            "caller_remote": _address(self.rtp.caller.remote),
-            "callee_remote": _address(self.rtp.callee.remote),
+            "caller_local": address_text(self.local(CALLER)),
+            "callee_local": address_text(self.local(CALLEE)),
+            "caller_remote": address_text(self.rtp.caller.remote),
+            "callee_remote": address_text(self.rtp.callee.remote),
         }
 
 
-def _address(address: tuple[str, int] | None) -> str:
+def address_text(address: tuple[str, int] | None) -> str:
     return "Unknown" if address is None else f"{address[0]}:{address[1]}"

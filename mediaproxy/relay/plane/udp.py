@@ -13,6 +13,8 @@ from twisted.internet.interfaces import IReadDescriptor
 from twisted.logger import Logger
 from zope.interface import implementer
 
+from mediaproxy.relay.plane.interfaces import IBinder, IEndpoint
+
 log = Logger(namespace="relay.forwarding")
 
 SO_MARK = getattr(socket, "SO_MARK", 36)
@@ -20,17 +22,21 @@ MAX_DATAGRAM = 65535  # the largest UDP payload; a datagram is forwarded whole, 
 READS_PER_WAKEUP = 64  # bounded, so one flooded socket cannot starve the others
 
 
-@implementer(IReadDescriptor)
+@implementer(IReadDescriptor, IEndpoint)
 class UDPEndpoint:
-    """A relay socket: hands packets to ``receiver(data, source)`` and sends for the other side."""
+    """A relay socket: hands packets to ``receiver(data, source)`` and sends for the other side.
 
-    __slots__ = ("reactor", "socket", "local", "receiver", "_fileno")
+    The receiver returns what a packet changed beyond forwarding (rarely), handed to ``sink``.
+    """
 
-    def __init__(self, reactor, sock: socket.socket, local: tuple[str, int]) -> None:  # noqa: ANN001
+    __slots__ = ("reactor", "socket", "local", "receiver", "sink", "_fileno")
+
+    def __init__(self, reactor, sock: socket.socket, local: tuple[str, int], sink) -> None:  # noqa: ANN001
         self.reactor = reactor
         self.socket = sock
         self.local = local
         self.receiver = None
+        self.sink = sink
         self._fileno = sock.fileno()
 
     def fileno(self) -> int:
@@ -50,7 +56,9 @@ class UDPEndpoint:
                 return  # e.g. ICMP port unreachable reported on the socket: nothing to read
             receiver = self.receiver
             if receiver is not None:
-                receiver(data, source)
+                touched = receiver(data, source)
+                if touched is not None:
+                    self.sink(touched)
 
     def connectionLost(self, reason) -> None:  # noqa: N802, ANN001
         self.close()
@@ -69,6 +77,7 @@ class UDPEndpoint:
             self._fileno = -1
 
 
+@implementer(IBinder)
 class UDPBinder:
     """Opens the RTP (even) and RTCP (odd) sockets of a port pair; OSError when either is taken.
 
@@ -80,6 +89,7 @@ class UDPBinder:
     def __init__(self, reactor, mark: int | None = None) -> None:  # noqa: ANN001
         self.reactor = reactor
         self.mark = mark
+        self.sink = lambda owner: None  # the session manager's, once it takes this binder
 
     def __call__(self, ip: str, port: int) -> tuple[UDPEndpoint, UDPEndpoint]:
         rtp = self._bind(ip, port)
@@ -100,6 +110,6 @@ class UDPBinder:
         except OSError as error:
             sock.close()
             raise OSError(f"cannot bind {ip}:{port}: {error.strerror or error}") from None
-        endpoint = UDPEndpoint(self.reactor, sock, (ip, port))
+        endpoint = UDPEndpoint(self.reactor, sock, (ip, port), self.sink)
         self.reactor.addReader(endpoint)
         return endpoint

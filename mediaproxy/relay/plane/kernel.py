@@ -1,18 +1,19 @@
 """The kernel forwarding backend: substreams handed to conntrack once both parties are learnt.
 
-Counters are read live from the entries (one dump per reactor turn however many streams ask)
-and folded into the substream's totals when an entry goes away. The kernel tells us an entry
-timed out with a DESTROY event, read in the reactor; that runs the same expiry path as the
-userspace timers, as ``conntrack timeout``.
+The forwarder owns its entries and their live counters (one dump per reactor turn however many
+streams ask). An entry's last counters go back to whoever removes it; the kernel tells us an
+entry timed out by itself with a DESTROY event, read in the reactor and reported to ``on_gone``.
+Owners are opaque: this module knows nothing of streams.
 """
 
 from __future__ import annotations
 
 from twisted.internet import abstract
 from twisted.logger import Logger
+from zope.interface import implementer
 
-from mediaproxy.relay.forwarding.conntrack import Conntrack, ConntrackError, Counters, Flow, destroy_socket, destroyed
-from mediaproxy.relay.media import CALLER, Substream
+from mediaproxy.relay.plane.conntrack import Conntrack, ConntrackError, Counters, Flow, destroy_socket, destroyed
+from mediaproxy.relay.plane.interfaces import IForwarder
 
 log = Logger(namespace="relay.kernel")
 
@@ -48,6 +49,15 @@ class DestroyReader(abstract.FileDescriptor):
             self.socket = None
 
 
+Counts = tuple  # (caller packets, caller bytes, callee packets, callee bytes)
+
+
+def counts(counters: Counters) -> Counts:
+    """An entry's counters as the forwarder interface gives them: orig is the caller's direction."""
+    return counters.orig_packets, counters.orig_bytes, counters.reply_packets, counters.reply_bytes
+
+
+@implementer(IForwarder)
 class KernelForwarder:
     name = "kernel"
 
@@ -55,11 +65,13 @@ class KernelForwarder:
         self.reactor = reactor
         self.conntrack = conntrack
         self.idle_timeout = idle_timeout
-        self.substreams: dict[tuple, Substream] = {}
+        self.entries: dict[object, Flow] = {}  # owner → its entry
+        self.owners: dict[tuple, object] = {}  # entry key → owner
         self._snapshot: dict | None = None
         self.reader: DestroyReader | None = None
         self.failures = 0
         self.kept: set[tuple] = set()  # entries kept at start for the sessions of the last run
+        self.on_gone = lambda owner, counts, timeout_wait: None
 
     def start(self, keep: frozenset = frozenset()) -> None:
         """Delete the entries with our mark that no kept session had; those kept wait in ``kept`` for :meth:`adopt`."""
@@ -74,63 +86,55 @@ class KernelForwarder:
 
     def stop(self, keep_entries: bool = False) -> None:
         """Stop; the entries stay in the kernel (forwarding on) when the sessions are kept for the next start."""
-        for substream in list(self.substreams.values()):
-            if keep_entries:
-                substream.kernel = None
-            else:
-                self.remove(substream)
-        self.substreams.clear()
+        if not keep_entries:
+            for owner in list(self.entries):
+                self.remove(owner)
+        self.entries.clear()
+        self.owners.clear()
         if self.reader is not None:
             self.reactor.removeReader(self.reader)
             self.reader.connectionLost(None)
             self.reader = None
         self.conntrack.close()
 
-    # -- the forwarder interface used by the media streams
+    def _own(self, owner: object, flow: Flow) -> None:
+        self.entries[owner] = flow
+        self.owners[flow.key] = owner
 
-    def adopt(self, substream: Substream) -> bool:
+    def adopt(self, owner: object, flow: Flow) -> bool:
         """Take back the entry a kept session's substream had, when the kernel still has it."""
-        flow = _flow(substream)
         if flow.key not in self.kept:
             return False
-        substream.kernel = flow
-        self.substreams[flow.key] = substream
+        self._own(owner, flow)
         return True
 
-    def offload(self, substream: Substream) -> None:
-        flow = _flow(substream)
+    def offload(self, owner: object, flow: Flow) -> bool:
         try:
             self.conntrack.create(flow, self.idle_timeout)
         except ConntrackError as error:
             self.failures += 1
-            log.warn("{kind} of {stream} stays in userspace: {error}", kind=substream.kind, stream=substream.stream, error=error)
-            return
-        substream.kernel = flow
-        self.substreams[flow.key] = substream
-        log.debug("{kind} of {stream} forwarded by the kernel", kind=substream.kind, stream=substream.stream)
+            log.warn("{owner} stays in userspace: {error}", owner=owner, error=error)
+            return False
+        self._own(owner, flow)
+        return True
 
-    def remove(self, substream: Substream) -> None:
-        flow = substream.kernel
+    def remove(self, owner: object) -> Counts | None:
+        flow = self.entries.pop(owner, None)
         if flow is None:
-            return
-        self.substreams.pop(flow.key, None)
-        substream.kernel = None
+            return None
+        self.owners.pop(flow.key, None)
         try:
             final = self.conntrack.remove(flow)
         except ConntrackError as error:
             log.warn("{error}", error=error)
             final = None
-        if final is not None:
-            _fold(substream, final)
+        return counts(final) if final is not None else None
 
-    def counters(self, substream: Substream, party: str) -> tuple[int, int]:
-        flow = substream.kernel
+    def counters(self, owner: object) -> Counts | None:
+        flow = self.entries.get(owner)
         if flow is None:
-            return 0, 0
-        counters = self.snapshot().get(flow.key, Counters())
-        if party == CALLER:
-            return counters.orig_packets, counters.orig_bytes
-        return counters.reply_packets, counters.reply_bytes
+            return None
+        return counts(self.snapshot().get(flow.key, Counters()))
 
     def snapshot(self) -> dict:
         if self._snapshot is None:
@@ -149,39 +153,21 @@ class KernelForwarder:
     # -- kernel events
 
     def reconcile(self) -> None:
-        """After lost DESTROY events: expire the substreams whose entries are gone without our hearing of it."""
+        """After lost DESTROY events: report the entries that are gone without our hearing of it."""
         try:
             present = self.conntrack.snapshot()
         except ConntrackError as error:
             log.warn("{error}", error=error)
             return
-        missed = [key for key in self.substreams if key not in present]
+        missed = [key for key in self.owners if key not in present]
         if missed:
             log.warn("{count} conntrack entries ended while events were lost; their last counters are lost", count=len(missed))
         for key in missed:
             self.entry_destroyed(key, Counters())
 
     def entry_destroyed(self, key: tuple, counters: Counters) -> None:
-        substream = self.substreams.pop(key, None)
-        if substream is None:
+        owner = self.owners.pop(key, None)
+        if owner is None:
             return  # removed by us, or not ours
-        substream.kernel = None
-        _fold(substream, counters)
-        substream.kernel_entry_expired(self.idle_timeout)
-
-
-def _flow(substream: Substream) -> Flow:
-    return Flow(
-        caller_remote=substream.caller.remote,
-        caller_local=substream.caller.endpoint.local,
-        callee_remote=substream.callee.remote,
-        callee_local=substream.callee.endpoint.local,
-    )
-
-
-def _fold(substream: Substream, counters: Counters) -> None:
-    """Add a gone entry's counters to the substream's totals: orig is the caller's direction, reply the callee's."""
-    substream.caller.kernel_packets += counters.orig_packets
-    substream.caller.kernel_bytes += counters.orig_bytes
-    substream.callee.kernel_packets += counters.reply_packets
-    substream.callee.kernel_bytes += counters.reply_bytes
+        del self.entries[owner]
+        self.on_gone(owner, counts(counters), self.idle_timeout)

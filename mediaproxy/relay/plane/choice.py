@@ -3,12 +3,40 @@
 from __future__ import annotations
 
 from twisted.logger import Logger
+from zope.interface import implementer
 
 from mediaproxy.process import StartupError
-from mediaproxy.relay.forwarding import host
-from mediaproxy.relay.session import NoKernelForwarding
+from mediaproxy.relay.plane import host
+from mediaproxy.relay.plane.interfaces import IForwarder
 
 log = Logger(namespace="relay")
+
+
+@implementer(IForwarder)
+class NoKernelForwarding:
+    """The forwarder used when the kernel path is off: everything stays in userspace."""
+
+    name = "userspace"
+    kept: frozenset = frozenset()
+    on_gone = None
+
+    def start(self, keep: frozenset = frozenset()) -> None:
+        pass
+
+    def stop(self, keep_entries: bool = False) -> None:
+        pass
+
+    def adopt(self, owner: object, flow: object) -> bool:
+        return False
+
+    def offload(self, owner: object, flow: object) -> bool:
+        return False
+
+    def remove(self, owner: object) -> None:
+        return None
+
+    def counters(self, owner: object) -> None:
+        return None
 
 
 def choose(config, reactor, idle_timeout: int, binder=None, changes: host.HostChanges | None = None, keep: frozenset = frozenset()):  # noqa: ANN001, ANN201, PLR0913
@@ -20,8 +48,8 @@ def choose(config, reactor, idle_timeout: int, binder=None, changes: host.HostCh
     if config.forwarding == "userspace":
         log.info("Forwarding media in userspace ([Relay] forwarding = userspace)")
         return NoKernelForwarding()
-    from mediaproxy.relay.forwarding.conntrack import Conntrack, ConntrackError  # noqa: PLC0415
-    from mediaproxy.relay.forwarding.kernel import KernelForwarder  # noqa: PLC0415
+    from mediaproxy.relay.plane.conntrack import Conntrack, ConntrackError  # noqa: PLC0415
+    from mediaproxy.relay.plane.kernel import KernelForwarder  # noqa: PLC0415
 
     try:
         changed = host.prepare(config.fix_kernel_settings, config.conntrack_mark, changes=changes)

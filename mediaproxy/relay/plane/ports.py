@@ -12,7 +12,10 @@ from collections import deque
 from collections.abc import Callable
 from typing import TypeVar
 
+from zope.interface import implementer
+
 from mediaproxy.datatypes import PortRange
+from mediaproxy.relay.plane.interfaces import IPortPool
 
 T = TypeVar("T")
 
@@ -21,6 +24,7 @@ class PortsExhausted(Exception):
     pass
 
 
+@implementer(IPortPool)
 class PortPool:
     def __init__(self, port_range: PortRange, rng: random.Random | None = None) -> None:
         # highest first: a chooser that always takes the last one hands out ascending ports (tests)

@@ -1,1 +1,0 @@
-"""Media forwarding backends: userspace (Twisted UDP) and kernel (conntrack)."""

@@ -1,0 +1,210 @@
+"""A call as the relay sees it: SDP offer/answer per (caller cseq, callee cseq), replies, statistics."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from mediaproxy.relay.model import events
+from mediaproxy.relay.model.media import ALIVE, CALLEE, CALLER, LiveCounters, Stream, _no_kernel
+from mediaproxy.relay.model.policy import MediaPolicy
+from mediaproxy.wire import statistics as records
+from mediaproxy.wire.headers import SignalingInfo, parse_signaling_ip
+
+
+class UpdateError(Exception):
+    """The update cannot be applied; the relay answers ``error`` and logs the text."""
+
+
+class NoPorts(Exception):
+    """No stream can be opened: the relay's ports are all in use (raised by ``open_stream``)."""
+
+
+# opens a stream of a media type for a session: its ports bound and its sockets attached
+OpenStream = Callable[["Session", str], Stream]
+
+
+class Session:
+    __slots__ = (
+        "policy", "clock", "dispatcher", "call_id", "caller_tag", "from_uri", "to_uri", "to_tag", "caller_ua", "callee_ua",
+        "signaling", "created", "start_time", "end_time", "ended", "end_reason", "streams", "offers", "pair", "previous_pair",
+        "serial", "dialog_id", "outbox",
+    )  # fmt: skip
+
+    def __init__(self, headers: dict, dispatcher: object, serial: int, policy: MediaPolicy, clock) -> None:  # noqa: ANN001
+        self.policy = policy
+        self.clock = clock
+        self.dispatcher = dispatcher
+        self.call_id = headers["call_id"]
+        self.caller_tag = headers["from_tag"]
+        self.from_uri = headers["from_uri"]
+        self.to_uri = headers["to_uri"]
+        self.to_tag: str | None = None
+        self.caller_ua: str | None = None
+        self.callee_ua: str | None = None
+        self.signaling: SignalingInfo = parse_signaling_ip(headers["signaling_ip"])
+        self.created = clock.seconds()
+        self.start_time: float | None = None
+        self.end_time: float | None = None
+        self.pair = (0, 0)
+        self.previous_pair: tuple[int, int] | None = None
+        self.offers: dict[tuple[int, int], list[Stream]] = {}
+        self.streams: list[Stream] = []
+        self.ended = False
+        self.end_reason: str | None = None
+        self.serial = serial  # creation order, where a page of sessions starts
+        self.dialog_id: str | None = headers.get("dialog_id")  # for a dispatcher that lost its call table
+        self.outbox: list = []  # events for the session manager (see model.events)
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return self.call_id, self.caller_tag
+
+    def __str__(self) -> str:
+        return self.call_id
+
+    def update(self, headers: dict, open_stream: OpenStream) -> str:
+        """Apply an offer or answer; returns the reply line (relay IP and ports, or ``None``)."""
+        from_tag = headers["from_tag"]
+        is_caller = from_tag == self.caller_tag
+        kind = headers["type"]
+        downstream = (not is_caller) != (kind == "request")
+        party = CALLER if downstream else CALLEE
+        to_tag = headers.get("to_tag")
+        if is_caller and to_tag and self.to_tag is None:
+            self.to_tag = to_tag
+        if self.dialog_id is None and headers.get("dialog_id"):
+            self.dialog_id = headers["dialog_id"]
+        if party == CALLER and self.caller_ua is None:
+            self.caller_ua = headers["user_agent"]
+        elif party == CALLEE and self.callee_ua is None:
+            self.callee_ua = headers["user_agent"]
+        cseq = headers["cseq"]
+        pair = (cseq, self.pair[1]) if is_caller else (self.pair[0], cseq)
+        media = headers.get("media")
+        # where this message came from: the party's address as the proxy saw it, for latching
+        source_ip = parse_signaling_ip(headers["signaling_ip"]).caller_ip
+        if pair > self.pair:
+            if media is not None:
+                self._offer(pair, party, media, source_ip, open_stream)
+        elif pair == self.pair:
+            self._answer(party, media, source_ip)
+        else:
+            self.outbox.append(events.OldCseq(self, cseq))
+        self.outbox.append(events.Changed(self))
+        return self._reply(0 if is_caller else 1, cseq, downstream, media is not None)
+
+    def _offer(self, pair: tuple[int, int], party: str, media: list, source_ip: str | None, open_stream: OpenStream) -> None:
+        current = [stream for stream in self.offers.get(self.pair, []) if stream.alive]
+        offered: list[Stream] = []
+        created: list[Stream] = []
+        try:
+            for entry in media:
+                stream = next((s for s in current if s not in offered and s.matches(party, entry)), None)
+                if stream is None:
+                    stream = open_stream(self, entry.media_type)
+                    created.append(stream)
+                stream.describe_party(party, entry, source_ip)
+                if entry.port == 0:
+                    stream.close("closed")
+                offered.append(stream)
+        except NoPorts as error:
+            for stream in created:
+                stream.close("closed")
+            raise UpdateError(f"cannot relay call {self.call_id}: {error}") from None
+        self.streams.extend(created)
+        for stream in self.offers.get(self.previous_pair, []) if self.previous_pair is not None else []:
+            if stream not in current and stream not in offered:
+                stream.close("closed")
+        self.previous_pair, self.pair = self.pair, pair
+        self.offers[pair] = offered
+
+    def _answer(self, party: str, media: list | None, source_ip: str | None) -> None:
+        now = self.clock.seconds()
+        if self.start_time is None:
+            self.start_time = now
+        offered = self.offers.get(self.pair, [])
+        for stream in offered:
+            if stream.start_time is None:
+                stream.start_time = now
+        if media is None:
+            return  # a 200 OK without SDP confirms the offer as it stands
+        for stream, entry in zip(offered, media):
+            if stream.media_type != entry.media_type:
+                raise UpdateError(f"answer for call {self.call_id} has a {entry.media_type} stream where the offer had {stream.media_type}")
+        for stream in offered[len(media) :]:
+            stream.close("rejected")
+        for stream, entry in zip(offered, media):
+            if not stream.alive:
+                continue
+            if entry.port == 0:
+                stream.close("rejected")
+            else:
+                stream.answer(party, entry, source_ip)
+        if self.previous_pair is not None:
+            for stream in self.offers.get(self.previous_pair, []):
+                if stream not in offered:
+                    stream.close("closed")
+
+    def _reply(self, position: int, cseq: int, downstream: bool, has_media: bool) -> str:
+        streams = None
+        for pair in reversed(self.offers):
+            if pair[position] == cseq:
+                streams = self.offers[pair]
+                break
+        if not streams:
+            if has_media:
+                raise UpdateError(f"no offer of call {self.call_id} matches cseq {cseq}")
+            return "None"
+        facing = CALLEE if downstream else CALLER
+        ports = [str(stream.local(facing)[1]) if stream.status in ALIVE else "0" for stream in streams]
+        ip = self.policy.advertised_ip or streams[0].local(facing)[0]
+        return " ".join([ip, *ports])
+
+    def alive_streams(self) -> list[Stream]:
+        pairs = [self.pair] if self.previous_pair is None else [self.pair, self.previous_pair]
+        return [stream for pair in pairs for stream in self.offers.get(pair, []) if stream.alive]
+
+    def stream_expired(self, stream: Stream) -> None:
+        if not self.alive_streams():
+            self.outbox.append(events.SessionExpired(self, records.stream_end_reason(stream.status) or records.NO_TRAFFIC))
+
+    def end(self, reason: str) -> None:
+        """Close every stream; the session keeps its statistics."""
+        if self.ended:
+            return
+        self.ended = True
+        self.end_reason = reason
+        self.end_time = self.clock.seconds()
+        for stream in self.streams:
+            stream.close("closed")
+
+    @property
+    def duration(self) -> int:
+        if self.start_time is None:
+            return 0
+        return int((self.end_time if self.end_time is not None else self.clock.seconds()) - self.start_time)
+
+    def userspace_packets(self) -> int:
+        return sum(side.packets for stream in self.streams for side in stream.all_sides())
+
+    def relayed_bytes(self, live: LiveCounters = _no_kernel) -> int:
+        return sum(stream.counters(CALLER, live)[1] + stream.counters(CALLEE, live)[1] for stream in self.streams)
+
+    def statistics(self, live: LiveCounters = _no_kernel) -> dict:
+        duration = self.duration
+        answered = sorted((stream for stream in self.streams if stream.start_time is not None), key=lambda stream: stream.start_time)
+        return {
+            "call_id": self.call_id,
+            "from_tag": self.caller_tag,
+            "from_uri": self.from_uri,
+            "to_tag": self.to_tag,
+            "to_uri": self.to_uri,
+            "start_time": self.start_time,
+            "duration": duration,
+            "caller_ua": self.caller_ua or "Unknown",
+            "callee_ua": self.callee_ua or "Unknown",
+            "username": self.signaling.username,
+            "end_reason": self.end_reason,
+            "dialog_id": self.dialog_id,
+            "streams": [stream.statistics(self.start_time, duration, live) for stream in answered],
+        }

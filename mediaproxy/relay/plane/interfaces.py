@@ -1,0 +1,71 @@
+"""What the session manager needs of the relay's edges; fakes in ``mediaproxy.testing`` provide the same."""
+
+from __future__ import annotations
+
+from zope.interface import Attribute, Interface
+
+
+class IEndpoint(Interface):
+    """One relay UDP socket."""
+
+    local = Attribute("(ip, port) the socket is bound to")
+    receiver = Attribute(
+        "callable(data, source) for each datagram, or None; it returns an object with an ``outbox`` "
+        "when the packet queued events, which the endpoint then hands to its binder's ``sink``"
+    )
+
+    def send(data: bytes, destination: tuple[str, int]) -> None:  # noqa: N805 - zope.interface declarations have no self
+        """Send one datagram; a failure loses this one packet, as UDP would."""
+
+    def close() -> None:  # noqa: N805
+        """Close the socket; nothing more is received."""
+
+
+class IBinder(Interface):
+    """Opens the sockets of a port pair."""
+
+    sink = Attribute("callable(owner) told when a received packet queued events in ``owner.outbox``")
+
+    def __call__(ip: str, port: int) -> tuple:  # noqa: N805
+        """The RTP (``port``) and RTCP (``port + 1``) IEndpoints; OSError when either cannot be bound."""
+
+
+class IPortPool(Interface):
+    """The even ports of ``port_range``, handed out at random and cooled down after use."""
+
+    def allocate(bind) -> tuple:  # noqa: N805, ANN001
+        """(port, bind(port)) for a free pair; PortsExhausted when none binds."""
+
+    def claim(port: int, bind) -> tuple:  # noqa: N805, ANN001
+        """The same for one given port (a session kept from the last run)."""
+
+    def release(port: int) -> None:  # noqa: N805
+        """The pair is free again (after a cool-down)."""
+
+
+class IForwarder(Interface):
+    """Forwards substreams outside the relay process (the kernel), keyed by an opaque owner.
+
+    Counters are (caller packets, caller bytes, callee packets, callee bytes) in IP bytes.
+    """
+
+    name = Attribute("'kernel' or 'userspace'")
+    on_gone = Attribute("callable(owner, counters, timeout_wait), told when an entry timed out by itself")
+
+    def start(keep: frozenset) -> None:  # noqa: N805
+        """Begin; entries of a previous run are deleted but those whose keys are in ``keep``."""
+
+    def stop(keep_entries: bool) -> None:  # noqa: N805
+        """End; with ``keep_entries`` the entries stay (forwarding on) for the next start."""
+
+    def offload(owner: object, flow: object) -> bool:  # noqa: N805
+        """Forward ``flow`` (a plane.conntrack.Flow) for ``owner``; False when it stays in userspace."""
+
+    def adopt(owner: object, flow: object) -> bool:  # noqa: N805
+        """Take back an entry kept from the last run for ``flow``; False when it is gone."""
+
+    def remove(owner: object) -> tuple | None:  # noqa: N805
+        """Delete ``owner``'s entry; its last counters, or None."""
+
+    def counters(owner: object) -> tuple | None:  # noqa: N805
+        """The live counters of ``owner``'s entry, or None."""

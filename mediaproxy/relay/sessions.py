@@ -1,0 +1,472 @@
+"""The relay's session manager: the registry of calls, and the one place where model and plane meet.
+
+Commands (update, remove) and what the plane notices (a packet that changed something, a kernel
+entry that timed out, a deadline, an idle substream) go into the model; the events the model
+queues in the session's outbox come back out here and are carried out on the plane: kernel
+entries, sockets and ports, the state file, logs and refusal counters.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+from twisted.internet import task
+from twisted.logger import Logger
+
+from mediaproxy import __version__
+from mediaproxy.ratelimit import Refusals
+from mediaproxy.relay.deadlines import Deadlines
+from mediaproxy.relay.model import events, serialize
+from mediaproxy.relay.model.media import CALLEE, CALLER, KERNEL, LAPSED, USERSPACE, Stream, Substream, address_text
+from mediaproxy.relay.model.policy import MediaPolicy
+from mediaproxy.relay.model.session import NoPorts, Session, UpdateError
+from mediaproxy.relay.plane.choice import NoKernelForwarding
+from mediaproxy.relay.plane.conntrack import Flow
+from mediaproxy.relay.plane.ports import PortPool, PortsExhausted
+from mediaproxy.wire import statistics as records
+from mediaproxy.wire.headers import REMOVE_REQUIRED, UPDATE_REQUIRED
+
+log = Logger(namespace="relay.session")
+media_log = Logger(namespace="relay.media")
+
+# how often sessions whose userspace counters moved are kept (a crash loses at most this much counting)
+COUNTERS_INTERVAL = 60
+
+__all__ = ["Halting", "SessionManager", "UpdateError"]
+
+
+class Halting(Exception):
+    """The relay is draining: no new sessions."""
+
+
+def flow(substream: Substream) -> Flow:
+    """What the kernel entry of a substream does, both parties learnt."""
+    return Flow(
+        caller_remote=substream.caller.remote,
+        caller_local=substream.local(CALLER),
+        callee_remote=substream.callee.remote,
+        callee_local=substream.local(CALLEE),
+    )
+
+
+class SessionManager:
+    def __init__(
+        self, clock, config, binder, on_expired, relay_ip: str, forwarder=None, bind_addresses=None, idle_timeout: int = 120
+    ) -> None:  # noqa: ANN001, PLR0913
+        self.clock = clock
+        self.policy = MediaPolicy.from_config(config)
+        self.idle_timeout = idle_timeout
+        self._idle_loop: task.LoopingCall | None = None
+        self.pool = PortPool(config.port_range)
+        self._binder = None
+        self.binder = binder
+        self.on_expired = on_expired
+        self.relay_ip = relay_ip
+        self.refusals = Refusals(clock)
+        self._forwarder = None
+        self.forwarder = forwarder or NoKernelForwarding()
+        self.bind_addresses = bind_addresses or (lambda signaling: (relay_ip, relay_ip))
+        self.deadlines = Deadlines(clock, self._deadline_due)
+        self.sessions: dict[tuple[str, str], Session] = {}  # in creation order: ascending serials
+        self.serials = itertools.count(1)
+        self.halting = False
+        self.started = clock.seconds()
+        self.closed_bytes = 0
+        self.state = None  # a statefile.StateFile keeping the sessions across restarts, once restored
+        self._changed: set[tuple[str, str]] = set()
+        self._kept_packets: dict[tuple[str, str], int] = {}
+        self._save_loops: list[task.LoopingCall] = []
+        self._keeping = None  # the call that keeps what changed in this reactor turn
+        self._handlers = {
+            events.Changed: self._on_changed,
+            events.OldCseq: self._on_old_cseq,
+            events.Learnt: self._on_learnt,
+            events.Offload: self._on_offload,
+            events.Unload: self._on_unload,
+            events.PathChanged: self._on_path_changed,
+            events.HoldChanged: self._on_hold_changed,
+            events.Moved: self._on_moved,
+            events.Relearning: self._on_relearning,
+            events.IceUnselected: self._on_ice_unselected,
+            events.StreamEnded: self._on_stream_ended,
+            events.SessionExpired: self._on_session_expired,
+            events.Refused: self._on_refused,
+        }
+
+    @property
+    def binder(self):  # noqa: ANN201 - a plane.interfaces.IBinder
+        return self._binder
+
+    @binder.setter
+    def binder(self, binder) -> None:  # noqa: ANN001
+        self._binder = binder
+        binder.sink = self.drain
+
+    @property
+    def forwarder(self):  # noqa: ANN201 - a plane.interfaces.IForwarder
+        return self._forwarder
+
+    @forwarder.setter
+    def forwarder(self, forwarder) -> None:  # noqa: ANN001
+        self._forwarder = forwarder
+        forwarder.on_gone = self._kernel_entry_gone
+
+    def live_counters(self, substream: Substream) -> tuple | None:
+        return self._forwarder.counters(substream)
+
+    # -- commands
+
+    def find(self, call_id: str, from_tag: str, to_tag: str | None) -> Session | None:
+        session = self.sessions.get((call_id, from_tag))
+        if session is None and to_tag:
+            session = self.sessions.get((call_id, to_tag))
+        return session
+
+    def update(self, headers: dict, dispatcher: object = None) -> str:
+        missing = [name for name in UPDATE_REQUIRED if name not in headers]
+        if missing:
+            raise UpdateError("update without " + ", ".join(missing))
+        session = self.find(headers["call_id"], headers["from_tag"], headers.get("to_tag"))
+        if session is not None:
+            try:
+                return session.update(headers, self._open_stream)
+            finally:
+                self.drain(session)
+                self._watch(session)
+                self.keep(session)
+        if self.halting:
+            raise Halting()
+        if headers["type"] == "reply" and headers.get("media") is None:
+            return "None"
+        session = Session(headers, dispatcher, next(self.serials), self.policy, self.clock)
+        try:
+            reply = session.update(headers, self._open_stream)
+        except Exception:
+            session.end(records.BYE)
+            self.drain(session)
+            raise
+        self.sessions[session.key] = session
+        self.drain(session)
+        self._watch(session)
+        self.keep(session)
+        log.info("New session {call_id} ({streams} streams)", call_id=session.call_id, streams=len(session.streams))
+        return reply
+
+    def remove(self, headers: dict) -> dict:
+        missing = [name for name in REMOVE_REQUIRED if name not in headers]
+        if missing:
+            raise UpdateError("remove without " + ", ".join(missing))
+        session = self.find(headers["call_id"], headers["from_tag"], headers.get("to_tag"))
+        if session is None:
+            raise UpdateError(f"remove for unknown session {headers['call_id']}")
+        return self._close(session, records.BYE)
+
+    def _close(self, session: Session, reason: str) -> dict:
+        session.end(reason)
+        self.drain(session)
+        self.sessions.pop(session.key, None)
+        self._changed.discard(session.key)
+        self._kept_packets.pop(session.key, None)
+        if self.state is not None:
+            self.state.pop(serialize.session_key(session))
+        self.closed_bytes += session.relayed_bytes()
+        return session.statistics()
+
+    def session_expired(self, session: Session, reason: str) -> None:
+        if session.key not in self.sessions:
+            return
+        statistics = self._close(session, reason)
+        log.info("Session {call_id} expired ({reason})", call_id=session.call_id, reason=reason)
+        self.on_expired(session, statistics)
+
+    def expire_all(self) -> None:
+        """The relay stops: every session ends, and its record says so."""
+        for session in list(self.sessions.values()):
+            self.session_expired(session, records.RELAY_SHUTDOWN)
+
+    def _open_stream(self, session: Session, media_type: str) -> Stream:
+        caller_ip, callee_ip = self.bind_addresses(session.signaling)
+        try:
+            caller = self.pool.allocate(lambda port: self.binder(caller_ip, port))
+            try:
+                callee = self.pool.allocate(lambda port: self.binder(callee_ip, port))
+            except PortsExhausted:
+                for endpoint in caller[1]:
+                    endpoint.close()
+                self.pool.release(caller[0])
+                raise
+        except PortsExhausted as error:
+            raise NoPorts(str(error)) from None
+        stream = Stream(session, media_type, (caller[0], callee[0]), (caller_ip, callee_ip), self.policy, self.clock)
+        stream.attach(caller[1], callee[1])
+        return stream
+
+    # -- what the plane noticed
+
+    def drain(self, session: Session) -> None:
+        """Carry out the events the model queued for ``session``, in order."""
+        while session.outbox:
+            queued, session.outbox = session.outbox, []
+            for event in queued:
+                self._handlers[type(event)](event)
+
+    def _watch(self, session: Session) -> None:
+        for stream in session.streams:
+            if stream.alive:
+                self.deadlines.watch(stream)
+
+    def _deadline_due(self, stream: Stream, now: float) -> None:
+        stream.deadlines_due(now)
+        self.drain(stream.session)
+        self.deadlines.watch(stream)
+
+    def _kernel_entry_gone(self, substream: Substream, counts: tuple, timeout_wait: int) -> None:
+        substream.kernel_entry_gone(counts, timeout_wait)
+        self.drain(substream.stream.session)
+
+    def start_idle_checks(self) -> None:
+        """Expire substreams forwarded in userspace that stopped, as the kernel does for its entries."""
+        self._idle_loop = task.LoopingCall(self.check_idle)
+        self._idle_loop.clock = self.clock
+        self._idle_loop.start(max(1, min(5, self.idle_timeout // 4)), now=False)
+
+    def stop_idle_checks(self) -> None:
+        if self._idle_loop is not None and self._idle_loop.running:
+            self._idle_loop.stop()
+
+    def check_idle(self) -> None:
+        now = self.clock.seconds()
+        for session in list(self.sessions.values()):
+            for stream in list(session.streams):
+                if stream.alive:
+                    stream.rtcp.check_idle(now, self.idle_timeout)
+                    stream.rtp.check_idle(now, self.idle_timeout)
+            self.drain(session)
+
+    # -- the model's events
+
+    def _on_changed(self, event: events.Changed) -> None:
+        self.changed(event.session)
+
+    def _on_old_cseq(self, event: events.OldCseq) -> None:
+        log.info("Got old CSeq {cseq} for call {call_id}; ignoring its SDP", cseq=event.cseq, call_id=event.session.call_id)
+
+    def _on_learnt(self, event: events.Learnt) -> None:
+        replaced = event.replaced
+        # taking a stream from another source is worth an operator's attention; learning is not
+        (media_log.info if replaced else media_log.debug)(
+            "{substream} {party} learnt at {ip}:{port}{replacing}",
+            substream=event.substream,
+            party=event.party,
+            ip=event.address[0],
+            port=event.address[1],
+            replacing=f", replacing {address_text(replaced)} that fits the signalling less" if replaced else "",
+        )
+
+    def _on_offload(self, event: events.Offload) -> None:
+        substream = event.substream
+        if not substream.stream.alive or substream.path == KERNEL:
+            return
+        substream.set_path(KERNEL if self._forwarder.offload(substream, flow(substream)) else USERSPACE)
+
+    def _on_unload(self, event: events.Unload) -> None:
+        final = self._forwarder.remove(event.substream)
+        if final is not None:
+            event.substream.add_kernel_counts(*final)
+
+    def _on_path_changed(self, event: events.PathChanged) -> None:
+        media_log.debug("{substream}: {old} → {new}", substream=event.substream, old=event.old, new=event.new)
+
+    def _on_hold_changed(self, event: events.HoldChanged) -> None:
+        media_log.info("{stream} is {state}", stream=event.stream, state="on hold" if event.on_hold else "off hold")
+
+    def _on_moved(self, event: events.Moved) -> None:
+        ip, port = event.address
+        media_log.info("{party} of {stream} moved to {ip}:{port}", party=event.party, stream=event.stream, ip=ip, port=port)
+
+    def _on_relearning(self, event: events.Relearning) -> None:
+        media_log.debug("{substream} expired ({reason}); will learn it afresh", substream=event.substream, reason=event.reason)
+
+    def _on_ice_unselected(self, event: events.IceUnselected) -> None:
+        if not event.probed:
+            media_log.info("ICE stream {stream} expired and neither side sent a STUN binding request", stream=event.stream)
+
+    def _on_stream_ended(self, event: events.StreamEnded) -> None:
+        stream = event.stream
+        for endpoint in stream.endpoints():
+            endpoint.close()
+        self.pool.release(stream.caller_port)
+        self.pool.release(stream.callee_port)
+        self.deadlines.forget(stream)
+        if stream.status not in ("closed", "rejected"):
+            media_log.info("{stream} ended: {status}", stream=stream, status=stream.status)
+
+    def _on_session_expired(self, event: events.SessionExpired) -> None:
+        self.session_expired(event.session, event.reason)
+
+    def _on_refused(self, event: events.Refused) -> None:
+        if event.kind == "stun_queue_full":
+            self.refusals.refuse(
+                event.kind,
+                event.peer,
+                media_log,
+                "STUN from {peer} for {stream} dropped: the queue waiting for the other party is full",
+                stream=str(event.substream.stream),
+            )
+        else:
+            side = event.substream.side(event.detail)
+            self.refusals.refuse(
+                event.kind,
+                event.peer,
+                media_log,
+                "Packets from {peer} to {stream} ignored: the {party} is latched to {latched}",
+                level="info",
+                stream=str(event.substream.stream),
+                party=event.detail,
+                latched=address_text(side.remote),
+            )
+
+    # -- kept across restarts
+
+    def changed(self, session: Session) -> None:
+        """Something no command made changed (a latch, first media, the kernel path): keep it at the
+        end of this reactor turn, so a relay killed right after still finds it (and its kernel entry)."""
+        if self.state is not None and session.key in self.sessions:
+            self._changed.add(session.key)
+            if self._keeping is None:
+                self._keeping = self.clock.callLater(0, self.keep_changed)
+
+    def keep(self, session: Session) -> None:
+        if self.state is not None and self.sessions.get(session.key) is session:
+            self.state.set(serialize.session_key(session), serialize.dump_session(session))
+            self._changed.discard(session.key)
+            self._kept_packets[session.key] = session.userspace_packets()
+
+    def keep_changed(self) -> None:
+        self._keeping = None
+        changed, self._changed = self._changed, set()
+        for key in changed:
+            session = self.sessions.get(key)
+            if session is not None:
+                self.keep(session)
+
+    def keep_counters(self) -> None:
+        for key, session in self.sessions.items():
+            if session.userspace_packets() != self._kept_packets.get(key):
+                self.keep(session)
+
+    def restore(self, state, kept: dict) -> int:  # noqa: ANN001 - a statefile.StateFile
+        """Take back the sessions ``kept`` (what ``state`` loaded; their kernel entries those the
+        forwarder kept), then keep every change to them in ``state``; returns how many came back."""
+        for key, saved in kept.items():
+            try:
+                session = self._take_back(saved)
+            except (OSError, PortsExhausted, KeyError, TypeError, ValueError, AttributeError) as error:
+                log.error("Cannot take back session {key} kept from the last run: {error}", key=key, error=error)
+                continue
+            self.sessions[session.key] = session
+            self._watch(session)
+        self.state = state
+        state.open(
+            lambda: {serialize.session_key(session): serialize.dump_session(session) for session in self.sessions.values()},
+            lambda: len(self.sessions),
+        )
+        for session in self.sessions.values():
+            self._kept_packets[session.key] = session.userspace_packets()
+        loop = task.LoopingCall(self.keep_counters)
+        loop.clock = self.clock
+        loop.start(COUNTERS_INTERVAL, now=False)
+        self._save_loops.append(loop)
+        return len(self.sessions)
+
+    def _take_back(self, saved: dict) -> Session:
+        """A kept session, its live streams' ports claimed and bound again and its kernel entries
+        (those the forwarder kept at start) taken back."""
+        session = serialize.load_session(saved, next(self.serials), self.policy, self.clock)
+        claimed: list[int] = []
+        try:
+            for stream in session.streams:
+                if not stream.alive:
+                    continue
+                caller_ip, callee_ip = stream.local_ips
+                caller = self.pool.claim(stream.caller_port, lambda port, ip=caller_ip: self.binder(ip, port))
+                claimed.append(stream.caller_port)
+                callee = self.pool.claim(stream.callee_port, lambda port, ip=callee_ip: self.binder(ip, port))
+                claimed.append(stream.callee_port)
+                stream.attach(caller[1], callee[1])
+        except Exception:
+            for stream in session.streams:
+                for endpoint in stream.endpoints():
+                    endpoint.close()
+            for port in claimed:
+                self.pool.release(port)
+            raise
+        for stream in session.streams:
+            if stream.alive:
+                for substream in (stream.rtp, stream.rtcp):
+                    self._adopt(substream)
+        session.outbox.clear()  # nothing to carry out: this is how it was
+        return session
+
+    def _adopt(self, substream: Substream) -> None:
+        if substream.caller.remote is None or substream.callee.remote is None:
+            return
+        if self._forwarder.adopt(substream, flow(substream)):
+            substream.adopted()
+        elif substream.path == KERNEL:
+            substream.path = LAPSED  # the entry lapsed while the relay was away: media that comes now goes back
+
+    def suspend(self) -> None:
+        """The relay stops and will start again: keep everything, close the sockets, end nothing."""
+        self.close_state()  # the whole state, written once more
+        self.deadlines.stop()
+        for session in self.sessions.values():
+            for stream in session.streams:
+                for endpoint in stream.endpoints():
+                    endpoint.close()
+
+    def close_state(self) -> None:
+        self._stop_keeping()
+        if self.state is not None:
+            self.state.close()
+            self.state = None
+
+    def _stop_keeping(self) -> None:
+        for loop in self._save_loops:
+            if loop.running:
+                loop.stop()
+        if self._keeping is not None and self._keeping.active():
+            self._keeping.cancel()
+        self._keeping = None
+
+    # -- reports
+
+    def statistics(self) -> list[dict]:
+        return [session.statistics(self.live_counters) for session in self.sessions.values()]
+
+    def session_statistics(self, session: Session) -> dict:
+        return session.statistics(self.live_counters)
+
+    def relayed_bytes(self) -> int:
+        """Bytes relayed by the sessions alive now (the kernel's live counters included)."""
+        return sum(session.relayed_bytes(self.live_counters) for session in self.sessions.values())
+
+    def stream_count(self) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for session in self.sessions.values():
+            for stream in session.streams:
+                if stream.alive:
+                    counts[stream.media_type] = counts.get(stream.media_type, 0) + 1
+        return counts
+
+    def summary(self, bps_relayed: float) -> dict:
+        return {
+            "ip": self.relay_ip,
+            "version": __version__,
+            "status": "halting" if self.halting else "active",
+            "uptime": int(self.clock.seconds() - self.started),
+            "session_count": len(self.sessions),
+            "stream_count": self.stream_count(),
+            "bps_relayed": bps_relayed,
+            "refused": self.refusals.snapshot(),
+        }

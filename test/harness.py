@@ -25,6 +25,8 @@ from mediaproxy.plugins.management import ManagementPluginFactory
 from mediaproxy.relay.service import RelayService
 from mediaproxy.testing import ProxyClient
 from mediaproxy.tls import ClientContextFactory, Credentials
+from mediaproxy.wire.statistics import SessionRecord
+from mediaproxy.wire.update import UpdateReply
 
 
 class LogCollector:
@@ -195,7 +197,7 @@ class FakeRelayLink(LineOnlyReceiver):
             self.relay.calls.add(call_id)
             media = next((value for value in command if value.startswith("media: ")), None)
             count = len(media.split(",")) if media else 0
-            self.sendLine(f"{seq} {self.relay.ip} {' '.join(['50000'] * count)}".strip().encode())
+            self.sendLine(f"{seq} {UpdateReply(self.relay.ip, (50000,) * count).format()}".encode())
 
 
 class FakeRelay(protocol.ClientFactory):
@@ -208,7 +210,7 @@ class FakeRelay(protocol.ClientFactory):
         self.commands: list[tuple[str, list[str]]] = []
         self.sessions: list[dict] = []
         self.calls: set[str] = set()  # call ids it was sent updates for and not removes
-        self.statistics = {"call_id": "x", "from_tag": "ft", "start_time": 1.0, "streams": []}
+        self.statistics = SessionRecord(call_id="x", from_tag="ft", start_time=1.0).as_json()
         self.pongs = 0
 
     def buildProtocol(self, addr) -> FakeRelayLink:  # noqa: N802, ANN001

@@ -8,6 +8,8 @@ from mediaproxy.wire import jsontext, relaylink, statistics
 from mediaproxy.wire.control import ProxyRequest, RequestError, RequestFramer
 from mediaproxy.wire.headers import HeaderError, parse_media, parse_signaling_ip
 from mediaproxy.wire.lines import LineSplitter, OverlongLine
+from mediaproxy.wire.statistics import SessionRecord, StreamRecord
+from mediaproxy.wire.update import UpdateReply, parse_update_reply
 
 UPDATE = (
     b"update\r\ntype: request\r\ncall_id: c1\r\ncseq: 1\r\nfrom_uri: a@x\r\nto_uri: b@x\r\nfrom_tag: ft\r\n"
@@ -217,3 +219,33 @@ def test_overlong_head_is_the_same_whichever_way_the_line_arrives():
     splitter = LineSplitter(16)
     pieces = splitter.feed(line[:17]) + splitter.feed(line[17:])
     assert whole == pieces == [OverlongLine(b"\x00" * 16, 16)]
+
+
+# -- the typed records the relay writes and the fakes share
+
+
+def test_update_replies_round_trip_and_garbage_is_named():
+    for text in ("203.0.113.5 40000 0 40002", "203.0.113.5", "None"):
+        assert parse_update_reply(text).format() == text
+    assert parse_update_reply("None") == UpdateReply(None)
+    assert parse_update_reply("203.0.113.5 40000 0").ports == (40000, 0)
+    for garbage, named in (
+        ("", "empty"),
+        ("relay 40000", "not an IP"),
+        ("203.0.113.5 4x", "not a port"),
+        ("203.0.113.5 65536", "not a port"),
+        ("203.0.113.5 ١", "not a port"),
+    ):
+        with pytest.raises(ValueError, match=named):
+            parse_update_reply(garbage)
+
+
+def test_session_records_are_what_the_checker_accepts():
+    stream = StreamRecord(
+        "audio", "closed", 0, "G711u", "G711a", 0, 10, 0.5, 200, 200, 1, 1, "203.0.113.5:40000", "203.0.113.5:40002", "Unknown", "Unknown"
+    )
+    record = SessionRecord(call_id="c1", from_tag="ft", duration=10, streams=[stream]).as_json()
+    assert statistics.check_record(record) is record
+    assert set(record) == set(statistics.SESSION_FIELDS) - {"yours"} | {"streams"}
+    assert set(record["streams"][0]) == set(statistics.STREAM_FIELDS)
+    assert statistics.parse_record(json.dumps(record)) == record

@@ -12,6 +12,7 @@ from mediaproxy.dispatcher.sessions import CallEntry, CallTable, call_table_file
 from mediaproxy.plugin import PluginSet
 from mediaproxy.wire import statistics
 from mediaproxy.wire.control import ProxyRequest, encode_lines
+from mediaproxy.wire.update import parse_update_reply
 
 log = Logger(namespace="dispatcher")
 
@@ -143,12 +144,21 @@ class Dispatcher:
 
     def _update_reply(self, request: ProxyRequest, payload: str, relay_ip: str) -> str:
         """Make sure the proxy never gets a reply it would write into the SDP wrongly."""
-        tokens = payload.split()
+        try:
+            reply = parse_update_reply(payload)
+        except ValueError as error:
+            log.error(
+                "Relay {ip} answered an update for call {call_id} with {error}; answering error",
+                ip=relay_ip,
+                call_id=request.call_id,
+                error=error,
+            )
+            return "error"
         media = request.headers.get("media")
         if media is None:
-            return payload if len(tokens) > 1 else relay_ip
+            return reply.format() if reply.ports else relay_ip
         expected = len(media)
-        if len(tokens) != expected + 1:
+        if len(reply.ports) != expected:
             log.error(
                 "Relay {ip} answered {payload!r} to an update with {count} media streams for call {call_id}; answering error",
                 ip=relay_ip,
@@ -157,7 +167,7 @@ class Dispatcher:
                 call_id=request.call_id,
             )
             return "error"
-        return payload
+        return reply.format()
 
     # -- removing: answered at once (the proxy ignores the answer's body, and a proxy that
     # waits for it may lose the BYE it is about to send); the relay's statistics follow

@@ -25,6 +25,7 @@ from mediaproxy.relay.plane.conntrack import Flow
 from mediaproxy.relay.plane.ports import PortPool, PortsExhausted
 from mediaproxy.wire import statistics as records
 from mediaproxy.wire.headers import REMOVE_REQUIRED, UPDATE_REQUIRED
+from mediaproxy.wire.update import UpdateReply
 
 log = Logger(namespace="relay.session")
 media_log = Logger(namespace="relay.media")
@@ -137,7 +138,7 @@ class SessionManager:
         if self.halting:
             raise Halting()
         if headers["type"] == "reply" and headers.get("media") is None:
-            return "None"
+            return UpdateReply(None).format()
         session = Session(headers, dispatcher, next(self.serials), self.policy, self.clock)
         try:
             reply = session.update(headers, self._open_stream)
@@ -170,7 +171,7 @@ class SessionManager:
         if self.state is not None:
             self.state.pop(serialize.session_key(session))
         self.closed_bytes += session.relayed_bytes()
-        return session.statistics()
+        return session.statistics().as_json()
 
     def session_expired(self, session: Session, reason: str) -> None:
         if session.key not in self.sessions:
@@ -442,10 +443,11 @@ class SessionManager:
     # -- reports
 
     def statistics(self) -> list[dict]:
-        return [session.statistics(self.live_counters) for session in self.sessions.values()]
+        """Every session's record, in the JSON form of the relay link."""
+        return [session.statistics(self.live_counters).as_json() for session in self.sessions.values()]
 
     def session_statistics(self, session: Session) -> dict:
-        return session.statistics(self.live_counters)
+        return session.statistics(self.live_counters).as_json()
 
     def relayed_bytes(self) -> int:
         """Bytes relayed by the sessions alive now (the kernel's live counters included)."""

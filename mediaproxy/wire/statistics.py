@@ -7,7 +7,7 @@ is refused as a whole with a :class:`ValueError` naming the field, never half us
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
 from mediaproxy.wire import jsontext
 
@@ -70,6 +70,51 @@ STREAM_FIELDS = {
 }
 # a session object, its streams list, a stream object
 MAX_DEPTH = 3
+
+
+@dataclass
+class StreamRecord:
+    """One stream's statistics as a relay reports them (the JSON form: :meth:`as_json`)."""
+
+    media_type: str
+    status: str
+    timeout_wait: int
+    caller_codec: str
+    callee_codec: str
+    start_time: int  # seconds since the session started
+    end_time: int
+    post_dial_delay: float | None
+    caller_bytes: int
+    callee_bytes: int
+    caller_packets: int
+    callee_packets: int
+    caller_local: str  # "ip:port", or "Unknown"
+    callee_local: str
+    caller_remote: str
+    callee_remote: str
+
+
+@dataclass
+class SessionRecord:
+    """One session's statistics as a relay reports them: ``remove`` reply, ``expired``, ``sessions``."""
+
+    call_id: str
+    from_tag: str
+    from_uri: str | None = None
+    to_tag: str | None = None
+    to_uri: str | None = None
+    start_time: float | None = None
+    duration: int = 0
+    caller_ua: str = "Unknown"
+    callee_ua: str = "Unknown"
+    username: str | None = None
+    end_reason: str | None = None
+    dialog_id: str | None = None
+    streams: list[StreamRecord] = field(default_factory=list)
+
+    def as_json(self) -> dict:
+        """The record as it goes over the relay link (what :func:`check_record` accepts)."""
+        return asdict(self)
 
 
 def _check_fields(value: dict, fields: dict, where: str) -> None:

@@ -13,7 +13,7 @@ from collections.abc import Callable
 
 from mediaproxy.relay.model import events, packets
 from mediaproxy.relay.model.policy import MediaPolicy
-from mediaproxy.wire.statistics import UNSELECTED_ICE
+from mediaproxy.wire.statistics import UNSELECTED_ICE, StreamRecord
 
 CALLER, CALLEE = "caller", "callee"
 ALIVE = ("active", "on hold")
@@ -514,7 +514,7 @@ class Stream:
         rtcp_packets, rtcp_bytes = self.rtcp.counters(party, live)
         return rtp_packets + rtcp_packets, rtp_bytes + rtcp_bytes
 
-    def statistics(self, session_start: float | None, duration: int, live: LiveCounters = _no_kernel) -> dict:
+    def statistics(self, session_start: float | None, duration: int, live: LiveCounters = _no_kernel) -> StreamRecord:
         if session_start is None or self.start_time is None:
             start = end = 0
         else:
@@ -527,24 +527,24 @@ class Stream:
                 end = min(int((self.end_time or self.clock.seconds()) - session_start), duration)
         caller_packets, caller_bytes = self.counters(CALLER, live)
         callee_packets, callee_bytes = self.counters(CALLEE, live)
-        return {
-            "media_type": self.media_type,
-            "status": self.status,
-            "timeout_wait": self.timeout_wait,
-            "caller_codec": self.rtp.caller.codec or "Unknown",
-            "callee_codec": self.rtp.callee.codec or "Unknown",
-            "start_time": start,
-            "end_time": end,
-            "post_dial_delay": None if self.first_media_time is None else self.first_media_time - self.create_time,
-            "caller_bytes": caller_bytes,
-            "callee_bytes": callee_bytes,
-            "caller_packets": caller_packets,
-            "callee_packets": callee_packets,
-            "caller_local": address_text(self.local(CALLER)),
-            "callee_local": address_text(self.local(CALLEE)),
-            "caller_remote": address_text(self.rtp.caller.remote),
-            "callee_remote": address_text(self.rtp.callee.remote),
-        }
+        return StreamRecord(
+            media_type=self.media_type,
+            status=self.status,
+            timeout_wait=self.timeout_wait,
+            caller_codec=self.rtp.caller.codec or "Unknown",
+            callee_codec=self.rtp.callee.codec or "Unknown",
+            start_time=start,
+            end_time=end,
+            post_dial_delay=None if self.first_media_time is None else self.first_media_time - self.create_time,
+            caller_bytes=caller_bytes,
+            callee_bytes=callee_bytes,
+            caller_packets=caller_packets,
+            callee_packets=callee_packets,
+            caller_local=address_text(self.local(CALLER)),
+            callee_local=address_text(self.local(CALLEE)),
+            caller_remote=address_text(self.rtp.caller.remote),
+            callee_remote=address_text(self.rtp.callee.remote),
+        )
 
 
 def address_text(address: tuple[str, int] | None) -> str:

@@ -9,6 +9,7 @@ from mediaproxy.relay.model.media import ALIVE, CALLEE, CALLER, LiveCounters, St
 from mediaproxy.relay.model.policy import MediaPolicy
 from mediaproxy.wire import statistics as records
 from mediaproxy.wire.headers import SignalingInfo, parse_signaling_ip
+from mediaproxy.wire.update import UpdateReply
 
 
 class UpdateError(Exception):
@@ -154,11 +155,10 @@ class Session:
         if not streams:
             if has_media:
                 raise UpdateError(f"no offer of call {self.call_id} matches cseq {cseq}")
-            return "None"
+            return UpdateReply(None).format()
         facing = CALLEE if downstream else CALLER
-        ports = [str(stream.local(facing)[1]) if stream.status in ALIVE else "0" for stream in streams]
-        ip = self.policy.advertised_ip or streams[0].local(facing)[0]
-        return " ".join([ip, *ports])
+        ports = tuple(stream.local(facing)[1] if stream.status in ALIVE else 0 for stream in streams)
+        return UpdateReply(self.policy.advertised_ip or streams[0].local(facing)[0], ports).format()
 
     def alive_streams(self) -> list[Stream]:
         pairs = [self.pair] if self.previous_pair is None else [self.pair, self.previous_pair]
@@ -190,21 +190,21 @@ class Session:
     def relayed_bytes(self, live: LiveCounters = _no_kernel) -> int:
         return sum(stream.counters(CALLER, live)[1] + stream.counters(CALLEE, live)[1] for stream in self.streams)
 
-    def statistics(self, live: LiveCounters = _no_kernel) -> dict:
+    def statistics(self, live: LiveCounters = _no_kernel) -> records.SessionRecord:
         duration = self.duration
         answered = sorted((stream for stream in self.streams if stream.start_time is not None), key=lambda stream: stream.start_time)
-        return {
-            "call_id": self.call_id,
-            "from_tag": self.caller_tag,
-            "from_uri": self.from_uri,
-            "to_tag": self.to_tag,
-            "to_uri": self.to_uri,
-            "start_time": self.start_time,
-            "duration": duration,
-            "caller_ua": self.caller_ua or "Unknown",
-            "callee_ua": self.callee_ua or "Unknown",
-            "username": self.signaling.username,
-            "end_reason": self.end_reason,
-            "dialog_id": self.dialog_id,
-            "streams": [stream.statistics(self.start_time, duration, live) for stream in answered],
-        }
+        return records.SessionRecord(
+            call_id=self.call_id,
+            from_tag=self.caller_tag,
+            from_uri=self.from_uri,
+            to_tag=self.to_tag,
+            to_uri=self.to_uri,
+            start_time=self.start_time,
+            duration=duration,
+            caller_ua=self.caller_ua or "Unknown",
+            callee_ua=self.callee_ua or "Unknown",
+            username=self.signaling.username,
+            end_reason=self.end_reason,
+            dialog_id=self.dialog_id,
+            streams=[stream.statistics(self.start_time, duration, live) for stream in answered],
+        )

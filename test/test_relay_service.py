@@ -6,6 +6,7 @@ import re
 import tempfile
 
 from twisted.internet import defer
+from twisted.internet.error import ConnectionDone
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.logger import formatEvent, globalLogPublisher
 from twisted.names import dns
@@ -14,6 +15,7 @@ from twisted.python.failure import Failure
 from mediaproxy import certgen
 from mediaproxy.configuration import Configuration, RelayConfig
 from mediaproxy.datatypes import endpoint_list
+from mediaproxy.relay import service as service_module
 from mediaproxy.relay.link import DispatcherLink
 from mediaproxy.relay.service import RelayService
 from mediaproxy.testing import FakeBinder
@@ -121,6 +123,23 @@ def test_expiry_is_reported_to_the_dispatcher_that_created_the_session():
     assert line.startswith("expired ")
     expired = json.loads(line[len("expired ") :])
     assert (expired["call_id"], expired["end_reason"]) == ("c1", "no-traffic timeout")
+
+
+def test_expiries_while_the_dispatcher_is_away_are_reported_when_it_is_back(monkeypatch):
+    monkeypatch.setattr(service_module, "MAX_HELD_EXPIRED", 2)
+    relay, reactor = make_relay(stream_timeout=5)
+    relay.startService()
+    link, transport = connect_link(relay, ("127.0.0.1", 25060))
+    for call_id in (b"c1", b"c2", b"c3"):
+        link.dataReceived(UPDATE_C1.replace(b"c1", call_id))
+    link.connectionLost(Failure(ConnectionDone()))
+    reactor.advance(6)  # all three expire with no link: two are held, the oldest is dropped
+    assert relay.sessions.sessions == {}
+    _, transport = connect_link(relay, ("127.0.0.1", 25060))
+    lines = transport.value().decode().strip().split("\r\n")
+    assert [json.loads(line[len("expired ") :])["call_id"] for line in lines] == ["c2", "c3"]
+    assert all(line.startswith("expired ") for line in lines)
+    assert not relay.connectors[("127.0.0.1", 25060)].held_expired
 
 
 def test_sessions_come_in_pages_that_mark_the_asking_dispatchers_own(monkeypatch):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import resource
 import socket
+from collections import deque
 
 from twisted.application import service
 from twisted.internet import defer, task
@@ -29,6 +30,8 @@ LONG_ENOUGH_CONNECTION = 5
 TLS_HANDSHAKE_TIMEOUT = 10
 HOST_CHANGES_FILE = "relay-host-changes.json"
 SESSIONS_FILE = "relay_sessions"
+# expiries held for a dispatcher that is away; far more than calls end in a reconnect delay
+MAX_HELD_EXPIRED = 10_000
 
 
 def local_address_towards(ip: str) -> str:
@@ -82,6 +85,8 @@ class DispatcherConnector:
         self._retry = None
         self._connector = None
         self.tried = False  # the first attempt has an outcome (for the relay's readiness)
+        # statistics of sessions that expired while the link was down, sent when it is back
+        self.held_expired: deque[dict] = deque()
 
     @property
     def name_to_verify(self) -> str | None:
@@ -113,7 +118,31 @@ class DispatcherConnector:
         self.link = link
         self._connected_at = self.relay.reactor.seconds()
         log.info("Connected to dispatcher {name} ({host}:{port})", name=self.name, host=self.host, port=self.port)
+        if self.held_expired:
+            log.info("Sending dispatcher {name} the {count} sessions that expired meanwhile", name=self.name, count=len(self.held_expired))
+        while self.held_expired:
+            link.send_expired(self.held_expired.popleft())
         self._outcome()
+
+    def expired(self, statistics: dict) -> None:
+        """A session of this dispatcher's expired: tell it now, or when the link is back."""
+        if self.link is not None:
+            self.link.send_expired(statistics)
+            return
+        if len(self.held_expired) >= MAX_HELD_EXPIRED:
+            lost = self.held_expired.popleft()
+            log.error(
+                "Statistics of expired session {call_id} are lost: {count} wait for dispatcher {name} already",
+                call_id=lost.get("call_id"),
+                count=MAX_HELD_EXPIRED,
+                name=self.name,
+            )
+        self.held_expired.append(statistics)
+        log.warn(
+            "Session {call_id} expired while dispatcher {name} is not connected; reported when it is back",
+            call_id=statistics.get("call_id"),
+            name=self.name,
+        )
 
     def link_down(self, link, reason) -> None:  # noqa: ANN001
         was_up = self.link is link
@@ -370,16 +399,20 @@ class RelayService(service.Service):
         return address
 
     def _owns_sessions(self, key: tuple[str, int]) -> bool:
+        """Whether the dispatcher still has something here: sessions, or expiries to be told of."""
+        connector = self.connectors.get(key)
+        if connector is not None and connector.held_expired:
+            return True
         return any(session.dispatcher == key for session in self.sessions.sessions.values())
 
     # -- sessions and statistics
 
     def _session_expired(self, session, statistics: dict) -> None:  # noqa: ANN001
         connector = self.connectors.get(session.dispatcher)
-        if connector is not None and connector.link is not None:
-            connector.link.send_expired(statistics)
+        if connector is not None and not connector.retired:
+            connector.expired(statistics)
         else:
-            log.warn("Statistics of expired session {call_id} are lost: its dispatcher is not connected", call_id=session.call_id)
+            log.warn("Statistics of expired session {call_id} are lost: its dispatcher is no longer configured", call_id=session.call_id)
         self.session_gone()
 
     def sample_traffic(self) -> None:

@@ -37,7 +37,7 @@ management_use_tls = no
 [Relay]
 dispatchers = 127.0.0.1:{relay_port}
 relay_ip = 127.0.0.1
-port_range = 44000:44100
+port_range = 44000:44400
 stream_timeout = 2
 forwarding = userspace
 [OpenSIPS]
@@ -98,7 +98,7 @@ flavour = kamailio
                 program.process.wait()
 
 
-def sipp(scenario, port, *extra, tmp):
+def sipp(scenario, port, *extra, tmp, calls=1, timeout=12):
     return subprocess.Popen(
         [
             "sipp",
@@ -109,10 +109,10 @@ def sipp(scenario, port, *extra, tmp):
             "-p",
             str(port),
             "-m",
-            "1",
+            str(calls),
             "-nostdin",
             "-timeout",
-            "12s",
+            f"{timeout}s",
             "-timeout_error",
             "-trace_msg",
             "-trace_err",
@@ -140,3 +140,31 @@ def test_expired_media_makes_kamailio_end_the_dialog(kamailio_stack):
     # Kamailio's module then removes the call; the dispatcher answers it without asking the relay
     stack["dispatcher"].wait_for_log("removed after its dialog was ended")
     assert "Session" in stack["relay"].output() and "expired" in stack["relay"].output()
+
+
+def test_fifty_expired_calls_each_end_with_both_byes(kamailio_stack):
+    """Media stops in 50 calls set up 10 a second: Kamailio's dlg.end_dlg sends both BYEs of every
+    dialog (a remove answered only after a relay round trip used to lose the callee's BYE)."""
+    stack = kamailio_stack
+    before = stack["dispatcher"].output().count("The proxy ended dialog")
+    uas = sipp("uas-bye-from-proxy.xml", stack["uas_port"], tmp=stack["tmp"], calls=50, timeout=60)
+    uac = sipp(
+        "uac-bye-from-proxy.xml",
+        stack["uac_port"],
+        f"127.0.0.1:{stack['sip_port']}",
+        "-s",
+        "bob",
+        "-r",
+        "10",
+        tmp=stack["tmp"],
+        calls=50,
+        timeout=60,
+    )
+    uac_error = uac.communicate(timeout=90)[1]
+    uas_error = uas.communicate(timeout=90)[1]
+    context = f"\nkamailio:\n{stack['log'].read_text()[-3000:]}\ndispatcher:\n{stack['dispatcher'].output()[-3000:]}"
+    # sipp exits 0 only when every call got its BYE: the caller's from the proxy, the callee's too
+    assert uac.returncode == 0, uac_error.decode() + context
+    assert uas.returncode == 0, uas_error.decode() + context
+    assert stack["dispatcher"].output().count("The proxy ended dialog") - before == 50, context
+    assert "terminating non-confirmed dialogs not supported" not in stack["log"].read_text()

@@ -22,12 +22,13 @@ import subprocess
 import threading
 
 import pytest
-from deployment import wait_until
+from deployment import Proxy, wait_until
 from servers import FreeRADIUS
 
 from harness import INSTALLED, ROOT, free_port
 from mediaproxy import demo, demo_sip
 from mediaproxy.cli.sessions import query, tls_context
+from mediaproxy.testing import remove, update
 
 pytestmark = pytest.mark.skipif(INSTALLED, reason="the packages are installed already (the first run of test/run built and tested them)")
 
@@ -323,7 +324,13 @@ def test_operator_lifecycle(debs, tmp_path):
                 logged = syslog.text(f"media-{name}")
                 assert "Traceback" not in logged and "CRITICAL" not in logged and "ERROR" not in logged, logged[-5000:]
 
-            # an upgrade restarts what runs, on the new version
+            # an upgrade restarts what runs, on the new version; a call in progress outlives it
+            proxy = Proxy("/run/mediaproxy/dispatcher.sock")
+            assert proxy.request(update("upgrade-survivor", "ft", media="audio:127.0.0.1:9:sendrecv:ice=no")) != "error"
+            assert (
+                proxy.request(update("upgrade-survivor", "ft", "tt", kind="reply", media="audio:127.0.0.1:11:sendrecv:ice=no")) != "error"
+            )
+            proxy.close()
             pids = {name: pid_of(name) for name in ("dispatcher", "relay")}
             run("apt-get", "install", "-y", "-q", *(str(upgrade[name]) for name in PACKAGES), env=env, timeout=900)
             assert run("dpkg-query", "-W", "-f", "${Version}", "mediaproxy-relay").stdout == UPGRADE_VERSION
@@ -331,6 +338,12 @@ def test_operator_lifecycle(debs, tmp_path):
                 assert service(name, "status", check=False).returncode == 0, name
                 assert pid_of(name) != pids[name], name
             wait_until(lambda: (summary(management_port) or [{}])[0].get("status") == "active", "the relay to reconnect", timeout=30)
+            assert "Took back 1 sessions kept from the last run" in syslog.text("media-relay")
+            assert [record["call_id"] for record in sessions(management_port)] == ["upgrade-survivor"]
+            proxy = Proxy("/run/mediaproxy/dispatcher.sock")
+            assert proxy.request(remove("upgrade-survivor", "ft", "tt")) == "removed"
+            proxy.close()
+            wait_until(lambda: len(sql_rows()) == 2, "the record of the call that outlived the upgrade", timeout=30)
 
             # removing stops both; the relay's host changes are undone
             run("apt-get", "remove", "-y", "-q", *PACKAGES, env=env, timeout=300)

@@ -91,7 +91,7 @@ def test_package_contents_and_metadata(debs):
     common, dispatcher, relay = (contents(found[name]) for name in PACKAGES)
     assert {"/etc/mediaproxy/config.ini", "/etc/mediaproxy/radius/dictionary", "/etc/mediaproxy/tls/README"} <= common
     assert {"/usr/share/mediaproxy/accounting/sql/mysql.sql", "/usr/share/mediaproxy/accounting/radius/dictionary"} <= common
-    assert "/usr/lib/python3/dist-packages/mediaproxy/relay/forwarding/kernel.py" in common
+    assert "/usr/lib/python3/dist-packages/mediaproxy/relay/plane/kernel.py" in common
     assert {"/usr/bin/media-sessions", "/usr/share/man/man1/media-sessions.1.gz"} <= common
     assert not [path for path in common if path.endswith((".key", ".pem", ".crt", "dropin.cache"))]  # no keys, no caches
     for name, files in (("dispatcher", dispatcher), ("relay", relay)):

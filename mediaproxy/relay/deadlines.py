@@ -25,9 +25,6 @@ class Deadlines:
         self._order = itertools.count()
         self._timer = None
 
-    def __len__(self) -> int:
-        return len(self._at)
-
     def watch(self, stream) -> None:  # noqa: ANN001 - a model Stream
         """Wake for the stream's next deadline (``stream.next_deadline``), if any and earlier than known."""
         when = stream.next_deadline

@@ -91,7 +91,6 @@ class Session:
             self._answer(party, media, source_ip)
         else:
             self.outbox.append(events.OldCseq(self, cseq))
-        self.outbox.append(events.Changed(self))
         return self._reply(0 if is_caller else 1, cseq, downstream, media is not None)
 
     def _offer(self, pair: tuple[int, int], party: str, media: list, source_ip: str | None, open_stream: OpenStream) -> None:

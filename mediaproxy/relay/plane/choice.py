@@ -17,7 +17,6 @@ class NoKernelForwarding:
     """The forwarder used when the kernel path is off: everything stays in userspace."""
 
     name = "userspace"
-    kept: frozenset = frozenset()
     on_gone = None
 
     def start(self, keep: frozenset = frozenset()) -> None:

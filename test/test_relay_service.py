@@ -353,6 +353,17 @@ def _relay_with_state(tmp_path, **options):
     return relay, reactor
 
 
+def test_a_kept_session_whose_port_cannot_be_bound_again_leaves_no_socket_open(tmp_path):
+    relay, _, _, caller_port, callee_port = _answered_call(tmp_path)
+    relay.stopService()
+    again, _ = _relay_with_state(tmp_path)
+    again.sessions.binder.refuse = {callee_port}  # the caller's pair binds, the callee's does not
+    again.startService()
+    assert again.sessions.sessions == {}
+    assert again.sessions.binder.open == set()  # the caller's sockets, bound first, are closed again
+    assert caller_port not in again.sessions.pool.in_use
+
+
 def test_garbage_in_the_kept_sessions_is_logged_and_skipped(tmp_path):
     relay, _, _, _, _ = _answered_call(tmp_path)
     relay.stopService()

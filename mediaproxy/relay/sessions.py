@@ -384,22 +384,21 @@ class SessionManager:
         """A kept session, its live streams' ports claimed and bound again and its kernel entries
         (those the forwarder kept at start) taken back."""
         session = serialize.load_session(saved, next(self.serials), self.policy, self.clock)
-        claimed: list[int] = []
+        claimed: list[tuple] = []  # (port, endpoints) bound so far, undone if a later one fails
         try:
             for stream in session.streams:
                 if not stream.alive:
                     continue
                 caller_ip, callee_ip = stream.local_ips
                 caller = self.pool.claim(stream.caller_port, lambda port, ip=caller_ip: self.binder(ip, port))
-                claimed.append(stream.caller_port)
+                claimed.append(caller)
                 callee = self.pool.claim(stream.callee_port, lambda port, ip=callee_ip: self.binder(ip, port))
-                claimed.append(stream.callee_port)
+                claimed.append(callee)
                 stream.attach(caller[1], callee[1])
         except Exception:
-            for stream in session.streams:
-                for endpoint in stream.endpoints():
+            for port, endpoints in claimed:
+                for endpoint in endpoints:
                     endpoint.close()
-            for port in claimed:
                 self.pool.release(port)
             raise
         for stream in session.streams:

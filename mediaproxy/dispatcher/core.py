@@ -213,7 +213,7 @@ class Dispatcher:
     def _locate_and_remove(self, request: ProxyRequest):  # noqa: ANN202
         """A remove for a call this dispatcher does not know: another proxy may have set it up on a
         relay we share. The relay that has it answers with its statistics; the others say error."""
-        links = [link for link in self.registry.relays.values() if link.accepted]
+        links = self.registry.accepted()
         results = yield defer.DeferredList([link.send_command("remove", request.encode_headers()) for link in links], consumeErrors=True)
         for link, (ok, payload) in zip(links, results):
             if not ok:
@@ -349,7 +349,7 @@ class Dispatcher:
     # -- statistics kept for relays that may be lost
 
     def pull_statistics(self) -> defer.Deferred:
-        links = [link for link in self.registry.relays.values() if link.accepted]
+        links = self.registry.accepted()
         return defer.DeferredList([self._pull(link) for link in links], consumeErrors=True)
 
     def _pull(self, link: RelayLink) -> defer.Deferred:

@@ -221,6 +221,10 @@ class RelayRegistry:
     def get(self, ip: str) -> RelayLink | None:
         return self.relays.get(ip)
 
+    def accepted(self) -> list[RelayLink]:
+        """The relays whose link passed the TLS checks (halting or slow ones too: they still answer)."""
+        return [link for link in self.relays.values() if link.accepted]
+
     def candidates(self, preferred: str | None) -> list[RelayLink]:
         """Active relays in the order a new call should try them."""
         others = [link for ip, link in self.relays.items() if link.active and ip != preferred]

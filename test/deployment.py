@@ -195,10 +195,11 @@ def call(
     callee: socket.socket,
     caller_agent: str = "test-agent",
     callee_agent: str = "test-agent",
+    media_relay: str = "",
 ) -> tuple[int, int]:
     caller_media = f"audio:127.0.0.1:{caller.getsockname()[1]}:sendrecv:ice=no"
     callee_media = f"audio:127.0.0.1:{callee.getsockname()[1]}:sendrecv:ice=no"
-    offer = proxy.request(update(call_id, "ft", media=caller_media, dialog_id="5:6", user_agent=caller_agent))
+    offer = proxy.request(update(call_id, "ft", media=caller_media, dialog_id="5:6", user_agent=caller_agent, media_relay=media_relay))
     answer = proxy.request(update(call_id, "ft", "tt", kind="reply", media=callee_media, dialog_id="5:6", user_agent=callee_agent))
     relay_ip, callee_facing = offer.split()
     _, caller_facing = answer.split()

@@ -278,3 +278,67 @@ def test_corrupt_state_file_is_set_aside(tmp_path):
     assert len(dispatcher.table) == 0
     assert os.path.exists(os.path.join(tmp_path, "dispatcher_state.corrupt"))
     dispatcher.stop()
+
+
+def _two_relays(tmp_path, **options):
+    clock, registry, dispatcher = make(tmp_path, **options)
+    links = []
+    for ip in ("192.0.2.1", "192.0.2.2"):
+        link, transport = link_from(registry, ip)
+        ((_, seq, _),) = commands(transport)
+        answer(link, seq, statistics.format_page([], None))
+        links.append((link, transport))
+    return clock, dispatcher, links
+
+
+def test_an_in_dialog_update_for_another_dispatchers_call_goes_to_the_relay_that_has_it(tmp_path):
+    _, dispatcher, [(first, first_transport), (second, second_transport)] = _two_relays(tmp_path)
+    reply = handled(dispatcher, update("theirs", "ft", "tt", kind="reply", media="audio:192.0.2.20:7000:sendrecv"))
+    ((name, first_seq, lines),) = commands(first_transport)
+    assert (name, lines) == ("sessions", ["page: 0", "call_id: theirs"])
+    ((_, second_seq, _),) = commands(second_transport)
+    # the second relay has it: the update goes there without waiting for the first to answer
+    answer(second, second_seq, statistics.format_page([json.dumps(record("theirs"))], None))
+    ((name, seq, lines),) = commands(second_transport)
+    assert name == "update" and "call_id: theirs" in lines and "to_tag: tt" in lines
+    assert commands(first_transport) == []
+    answer(second, seq, "192.0.2.2 41000")
+    assert reply == ["192.0.2.2 41000"]
+    answer(first, first_seq, statistics.format_page([], None))  # late: changes nothing
+    assert commands(first_transport) == commands(second_transport) == []
+    # the call stays its creator's: expiry and accounting are the other dispatcher's
+    assert "theirs" not in dispatcher.table
+    dispatcher.stop()
+
+
+def test_an_in_dialog_update_no_relay_has_gets_a_new_relay_once_all_have_answered(tmp_path):
+    clock, dispatcher, [(first, first_transport), (second, second_transport)] = _two_relays(tmp_path, relay_timeout=2)
+    reply = handled(dispatcher, update("nobodys", "ft", "tt", media="audio:192.0.2.20:7000:sendrecv"))
+    ((_, seq, _),) = commands(first_transport)
+    # an original relay lists everything: only the asked call counts, and under its own tags only
+    answer(first, seq, json.dumps([record("other"), record("nobodys", from_tag="someone-else")]))
+    assert commands(first_transport) == [] and reply == []
+    clock.advance(2)  # the second never answers: it counts as not having the call
+    (name, seq, lines), *_ = commands(first_transport)
+    assert name == "update" and "call_id: nobodys" in lines
+    answer(first, seq, "192.0.2.1 42000")
+    assert reply == ["192.0.2.1 42000"]
+    assert dispatcher.table.get("nobodys").relay_ip == "192.0.2.1"
+    dispatcher.stop()
+
+
+def test_a_call_removed_through_another_dispatcher_is_forgotten_at_the_next_pull(tmp_path):
+    clock, registry, dispatcher = make(tmp_path, statistics_pull_interval=60)
+    link, transport = link_from(registry, "192.0.2.1")
+    ((_, seq, _),) = commands(transport)
+    answer(link, seq, statistics.format_page([], None))
+    for call_id in ("kept", "removed-elsewhere"):
+        set_up_call(dispatcher, link, transport, call_id, "1:2")
+    clock.advance(60)
+    ((name, seq, lines),) = commands(transport)
+    assert (name, lines) == ("sessions", ["page: 0"])
+    answer(link, seq, statistics.format_page([json.dumps(record("kept"))], None))
+    assert "kept" in dispatcher.table and "removed-elsewhere" not in dispatcher.table
+    # the other dispatcher accounted it and its proxy ended the dialog: nothing to do here
+    assert dispatcher.recorder.records == [] and dispatcher.recorder.ended == []
+    dispatcher.stop()

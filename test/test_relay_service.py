@@ -167,6 +167,14 @@ def test_sessions_come_in_pages_that_mark_the_asking_dispatchers_own(monkeypatch
     assert seen == [("c0", True), ("c1", False), ("c3", False), ("c4", True)]
     first.dataReceived(b"sessions 7\r\npage: x\r\n\r\n")
     assert first_transport.value() == b"7 error\r\n"
+    first_transport.clear()
+    # one call's sessions: how a dispatcher finds a call another proxy's dispatcher set up
+    first.dataReceived(b"sessions 8\r\npage: 0\r\ncall_id: c3\r\n\r\n")
+    page = statistics.parse_sessions(first_transport.value().decode().strip().split(" ", 1)[1])
+    assert [(record["call_id"], record.get("yours", False)) for record in page.records] == [("c3", False)] and page.next is None
+    first_transport.clear()
+    first.dataReceived(b"sessions 9\r\npage: 0\r\ncall_id: c3\r\ncall_id: c4\r\n\r\nsessions 10\r\ncall_id: c3\r\n\r\n")
+    assert first_transport.value() == b"9 error\r\n10 error\r\n"
 
 
 def test_dispatcher_names_use_srv_then_a():

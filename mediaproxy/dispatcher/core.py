@@ -90,6 +90,9 @@ class Dispatcher:
                 return self._remove(request, entry)
             return self._to_known_relay(request, entry)
         if request.command == "update":
+            if request.headers.get("to_tag") is not None:
+                # in a dialog: perhaps another proxy's dispatcher set the call up on a relay we share
+                return self._locate_and_update(request)
             return self._to_new_relay(request)
         if entry is not None:
             self.table.pop(call_id)
@@ -141,6 +144,51 @@ class Dispatcher:
             return self._update_reply(request, payload, link.ip)
         log.error("No suitable relay found for call {call_id}", call_id=request.call_id)
         return "error"
+
+    @defer.inlineCallbacks
+    def _locate_and_update(self, request: ProxyRequest):  # noqa: ANN202
+        """An in-dialog update for a call this dispatcher does not know (a re-INVITE or an answer
+        that took another proxy of a cluster): it goes to the relay that has the call. The call
+        stays its creator's (expiry and accounting); only a call no relay has gets a new relay."""
+        link = yield self._relay_with_call(request)
+        if link is None:
+            return (yield self._to_new_relay(request))
+        log.info(
+            "Call {call_id}, unknown here, is on relay {ip}; {kind} sent there",
+            call_id=request.call_id,
+            ip=link.ip,
+            kind=request.headers["type"],
+        )
+        try:
+            payload = yield link.send_command(request.command, request.encode_headers())
+        except RelayError as error:
+            log.warn("Relay {ip} failed update for call {call_id}: {error}", ip=link.ip, call_id=request.call_id, error=error)
+            return "error"
+        return self._update_reply(request, payload, link.ip)
+
+    def _relay_with_call(self, request: ProxyRequest) -> defer.Deferred:
+        """The first connected relay found to have the call under one of the request's tags, or
+        None once all have answered (a relay that fails to answer counts as not having it)."""
+        links = self.registry.accepted()
+        found: defer.Deferred = defer.Deferred()
+        tags = {request.headers["from_tag"], request.headers.get("to_tag")}
+        waiting = len(links)
+
+        def answered(listing: statistics.SessionList | None, link: RelayLink) -> None:
+            nonlocal waiting
+            waiting -= 1
+            if found.called:
+                return
+            if listing is not None and any(record["from_tag"] in tags for record in listing.records):
+                found.callback(link)
+            elif waiting == 0:
+                found.callback(None)
+
+        if not links:
+            found.callback(None)
+        for link in links:
+            link.fetch_sessions(request.call_id).addErrback(lambda _: None).addCallback(answered, link)
+        return found
 
     def _update_reply(self, request: ProxyRequest, payload: str, relay_ip: str) -> str:
         """Make sure the proxy never gets a reply it would write into the SDP wrongly."""
@@ -353,7 +401,23 @@ class Dispatcher:
         return defer.DeferredList([self._pull(link) for link in links], consumeErrors=True)
 
     def _pull(self, link: RelayLink) -> defer.Deferred:
-        return link.fetch_sessions().addCallback(lambda listing: self._remember(listing.records))
+        live = {call_id: entry for call_id, entry in self.table.of_relay(link.ip) if entry.removal is None and entry.expire_time is None}
+        return link.fetch_sessions().addCallback(self._pulled, link.ip, live)
+
+    def _pulled(self, listing: statistics.SessionList, ip: str, live: dict[str, CallEntry]) -> None:
+        """A live call of ours that its relay no longer has, with no expiry from it (which would
+        have come first on the link), was removed through another proxy's dispatcher, which
+        accounted it: forget it here."""
+        present = {record["call_id"] for record in listing.records}
+        gone = [
+            call_id
+            for call_id, entry in live.items()
+            if call_id not in present and self.table.get(call_id) is entry and entry.removal is None and entry.expire_time is None
+        ]
+        for call_id in gone:
+            self.table.pop(call_id)
+            log.info("Call {call_id} is no longer on relay {ip}: it was removed through another dispatcher", call_id=call_id, ip=ip)
+        self._remember(listing.records)
 
     def _remember(self, records: list[dict]) -> None:
         now = self.clock.seconds()

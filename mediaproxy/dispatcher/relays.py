@@ -110,13 +110,15 @@ class RelayLink(BoundedLineReceiver):
         return deferred
 
     @defer.inlineCallbacks
-    def fetch_sessions(self):  # noqa: ANN201 - a Deferred firing with a statistics.SessionList
-        """All the relay's sessions, page by page (a relay of ours), or in one answer (the original)."""
+    def fetch_sessions(self, call_id: str | None = None):  # noqa: ANN201 - a Deferred firing with a statistics.SessionList
+        """All the relay's sessions, or those of call ``call_id``: page by page from a relay of
+        ours, in one answer from the original (which lists everything; filtered here)."""
         listing = statistics.SessionList()
         position = 0
         for _ in range(MAX_PAGES):
-            page = statistics.parse_sessions((yield self.send_command("sessions", relaylink.page_request(position))))
-            listing.records.extend(page.records)
+            request = relaylink.SessionsRequest(position, call_id)
+            page = statistics.parse_sessions((yield self.send_command("sessions", request.header_block())))
+            listing.records.extend(page.records if call_id is None else [r for r in page.records if r["call_id"] == call_id])
             if page.next is None:
                 return listing
             if page.next <= position:

@@ -117,22 +117,23 @@ class DispatcherLink(BoundedLineReceiver):
 
     def sessions_answer(self, lines: list[str]) -> str:
         """All sessions at once for a dispatcher that asks so (the original), else the page of
-        about PAGE_BYTES that starts at the asked position, marking this dispatcher's own sessions."""
+        about PAGE_BYTES that starts at the asked position (of one call's sessions, when it names
+        one), marking this dispatcher's own sessions."""
         try:
-            position = relaylink.parse_page_request(lines)
+            request = relaylink.parse_sessions_request(lines)
         except ValueError as error:
             raise UpdateError(str(error)) from None
-        sessions = self.connector.relay.sessions.sessions
-        if position is None:
-            return json.dumps(self.connector.relay.sessions.statistics())
+        manager = self.connector.relay.sessions
+        if request.position is None:
+            return json.dumps(manager.statistics())
         page: list[str] = []
         size = 0
-        for session in sessions.values():
-            if session.serial < position:
+        for session in manager.sessions.values():
+            if session.serial < request.position or (request.call_id is not None and session.call_id != request.call_id):
                 continue
             if size >= statistics.PAGE_BYTES:
                 return statistics.format_page(page, session.serial)
-            record = self.connector.relay.sessions.session_statistics(session)
+            record = manager.session_statistics(session)
             if session.dispatcher == self.connector.key:
                 record["yours"] = True
             page.append(json.dumps(record))

@@ -53,23 +53,46 @@ RelayMessage = Reply | Expired | Ping | Garbage
 
 
 PAGE_HEADER = "page"
+# narrows a paged ``sessions`` to one call: how a dispatcher finds a call that another proxy's
+# dispatcher set up (an original relay ignores it and lists everything; the asker filters)
+CALL_HEADER = "call_id"
 
 
-def page_request(position: int) -> bytes:
-    """The header block of ``sessions`` asking for the page that starts at ``position`` (0: a fresh listing)."""
-    return f"{PAGE_HEADER}: {position}\r\n".encode()
+@dataclass(frozen=True)
+class SessionsRequest:
+    """What a ``sessions`` command asks for: everything at once (``position`` None, the original),
+    or the page that starts at ``position``, of every session or only of call ``call_id``."""
+
+    position: int | None = None
+    call_id: str | None = None
+
+    def header_block(self) -> bytes:
+        block = b"" if self.position is None else f"{PAGE_HEADER}: {self.position}\r\n".encode()
+        if self.call_id is not None:
+            block += f"{CALL_HEADER}: {self.call_id}\r\n".encode("utf-8", "surrogateescape")
+        return block
 
 
-def parse_page_request(lines: list[str]) -> int | None:
-    """Where the asked page starts; None for the original's request for everything at once."""
+def parse_sessions_request(lines: list[str]) -> SessionsRequest:
+    values: dict[str, str] = {}
     for line in lines:
         name, _, value = line.partition(": ")
-        if name == PAGE_HEADER:
-            position = ascii_decimal(value, max_digits=9)
-            if position is None:
-                raise ValueError(f"page {value[:20]!r} is not a position")
-            return position
-    return None
+        if name not in (PAGE_HEADER, CALL_HEADER):
+            continue  # what the original's dispatcher might send along is no concern of a listing
+        if name in values:
+            raise ValueError(f"header {name!r} appears twice")
+        values[name] = value
+    position = None
+    if PAGE_HEADER in values:
+        position = ascii_decimal(values[PAGE_HEADER], max_digits=9)
+        if position is None:
+            raise ValueError(f"page {values[PAGE_HEADER][:20]!r} is not a position")
+    call_id = values.get(CALL_HEADER)
+    if call_id is not None and position is None:
+        raise ValueError("call_id narrows a paged listing only")
+    if call_id == "":
+        raise ValueError("call_id is empty")
+    return SessionsRequest(position, call_id)
 
 
 def parse_relay_line(line: str) -> RelayMessage:

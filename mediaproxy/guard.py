@@ -76,8 +76,11 @@ class GuardedProtocol(ProtocolWrapper):
     def handshakeCompleted(self) -> None:  # noqa: N802
         self.handshake_done = True
         self._cancel_timer()
-        if IHandshakeListener.providedBy(self.wrappedProtocol):
-            self.wrappedProtocol.handshakeCompleted()
+        # asked by name, not by interface: Twisted's ClientService wraps a protocol in a proxy that
+        # passes attributes on but declares IProtocol only
+        completed = getattr(self.wrappedProtocol, "handshakeCompleted", None)
+        if completed is not None:
+            completed()
 
     def connectionLost(self, reason) -> None:  # noqa: N802, ANN001
         self._cancel_timer()

@@ -77,7 +77,8 @@ class SyslogObserver:
 
 
 # Twisted's own chatter about ports and factories, which says nothing an operator needs
-_NOISE = ("Starting factory", "Stopping factory", "Main loop terminated", " starting on ", " Closed)")
+# ClientService's "Scheduling retry" repeats what the relay's own line about the attempt says
+_NOISE = ("Starting factory", "Stopping factory", "Main loop terminated", " starting on ", " Closed)", "Scheduling retry ")
 
 
 def quiet_twisted(event: dict) -> PredicateResult:

@@ -1,12 +1,14 @@
 """The relay's service wiring in memory: keepalives, commands over the link, DNS, sampling, drain."""
 
+import dataclasses
 import json
 import os
 import re
 import tempfile
 
 from twisted.internet import defer
-from twisted.internet.error import ConnectionDone
+from twisted.internet.address import IPv4Address
+from twisted.internet.error import ConnectionDone, ConnectionRefusedError
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.logger import formatEvent, globalLogPublisher
 from twisted.names import dns
@@ -58,13 +60,29 @@ def make_relay(dispatchers="127.0.0.1", resolver=None, **options):
     return relay, reactor
 
 
+def _attempt(relay, key):
+    """The latest connection attempt to dispatcher ``key``: the factory ClientService's endpoint gave the reactor."""
+    reactor = relay.reactor
+    (index,) = [i for i, attempt in enumerate(reactor.sslClients) if attempt[:2] == key][-1:]
+    return reactor.sslClients[index][2], reactor.connectors[index]
+
+
 def connect_link(relay, key):
-    connector = relay.connectors[key]
-    link = DispatcherLink(connector)
+    """Complete the pending attempt to dispatcher ``key`` through the protocols ClientService and
+    the endpoint wrap around the link, TLS handshake included; the link and its transport."""
+    factory, _ = _attempt(relay, key)
+    outer = factory.buildProtocol(IPv4Address("TCP", *key))
     transport = StringTransport()
-    link.makeConnection(transport)
-    link.handshakeCompleted()
+    outer.makeConnection(transport)
+    outer.handshakeCompleted()
+    link = relay.connectors[key].link
+    assert isinstance(link, DispatcherLink)
+    link.outer = outer  # what the reactor would tell of the connection's end
     return link, transport
+
+
+def lose(link, reason=ConnectionDone):
+    link.outer.connectionLost(Failure(reason()))
 
 
 def test_keepalive_drops_the_link_after_three_missed_pongs():
@@ -132,9 +150,12 @@ def test_expiries_while_the_dispatcher_is_away_are_reported_when_it_is_back(monk
     link, transport = connect_link(relay, ("127.0.0.1", 25060))
     for call_id in (b"c1", b"c2", b"c3"):
         link.dataReceived(UPDATE_C1.replace(b"c1", call_id))
-    link.connectionLost(Failure(ConnectionDone()))
+    lose(link)
     reactor.advance(6)  # all three expire with no link: two are held, the oldest is dropped
     assert relay.sessions.sessions == {}
+    for _ in range(4):  # the link was up for less than 5 s: the next attempt is reconnect_delay (10 s) after it
+        reactor.advance(1)
+    assert len(reactor.sslClients) == 2
     _, transport = connect_link(relay, ("127.0.0.1", 25060))
     lines = transport.value().decode().strip().split("\r\n")
     assert [json.loads(line[len("expired ") :])["call_id"] for line in lines] == ["c2", "c3"]
@@ -221,8 +242,8 @@ def test_hard_shutdown_reports_every_session_and_disconnects():
     done = relay.stopService()
     assert transport.value().startswith(b"expired ")
     assert json.loads(transport.value().decode().split(" ", 1)[1])["end_reason"] == "relay shutdown"
-    assert transport.disconnecting
-    link.connectionLost(Failure(Exception("closed")))
+    assert transport.disconnecting and not done.called
+    lose(link)
     assert done.called
     assert relay.sessions.binder.open == set()
 
@@ -399,3 +420,53 @@ def test_garbage_in_the_kept_sessions_is_logged_and_skipped(tmp_path):
     third, _ = _relay_with_state(tmp_path)
     third.startService()
     assert third.sessions.sessions == {} and (tmp_path / "relay_sessions.corrupt").exists()
+
+
+def _refuse(relay, key):
+    factory, connector = _attempt(relay, key)
+    factory.clientConnectionFailed(connector, Failure(ConnectionRefusedError()))
+
+
+def _attempts(reactor, key=("127.0.0.1", 25060)):
+    return sum(1 for attempt in reactor.sslClients if attempt[:2] == key)
+
+
+def _step(reactor, seconds):
+    for _ in range(seconds):
+        reactor.advance(1)
+
+
+def test_reconnection_keeps_the_originals_timing_and_stops_when_retired():
+    relay, reactor = make_relay(reconnect_delay=10, keepalive_interval=600)
+    key = ("127.0.0.1", 25060)
+    relay.startService()
+    ready = relay.ready()
+    assert _attempts(reactor) == 1 and not ready.called
+    _refuse(relay, key)
+    assert ready.called  # a dispatcher that is down does not hold the relay's start
+    _step(reactor, 9)
+    assert _attempts(reactor) == 1
+    _step(reactor, 1)  # a refused attempt: reconnect_delay
+    assert _attempts(reactor) == 2
+    link, _ = connect_link(relay, key)
+    _step(reactor, 4)
+    lose(link)  # up for less than 5 s: reconnect_delay again
+    _step(reactor, 9)
+    assert _attempts(reactor) == 2
+    _step(reactor, 1)
+    assert _attempts(reactor) == 3
+    link, _ = connect_link(relay, key)
+    _step(reactor, 5)
+    lose(link)  # up for a while: back within a second
+    _step(reactor, 1)
+    assert _attempts(reactor) == 4
+    _refuse(relay, key)  # then failures wait reconnect_delay
+    _step(reactor, 9)
+    assert _attempts(reactor) == 4
+    # the dispatcher leaves the configuration: no attempt after that
+    relay.config = dataclasses.replace(relay.config, dispatchers=[])
+    relay.refresh_dispatchers()
+    assert relay.connectors == {}
+    _step(reactor, 30)
+    assert _attempts(reactor) == 4
+    assert relay.status_line().startswith("connected to 0 of 0 dispatchers")

@@ -147,7 +147,7 @@ class DispatcherLink(BoundedLineReceiver):
         self.sendLine(b"expired " + json.dumps(statistics).encode())
 
 
-class LinkFactory(protocol.ClientFactory):
+class LinkFactory(protocol.Factory):
     noisy = False
 
     def __init__(self, connector) -> None:  # noqa: ANN001
@@ -155,6 +155,3 @@ class LinkFactory(protocol.ClientFactory):
 
     def buildProtocol(self, addr) -> DispatcherLink:  # noqa: N802, ANN001
         return DispatcherLink(self.connector)
-
-    def clientConnectionFailed(self, connector, reason) -> None:  # noqa: N802, ANN001
-        self.connector.connect_failed(reason)

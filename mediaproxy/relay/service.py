@@ -8,10 +8,13 @@ import socket
 from collections import deque
 
 from twisted.application import service
-from twisted.internet import defer, task
+from twisted.application.internet import ClientService
+from twisted.internet import defer, endpoints, task
+from twisted.internet.interfaces import IStreamClientEndpoint
 from twisted.logger import Logger
 from twisted.names import client as dns_client
 from twisted.names import dns
+from zope.interface import implementer
 
 from mediaproxy import __version__, statefile
 from mediaproxy.datatypes import Endpoint
@@ -70,8 +73,28 @@ def raise_file_limit(port_range) -> int:  # noqa: ANN001
     return wanted
 
 
+@implementer(IStreamClientEndpoint)
+class _DispatcherEndpoint:
+    """The TLS endpoint of one dispatcher, guarded like every link, telling its connector of each
+    failed attempt (ClientService only retries them)."""
+
+    def __init__(self, connector: DispatcherConnector, endpoint: IStreamClientEndpoint) -> None:
+        self.connector = connector
+        self.endpoint = endpoint
+
+    def connect(self, factory) -> defer.Deferred:  # noqa: ANN001
+        # the guard goes outside ClientService's protocol proxy, so the TLS layer sees a handshake listener
+        attempt = self.endpoint.connect(self.connector.relay.guard(factory))
+        # an endpoint answers with the protocol that the given factory built, inside the guard
+        return attempt.addCallbacks(lambda guarded: guarded.wrappedProtocol, self.connector.connect_failed)
+
+    def __repr__(self) -> str:  # how ClientService names it when it schedules a retry
+        return f"dispatcher {self.connector.name}"
+
+
 class DispatcherConnector:
-    """Keeps one dispatcher connected, reconnecting by the rules of the original."""
+    """Keeps one dispatcher connected: a ClientService whose retry policy has the original's
+    timing (reconnect_delay, or at most 1 s after a link that was up for a while)."""
 
     def __init__(self, relay: RelayService, endpoint: Endpoint, host: str, port: int) -> None:
         self.relay = relay
@@ -82,11 +105,15 @@ class DispatcherConnector:
         self.link = None
         self.retired = False
         self._connected_at: float | None = None
-        self._retry = None
-        self._connector = None
+        self._lasted: float = 0.0  # how long the last link was up: the next attempt's delay
         self.tried = False  # the first attempt has an outcome (for the relay's readiness)
         # statistics of sessions that expired while the link was down, sent when it is back
         self.held_expired: deque[dict] = deque()
+        source = relay.config.link_source_ip
+        tls = endpoints.SSL4ClientEndpoint(
+            relay.reactor, host, port, ClientContextFactory(relay.credentials), timeout=10, bindAddress=(source, 0) if source else None
+        )
+        self.client = ClientService(_DispatcherEndpoint(self, tls), LinkFactory(self), retryPolicy=self._delay, clock=relay.reactor)
 
     @property
     def name_to_verify(self) -> str | None:
@@ -95,24 +122,20 @@ class DispatcherConnector:
             return None
         return self.endpoint.host
 
+    def _delay(self, failed_attempts: int) -> float:
+        delay = self.relay.config.reconnect_delay
+        # ClientService counts a lost link as the first failed attempt
+        if failed_attempts == 1 and self._lasted >= LONG_ENOUGH_CONNECTION:
+            return min(delay, 1)
+        return delay
+
     def _outcome(self) -> None:
         if not self.tried:
             self.tried = True
             self.relay._check_ready()
 
     def connect(self) -> None:
-        self._retry = None
-        if self.retired:
-            return
-        source = self.relay.config.link_source_ip
-        self._connector = self.relay.reactor.connectSSL(
-            self.host,
-            self.port,
-            self.relay.guard(LinkFactory(self)),
-            ClientContextFactory(self.relay.credentials),
-            timeout=10,
-            bindAddress=(source, 0) if source else None,
-        )
+        self.client.startService()
 
     def link_up(self, link) -> None:  # noqa: ANN001
         self.link = link
@@ -145,44 +168,40 @@ class DispatcherConnector:
         )
 
     def link_down(self, link, reason) -> None:  # noqa: ANN001
-        was_up = self.link is link
-        if was_up:
+        """Any connection ended (a link, or a TLS handshake that failed); ClientService reconnects."""
+        self._lasted = 0.0
+        if self.link is link:
             self.link = None
+            self._lasted = self.relay.reactor.seconds() - self._connected_at
             log.info("Lost the connection to dispatcher {name}: {reason}", name=self.name, reason=reason.getErrorMessage())
-        up_for = self.relay.reactor.seconds() - self._connected_at if was_up and self._connected_at is not None else 0
-        delay = min(self.relay.config.reconnect_delay, 1) if up_for >= LONG_ENOUGH_CONNECTION else self.relay.config.reconnect_delay
         self._outcome()
-        self._schedule(delay)
+        if self.retired:
+            self.relay.connector_closed(self)
 
-    def connect_failed(self, reason) -> None:  # noqa: ANN001
+    def connect_failed(self, reason):  # noqa: ANN001, ANN201 - the Failure, passed on to ClientService
+        self._lasted = 0.0
         log.warn(
             "Cannot connect to dispatcher {name} ({host}:{port}): {reason}; retrying in {delay}s",
             name=self.name,
             host=self.host,
             port=self.port,
             reason=reason.getErrorMessage(),
-            delay=self.relay.config.reconnect_delay,
+            delay=self._delay(1),
         )
         self._outcome()
-        self._schedule(self.relay.config.reconnect_delay)
-
-    def _schedule(self, delay: float) -> None:
-        if self.retired or self.relay.stopping or self._retry is not None:
-            self.relay.connector_closed(self)
-            return
-        self._retry = self.relay.reactor.callLater(delay, self.connect)
+        return reason
 
     def retire(self) -> None:
+        """Stop connecting and close the link; the relay hears when it is closed."""
         self.retired = True
-        if self._retry is not None and self._retry.active():
-            self._retry.cancel()
-        self._retry = None
         if self.link is not None:
-            self.link.transport.loseConnection()  # link_down then reports the connector closed
-            return
-        if self._connector is not None and self._connector.state == "connecting":
-            self._connector.stopConnecting()
-        self.relay.connector_closed(self)
+            self.link.transport.loseConnection()
+        self.client.stopService().addBoth(self._stopped)
+
+    def _stopped(self, _: object) -> None:
+        if self.link is None:
+            self.relay.connector_closed(self)
+        # else the link is closing: link_down reports it
 
 
 class RelayService(service.Service):

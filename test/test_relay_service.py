@@ -470,3 +470,15 @@ def test_reconnection_keeps_the_originals_timing_and_stops_when_retired():
     _step(reactor, 30)
     assert _attempts(reactor) == 4
     assert relay.status_line().startswith("connected to 0 of 0 dispatchers")
+
+
+def test_the_periodic_jobs_are_services_that_stop_with_the_relay():
+    relay, reactor = make_relay(traffic_sampling_period=10)
+    relay.startService()
+    assert sorted(job.name for job in relay) == ["dispatcher lookups", "idle checks", "keeping counters", "traffic sampling"]
+    assert all(job.running for job in relay)
+    link, _ = connect_link(relay, ("127.0.0.1", 25060))
+    done = relay.stopService()
+    lose(link)
+    assert done.called and not any(job.running for job in relay)
+    assert [call for call in reactor.getDelayedCalls() if call.active()] == []  # nothing left to fire

@@ -9,7 +9,7 @@ from collections import deque
 
 from twisted.application import service
 from twisted.application.internet import ClientService
-from twisted.internet import defer, endpoints, task
+from twisted.internet import defer, endpoints
 from twisted.internet.interfaces import IStreamClientEndpoint
 from twisted.logger import Logger
 from twisted.names import client as dns_client
@@ -24,7 +24,8 @@ from mediaproxy.relay.link import LinkFactory
 from mediaproxy.relay.model import serialize
 from mediaproxy.relay.plane import choice, host
 from mediaproxy.relay.plane.udp import UDPBinder
-from mediaproxy.relay.sessions import SessionManager
+from mediaproxy.relay.sessions import COUNTERS_INTERVAL, SessionManager
+from mediaproxy.timers import Periodic
 from mediaproxy.tls import ClientContextFactory, Credentials, PeerVerifier
 
 log = Logger(namespace="relay")
@@ -204,7 +205,9 @@ class DispatcherConnector:
         # else the link is closing: link_down reports it
 
 
-class RelayService(service.Service):
+class RelayService(service.MultiService):
+    """The relay: its sessions, a ClientService per dispatcher, and its periodic jobs as child services."""
+
     def __init__(self, configuration, credentials: Credentials, reactor, resolver=None, state_dir: str | None = None) -> None:  # noqa: ANN001
         self.configuration = configuration
         self.config = configuration.relay
@@ -239,8 +242,6 @@ class RelayService(service.Service):
         self.bps_relayed: float = 0.0
         self._last_live_bytes = 0
         self._last_closed_bytes = 0
-        self._sampler = None
-        self._dns_loop = None
         # what kernel forwarding changed on the host, undone at stop (kept in a file against crashes)
         self.host_changes = host.HostChanges(os.path.join(state_dir, HOST_CHANGES_FILE) if state_dir else None)
         # the sessions, kept so that a restart (or a crash) does not end the calls
@@ -251,6 +252,15 @@ class RelayService(service.Service):
         )
         self._ready: defer.Deferred | None = None
         self._resolved_once = False
+        service.MultiService.__init__(self)
+        for job in (
+            Periodic("dispatcher lookups", self.config.dns_check_interval, self._refresh_logged, reactor, now=True),
+            Periodic("idle checks", self.sessions.idle_check_interval, self.sessions.check_idle, reactor),
+            Periodic("keeping counters", COUNTERS_INTERVAL, self.sessions.keep_counters, reactor),
+        ):
+            job.setServiceParent(self)
+        if self.config.traffic_sampling_period > 0:
+            Periodic("traffic sampling", self.config.traffic_sampling_period, self.sample_traffic, reactor).setServiceParent(self)
 
     def guard(self, factory) -> GuardedFactory:  # noqa: ANN001
         return GuardedFactory(factory, "dispatcher link", self._link_limits, self._link_budget, self.refusals, self.reactor)
@@ -258,7 +268,6 @@ class RelayService(service.Service):
     # -- start and stop
 
     def startService(self) -> None:  # noqa: N802
-        service.Service.startService(self)
         log.info(
             "MediaProxy relay {version} starting on {ip}; own certificate {subject}",
             version=__version__,
@@ -274,17 +283,8 @@ class RelayService(service.Service):
             restored = self.sessions.restore(self.state_file, kept)
             if restored:
                 log.info("Took back {count} sessions kept from the last run", count=restored)
-        self.sessions.start_idle_checks()
         self.verifier.start()
-        if self.config.traffic_sampling_period > 0:
-            self._sampler = task.LoopingCall(self.sample_traffic)
-            self._sampler.clock = self.reactor
-            self._sampler.start(self.config.traffic_sampling_period, now=False)
-        self._dns_loop = task.LoopingCall(self.refresh_dispatchers)
-        self._dns_loop.clock = self.reactor
-        self._dns_loop.start(self.config.dns_check_interval, now=True).addErrback(
-            lambda failure: log.failure("Dispatcher lookups stopped", failure)
-        )
+        service.MultiService.startService(self)  # the periodic jobs, dispatcher lookups first
 
     def ready(self) -> defer.Deferred:
         """Fires once every configured dispatcher was tried: connected, or its first attempt failed.
@@ -309,9 +309,9 @@ class RelayService(service.Service):
         return f"{state}connected to {connected} of {len(self.connectors)} dispatchers; {len(self.sessions.sessions)} sessions"
 
     def stopService(self) -> defer.Deferred:  # noqa: N802
-        """Hard stop: expire every session (each reports ``expired``), then disconnect."""
-        service.Service.stopService(self)
-        return self.shutdown()
+        """Stop the periodic jobs, then the sessions (see :meth:`shutdown`) and the links."""
+        jobs = service.MultiService.stopService(self)
+        return defer.gatherResults([jobs, self.shutdown()])
 
     def shutdown(self) -> defer.Deferred:
         """Stop. With ``keep_calls_on_stop`` (and somewhere to keep them) the sessions stay for the
@@ -322,11 +322,7 @@ class RelayService(service.Service):
         self._stopped = defer.Deferred()
         self.stopping = True
         self.sessions.halting = True
-        for loop in (self._dns_loop, self._sampler):
-            if loop is not None and loop.running:
-                loop.stop()
         self.verifier.stop()
-        self.sessions.stop_idle_checks()
         if self.sessions.sessions and self.config.keep_calls_on_stop and self.sessions.state is not None:
             log.info("Keeping {count} sessions for the next start", count=len(self.sessions.sessions))
             self.sessions.suspend()
@@ -371,6 +367,10 @@ class RelayService(service.Service):
             self._stopped.callback(None)
 
     # -- dispatchers
+
+    def _refresh_logged(self) -> defer.Deferred:
+        # a failed lookup round must not end the periodic lookups
+        return self.refresh_dispatchers().addErrback(lambda failure: log.failure("Dispatcher lookups failed", failure))
 
     @defer.inlineCallbacks
     def refresh_dispatchers(self):  # noqa: ANN201

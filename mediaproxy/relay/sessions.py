@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import itertools
 
-from twisted.internet import task
 from twisted.logger import Logger
 
 from mediaproxy import __version__
@@ -57,7 +56,6 @@ class SessionManager:
         self.clock = clock
         self.policy = MediaPolicy.from_config(config)
         self.idle_timeout = idle_timeout
-        self._idle_loop: task.LoopingCall | None = None
         self.pool = PortPool(config.port_range)
         self._binder = None
         self.binder = binder
@@ -76,7 +74,6 @@ class SessionManager:
         self.state = None  # a statefile.StateFile keeping the sessions across restarts, once restored
         self._changed: set[tuple[str, str]] = set()
         self._kept_packets: dict[tuple[str, str], int] = {}
-        self._save_loops: list[task.LoopingCall] = []
         self._keeping = None  # the call that keeps what changed in this reactor turn
         self._handlers = {
             events.Changed: self._on_changed,
@@ -225,17 +222,13 @@ class SessionManager:
         substream.kernel_entry_gone(counts, timeout_wait)
         self.drain(substream.stream.session)
 
-    def start_idle_checks(self) -> None:
-        """Expire substreams forwarded in userspace that stopped, as the kernel does for its entries."""
-        self._idle_loop = task.LoopingCall(self.check_idle)
-        self._idle_loop.clock = self.clock
-        self._idle_loop.start(max(1, min(5, self.idle_timeout // 4)), now=False)
-
-    def stop_idle_checks(self) -> None:
-        if self._idle_loop is not None and self._idle_loop.running:
-            self._idle_loop.stop()
+    @property
+    def idle_check_interval(self) -> int:
+        """How often :meth:`check_idle` runs: a quarter of the idle timeout, 1 to 5 s."""
+        return max(1, min(5, self.idle_timeout // 4))
 
     def check_idle(self) -> None:
+        """Expire substreams forwarded in userspace that stopped, as the kernel does for its entries."""
         now = self.clock.seconds()
         for session in list(self.sessions.values()):
             for stream in list(session.streams):
@@ -352,6 +345,9 @@ class SessionManager:
                 self.keep(session)
 
     def keep_counters(self) -> None:
+        """Keep the userspace counters that moved (every COUNTERS_INTERVAL: not worth a write a packet)."""
+        if self.state is None:
+            return
         for key, session in self.sessions.items():
             if session.userspace_packets() != self._kept_packets.get(key):
                 self.keep(session)
@@ -374,10 +370,6 @@ class SessionManager:
         )
         for session in self.sessions.values():
             self._kept_packets[session.key] = session.userspace_packets()
-        loop = task.LoopingCall(self.keep_counters)
-        loop.clock = self.clock
-        loop.start(COUNTERS_INTERVAL, now=False)
-        self._save_loops.append(loop)
         return len(self.sessions)
 
     def _take_back(self, saved: dict) -> Session:
@@ -432,9 +424,6 @@ class SessionManager:
             self.state = None
 
     def _stop_keeping(self) -> None:
-        for loop in self._save_loops:
-            if loop.running:
-                loop.stop()
         if self._keeping is not None and self._keeping.active():
             self._keeping.cancel()
         self._keeping = None

@@ -482,3 +482,17 @@ def test_the_periodic_jobs_are_services_that_stop_with_the_relay():
     lose(link)
     assert done.called and not any(job.running for job in relay)
     assert [call for call in reactor.getDelayedCalls() if call.active()] == []  # nothing left to fire
+
+
+def test_retiring_a_dispatcher_while_connecting_cancels_quietly():
+    relay, reactor = make_relay()
+    relay.startService()
+    events = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        relay.config = dataclasses.replace(relay.config, dispatchers=[])
+        relay.refresh_dispatchers()
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    assert relay.connectors == {}
+    assert not [formatEvent(event) for event in events if "Cannot connect" in formatEvent(event)]

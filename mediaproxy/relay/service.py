@@ -181,6 +181,8 @@ class DispatcherConnector:
 
     def connect_failed(self, reason):  # noqa: ANN001, ANN201 - the Failure, passed on to ClientService
         self._lasted = 0.0
+        if self.retired:
+            return reason  # the attempt was cancelled by retire(): nothing failed
         log.warn(
             "Cannot connect to dispatcher {name} ({host}:{port}): {reason}; retrying in {delay}s",
             name=self.name,

@@ -117,6 +117,33 @@ def test_relay_lines_and_statistics_parse_or_raise_value_error(text):
 
 
 @BOUNDED
+@given(st.lists(st.one_of(PROTOCOLISH, st.sampled_from(["page: 0", "page: 12", "call_id: c1", "page: x"])), max_size=6))
+def test_sessions_requests_parse_or_raise_value_error(lines):
+    try:
+        request = relaylink.parse_sessions_request(lines)
+    except ValueError:
+        return
+    assert request.position is None or request.position >= 0
+    assert request.call_id is None or (request.call_id and request.position is not None)
+
+
+@BOUNDED
+@given(
+    st.one_of(st.none(), st.integers(0, 10**9 - 1)),
+    st.one_of(st.none(), st.text(min_size=1).filter(lambda t: "\r" not in t and "\n" not in t)),
+)
+def test_sessions_requests_read_back(position, call_id):
+    if call_id is not None and position is None:
+        return  # a one-call listing is always paged
+    lines = [
+        line
+        for line in relaylink.SessionsRequest(position, call_id).header_block().decode("utf-8", "surrogateescape").split("\r\n")
+        if line
+    ]
+    assert relaylink.parse_sessions_request(lines) == relaylink.SessionsRequest(position, call_id)
+
+
+@BOUNDED
 @given(st.integers(1, 100), st.integers(0, 3))
 def test_json_nesting_beyond_the_limit_is_a_value_error(depth, kind):
     opening, closing = ["[", '{"a": ', "[[", '[{"b": '][kind], ["]", "}", "]]", "}]"][kind]

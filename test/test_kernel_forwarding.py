@@ -49,16 +49,22 @@ def rtp(sequence, payload_type):
     return bytes([0x80, payload_type]) + sequence.to_bytes(2, "big") + b"\x00" * 8 + bytes([sequence % 256]) * 160
 
 
-def run_call(tmp_path, topology, forwarding):
-    """One call through the relay; returns (accounting record, entry counters seen, relay log)."""
-    namespace = topology.name("relay")
+def deployment(tmp_path, namespace, forwarding, port_range):
+    """Dispatcher and relay in the relay's namespace, accounting to SQLite; the programs and the database."""
     database = tmp_path / "accounting.sqlite"
     programs = Deployment(
         tmp_path,
-        f"[Relay]\nrelay_ip = {RELAY_IP}\nforwarding = {forwarding}\nport_range = 40000:40100\n"
+        f"[Relay]\nrelay_ip = {RELAY_IP}\nforwarding = {forwarding}\nport_range = {port_range}\n"
         f"[Dispatcher]\naccounting = database\n[Database]\ndburi = sqlite://{database}\n",
         namespace=namespace,
     )
+    return programs, database
+
+
+def run_call(tmp_path, topology, forwarding):
+    """One call through the relay; returns (accounting record, entry counters seen, relay log)."""
+    namespace = topology.name("relay")
+    programs, database = deployment(tmp_path, namespace, forwarding, "40000:40100")
     caller = udp_socket(topology.name("caller"), CALLER)
     callee = udp_socket(topology.name("callee"), CALLEE)
     try:
@@ -182,13 +188,7 @@ def test_calls_survive_the_relay_killed_or_stopped_and_started_again(tmp_path, t
     Userspace-forwarded media stops only while no relay runs, and the restarted relay forwards it
     at once: nothing is learnt again."""
     namespace = topology.name("relay")
-    database = tmp_path / "accounting.sqlite"
-    programs = Deployment(
-        tmp_path,
-        f"[Relay]\nrelay_ip = {RELAY_IP}\nforwarding = {forwarding}\nport_range = 40000:40400\n"
-        f"[Dispatcher]\naccounting = database\n[Database]\ndburi = sqlite://{database}\n",
-        namespace=namespace,
-    )
+    programs, database = deployment(tmp_path, namespace, forwarding, "40000:40400")
     parties = [
         (udp_socket(topology.name("caller"), (CALLER[0], 5100 + n)), udp_socket(topology.name("callee"), (CALLEE[0], 7100 + n)))
         for n in range(CALLS)

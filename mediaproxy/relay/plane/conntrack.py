@@ -138,23 +138,22 @@ class Conntrack:
                     continue
                 raise ConntrackError(f"cannot create the conntrack entry: {error}") from None
 
-    def _delete(self, source: Address, destination: Address) -> Counters | None:
+    def _entry(self, operation: str, source: Address, destination: Address, doing: str) -> Counters | None:
+        """``get`` or ``del`` the entry of ``source -> destination``: its counters, or None when the
+        kernel has no such entry (any other failure is a ConntrackError saying what was being done)."""
         try:
-            replies = self.socket.entry("del", tuple_orig=_tuple(source, destination))
+            replies = self.socket.entry(operation, tuple_orig=_tuple(source, destination))
         except Exception as error:  # noqa: BLE001
             if _is_missing(error):
                 return None
-            raise ConntrackError(f"cannot delete the conntrack entry {source} -> {destination}: {error}") from None
+            raise ConntrackError(f"cannot {doing}: {error}") from None
         return _counters(replies[0]) if replies else None
 
+    def _delete(self, source: Address, destination: Address) -> Counters | None:
+        return self._entry("del", source, destination, f"delete the conntrack entry {source} -> {destination}")
+
     def read(self, flow: Flow) -> Counters | None:
-        try:
-            replies = self.socket.entry("get", tuple_orig=_tuple(flow.caller_remote, flow.caller_local))
-        except Exception as error:  # noqa: BLE001
-            if _is_missing(error):
-                return None
-            raise ConntrackError(f"cannot read the conntrack entry: {error}") from None
-        return _counters(replies[0]) if replies else None
+        return self._entry("get", flow.caller_remote, flow.caller_local, "read the conntrack entry")
 
     def remove(self, flow: Flow) -> Counters | None:
         """Delete the flow's entry; its last counters, or None when the kernel had already dropped it."""

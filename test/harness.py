@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import shutil
@@ -241,10 +242,24 @@ def program_command(name: str) -> list[str]:
     return [sys.executable, os.path.join(ROOT, name)]
 
 
+# Ports for the programs under test come from below the kernel's ephemeral range (32768-60999 on
+# Debian): a port the kernel handed out for a probe is free again the moment the probe closes, and
+# any outgoing connection can take it before the program binds it (a CI run failed that way).
+_PORTS = itertools.cycle(range(26000, 32000))
+
+
 def free_port(kind=socket.SOCK_STREAM):
-    with socket.socket(socket.AF_INET, kind) as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+    """A loopback port no socket holds now, never the same twice in a row within a run."""
+    for _ in range(6000):
+        port = next(_PORTS)
+        try:
+            for family_kind in (socket.SOCK_STREAM, socket.SOCK_DGRAM):
+                with socket.socket(socket.AF_INET, family_kind) as probe:
+                    probe.bind(("127.0.0.1", port))
+        except OSError:
+            continue
+        return port
+    raise RuntimeError("no free port between 26000 and 32000")
 
 
 class Program:

@@ -10,7 +10,7 @@ from twisted.internet.protocol import ClientFactory, Protocol
 from twisted.logger import LogLevel
 from twisted.trial import unittest
 
-from harness import FakeRelay, Stack, collect_logs, wait_for
+from harness import FakeRelay, Stack, collect_logs, free_port, wait_for
 from mediaproxy.datatypes import NetworkAddress
 from mediaproxy.dispatcher.service import DispatcherService
 from mediaproxy.plugin import PluginBase
@@ -19,12 +19,6 @@ from mediaproxy.testing import remove, update
 from mediaproxy.tls import ClientContextFactory, Credentials
 
 AUDIO = "audio:192.0.2.10:6000:sendrecv:ice=no"
-
-
-def free_port():
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 class ByAddress(random.Random):

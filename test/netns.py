@@ -102,3 +102,38 @@ class Topology:
         for name in reversed(self.namespaces):
             subprocess.run(["ip", "netns", "delete", name], capture_output=True)
         self.namespaces.clear()
+
+
+# The NAT topology of the media tests:
+#   caller 10.0.0.2 -- nat 10.0.0.1 | 203.0.113.2 (MASQUERADE) -- 203.0.113.1 relay 198.51.100.1 -- callee 198.51.100.2
+NAT_RELAY_IP = "203.0.113.1"
+NAT_CALLER_IP = "10.0.0.2"
+NAT_CALLEE_IP = "198.51.100.2"
+
+
+def relay_behind_nat(udp_stream_timeout: int | None = None) -> Topology:
+    """The caller behind a masquerading NAT, the relay, the callee on the relay's other side.
+
+    ``udp_stream_timeout`` shortens the relay namespace's conntrack timeout for replied UDP flows,
+    so an idle call expires in seconds."""
+    network = Topology()
+    try:
+        for role in ("caller", "nat", "relay", "callee"):
+            network.add(role)
+        network.link("caller", f"{NAT_CALLER_IP}/24", "nat", "10.0.0.1/24")
+        _, public = network.link("relay", f"{NAT_RELAY_IP}/24", "nat", "203.0.113.2/24")
+        network.link("relay", "198.51.100.1/24", "callee", f"{NAT_CALLEE_IP}/24")
+        network.run("caller", "ip route add default via 10.0.0.1")
+        network.run("callee", "ip route add default via 198.51.100.1")
+        network.run("nat", f"sysctl -qw net.ipv4.ip_forward=1 && iptables -t nat -A POSTROUTING -o {public} -j MASQUERADE")
+        if udp_stream_timeout is not None:
+            network.run("relay", f"sysctl -qw net.netfilter.nf_conntrack_udp_timeout_stream={udp_stream_timeout}")
+    except BaseException:
+        network.remove()
+        raise
+    return network
+
+
+def rtp(sequence: int, payload_type: int) -> bytes:
+    """An RTP packet whose payload tells the sequence: a receiver sees gaps and reordering."""
+    return bytes([0x80, payload_type]) + sequence.to_bytes(2, "big") + b"\x00" * 8 + bytes([sequence % 256]) * 160

@@ -20,14 +20,17 @@ import sqlite3
 import stat
 import subprocess
 import threading
+import time
 
 import pytest
 from deployment import Proxy, wait_until
+from netns import NAT_CALLEE_IP, NAT_CALLER_IP, NAT_RELAY_IP, in_namespace, relay_behind_nat, require_root_and_tools, rtp, udp_socket
 from servers import FreeRADIUS
 
 from harness import INSTALLED, ROOT, free_port
 from mediaproxy import demo, demo_sip
 from mediaproxy.cli.sessions import query, tls_context
+from mediaproxy.relay.plane.conntrack import Conntrack
 from mediaproxy.testing import remove, update
 
 pytestmark = pytest.mark.skipif(INSTALLED, reason="the packages are installed already (the first run of test/run built and tested them)")
@@ -76,6 +79,12 @@ def debs(tmp_path_factory):
     require_tools()
     build = tmp_path_factory.mktemp("debian-build")
     return build, build_packages(build)
+
+
+@pytest.fixture(scope="module")
+def upgrade_debs(tmp_path_factory):
+    require_tools()
+    return build_packages(tmp_path_factory.mktemp("debian-upgrade-build"), UPGRADE_VERSION)
 
 
 def contents(deb):
@@ -193,16 +202,22 @@ def running_programs():
 
 
 def configure(relay_port, management_port, radius_config):
+    configure_sections(
+        {
+            "Relay": f"dispatchers = 127.0.0.1:{relay_port}\nrelay_ip = 127.0.0.1\nport_range = 45000:45200\n",
+            "Dispatcher": f"listen = 127.0.0.1:{relay_port}\nlisten_management = 127.0.0.1:{management_port}\naccounting = database, radius\n",
+            "TLS": "verify_interval = 1\n",
+            "Database": "dburi = sqlite:///var/lib/mediaproxy/accounting.sqlite\n",
+            "Radius": f"config_file = {radius_config}\n",
+        }
+    )
+
+
+def configure_sections(sections):
+    """Options put at the top of their sections of the installed config.ini, the rest left as shipped."""
     path = "/etc/mediaproxy/config.ini"
     with open(path) as file:
         text = file.read()
-    sections = {
-        "Relay": f"dispatchers = 127.0.0.1:{relay_port}\nrelay_ip = 127.0.0.1\nport_range = 45000:45200\n",
-        "Dispatcher": f"listen = 127.0.0.1:{relay_port}\nlisten_management = 127.0.0.1:{management_port}\naccounting = database, radius\n",
-        "TLS": "verify_interval = 1\n",
-        "Database": "dburi = sqlite:///var/lib/mediaproxy/accounting.sqlite\n",
-        "Radius": f"config_file = {radius_config}\n",
-    }
     for section, options in sections.items():
         text = text.replace(f"[{section}]\n", f"[{section}]\n{options}", 1)
     with open(path, "w") as file:
@@ -214,8 +229,8 @@ def sessions(management_port):
     return answer
 
 
-def summary(management_port):
-    result = run("media-sessions", "summary", "--json", "--config-dir", "/etc/mediaproxy", check=False)
+def summary(management_port, namespace=()):
+    result = run(*namespace, "media-sessions", "summary", "--json", "--config-dir", "/etc/mediaproxy", check=False)
     return json.loads(result.stdout)["summary"] if result.returncode == 0 else None
 
 
@@ -228,7 +243,7 @@ def exposure(unit):
     return float(re.search(r"Overall exposure level for \S+: ([0-9.]+)", result.stdout).group(1))
 
 
-def test_operator_lifecycle(debs, tmp_path):
+def test_operator_lifecycle(debs, upgrade_debs, tmp_path):
     """Install, configure, a call through Kamailio with SQL and RADIUS accounting, upgrade, remove, purge."""
     build, found = debs
     for program, package in (("kamailio", "kamailio"), ("sipp", "sip-tester"), ("setpriv", "util-linux")):
@@ -236,7 +251,7 @@ def test_operator_lifecycle(debs, tmp_path):
             pytest.fail(f"{program} is missing: apt-get install {package} (test/run does this)", pytrace=False)
     if run("dpkg", "-s", "mediaproxy-common", check=False).returncode == 0:
         pytest.fail("mediaproxy-common is already installed on this machine; the test would replace it", pytrace=False)
-    upgrade = build_packages(tmp_path / "upgrade", UPGRADE_VERSION)
+    upgrade = upgrade_debs
     before = host_state()
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
     radius = FreeRADIUS()
@@ -369,4 +384,146 @@ def test_operator_lifecycle(debs, tmp_path):
         assert not os.path.exists(path), f"{path} is left after purge"
     assert running_programs() == []
     assert run("getent", "passwd", "mediaproxy", check=False).returncode != 0
+    assert host_state() == before
+
+
+UPGRADE_CALLS = 50
+CONNTRACK_MARK = 0x4D50  # the relay's default conntrack_mark
+
+
+def test_upgrade_keeps_kernel_forwarded_media_flowing(debs, upgrade_debs, tmp_path):
+    """The packaged programs, started by their init scripts in the relay's namespace of a NAT
+    topology, forward 50 calls in the kernel. The media goes on in 20 ms steps while the packages
+    are upgraded (the maintainer scripts stop and start both programs): no packet is lost or
+    reordered. The new relay takes every session back, and each record counts the whole call."""
+    build, found = debs
+    require_root_and_tools()
+    if run("dpkg", "-s", "mediaproxy-common", check=False).returncode == 0:
+        pytest.fail("mediaproxy-common is already installed on this machine; the test would replace it", pytrace=False)
+    before = host_state()
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    network = relay_behind_nat()
+    namespace = network.name("relay")
+    inside = ("ip", "netns", "exec", namespace)
+    parties = [
+        (udp_socket(network.name("caller"), (NAT_CALLER_IP, 5100 + n)), udp_socket(network.name("callee"), (NAT_CALLEE_IP, 7100 + n)))
+        for n in range(UPGRADE_CALLS)
+    ]
+    facing = []
+    sent = 0
+
+    def exchange(rounds):
+        nonlocal sent
+        for _ in range(rounds):
+            sent += 1
+            for (caller, callee), (to_caller_side, to_callee_side) in zip(parties, facing):
+                caller.sendto(rtp(sent, 0), to_caller_side)
+                assert callee.recvfrom(2048) == (rtp(sent, 0), to_callee_side), f"round {sent}"
+                callee.sendto(rtp(sent, 8), to_callee_side)
+                assert caller.recvfrom(2048) == (rtp(sent, 8), to_caller_side), f"round {sent}"
+
+    def listed():
+        return in_namespace(namespace, sessions, management_port)
+
+    def kernel_entries():
+        return in_namespace(namespace, lambda: Conntrack(CONNTRACK_MARK).snapshot())
+
+    with services_allowed():
+        syslog = SyslogCapture()
+        try:
+            run("apt-get", "install", "-y", "-q", *(str(found[name]) for name in PACKAGES), env=env, timeout=900)
+            run("mediaproxy-gen-certs", "/etc/mediaproxy/tls")
+            relay_port, management_port = free_port(), free_port()
+            configure_sections(
+                {
+                    "Relay": f"dispatchers = 127.0.0.1:{relay_port}\nrelay_ip = {NAT_RELAY_IP}\nforwarding = kernel\nport_range = 45000:45400\n",
+                    "Dispatcher": f"listen = 127.0.0.1:{relay_port}\nlisten_management = 127.0.0.1:{management_port}\naccounting = database\n",
+                    "Database": "dburi = sqlite:///var/lib/mediaproxy/accounting.sqlite\n",
+                }
+            )
+            for name in ("dispatcher", "relay"):
+                run(*inside, f"/etc/init.d/mediaproxy-{name}", "start", timeout=60)
+            wait_until(lambda: (summary(management_port, inside) or [{}])[0].get("status") == "active", "the relay to connect", timeout=30)
+
+            proxy = Proxy("/run/mediaproxy/dispatcher.sock")
+            for number, (caller, callee) in enumerate(parties):
+                call_id = f"upgrade-{number}@example.com"
+                offer = proxy.request(
+                    update(call_id, "ft", media=f"audio:{NAT_CALLER_IP}:{5100 + number}:sendrecv:ice=no", dialog_id=f"1:{number}")
+                )
+                answer = proxy.request(
+                    update(
+                        call_id,
+                        "ft",
+                        "tt",
+                        kind="reply",
+                        media=f"audio:{NAT_CALLEE_IP}:{7100 + number}:sendrecv:ice=no",
+                        dialog_id=f"1:{number}",
+                    )
+                )
+                to_caller_side, to_callee_side = (NAT_RELAY_IP, int(answer.split()[1])), (NAT_RELAY_IP, int(offer.split()[1]))
+                facing.append((to_caller_side, to_callee_side))
+                callee.sendto(rtp(0, 8), to_callee_side)  # nowhere to go yet: the caller is not learnt
+                caller.sendto(rtp(0, 0), to_caller_side)
+                assert callee.recvfrom(2048)[0] == rtp(0, 0)
+            proxy.close()
+            exchange(5)
+            wait_until(lambda: len(kernel_entries()) == UPGRADE_CALLS, "every call forwarded in the kernel")
+
+            pids = {name: pid_of(name) for name in ("dispatcher", "relay")}
+            upgrade = subprocess.Popen(
+                [*inside, "apt-get", "install", "-y", "-q", *(str(upgrade_debs[name]) for name in PACKAGES)],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+                env=env,
+            )
+            try:
+                rounds = 0
+                while upgrade.poll() is None and rounds < 30_000:  # 10 minutes at most
+                    exchange(1)
+                    rounds += 1
+                    time.sleep(0.02)  # media's own pace, not a wait for anything
+            finally:
+                output, _ = upgrade.communicate(timeout=900)
+            assert upgrade.returncode == 0, output[-3000:]
+            assert run("dpkg-query", "-W", "-f", "${Version}", "mediaproxy-relay").stdout == UPGRADE_VERSION
+            relay_log = syslog.text("media-relay")
+            assert f"Keeping {UPGRADE_CALLS} sessions for the next start" in relay_log
+            assert pid_of("relay") != pids["relay"] and pid_of("dispatcher") != pids["dispatcher"]
+            wait_until(lambda: f"Took back {UPGRADE_CALLS} sessions" in syslog.text("media-relay"), "the sessions taken back", timeout=30)
+            # both programs restarted: the relay finds the new dispatcher within seconds
+            wait_until(lambda: len(listed()) == UPGRADE_CALLS, "the calls listed again", timeout=5)
+            exchange(5)
+            assert "Removed" not in syslog.text("media-relay")  # no entry of ours was flushed
+
+            proxy = Proxy("/run/mediaproxy/dispatcher.sock")
+            for number in range(UPGRADE_CALLS):
+                assert proxy.request(remove(f"upgrade-{number}@example.com", "ft", "tt")) == "removed"
+            proxy.close()
+
+            def records():
+                try:
+                    with contextlib.closing(sqlite3.connect("/var/lib/mediaproxy/accounting.sqlite")) as connection:
+                        return [json.loads(info) for (info,) in connection.execute("SELECT info FROM media_sessions")]
+                except sqlite3.Error:
+                    return []
+
+            wait_until(lambda: len(records()) == UPGRADE_CALLS, "every record", timeout=30)
+            for record in records():
+                (stream,) = record["streams"]
+                # the first packet each way, then every round (the callee's first had nowhere to go)
+                assert (stream["caller_packets"], stream["callee_packets"]) == (1 + sent, sent), record["call_id"]
+                assert record["end_reason"] == "bye"
+        finally:
+            for name in ("relay", "dispatcher"):
+                if os.access(f"/etc/init.d/mediaproxy-{name}", os.X_OK):
+                    run(*inside, f"/etc/init.d/mediaproxy-{name}", "stop", check=False, timeout=60)
+            run("apt-get", "purge", "-y", "-q", *PACKAGES, env=env, timeout=300)
+            syslog.close()
+            for caller, callee in parties:
+                caller.close()
+                callee.close()
+            network.remove()
+    assert running_programs() == []
     assert host_state() == before

@@ -1,6 +1,5 @@
-"""Kernel forwarding in network namespaces: a caller behind a NAT, the relay, a callee.
-
-    caller 10.0.0.2 -- nat 10.0.0.1 | 203.0.113.2 (MASQUERADE) -- 203.0.113.1 relay 198.51.100.1 -- callee 198.51.100.2
+"""Kernel forwarding in network namespaces: a caller behind a NAT, the relay, a callee
+(``netns.relay_behind_nat``).
 
 The dispatcher and relay run in the relay's namespace, where the test sets a short UDP stream
 timeout so that an idle entry goes away in seconds. The same call runs once with the kernel
@@ -12,14 +11,24 @@ import sqlite3
 
 import pytest
 from deployment import Deployment, wait_until
-from netns import Topology, in_namespace, require_root_and_tools, udp_socket
+from netns import (
+    NAT_CALLEE_IP,
+    NAT_CALLER_IP,
+    NAT_RELAY_IP,
+    Topology,
+    in_namespace,
+    relay_behind_nat,
+    require_root_and_tools,
+    rtp,
+    udp_socket,
+)
 
 from mediaproxy.relay.plane.conntrack import Conntrack
 from mediaproxy.testing import remove, update
 
-RELAY_IP = "203.0.113.1"
-CALLER = ("10.0.0.2", 5000)
-CALLEE = ("198.51.100.2", 7000)
+RELAY_IP = NAT_RELAY_IP
+CALLER = (NAT_CALLER_IP, 5000)
+CALLEE = (NAT_CALLEE_IP, 7000)
 IDLE_TIMEOUT = 3
 PACKETS = 40
 WARM_UP = 5
@@ -29,24 +38,9 @@ MARK = 0x4D50
 @pytest.fixture(scope="module")
 def topology():
     require_root_and_tools()
-    network = Topology()
-    try:
-        for role in ("caller", "nat", "relay", "callee"):
-            network.add(role)
-        network.link("caller", "10.0.0.2/24", "nat", "10.0.0.1/24")
-        _, public = network.link("relay", f"{RELAY_IP}/24", "nat", "203.0.113.2/24")
-        network.link("relay", "198.51.100.1/24", "callee", "198.51.100.2/24")
-        network.run("caller", "ip route add default via 10.0.0.1")
-        network.run("callee", "ip route add default via 198.51.100.1")
-        network.run("nat", f"sysctl -qw net.ipv4.ip_forward=1 && iptables -t nat -A POSTROUTING -o {public} -j MASQUERADE")
-        network.run("relay", f"sysctl -qw net.netfilter.nf_conntrack_udp_timeout_stream={IDLE_TIMEOUT}")
-        yield network
-    finally:
-        network.remove()
-
-
-def rtp(sequence, payload_type):
-    return bytes([0x80, payload_type]) + sequence.to_bytes(2, "big") + b"\x00" * 8 + bytes([sequence % 256]) * 160
+    network = relay_behind_nat(udp_stream_timeout=IDLE_TIMEOUT)
+    yield network
+    network.remove()
 
 
 def deployment(tmp_path, namespace, forwarding, port_range):

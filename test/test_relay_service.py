@@ -436,39 +436,48 @@ def _step(reactor, seconds):
         reactor.advance(1)
 
 
-def test_reconnection_keeps_the_originals_timing_and_stops_when_retired():
+def test_reconnection_timing_and_stopping_when_retired():
     relay, reactor = make_relay(reconnect_delay=10, keepalive_interval=600)
     key = ("127.0.0.1", 25060)
     relay.startService()
     ready = relay.ready()
     assert _attempts(reactor) == 1 and not ready.called
-    _refuse(relay, key)
-    assert ready.called  # a dispatcher that is down does not hold the relay's start
-    _step(reactor, 9)
-    assert _attempts(reactor) == 1
-    _step(reactor, 1)  # a refused attempt: reconnect_delay
-    assert _attempts(reactor) == 2
+    # a dispatcher that is not there (yet) is tried after 1, 2, 4, 8 s, then every reconnect_delay
+    for attempt, delay in enumerate((1, 2, 4, 8, 10, 10), start=1):
+        _refuse(relay, key)
+        assert ready.called  # a dispatcher that is down does not hold the relay's start
+        _step(reactor, delay - 1)
+        assert _attempts(reactor) == attempt
+        _step(reactor, 1)
+        assert _attempts(reactor) == attempt + 1
+    attempts = _attempts(reactor)
     link, _ = connect_link(relay, key)
     _step(reactor, 4)
-    lose(link)  # up for less than 5 s: reconnect_delay again
+    lose(link)  # up for less than 5 s: reconnect_delay
     _step(reactor, 9)
-    assert _attempts(reactor) == 2
+    assert _attempts(reactor) == attempts
     _step(reactor, 1)
-    assert _attempts(reactor) == 3
+    assert _attempts(reactor) == attempts + 1
     link, _ = connect_link(relay, key)
     _step(reactor, 5)
     lose(link)  # up for a while: back within a second
     _step(reactor, 1)
-    assert _attempts(reactor) == 4
-    _refuse(relay, key)  # then failures wait reconnect_delay
-    _step(reactor, 9)
-    assert _attempts(reactor) == 4
+    assert _attempts(reactor) == attempts + 2
+    _refuse(relay, key)  # then the dispatcher is looked for again from 1 s on
+    _step(reactor, 1)
+    assert _attempts(reactor) == attempts + 3
+    _refuse(relay, key)
+    _step(reactor, 1)
+    assert _attempts(reactor) == attempts + 3
+    _step(reactor, 1)
+    assert _attempts(reactor) == attempts + 4
+    attempts += 4
     # the dispatcher leaves the configuration: no attempt after that
     relay.config = dataclasses.replace(relay.config, dispatchers=[])
     relay.refresh_dispatchers()
     assert relay.connectors == {}
     _step(reactor, 30)
-    assert _attempts(reactor) == 4
+    assert _attempts(reactor) == attempts
     assert relay.status_line().startswith("connected to 0 of 0 dispatchers")
 
 

@@ -94,8 +94,11 @@ class _DispatcherEndpoint:
 
 
 class DispatcherConnector:
-    """Keeps one dispatcher connected: a ClientService whose retry policy has the original's
-    timing (reconnect_delay, or at most 1 s after a link that was up for a while)."""
+    """Keeps one dispatcher connected through a ClientService. The retry policy keeps the
+    original's timing after a link is lost (at most 1 s after a link that was up for a while,
+    reconnect_delay after a short one), but a dispatcher that cannot be reached at all is tried
+    again after 1, 2, 4… s up to reconnect_delay: when both programs restart together (a package
+    upgrade), the relay is back within seconds, not a full delay after the dispatcher."""
 
     def __init__(self, relay: RelayService, endpoint: Endpoint, host: str, port: int) -> None:
         self.relay = relay
@@ -107,6 +110,7 @@ class DispatcherConnector:
         self.retired = False
         self._connected_at: float | None = None
         self._lasted: float = 0.0  # how long the last link was up: the next attempt's delay
+        self._unreached = 0  # attempts in a row that reached no dispatcher (refused, unreachable)
         self.tried = False  # the first attempt has an outcome (for the relay's readiness)
         # statistics of sessions that expired while the link was down, sent when it is back
         self.held_expired: deque[dict] = deque()
@@ -125,7 +129,10 @@ class DispatcherConnector:
 
     def _delay(self, failed_attempts: int) -> float:
         delay = self.relay.config.reconnect_delay
-        # ClientService counts a lost link as the first failed attempt
+        if self._unreached:
+            return min(delay, 2 ** min(self._unreached - 1, 16))
+        # ClientService counts a lost link as the first failed attempt; a dispatcher that took the
+        # connection and dropped it (a handshake refused, a short link) waits the full delay
         if failed_attempts == 1 and self._lasted >= LONG_ENOUGH_CONNECTION:
             return min(delay, 1)
         return delay
@@ -140,6 +147,7 @@ class DispatcherConnector:
 
     def link_up(self, link) -> None:  # noqa: ANN001
         self.link = link
+        self._unreached = 0
         self._connected_at = self.relay.reactor.seconds()
         log.info("Connected to dispatcher {name} ({host}:{port})", name=self.name, host=self.host, port=self.port)
         if self.held_expired:
@@ -171,6 +179,7 @@ class DispatcherConnector:
     def link_down(self, link, reason) -> None:  # noqa: ANN001
         """Any connection ended (a link, or a TLS handshake that failed); ClientService reconnects."""
         self._lasted = 0.0
+        self._unreached = 0
         if self.link is link:
             self.link = None
             self._lasted = self.relay.reactor.seconds() - self._connected_at
@@ -183,6 +192,7 @@ class DispatcherConnector:
         self._lasted = 0.0
         if self.retired:
             return reason  # the attempt was cancelled by retire(): nothing failed
+        self._unreached += 1
         log.warn(
             "Cannot connect to dispatcher {name} ({host}:{port}): {reason}; retrying in {delay}s",
             name=self.name,

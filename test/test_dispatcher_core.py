@@ -342,3 +342,12 @@ def test_a_call_removed_through_another_dispatcher_is_forgotten_at_the_next_pull
     # the other dispatcher accounted it and its proxy ended the dialog: nothing to do here
     assert dispatcher.recorder.records == [] and dispatcher.recorder.ended == []
     dispatcher.stop()
+
+
+def test_the_periodic_jobs_are_services_that_stop_with_the_dispatcher(tmp_path):
+    clock, registry, dispatcher = make(tmp_path, statistics_pull_interval=30)
+    assert sorted(job.name for job in dispatcher.timers) == ["expired call checks", "statistics pulls"]
+    assert all(job.running for job in dispatcher.timers) and clock.getDelayedCalls()
+    dispatcher.stop()
+    assert not any(job.running for job in dispatcher.timers)
+    assert [call for call in clock.getDelayedCalls() if call.active()] == []  # nothing left to fire

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 
-from twisted.internet import defer, task
+from twisted.application import service
+from twisted.internet import defer
 from twisted.logger import Logger
 
 from mediaproxy.dispatcher.relays import RelayDisconnected, RelayError, RelayLink, RelayRegistry, RelayTimeout
 from mediaproxy.dispatcher.sessions import CallEntry, CallTable, call_table_file
 from mediaproxy.plugin import PluginSet
+from mediaproxy.timers import Periodic
 from mediaproxy.wire import statistics
 from mediaproxy.wire.control import ProxyRequest, encode_lines
 from mediaproxy.wire.update import parse_update_reply
@@ -33,14 +35,10 @@ class Dispatcher:
         # record says when its relay is lost for good
         self.last_known: dict[str, tuple[str, float]] = {}
         self.stopped = False
-        self._loops = [self._loop(self.cleanup_expired_sessions, EXPIRED_CHECK_INTERVAL)]
+        self.timers = service.MultiService()
+        Periodic("expired call checks", EXPIRED_CHECK_INTERVAL, self.cleanup_expired_sessions, clock).setServiceParent(self.timers)
         if config.statistics_pull_interval:
-            self._loops.append(self._loop(self.pull_statistics, config.statistics_pull_interval))
-
-    def _loop(self, function, interval: int) -> tuple[task.LoopingCall, int]:  # noqa: ANN001
-        loop = task.LoopingCall(function)
-        loop.clock = self.clock
-        return loop, interval
+            Periodic("statistics pulls", config.statistics_pull_interval, self.pull_statistics, clock).setServiceParent(self.timers)
 
     # -- life cycle
 
@@ -51,14 +49,11 @@ class Dispatcher:
         for ip in self.table.relay_ips():
             if self.registry.get(ip) is None:
                 self._start_dead_relay_timer(ip)
-        for loop, interval in self._loops:
-            loop.start(interval, now=False)
+        self.timers.startService()
 
     def stop(self) -> None:
         self.stopped = True
-        for loop, _ in self._loops:
-            if loop.running:
-                loop.stop()
+        self.timers.stopService()
         for timer in self.dead_relay_timers.values():
             if timer.active():
                 timer.cancel()

@@ -657,3 +657,25 @@ def test_ports_are_handed_out_at_random_and_cool_down_after_release():
         pool.release(port)
     again = {pool.allocate(lambda port: port)[0] for _ in range(150)}
     assert not again & set(first)  # 180 younger pairs than these were free; they wait
+
+
+def test_listing_pages_from_a_serial_and_finds_one_calls_sessions():
+    relay = Relay()
+    for number in range(6):
+        relay.update(call_id=f"c{number}")
+    relay.update(call_id="c2", from_tag="forked")  # a second session of one call
+    relay.remove("c1", "ft", "")
+    relay.remove("c4", "ft", "")
+
+    def listed(position, call_id=None):
+        return [(*session.key, session.serial) for session in relay.manager.listing(position, call_id)]
+
+    everything = listed(0)
+    assert [entry[:2] for entry in everything] == [("c0", "ft"), ("c2", "ft"), ("c3", "ft"), ("c5", "ft"), ("c2", "forked")]
+    assert [serial for *_, serial in everything] == sorted(serial for *_, serial in everything)
+    serials = [serial for *_, serial in everything]
+    assert listed(serials[2]) == everything[2:]
+    assert listed(serials[3] - 1) == everything[3:]  # c4's serial, gone: the page starts at the next one
+    assert listed(serials[-1] + 1) == []
+    assert listed(0, "c2") == [everything[1], everything[4]] and listed(serials[2], "c2") == [everything[4]]
+    assert listed(0, "c1") == [] and listed(0, "nobody") == []

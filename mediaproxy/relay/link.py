@@ -128,9 +128,7 @@ class DispatcherLink(BoundedLineReceiver):
             return json.dumps(manager.statistics())
         page: list[str] = []
         size = 0
-        for session in manager.sessions.values():
-            if session.serial < request.position or (request.call_id is not None and session.call_id != request.call_id):
-                continue
+        for session in manager.listing(request.position, request.call_id):
             if size >= statistics.PAGE_BYTES:
                 return statistics.format_page(page, session.serial)
             record = manager.session_statistics(session)

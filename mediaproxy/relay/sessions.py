@@ -8,7 +8,9 @@ entries, sockets and ports, the state file, logs and refusal counters.
 
 from __future__ import annotations
 
+import bisect
 import itertools
+from collections.abc import Iterator
 
 from twisted.logger import Logger
 
@@ -67,6 +69,10 @@ class SessionManager:
         self.bind_addresses = bind_addresses or (lambda signaling: (relay_ip, relay_ip))
         self.deadlines = Deadlines(clock, self._deadline_due)
         self.sessions: dict[tuple[str, str], Session] = {}  # in creation order: ascending serials
+        # for the dispatchers' listings: pages start at a serial, lookups name a call
+        self._serials: list[int] = []  # ascending
+        self._by_serial: dict[int, Session] = {}
+        self._by_call: dict[str, dict[tuple[str, str], Session]] = {}
         self.serials = itertools.count(1)
         self.halting = False
         self.started = clock.seconds()
@@ -143,7 +149,7 @@ class SessionManager:
             session.end(records.BYE)
             self.drain(session)
             raise
-        self.sessions[session.key] = session
+        self._register(session)
         self.drain(session)
         self._watch(session)
         self.keep(session)
@@ -159,10 +165,38 @@ class SessionManager:
             raise UpdateError(f"remove for unknown session {headers['call_id']}")
         return self._close(session, records.BYE)
 
+    def _register(self, session: Session) -> None:
+        replaced = self.sessions.get(session.key)
+        if replaced is not None:
+            self._unregister(replaced)
+        self.sessions[session.key] = session
+        self._serials.append(session.serial)  # serials only grow: the list stays sorted
+        self._by_serial[session.serial] = session
+        self._by_call.setdefault(session.call_id, {})[session.key] = session
+
+    def _unregister(self, session: Session) -> None:
+        if self.sessions.pop(session.key, None) is None:
+            return
+        index = bisect.bisect_left(self._serials, session.serial)
+        del self._serials[index]
+        del self._by_serial[session.serial]
+        of_call = self._by_call[session.call_id]
+        del of_call[session.key]
+        if not of_call:
+            del self._by_call[session.call_id]
+
+    def listing(self, position: int, call_id: str | None = None) -> Iterator[Session]:
+        """The sessions from serial ``position`` on, in serial order; only ``call_id``'s when given.
+        Finds where to start without walking the sessions before it."""
+        if call_id is not None:
+            return (session for session in self._by_call.get(call_id, {}).values() if session.serial >= position)
+        start = bisect.bisect_left(self._serials, position)
+        return (self._by_serial[self._serials[index]] for index in range(start, len(self._serials)))
+
     def _close(self, session: Session, reason: str) -> dict:
         session.end(reason)
         self.drain(session)
-        self.sessions.pop(session.key, None)
+        self._unregister(session)
         self._changed.discard(session.key)
         self._kept_packets.pop(session.key, None)
         if self.state is not None:
@@ -361,7 +395,7 @@ class SessionManager:
             except (OSError, PortsExhausted, KeyError, TypeError, ValueError, AttributeError) as error:
                 log.error("Cannot take back session {key} kept from the last run: {error}", key=key, error=error)
                 continue
-            self.sessions[session.key] = session
+            self._register(session)
             self._watch(session)
         self.state = state
         state.open(

@@ -6,6 +6,7 @@ import os
 import re
 import tempfile
 
+import pytest
 from twisted.internet import defer
 from twisted.internet.address import IPv4Address
 from twisted.internet.error import ConnectionDone, ConnectionRefusedError
@@ -160,7 +161,7 @@ def test_expiries_while_the_dispatcher_is_away_are_reported_when_it_is_back(monk
     lines = transport.value().decode().strip().split("\r\n")
     assert [json.loads(line[len("expired ") :])["call_id"] for line in lines] == ["c2", "c3"]
     assert all(line.startswith("expired ") for line in lines)
-    assert not relay.connectors[("127.0.0.1", 25060)].held_expired
+    assert relay.held.count(("127.0.0.1", 25060)) == 0
 
 
 def test_sessions_come_in_pages_that_mark_the_asking_dispatchers_own(monkeypatch):
@@ -380,6 +381,54 @@ def _relay_with_state(tmp_path, **options):
     relay.sessions.binder = FakeBinder()
     relay.verifier.accept = lambda transport, name=None: True
     return relay, reactor
+
+
+def _expired_lines(transport):
+    return [json.loads(line[len(b"expired ") :]) for line in transport.value().split(b"\r\n") if line.startswith(b"expired ")]
+
+
+@pytest.mark.parametrize("ending", ["stop", "crash"])
+def test_expiries_held_for_an_absent_dispatcher_outlive_the_relay(tmp_path, ending):
+    """Held expiries are the dispatcher's only account of those calls: a relay stopped or killed
+    while the dispatcher is away reports them from its next run, once."""
+    relay, reactor = _relay_with_state(tmp_path, stream_timeout=5)
+    relay.startService()
+    link, transport = connect_link(relay, ("127.0.0.1", 25060))
+    link.dataReceived(UPDATE_C1 + UPDATE_C1.replace(b"c1", b"c2"))
+    lose(link)
+    _step(reactor, 6)  # both expire with the dispatcher away
+    assert relay.sessions.sessions == {} and relay.held.count(("127.0.0.1", 25060)) == 2
+    if ending == "stop":
+        relay.stopService()
+    # a crash: the process is simply gone; what was journalled is all there is
+    again, _ = _relay_with_state(tmp_path)
+    again.startService()
+    assert again.held.count(("127.0.0.1", 25060)) == 2
+    _, transport = connect_link(again, ("127.0.0.1", 25060))
+    assert [(record["call_id"], record["end_reason"]) for record in _expired_lines(transport)] == [
+        ("c1", "no-traffic timeout"),
+        ("c2", "no-traffic timeout"),
+    ]
+    # sent once: the run after that has nothing to send
+    again.stopService()
+    third, _ = _relay_with_state(tmp_path)
+    third.startService()
+    _, transport = connect_link(third, ("127.0.0.1", 25060))
+    assert _expired_lines(transport) == [] and third.held.count(("127.0.0.1", 25060)) == 0
+
+
+def test_a_relay_stopping_without_keeping_calls_reports_them_when_the_dispatcher_is_back(tmp_path):
+    relay, reactor = _relay_with_state(tmp_path, keep_calls_on_stop=False)
+    relay.startService()
+    link, _ = connect_link(relay, ("127.0.0.1", 25060))
+    link.dataReceived(UPDATE_C1)
+    lose(link)
+    relay.stopService()  # the session ends as a relay shutdown, with no dispatcher to tell
+    again, _ = _relay_with_state(tmp_path)
+    again.startService()
+    _, transport = connect_link(again, ("127.0.0.1", 25060))
+    ((record,),) = [_expired_lines(transport)]
+    assert (record["call_id"], record["end_reason"]) == ("c1", "relay shutdown")
 
 
 def test_a_kept_session_whose_port_cannot_be_bound_again_leaves_no_socket_open(tmp_path):

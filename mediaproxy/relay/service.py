@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import resource
 import socket
-from collections import deque
 
 from twisted.application import service
 from twisted.application.internet import ClientService
@@ -20,6 +19,7 @@ from mediaproxy import __version__, statefile
 from mediaproxy.datatypes import Endpoint
 from mediaproxy.guard import DescriptorBudget, GuardedFactory, Limits
 from mediaproxy.process import StartupError
+from mediaproxy.relay.held import HeldExpiries
 from mediaproxy.relay.link import LinkFactory
 from mediaproxy.relay.model import serialize
 from mediaproxy.relay.plane import choice, host
@@ -34,6 +34,7 @@ LONG_ENOUGH_CONNECTION = 5
 TLS_HANDSHAKE_TIMEOUT = 10
 HOST_CHANGES_FILE = "relay-host-changes.json"
 SESSIONS_FILE = "relay_sessions"
+HELD_FILE = "relay_held_expiries"
 # expiries held for a dispatcher that is away; far more than calls end in a reconnect delay
 MAX_HELD_EXPIRED = 10_000
 
@@ -112,8 +113,6 @@ class DispatcherConnector:
         self._lasted: float = 0.0  # how long the last link was up: the next attempt's delay
         self._unreached = 0  # attempts in a row that reached no dispatcher (refused, unreachable)
         self.tried = False  # the first attempt has an outcome (for the relay's readiness)
-        # statistics of sessions that expired while the link was down, sent when it is back
-        self.held_expired: deque[dict] = deque()
         source = relay.config.link_source_ip
         tls = endpoints.SSL4ClientEndpoint(
             relay.reactor, host, port, ClientContextFactory(relay.credentials), timeout=10, bindAddress=(source, 0) if source else None
@@ -150,10 +149,11 @@ class DispatcherConnector:
         self._unreached = 0
         self._connected_at = self.relay.reactor.seconds()
         log.info("Connected to dispatcher {name} ({host}:{port})", name=self.name, host=self.host, port=self.port)
-        if self.held_expired:
-            log.info("Sending dispatcher {name} the {count} sessions that expired meanwhile", name=self.name, count=len(self.held_expired))
-        while self.held_expired:
-            link.send_expired(self.held_expired.popleft())
+        held = self.relay.held.take(self.key)
+        if held:
+            log.info("Sending dispatcher {name} the {count} sessions that expired meanwhile", name=self.name, count=len(held))
+        for statistics in held:
+            link.send_expired(statistics)
         self._outcome()
 
     def expired(self, statistics: dict) -> None:
@@ -161,15 +161,14 @@ class DispatcherConnector:
         if self.link is not None:
             self.link.send_expired(statistics)
             return
-        if len(self.held_expired) >= MAX_HELD_EXPIRED:
-            lost = self.held_expired.popleft()
+        lost = self.relay.held.hold(self.key, statistics)
+        if lost is not None:
             log.error(
                 "Statistics of expired session {call_id} are lost: {count} wait for dispatcher {name} already",
                 call_id=lost.get("call_id"),
-                count=MAX_HELD_EXPIRED,
+                count=self.relay.held.limit,
                 name=self.name,
             )
-        self.held_expired.append(statistics)
         log.warn(
             "Session {call_id} expired while dispatcher {name} is not connected; reported when it is back",
             call_id=statistics.get("call_id"),
@@ -262,6 +261,13 @@ class RelayService(service.MultiService):
             if state_dir
             else None
         )
+        # statistics of sessions that expired while their dispatcher was away (kept like the sessions)
+        self.held = HeldExpiries(
+            statefile.StateFile(os.path.join(state_dir, HELD_FILE), "expired", 1, reactor, "the expiries held for absent dispatchers")
+            if state_dir
+            else None,
+            MAX_HELD_EXPIRED,
+        )
         self._ready: defer.Deferred | None = None
         self._resolved_once = False
         service.MultiService.__init__(self)
@@ -295,6 +301,9 @@ class RelayService(service.MultiService):
             restored = self.sessions.restore(self.state_file, kept)
             if restored:
                 log.info("Took back {count} sessions kept from the last run", count=restored)
+        held = self.held.restore()
+        if held:
+            log.info("Took back {count} expiries held for absent dispatchers", count=held)
         self.verifier.start()
         service.MultiService.startService(self)  # the periodic jobs, dispatcher lookups first
 
@@ -339,9 +348,11 @@ class RelayService(service.MultiService):
             log.info("Keeping {count} sessions for the next start", count=len(self.sessions.sessions))
             self.sessions.suspend()
             self.sessions.forwarder.stop(keep_entries=True)
+            self.held.close()
         else:
             self.sessions.expire_all()
             self.sessions.close_state()
+            self.held.close()  # with the expiries of dispatchers that are away, reported at the next start
             self.sessions.forwarder.stop()
             for change in host.undo(self.host_changes):
                 log.info("Kernel forwarding set-up undone: {change}", change=change)
@@ -410,6 +421,14 @@ class RelayService(service.MultiService):
                 connector.retire()
         if not self._resolved_once:
             self._resolved_once = True
+            for key in self.held.dispatchers():
+                if key not in wanted:
+                    log.warn(
+                        "{count} expiries are held for dispatcher {host}:{port}, which is not configured; they are sent if it comes back",
+                        count=self.held.count(key),
+                        host=key[0],
+                        port=key[1],
+                    )
             self._check_ready()
 
     @defer.inlineCallbacks
@@ -431,8 +450,7 @@ class RelayService(service.MultiService):
 
     def _owns_sessions(self, key: tuple[str, int]) -> bool:
         """Whether the dispatcher still has something here: sessions, or expiries to be told of."""
-        connector = self.connectors.get(key)
-        if connector is not None and connector.held_expired:
+        if self.held.count(key):
             return True
         return any(session.dispatcher == key for session in self.sessions.sessions.values())
 

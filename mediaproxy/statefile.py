@@ -7,6 +7,11 @@ snapshot (written atomically) when it grows past a few times the table, and at a
 
 The snapshot is ``{"version": n, <section>: {key: value}}``; journal lines are
 ``{"set": key, "value": value}`` or ``{"pop": key}``; values are plain JSON.
+
+With ``keep_encoded``, each value's JSON text is kept as it was journalled, and folding writes
+those texts as they are: at 20,000 relay sessions, encoding them all afresh held the reactor for
+about 2 s at every fold, where joining the texts takes a fraction of that (for ~2 KB of memory per
+session). A clean stop encodes everything afresh once, so the snapshot has the latest state.
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ RETRY_DELAY = 1.0
 
 
 class StateFile:
-    def __init__(self, path: str, section: str, version: int, clock, what: str) -> None:  # noqa: ANN001
+    def __init__(self, path: str, section: str, version: int, clock, what: str, keep_encoded: bool = False) -> None:  # noqa: ANN001
         self.path = path
         self.journal_path = path + JOURNAL_SUFFIX
         self.section = section
@@ -40,6 +45,8 @@ class StateFile:
         self._sync = None
         self._retry = None
         self.failed = False
+        self.keep_encoded = keep_encoded
+        self._encoded: dict[str, str] = {}  # key → its value's JSON text, with keep_encoded
 
     # -- start: the snapshot, then the changes after it
 
@@ -98,21 +105,32 @@ class StateFile:
         gives the whole state (for compaction), ``count`` its size (checked at every change)."""
         self.current = current
         self.count = count
+        if self.keep_encoded:
+            self._encode_all()
+            self.count = lambda: len(self._encoded)
         self.compact()
+
+    def _encode_all(self) -> None:
+        self._encoded = {str(key): _encode(value) for key, value in self.current().items()}
 
     # -- running
 
     def set(self, key: str, value: object) -> None:
-        self._append({"set": key, "value": value})
+        text = _encode(value)
+        if self.keep_encoded:
+            self._encoded[key] = text  # first: a fold after a failed write still has it
+        self._append(f'{{"set":{_encode(key)},"value":{text}}}')
 
     def pop(self, key: str) -> None:
-        self._append({"pop": key})
+        if self.keep_encoded:
+            self._encoded.pop(key, None)
+        self._append(f'{{"pop":{_encode(key)}}}')
 
-    def _append(self, change: dict) -> None:
+    def _append(self, line: str) -> None:
         if self.fd is None:
             return
         try:
-            os.write(self.fd, json.dumps(change, separators=(",", ":")).encode() + b"\n")
+            os.write(self.fd, line.encode() + b"\n")
         except OSError as error:
             self._failed(error)
             return
@@ -134,7 +152,7 @@ class StateFile:
         """Write the whole state atomically, then start the journal afresh (replaying the old one
         over the new snapshot would be harmless: its changes are already in it)."""
         try:
-            _write_atomically(self.path, {"version": self.version, self.section: self.current()})
+            _write_atomically(self.path, self._snapshot())
             fd = os.open(self.journal_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND | os.O_CLOEXEC, 0o640)
         except OSError as error:
             self._failed(error)
@@ -145,6 +163,12 @@ class StateFile:
         if self.failed:
             log.info("{what} is written again to {path}", what=self.what.capitalize(), path=self.path)
             self.failed = False
+
+    def _snapshot(self) -> str:
+        if not self.keep_encoded:
+            return _encode({"version": self.version, self.section: self.current()})
+        body = ",".join(f"{_encode(key)}:{text}" for key, text in self._encoded.items())
+        return f'{{"version":{self.version},{_encode(self.section)}:{{{body}}}}}'
 
     def _failed(self, error: OSError) -> None:
         if not self.failed:
@@ -171,6 +195,8 @@ class StateFile:
                 timer.cancel()
         self._sync = self._retry = None
         if self.current is not None:
+            if self.keep_encoded:
+                self._encode_all()  # what changed since it was last journalled (counters) goes in too
             self.compact()
         self._close_fd()
         self.current = None
@@ -187,12 +213,17 @@ class StateFile:
             self.fd = None
 
 
-def _write_atomically(path: str, data: dict) -> None:
+def _encode(value: object) -> str:
+    # json.dumps, not json.dump: only the one-shot encoder is the C one (10× faster on a big state)
+    return json.dumps(value, separators=(",", ":"))
+
+
+def _write_atomically(path: str, text: str) -> None:
     """A crash mid-write leaves the previous file intact."""
     temporary = f"{path}.tmp"
     try:
         with open(temporary, "w", encoding="utf-8") as stream:
-            json.dump(data, stream, separators=(",", ":"))
+            stream.write(text)
             stream.flush()
             os.fsync(stream.fileno())
         os.replace(temporary, path)

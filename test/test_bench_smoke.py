@@ -43,3 +43,8 @@ def test_fuzzer_runs_and_finds_nothing():
 def test_packet_path_benchmark_runs():
     output = bench("packet_path.py", "--streams", "5", "--packets", "2000", "--rounds", "1")
     assert "this checkout" in output and "ns/packet" in output
+
+
+def test_kept_state_benchmark_runs():
+    output = bench("kept_state.py", "--calls", "50", "--sessions", "100", "--rounds", "1")
+    assert "ratio kept / not kept" in output and "100 sessions: snapshot" in output

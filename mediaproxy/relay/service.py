@@ -257,7 +257,9 @@ class RelayService(service.MultiService):
         self.host_changes = host.HostChanges(os.path.join(state_dir, HOST_CHANGES_FILE) if state_dir else None)
         # the sessions, kept so that a restart (or a crash) does not end the calls
         self.state_file = (
-            statefile.StateFile(os.path.join(state_dir, SESSIONS_FILE), "sessions", serialize.VERSION, reactor, "the relay's sessions")
+            statefile.StateFile(
+                os.path.join(state_dir, SESSIONS_FILE), "sessions", serialize.VERSION, reactor, "the relay's sessions", keep_encoded=True
+            )
             if state_dir
             else None
         )

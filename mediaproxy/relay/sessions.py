@@ -389,6 +389,13 @@ class SessionManager:
     def restore(self, state, kept: dict) -> int:  # noqa: ANN001 - a statefile.StateFile
         """Take back the sessions ``kept`` (what ``state`` loaded; their kernel entries those the
         forwarder kept), then keep every change to them in ``state``; returns how many came back."""
+        ports: set[int] = set()
+        for saved in kept.values():
+            try:
+                ports |= serialize.kept_ports(saved)
+            except (KeyError, TypeError, ValueError, AttributeError):
+                continue  # the session itself says what is wrong with it below
+        self.pool.reserve(ports)
         for key, saved in kept.items():
             try:
                 session = self._take_back(saved)
@@ -397,6 +404,7 @@ class SessionManager:
                 continue
             self._register(session)
             self._watch(session)
+        self.pool.unreserve()
         self.state = state
         state.open(
             lambda: {serialize.session_key(session): serialize.dump_session(session) for session in self.sessions.values()},

@@ -81,6 +81,15 @@ def kernel_flows(state: dict) -> set[tuple]:
     return keys
 
 
+def kept_ports(state: dict) -> set[int]:
+    """The RTP ports of a kept session's live streams, which it claims again at start."""
+    ports: set[int] = set()
+    for stream in state.get("streams", []):
+        if stream["status"] in ALIVE:
+            ports.update(int(port) for port in stream["ports"])
+    return ports
+
+
 def load_session(state: dict, serial: int, policy: MediaPolicy, clock) -> Session:  # noqa: ANN001
     """The session ``state`` describes, without sockets. Raises KeyError, TypeError or ValueError
     for a state that is not a session's."""

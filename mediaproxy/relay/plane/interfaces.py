@@ -36,8 +36,14 @@ class IPortPool(Interface):
     def allocate(bind) -> tuple:  # noqa: N805, ANN001
         """(port, bind(port)) for a free pair; PortsExhausted when none binds."""
 
+    def reserve(ports) -> None:  # noqa: N805, ANN001
+        """Set aside the pairs the sessions kept from the last run will claim."""
+
     def claim(port: int, bind) -> tuple:  # noqa: N805, ANN001
         """The same for one given port (a session kept from the last run)."""
+
+    def unreserve() -> None:  # noqa: N805
+        """Free again what was reserved and not claimed."""
 
     def release(port: int) -> None:  # noqa: N805
         """The pair is free again (after a cool-down)."""

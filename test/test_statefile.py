@@ -1,0 +1,60 @@
+"""The snapshot-and-journal state file, with and without the values kept encoded."""
+
+import json
+
+import pytest
+from twisted.internet.task import Clock
+
+from mediaproxy import statefile
+
+
+def state_file(tmp_path, keep_encoded):
+    return statefile.StateFile(str(tmp_path / "state"), "things", 3, Clock(), "the things", keep_encoded=keep_encoded)
+
+
+@pytest.mark.parametrize("keep_encoded", [False, True])
+def test_changes_survive_a_crash_and_a_fold(tmp_path, keep_encoded):
+    table = {"a": {"n": 1}}
+    state = state_file(tmp_path, keep_encoded)
+    assert state.load() == {}
+    state.open(lambda: dict(table), lambda: len(table))
+    table["b"] = {"n": 2}
+    state.set("b", table["b"])
+    table["a"] = {"n": 5}
+    state.set("a", table["a"])
+    del table["b"]
+    state.pop("b")
+    # killed here: the journal has every change, the snapshot only what was there at open
+    assert json.loads((tmp_path / "state").read_text()) == {"version": 3, "things": {"a": {"n": 1}}}
+    assert state_file(tmp_path, keep_encoded).load() == {"a": {"n": 5}}
+    state.compact()
+    assert json.loads((tmp_path / "state").read_text()) == {"version": 3, "things": {"a": {"n": 5}}}
+    assert (tmp_path / "state.journal").read_bytes() == b""
+    assert state_file(tmp_path, keep_encoded).load() == {"a": {"n": 5}}
+
+
+def test_kept_encoded_a_fold_writes_what_was_journalled_and_a_clean_stop_the_latest(tmp_path):
+    table = {"a": {"packets": 1}}
+    state = state_file(tmp_path, keep_encoded=True)
+    state.load()
+    state.open(lambda: dict(table), lambda: len(table))
+    table["a"] = {"packets": 7}  # counted since, not journalled yet
+    state.compact()
+    assert json.loads((tmp_path / "state").read_text())["things"] == {"a": {"packets": 1}}  # no encoding of everything
+    state.close()
+    assert json.loads((tmp_path / "state").read_text())["things"] == {"a": {"packets": 7}}
+    assert not (tmp_path / "state.journal").exists()
+
+
+def test_the_journal_is_folded_as_it_grows(tmp_path):
+    table = {str(number): number for number in range(10)}
+    state = state_file(tmp_path, keep_encoded=True)
+    state.load()
+    state.open(lambda: dict(table), lambda: len(table))
+    for round_number in range(statefile.MIN_COMPACT_LINES // 10 + 1):
+        for key in table:
+            state.set(key, round_number)
+    assert state.lines < statefile.MIN_COMPACT_LINES  # folded once past the threshold
+    last = statefile.MIN_COMPACT_LINES // 10
+    assert state_file(tmp_path, keep_encoded=True).load() == {key: last for key in table}
+    state.close()

@@ -13,6 +13,8 @@ from twisted.logger import Logger
 from twisted.plugin import IPlugin, getPlugins
 from zope.interface import Attribute, Interface
 
+from mediaproxy.wire.statistics import SessionRecord
+
 log = Logger(namespace="plugins")
 
 
@@ -25,8 +27,8 @@ class IDispatcherPlugin(Interface):
     def stop() -> object:
         """Stop; may return a Deferred that fires when the plugin has drained."""
 
-    def session_ended(record: dict) -> None:
-        """A call's statistics after remove or expiry (with dialog_id, timed_out[, all_streams_ice])."""
+    def session_ended(record: SessionRecord) -> None:
+        """A call's statistics after remove or expiry (with dialog_id, end_reason, timed_out[, all_streams_ice])."""
 
     def end_dialog(call_id: str, dialog_id: str) -> None:
         """Ask the SIP proxy to end this dialog (its media expired)."""
@@ -50,7 +52,7 @@ class PluginBase:
     def stop(self) -> object:
         return None
 
-    def session_ended(self, record: dict) -> None:
+    def session_ended(self, record: SessionRecord) -> None:
         pass
 
     def end_dialog(self, call_id: str, dialog_id: str) -> None:
@@ -84,7 +86,7 @@ class PluginSet:
             except Exception:  # noqa: BLE001 - one plugin's bug must not hurt the others
                 log.failure("Plugin {plugin} failed in {method}", plugin=plugin.name, method=method)
 
-    def session_ended(self, record: dict) -> None:
+    def session_ended(self, record: SessionRecord) -> None:
         self._each("session_ended", record)
 
     def end_dialog(self, call_id: str, dialog_id: str) -> None:

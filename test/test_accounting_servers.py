@@ -14,7 +14,7 @@ import pymysql
 import pytest
 from deployment import Deployment, answered_call, call, establish, exchange, udp_endpoint, wait_until
 from servers import FreeRADIUS, MariaDB, PostgreSQL
-from test_accounting import record
+from test_accounting import typed
 from twisted.logger import globalLogPublisher
 
 from harness import ROOT, LogCollector
@@ -23,6 +23,7 @@ from mediaproxy.accounting import sql
 from mediaproxy.accounting.delivery import BackendUnavailable
 from mediaproxy.cli import sessions as sessions_cli
 from mediaproxy.testing import remove
+from mediaproxy.wire.statistics import SessionRecord
 
 PASSWORD = "mp-pass"
 OUR_DICTIONARY = os.path.join(ROOT, "accounting", "radius", "dictionary")
@@ -209,7 +210,7 @@ def test_create_refused_logs_the_statement_and_records_wait(request, kind):
     globalLogPublisher.addObserver(collector)
     try:
         with pytest.raises(BackendUnavailable, match=f"the table {table} does not exist and cannot be created"):
-            backend.deliver({"call_id": "limited-1", "from_tag": "ft", "to_tag": None})
+            backend.deliver(SessionRecord("limited-1", "ft"))
     finally:
         globalLogPublisher.removeObserver(collector)
     text = collector.text()
@@ -221,7 +222,7 @@ def test_create_refused_logs_the_statement_and_records_wait(request, kind):
     else:
         server.sql(statement)
         server.sql(f"GRANT SELECT, INSERT ON {table} TO limited; GRANT USAGE ON SEQUENCE {table}_id_seq TO limited")
-    assert backend.deliver({"call_id": "limited-1", "from_tag": "ft", "to_tag": None}) is None
+    assert backend.deliver(SessionRecord("limited-1", "ft")) is None
     backend.close()
     assert server.sql(f"SELECT call_id FROM {table}", server.database) == [["limited-1"]]
 
@@ -314,8 +315,8 @@ def test_schema_files_and_example_queries(database):
     run_script_statement(database, "DROP TABLE IF EXISTS media_sessions")
     run_script(database, schema)
     backend = sql.SQLBackend(configuration.DatabaseConfig(dburi=database.dburi))
-    assert backend.deliver(record(1)) is None
-    assert backend.deliver(record(2, from_uri="carol@example.com", timed_out=True)) is None
+    assert backend.deliver(typed(1)) is None
+    assert backend.deliver(typed(2, from_uri="carol@example.com", timed_out=True)) is None
     backend.close()
     user_calls, traffic, timed_out, codecs = (result for result in run_script(database, queries) if result is not None)
     assert [row[0] for row in user_calls] == ["call-1@example.com"]

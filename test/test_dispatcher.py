@@ -36,7 +36,7 @@ class RecordingPlugin(PluginBase):
         self.ended_dialogs = []
 
     def session_ended(self, record):
-        self.records.append(record)
+        self.records.append(record.as_json())  # as accounting stores it
 
     def end_dialog(self, call_id, dialog_id):
         self.ended_dialogs.append((call_id, dialog_id))

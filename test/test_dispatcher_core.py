@@ -32,7 +32,7 @@ class Recorder(PluginBase):
         self.ended = []
 
     def session_ended(self, record):
-        self.records.append(record)
+        self.records.append(record.as_json())  # as accounting stores it
 
     def end_dialog(self, call_id, dialog_id):
         self.ended.append((call_id, dialog_id))

@@ -181,7 +181,7 @@ def test_sessions_come_in_pages_that_mark_the_asking_dispatchers_own(monkeypatch
         first_transport.clear()
         page = statistics.parse_sessions(payload)
         assert answer_seq == str(seq) and len(page.records) == 1
-        seen += [(record["call_id"], record.get("yours", False)) for record in page.records]
+        seen += [(record.call_id, bool(record.yours)) for record in page.records]
         if len(seen) == 2:  # a session that ends while the listing goes on is not listed; the others are
             first.dataReceived(b"remove 99\r\ncall_id: c2\r\nfrom_tag: ft\r\n\r\n")
             first_transport.clear()
@@ -193,7 +193,7 @@ def test_sessions_come_in_pages_that_mark_the_asking_dispatchers_own(monkeypatch
     # one call's sessions: how a dispatcher finds a call another proxy's dispatcher set up
     first.dataReceived(b"sessions 8\r\npage: 0\r\ncall_id: c3\r\n\r\n")
     page = statistics.parse_sessions(first_transport.value().decode().strip().split(" ", 1)[1])
-    assert [(record["call_id"], record.get("yours", False)) for record in page.records] == [("c3", False)] and page.next is None
+    assert [(record.call_id, bool(record.yours)) for record in page.records] == [("c3", False)] and page.next is None
     first_transport.clear()
     first.dataReceived(b"sessions 9\r\npage: 0\r\ncall_id: c3\r\ncall_id: c4\r\n\r\nsessions 10\r\ncall_id: c3\r\n\r\n")
     assert first_transport.value() == b"9 error\r\n10 error\r\n"

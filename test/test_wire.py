@@ -188,8 +188,12 @@ def test_json_depth_is_limited_without_recursing():
 
 
 def test_statistics_records_are_checked_field_by_field():
-    good = {"call_id": "c", "from_tag": "f", "duration": 3, "streams": [{"media_type": "audio", "caller_bytes": 10}]}
-    assert statistics.parse_record(json.dumps(good)) == good
+    good = {"call_id": "c", "from_tag": "f", "duration": 3, "unknown": 1, "streams": [{"media_type": "audio", "caller_bytes": 10}]}
+    parsed = statistics.parse_record(json.dumps(good))
+    assert (parsed.call_id, parsed.from_tag, parsed.duration, parsed.to_tag, parsed.caller_ua) == ("c", "f", 3, None, "Unknown")
+    (stream,) = parsed.streams
+    assert (stream.media_type, stream.caller_bytes, stream.callee_bytes, stream.caller_codec) == ("audio", 10, 0, "Unknown")
+    assert "unknown" not in parsed.as_json()  # fields nobody documents are not carried on
     for bad, problem in [
         ({"call_id": [], "from_tag": "f"}, "call_id has the wrong type"),
         ({"from_tag": "f"}, "lacks call_id"),
@@ -202,9 +206,9 @@ def test_statistics_records_are_checked_field_by_field():
     ]:
         with pytest.raises(ValueError, match=problem):
             statistics.parse_record(json.dumps(bad))
-    assert statistics.parse_sessions(json.dumps([good, good])) == statistics.SessionList([good, good])
+    assert statistics.parse_sessions(json.dumps([good, good])) == statistics.SessionList([parsed, parsed])
     page = statistics.format_page([json.dumps(good)], 7)
-    assert statistics.parse_sessions(page) == statistics.SessionList([good], 7)
+    assert statistics.parse_sessions(page) == statistics.SessionList([parsed], 7)
     for bad in ('{"sessions": [], "next": -1}', '{"sessions": [], "next": true}', '{"sessions": {}}', '{"next": 3}'):
         with pytest.raises(ValueError):
             statistics.parse_sessions(bad)
@@ -244,8 +248,12 @@ def test_session_records_are_what_the_checker_accepts():
     stream = StreamRecord(
         "audio", "closed", 0, "G711u", "G711a", 0, 10, 0.5, 200, 200, 1, 1, "203.0.113.5:40000", "203.0.113.5:40002", "Unknown", "Unknown"
     )
-    record = SessionRecord(call_id="c1", from_tag="ft", duration=10, streams=[stream]).as_json()
-    assert statistics.check_record(record) is record
-    assert set(record) == set(statistics.SESSION_FIELDS) - {"yours"} | {"streams"}
+    typed = SessionRecord(call_id="c1", from_tag="ft", duration=10, streams=[stream])
+    record = typed.as_json()
+    # what a relay sends: the dispatcher's own fields and the listing's flag only when set
+    assert set(record) == set(statistics.SESSION_FIELDS) - {"yours", "timed_out", "all_streams_ice", "statistics_at"} | {"streams"}
     assert set(record["streams"][0]) == set(statistics.STREAM_FIELDS)
-    assert statistics.parse_record(json.dumps(record)) == record
+    assert statistics.parse_record(json.dumps(record)) == typed
+    typed.timed_out, typed.end_reason = True, "no-traffic timeout"
+    assert statistics.parse_record(json.dumps(typed.as_json())) == typed
+    assert typed.as_json()["timed_out"] is True

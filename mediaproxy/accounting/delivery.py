@@ -19,6 +19,7 @@ from twisted.logger import Logger
 from twisted.python import failure
 
 from mediaproxy.accounting.spool import Entry, Spool, SpoolFull
+from mediaproxy.wire.statistics import SessionRecord
 
 log = Logger(namespace="accounting")
 
@@ -39,7 +40,7 @@ class RecordRejected(Exception):
 class Backend(Protocol):
     """What a delivery queue needs from a backend. Every method runs in the worker thread."""
 
-    def deliver(self, record: dict) -> str | None:
+    def deliver(self, record: SessionRecord) -> str | None:
         """Store one record; return a note for the log (e.g. "already recorded") or None.
 
         Raises BackendUnavailable or RecordRejected; anything else counts as unavailable.
@@ -122,12 +123,13 @@ class DeliveryQueue:
             )
         self._next()
 
-    def add(self, record: dict) -> None:
+    def add(self, record: SessionRecord) -> None:
+        document = record.as_json()
         held_before = self.spool.held
         try:
-            entry = self.spool.append(record, self.clock.seconds())
+            entry = self.spool.append(document, self.clock.seconds())
         except SpoolFull as error:
-            self._last_resort(record, f"not kept: {error}")
+            self._last_resort(document, f"not kept: {error}")
             return
         if entry.held:
             # delivered from memory, and written to the spool once it can be; the log gets a
@@ -139,12 +141,13 @@ class DeliveryQueue:
                     path=self.spool.directory,
                     error=self.spool.last_error,
                 )
-            self._last_resort(record, "held in memory only")
+            self._last_resort(document, "held in memory only")
             if self.held_timer is None:
                 self.held_timer = self.clock.callLater(HELD_RETRY_INTERVAL, self._write_held)
         self._next()
 
     def _last_resort(self, record: dict, why: str) -> None:
+        """The record's JSON in the log, when it cannot be kept anywhere else."""
         log.critical(
             "{name} accounting: the record of call {call_id} is {why}; the record: {record}",
             name=self.name,
@@ -210,7 +213,7 @@ class DeliveryQueue:
         if entry is None:
             return
         try:
-            record = self.spool.read(entry)
+            record = SessionRecord.from_json(self.spool.read(entry))
         except (OSError, ValueError) as error:
             self._set_aside(entry, f"unreadable spool file: {error}")
             self._next()
@@ -218,12 +221,12 @@ class DeliveryQueue:
         self.in_flight = self.run(self.backend.deliver, record)
         self.in_flight.addCallbacks(self._delivered, self._failed, callbackArgs=(entry, record), errbackArgs=(entry, record))
 
-    def _delivered(self, note: str | None, entry: Entry, record: dict) -> None:
+    def _delivered(self, note: str | None, entry: Entry, record: SessionRecord) -> None:
         self.in_flight = None
         self.spool.remove(entry)
         self.delivered += 1
         if note:
-            log.info("{name} accounting: call {call_id}: {note}", name=self.name, call_id=record.get("call_id"), note=note)
+            log.info("{name} accounting: call {call_id}: {note}", name=self.name, call_id=record.call_id, note=note)
         if self.outage_since is not None:
             log.info(
                 "{name} accounting is available again after {seconds:.0f}s; {count} records still spooled",
@@ -236,7 +239,7 @@ class DeliveryQueue:
         self.backoff = MIN_BACKOFF
         self._next()
 
-    def _failed(self, failure, entry: Entry, record: dict) -> None:  # noqa: ANN001
+    def _failed(self, failure, entry: Entry, record: SessionRecord) -> None:  # noqa: ANN001
         self.in_flight = None
         if failure.check(RecordRejected):
             self._set_aside(entry, failure.getErrorMessage(), record)
@@ -245,9 +248,7 @@ class DeliveryQueue:
         if failure.check(BackendUnavailable):
             reason = failure.getErrorMessage()
         else:
-            log.failure(
-                "{name} accounting: unexpected failure delivering call {call_id}", failure, name=self.name, call_id=record.get("call_id")
-            )
+            log.failure("{name} accounting: unexpected failure delivering call {call_id}", failure, name=self.name, call_id=record.call_id)
             reason = f"{failure.type.__name__}: {failure.getErrorMessage()}"
         self._unavailable(reason)
 
@@ -281,7 +282,7 @@ class DeliveryQueue:
         self.retry_timer = None
         self._next()
 
-    def _set_aside(self, entry: Entry, reason: str, record: dict | None = None) -> None:
+    def _set_aside(self, entry: Entry, reason: str, record: SessionRecord | None = None) -> None:
         self.rejected += 1
         try:
             target = self.spool.reject(entry, reason)
@@ -289,7 +290,7 @@ class DeliveryQueue:
             target = f"{entry.path} (could not be moved aside: {error})"
             if entry.held:
                 self._last_resort(entry.record, f"refused and not kept in {self.spool.rejected_directory}")
-        call_id = record.get("call_id") if record else None
+        call_id = record.call_id if record else None
         log.error(
             "{name} accounting refused the record of call {call_id} ({reason}); kept in {target}",
             name=self.name,

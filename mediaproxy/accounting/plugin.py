@@ -13,6 +13,7 @@ from mediaproxy.accounting.delivery import Backend, DeliveryQueue, ThreadRunner
 from mediaproxy.accounting.spool import Spool, SpoolError
 from mediaproxy.plugin import IDispatcherPlugin, PluginBase
 from mediaproxy.process import StartupError
+from mediaproxy.wire.statistics import SessionRecord
 
 log = Logger(namespace="accounting")
 
@@ -58,7 +59,7 @@ class AccountingPlugin(PluginBase):
             error=failure.getErrorMessage(),
         )
 
-    def session_ended(self, record: dict) -> None:
+    def session_ended(self, record: SessionRecord) -> None:
         self.queue.add(record)
 
     def accounting_status(self) -> dict:

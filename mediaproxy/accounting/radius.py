@@ -13,6 +13,7 @@ from twisted.logger import Logger
 
 from mediaproxy.accounting.delivery import BackendUnavailable, RecordRejected
 from mediaproxy.process import StartupError
+from mediaproxy.wire.statistics import SessionRecord
 
 log = Logger(namespace="accounting")
 
@@ -118,36 +119,36 @@ def _text(value: object) -> str:
     return str(value).encode("utf-8")[:MAX_STRING].decode("utf-8", "ignore")
 
 
-def attributes(record: dict) -> list[tuple[str, object]]:
+def attributes(record: SessionRecord) -> list[tuple[str, object]]:
     """The Accounting-Request attributes for one call's statistics record, in order."""
-    streams = record.get("streams") or []
-    if record.get("all_streams_ice"):
+    streams = record.streams
+    if record.all_streams_ice:
         info = "ICE session"
-    elif record.get("timed_out"):
+    elif record.timed_out:
         info = "timeout"
     else:
         info = ""
     values: list[tuple[str, object]] = [
         ("Acct-Status-Type", "Update"),
-        ("User-Name", _text(record.get("username") or "mediaproxy@default")),
-        ("Acct-Session-Id", _text(record["call_id"])),
-        ("Sip-From-Tag", _text(record["from_tag"])),
-        ("Sip-To-Tag", _text(record.get("to_tag") or "")),
-        ("Acct-Session-Time", int(record.get("duration") or 0)),
-        ("Acct-Input-Octets", sum(int(stream.get("caller_bytes") or 0) for stream in streams)),
-        ("Acct-Output-Octets", sum(int(stream.get("callee_bytes") or 0) for stream in streams)),
+        ("User-Name", _text(record.username or "mediaproxy@default")),
+        ("Acct-Session-Id", _text(record.call_id)),
+        ("Sip-From-Tag", _text(record.from_tag)),
+        ("Sip-To-Tag", _text(record.to_tag or "")),
+        ("Acct-Session-Time", int(record.duration)),
+        ("Acct-Input-Octets", sum(int(stream.caller_bytes) for stream in streams)),
+        ("Acct-Output-Octets", sum(int(stream.callee_bytes) for stream in streams)),
     ]
     if streams:
         # the original sends nothing at all for a call without streams; we leave out only this
-        values.append(("NAS-IP-Address", str(streams[0]["caller_local"]).rpartition(":")[0]))
-    applications = sorted({stream["media_type"] for stream in streams if stream.get("start_time") != stream.get("end_time")})
+        values.append(("NAS-IP-Address", streams[0].caller_local.rpartition(":")[0]))
+    applications = sorted({stream.media_type for stream in streams if stream.start_time != stream.end_time})
     values += [
-        ("Sip-User-Agents", _text(f"{record.get('caller_ua', 'Unknown')}+{record.get('callee_ua', 'Unknown')}")),
+        ("Sip-User-Agents", _text(f"{record.caller_ua}+{record.callee_ua}")),
         ("Sip-Applications", _text(", ".join(applications))),
-        ("Media-Codecs", _text(", ".join(str(stream.get("caller_codec", "Unknown")) for stream in streams))),
+        ("Media-Codecs", _text(", ".join(stream.caller_codec for stream in streams))),
         ("Media-Info", info),
     ]
-    delays = [stream["post_dial_delay"] for stream in streams if stream.get("post_dial_delay") is not None]
+    delays = [stream.post_dial_delay for stream in streams if stream.post_dial_delay is not None]
     if delays:
         values.append(("Acct-Delay-Time", int(delays[0])))
     return values
@@ -201,7 +202,7 @@ class RadiusBackend:
                 raise StartupError(f"RADIUS accounting: cannot bind to {settings.bindaddr}: {error.strerror}") from None
         self.where = f"{settings.server}:{settings.port}"
 
-    def deliver(self, record: dict) -> None:
+    def deliver(self, record: SessionRecord) -> None:
         try:
             packet = self.client.CreateAcctPacket()
             for name, value in attributes(record):

@@ -21,6 +21,7 @@ from twisted.logger import Logger
 
 from mediaproxy.accounting.delivery import BackendUnavailable, RecordRejected
 from mediaproxy.process import StartupError
+from mediaproxy.wire.statistics import SessionRecord
 
 log = Logger(namespace="accounting")
 
@@ -158,7 +159,7 @@ class SQLBackend:
             sql=self.create_statements(),
         )
 
-    def deliver(self, record: dict) -> str | None:
+    def deliver(self, record: SessionRecord) -> str | None:
         self.ensure_table()
         try:
             return self._insert(record)
@@ -176,10 +177,8 @@ class SQLBackend:
         except Exception:  # noqa: BLE001 - the database is unreachable: not a vanished table
             return False
 
-    def _insert(self, record: dict) -> str | None:
-        call_id, from_tag, to_tag = record.get("call_id"), record.get("from_tag"), record.get("to_tag")
-        if not isinstance(call_id, str) or not isinstance(from_tag, str) or not (to_tag is None or isinstance(to_tag, str)):
-            raise RecordRejected("call_id and from_tag must be strings and to_tag a string or null")
+    def _insert(self, record: SessionRecord) -> str | None:
+        call_id, from_tag, to_tag = record.call_id, record.from_tag, record.to_tag
         columns = self.table.q
         try:
             already = self.table.select(
@@ -187,7 +186,7 @@ class SQLBackend:
             ).count()
             if already:
                 return ALREADY_RECORDED
-            info = json.dumps(record)
+            info = json.dumps(record.as_json())
             self.table(call_id=call_id, from_tag=from_tag, to_tag=to_tag, info=info if self.text_info else info.encode())
             # even with caching off SQLObject keeps a weak reference per inserted row, forever
             self.connection.cache.clear(self.table)

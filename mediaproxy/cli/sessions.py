@@ -11,6 +11,7 @@ import sys
 from typing import TextIO
 
 from mediaproxy import configuration
+from mediaproxy.wire.statistics import SessionRecord
 
 
 class ManagementError(Exception):
@@ -116,19 +117,19 @@ def relay_rows(summary: list[dict]) -> list[list[str]]:
     return rows
 
 
-def session_rows(sessions: list[dict]) -> list[list[str]]:
+def session_rows(sessions: list[SessionRecord]) -> list[list[str]]:
     rows = []
     for session in sessions:
-        streams = session.get("streams") or []
-        codecs = ", ".join(f"{s['media_type']} {s['caller_codec']}/{s['callee_codec']}" for s in streams) or "-"
-        caller_bytes = sum(s.get("caller_bytes", 0) for s in streams)
-        callee_bytes = sum(s.get("callee_bytes", 0) for s in streams)
-        status = ", ".join(sorted({s["status"] for s in streams})) or ("ringing" if session.get("start_time") is None else "-")
+        streams = session.streams
+        codecs = ", ".join(f"{s.media_type} {s.caller_codec}/{s.callee_codec}" for s in streams) or "-"
+        caller_bytes = sum(s.caller_bytes for s in streams)
+        callee_bytes = sum(s.callee_bytes for s in streams)
+        status = ", ".join(sorted({s.status for s in streams})) or ("ringing" if session.start_time is None else "-")
         rows.append(
             [
-                session["call_id"],
-                f"{session.get('from_uri', '?')} -> {session.get('to_uri', '?')}",
-                human_duration(session.get("duration", 0)),
+                session.call_id,
+                f"{session.from_uri or '?'} -> {session.to_uri or '?'}",
+                human_duration(session.duration),
                 codecs,
                 f"{human_bytes(caller_bytes)} / {human_bytes(callee_bytes)}",
                 status,
@@ -152,7 +153,7 @@ def accounting_rows(backends: list[dict]) -> list[list[str]]:
     ]
 
 
-def render(summary: list[dict] | None, sessions: list[dict] | None, out: TextIO, accounting: list[dict] | None = None) -> None:
+def render(summary: list[dict] | None, sessions: list[SessionRecord] | None, out: TextIO, accounting: list[dict] | None = None) -> None:
     if summary is not None:
         out.write(f"Relays ({len(summary)})\n")
         out.write(table(["relay", "status", "version", "uptime", "sessions", "streams", "traffic"], relay_rows(summary)) + "\n")
@@ -203,14 +204,22 @@ def main(argv: list[str] | None = None, out: TextIO | None = None) -> int:
                 certs = config.find(config.tls.certs_path) or config.tls.certs_path
             context = tls_context(certs)
         answers = dict(zip(commands, query(host, port, commands, context)))
+        sessions = None if "sessions" not in answers else _records(answers["sessions"])
     except (ManagementError, configuration.ConfigurationError, ValueError) as error:
         print(f"media-sessions: {error}", file=sys.stderr)
         return 1
     if args.json:
         out.write(json.dumps(answers if len(answers) > 1 else answers[commands[0]], indent=2) + "\n")
     else:
-        render(answers.get("summary"), answers.get("sessions"), out, answers.get("accounting"))
+        render(answers.get("summary"), sessions, out, answers.get("accounting"))
     return 0
+
+
+def _records(answer: object) -> list[SessionRecord]:
+    """The dispatcher's ``sessions`` answer as records; ValueError naming what is wrong with it."""
+    if not isinstance(answer, list):
+        raise ValueError("the sessions answer is not a JSON list")
+    return [SessionRecord.from_json(item) for item in answer]
 
 
 if __name__ == "__main__":

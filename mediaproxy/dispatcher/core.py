@@ -174,7 +174,7 @@ class Dispatcher:
             waiting -= 1
             if found.called:
                 return
-            if listing is not None and any(record["from_tag"] in tags for record in listing.records):
+            if listing is not None and any(record.from_tag in tags for record in listing.records):
                 found.callback(link)
             elif waiting == 0:
                 found.callback(None)
@@ -276,11 +276,11 @@ class Dispatcher:
             return
         self._account(record, entry, statistics.BYE)
 
-    def _account(self, record: dict, entry: CallEntry, end_reason: str) -> None:
-        record["dialog_id"] = entry.dialog_id or record.get("dialog_id")
-        record["end_reason"] = end_reason
-        record["timed_out"] = end_reason in statistics.MEDIA_TIMEOUTS
-        if record.get("start_time") is not None:
+    def _account(self, record: statistics.SessionRecord, entry: CallEntry, end_reason: str) -> None:
+        record.dialog_id = entry.dialog_id or record.dialog_id
+        record.end_reason = end_reason
+        record.timed_out = end_reason in statistics.MEDIA_TIMEOUTS
+        if record.start_time is not None:
             self.plugins.session_ended(record)
 
     # -- relay events
@@ -296,7 +296,7 @@ class Dispatcher:
     def _reconcile(self, listing: statistics.SessionList, ip: str, known: set[str]) -> None:
         """A relay (re)connected: its removes that waited go now; calls it no longer has are over;
         calls of ours that only it knows (set up just before a crash) are taken back."""
-        present = {record["call_id"] for record in listing.records}
+        present = {record.call_id for record in listing.records}
         log.info("Relay {ip} has {count} sessions", ip=ip, count=len(present))
         for call_id, entry in self.table.of_relay(ip):
             if call_id not in known:
@@ -314,8 +314,8 @@ class Dispatcher:
                     self.plugins.end_dialog(call_id, entry.dialog_id)
         adopted = 0
         for record in listing.records:
-            if record.get("yours") and record["call_id"] not in self.table:
-                self.table.set(record["call_id"], CallEntry(ip, record.get("dialog_id")))
+            if record.yours and record.call_id not in self.table:
+                self.table.set(record.call_id, CallEntry(ip, record.dialog_id))
                 adopted += 1
         if adopted:
             log.warn("Took back {count} calls from relay {ip} that the call table had lost", count=adopted, ip=ip)
@@ -343,8 +343,8 @@ class Dispatcher:
             self.table.pop(call_id)
             known = self.last_known.pop(call_id, None)
             if known is not None:
-                record = json.loads(known[0])
-                record["statistics_at"] = known[1]  # the record is as of then, not of the call's end
+                record = statistics.parse_record(known[0])
+                record.statistics_at = known[1]  # the record is as of then, not of the call's end
                 self._account(record, entry, statistics.BYE if entry.removal is not None else statistics.RELAY_LOST)
             if entry.dialog_id and entry.removal is None and entry.expire_time is None:
                 self.plugins.end_dialog(call_id, entry.dialog_id)
@@ -355,7 +355,7 @@ class Dispatcher:
         except ValueError as error:
             log.error("Relay {ip} sent an undecodable expired message: {error}; skipped it", ip=ip, error=error)
             return
-        call_id = record["call_id"]
+        call_id = record.call_id
         entry = self.table.get(call_id)
         if entry is None:
             log.error("Relay {ip} reported unknown call {call_id} as expired", ip=ip, call_id=call_id)
@@ -367,11 +367,11 @@ class Dispatcher:
             return
         self.last_known.pop(call_id, None)
         reason = statistics.expiry_reason(record)
-        record["all_streams_ice"] = reason == statistics.UNSELECTED_ICE
+        record.all_streams_ice = reason == statistics.UNSELECTED_ICE
         log.info("Call {call_id} expired on relay {ip} ({reason})", call_id=call_id, ip=ip, reason=reason)
         self._account(record, entry, reason)
         ends_dialog = reason != statistics.UNSELECTED_ICE and entry.removal is None
-        if entry.dialog_id and record.get("start_time") is not None and ends_dialog:
+        if entry.dialog_id and record.start_time is not None and ends_dialog:
             self.table.mark_expired(call_id, self.clock.seconds())
             self.plugins.end_dialog(call_id, entry.dialog_id)
         else:
@@ -403,7 +403,7 @@ class Dispatcher:
         """A live call of ours that its relay no longer has, with no expiry from it (which would
         have come first on the link), was removed through another proxy's dispatcher, which
         accounted it: forget it here."""
-        present = {record["call_id"] for record in listing.records}
+        present = {record.call_id for record in listing.records}
         gone = [
             call_id
             for call_id, entry in live.items()
@@ -414,13 +414,13 @@ class Dispatcher:
             log.info("Call {call_id} is no longer on relay {ip}: it was removed through another dispatcher", call_id=call_id, ip=ip)
         self._remember(listing.records)
 
-    def _remember(self, records: list[dict]) -> None:
+    def _remember(self, records: list[statistics.SessionRecord]) -> None:
         now = self.clock.seconds()
         for record in records:
-            call_id = record["call_id"]
-            if call_id in self.table and record.get("start_time") is not None:
-                record.pop("yours", None)
-                self.last_known[call_id] = (json.dumps(record, separators=(",", ":")), now)
+            call_id = record.call_id
+            if call_id in self.table and record.start_time is not None:
+                record.yours = None
+                self.last_known[call_id] = (json.dumps(record.as_json(), separators=(",", ":")), now)
         for call_id in [call_id for call_id in self.last_known if call_id not in self.table]:
             del self.last_known[call_id]
 
@@ -443,7 +443,7 @@ class Dispatcher:
             for _ip, ok, listing in results:
                 if ok:
                     for record in listing.records:
-                        record.pop("yours", None)
+                        record.yours = None
                         sessions.append(record)
             return sessions
 

@@ -118,7 +118,7 @@ class RelayLink(BoundedLineReceiver):
         for _ in range(MAX_PAGES):
             request = relaylink.SessionsRequest(position, call_id)
             page = statistics.parse_sessions((yield self.send_command("sessions", request.header_block())))
-            listing.records.extend(page.records if call_id is None else [r for r in page.records if r["call_id"] == call_id])
+            listing.records.extend(page.records if call_id is None else [r for r in page.records if r.call_id == call_id])
             if page.next is None:
                 return listing
             if page.next <= position:

@@ -123,7 +123,7 @@ class ManagementProtocol(LineOnlyReceiver, TimeoutMixin):
         if command == "summary":
             return dispatcher.relay_summaries().addCallback(_dump)
         if command == "sessions":
-            return dispatcher.relay_sessions().addCallback(_dump)
+            return dispatcher.relay_sessions().addCallback(lambda records: _dump([record.as_json() for record in records]))
         if command == "version":
             return __version__
         if command == "accounting":

@@ -133,8 +133,8 @@ class DispatcherLink(BoundedLineReceiver):
                 return statistics.format_page(page, session.serial)
             record = manager.session_statistics(session)
             if session.dispatcher == self.connector.key:
-                record["yours"] = True
-            page.append(json.dumps(record))
+                record.yours = True
+            page.append(json.dumps(record.as_json()))
             size += len(page[-1])
         return statistics.format_page(page, None)
 

@@ -476,8 +476,8 @@ class SessionManager:
         """Every session's record, in the JSON form of the relay link."""
         return [session.statistics(self.live_counters).as_json() for session in self.sessions.values()]
 
-    def session_statistics(self, session: Session) -> dict:
-        return session.statistics(self.live_counters).as_json()
+    def session_statistics(self, session: Session) -> records.SessionRecord:
+        return session.statistics(self.live_counters)
 
     def relayed_bytes(self) -> int:
         """Bytes relayed by the sessions alive now (the kernel's live counters included)."""

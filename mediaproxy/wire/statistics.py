@@ -7,7 +7,8 @@ is refused as a whole with a :class:`ValueError` naming the field, never half us
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+import typing
+from dataclasses import dataclass, field
 
 from mediaproxy.wire import jsontext
 
@@ -29,74 +30,37 @@ _STATUS_REASONS = {
     UNSELECTED_ICE: UNSELECTED_ICE,
 }
 
-_NUMBER = (int, float)
-_TEXT = (str,)
-_OPTIONAL_TEXT = (str, type(None))
-_OPTIONAL_NUMBER = (int, float, type(None))
-
-SESSION_FIELDS = {
-    "call_id": _TEXT,
-    "from_tag": _TEXT,
-    "from_uri": _OPTIONAL_TEXT,
-    "to_tag": _OPTIONAL_TEXT,
-    "to_uri": _OPTIONAL_TEXT,
-    "start_time": _OPTIONAL_NUMBER,
-    "duration": _NUMBER,
-    "caller_ua": _OPTIONAL_TEXT,
-    "callee_ua": _OPTIONAL_TEXT,
-    "username": _OPTIONAL_TEXT,
-    "end_reason": _OPTIONAL_TEXT,
-    "dialog_id": _OPTIONAL_TEXT,
-    "yours": (bool,),  # in a page of sessions: set up through the dispatcher that asked
-}
-REQUIRED = ("call_id", "from_tag")
-STREAM_FIELDS = {
-    "media_type": _TEXT,
-    "status": _TEXT,
-    "timeout_wait": _NUMBER,
-    "caller_codec": _TEXT,
-    "callee_codec": _TEXT,
-    "start_time": _NUMBER,
-    "end_time": _NUMBER,
-    "post_dial_delay": _OPTIONAL_NUMBER,
-    "caller_bytes": _NUMBER,
-    "callee_bytes": _NUMBER,
-    "caller_packets": _NUMBER,
-    "callee_packets": _NUMBER,
-    "caller_local": _TEXT,
-    "callee_local": _TEXT,
-    "caller_remote": _TEXT,
-    "callee_remote": _TEXT,
-}
-# a session object, its streams list, a stream object
-MAX_DEPTH = 3
-
 
 @dataclass
 class StreamRecord:
     """One stream's statistics as a relay reports them (the JSON form: :meth:`as_json`)."""
 
-    media_type: str
-    status: str
-    timeout_wait: int
-    caller_codec: str
-    callee_codec: str
-    start_time: int  # seconds since the session started
-    end_time: int
-    post_dial_delay: float | None
-    caller_bytes: int
-    callee_bytes: int
-    caller_packets: int
-    callee_packets: int
-    caller_local: str  # "ip:port", or "Unknown"
-    callee_local: str
-    caller_remote: str
-    callee_remote: str
+    media_type: str = "Unknown"
+    status: str = "Unknown"
+    timeout_wait: float = 0
+    caller_codec: str = "Unknown"
+    callee_codec: str = "Unknown"
+    start_time: float = 0  # seconds since the session started
+    end_time: float = 0
+    post_dial_delay: float | None = None
+    caller_bytes: float = 0
+    callee_bytes: float = 0
+    caller_packets: float = 0
+    callee_packets: float = 0
+    caller_local: str = "Unknown"  # "ip:port", or "Unknown"
+    callee_local: str = "Unknown"
+    caller_remote: str = "Unknown"
+    callee_remote: str = "Unknown"
+
+    def as_json(self) -> dict:
+        return {name: getattr(self, name) for name in _STREAM_NAMES}
 
 
 @dataclass
 class SessionRecord:
-    """One session's statistics as a relay reports them: ``remove`` reply, ``expired``, ``sessions``."""
+    """One session's statistics: what a relay reports (``remove`` reply, ``expired``, ``sessions``),
+    and with what the dispatcher adds when the call ends, what accounting stores (its JSON form,
+    :meth:`as_json`, is the ``info`` column and the spool's record)."""
 
     call_id: str
     from_tag: str
@@ -104,17 +68,76 @@ class SessionRecord:
     to_tag: str | None = None
     to_uri: str | None = None
     start_time: float | None = None
-    duration: int = 0
-    caller_ua: str = "Unknown"
-    callee_ua: str = "Unknown"
+    duration: float = 0
+    caller_ua: str | None = "Unknown"
+    callee_ua: str | None = "Unknown"
     username: str | None = None
     end_reason: str | None = None
     dialog_id: str | None = None
     streams: list[StreamRecord] = field(default_factory=list)
+    # set by the dispatcher when the call ends (not sent by relays)
+    timed_out: bool | None = None
+    all_streams_ice: bool | None = None
+    statistics_at: float | None = None  # the record is as of then: the call's relay was lost
+    # in a page of sessions: set up through the dispatcher that asked
+    yours: bool | None = None
 
     def as_json(self) -> dict:
-        """The record as it goes over the relay link (what :func:`check_record` accepts)."""
-        return asdict(self)
+        """The record as JSON: what :meth:`from_json` reads back. The dispatcher's and the
+        listing's own fields appear only when set, as in the original's records."""
+        value = {name: getattr(self, name) for name in _SESSION_NAMES}
+        value["streams"] = [stream.as_json() for stream in self.streams]
+        for name in _OPTIONAL_NAMES:
+            if getattr(self, name) is not None:
+                value[name] = getattr(self, name)
+        return value
+
+    @classmethod
+    def from_json(cls, value: object) -> SessionRecord:
+        """A record from its JSON form, checked field by field: ValueError naming the field for
+        anything not of the documented shape. Fields it does not know are left out."""
+        if not isinstance(value, dict):
+            raise ValueError("a session record is not a JSON object")
+        missing = [name for name in REQUIRED if name not in value]
+        if missing:
+            raise ValueError("a session record lacks " + ", ".join(missing))
+        _check_fields(value, SESSION_FIELDS, "")
+        streams = value.get("streams", [])
+        if not isinstance(streams, list):
+            raise ValueError("streams is not a list")
+        checked = []
+        for number, stream in enumerate(streams):
+            if not isinstance(stream, dict):
+                raise ValueError(f"stream {number} is not a JSON object")
+            _check_fields(stream, STREAM_FIELDS, f"stream {number} ")
+            checked.append(StreamRecord(**{name: stream[name] for name in STREAM_FIELDS if name in stream}))
+        return cls(**{name: value[name] for name in SESSION_FIELDS if name in value}, streams=checked)
+
+
+def _allowed_types(cls: type) -> dict[str, tuple[type, ...]]:
+    """Each field's JSON types, from the dataclass's annotations: a number may be an int or a
+    float, any optional field may be null."""
+    allowed = {}
+    for name, hint in typing.get_type_hints(cls).items():
+        if name == "streams":
+            continue
+        options = typing.get_args(hint) or (hint,)
+        types: list[type] = []
+        for option in options:
+            types.extend((int, float) if option in (int, float) else (option,))
+        allowed[name] = tuple(dict.fromkeys(types))
+    return allowed
+
+
+# the checks are the dataclasses' own annotations: the schema and the types cannot drift apart
+SESSION_FIELDS = _allowed_types(SessionRecord)
+STREAM_FIELDS = _allowed_types(StreamRecord)
+REQUIRED = ("call_id", "from_tag")
+_OPTIONAL_NAMES = ("timed_out", "all_streams_ice", "statistics_at", "yours")
+_SESSION_NAMES = tuple(name for name in SESSION_FIELDS if name not in _OPTIONAL_NAMES)
+_STREAM_NAMES = tuple(STREAM_FIELDS)
+# a session object, its streams list, a stream object
+MAX_DEPTH = 3
 
 
 def _check_fields(value: dict, fields: dict, where: str) -> None:
@@ -123,31 +146,14 @@ def _check_fields(value: dict, fields: dict, where: str) -> None:
             raise ValueError(f"{where}{name} has the wrong type ({type(value[name]).__name__})")
 
 
-def check_record(record: object) -> dict:
-    if not isinstance(record, dict):
-        raise ValueError("a session record is not a JSON object")
-    missing = [name for name in REQUIRED if name not in record]
-    if missing:
-        raise ValueError("a session record lacks " + ", ".join(missing))
-    _check_fields(record, SESSION_FIELDS, "")
-    streams = record.get("streams", [])
-    if not isinstance(streams, list):
-        raise ValueError("streams is not a list")
-    for number, stream in enumerate(streams):
-        if not isinstance(stream, dict):
-            raise ValueError(f"stream {number} is not a JSON object")
-        _check_fields(stream, STREAM_FIELDS, f"stream {number} ")
-    return record
-
-
-def expiry_reason(record: dict) -> str:
+def expiry_reason(record: SessionRecord) -> str:
     """Why a relay expired a session: what it says, or for a relay that does not say (the
     original), what its streams' statuses tell: a session expires with no stream timed out
     only when its relay stops."""
-    said = record.get("end_reason")
+    said = record.end_reason
     if said in END_REASONS and said != BYE:
         return said
-    statuses = [stream.get("status") for stream in record.get("streams", [])]
+    statuses = [stream.status for stream in record.streams]
     if statuses and all(status == UNSELECTED_ICE for status in statuses):
         return UNSELECTED_ICE
     for status in statuses:
@@ -161,16 +167,16 @@ def stream_end_reason(status: str) -> str | None:
     return _STATUS_REASONS.get(status)
 
 
-def parse_record(text: str) -> dict:
+def parse_record(text: str) -> SessionRecord:
     """One session's statistics, as in ``expired`` and the ``remove`` reply."""
-    return check_record(jsontext.loads(text, MAX_DEPTH))
+    return SessionRecord.from_json(jsontext.loads(text, MAX_DEPTH))
 
 
 @dataclass
 class SessionList:
     """A relay's ``sessions`` answer, or one page of it (``next`` is where the next page starts)."""
 
-    records: list[dict] = field(default_factory=list)
+    records: list[SessionRecord] = field(default_factory=list)
     next: int | None = None
 
 
@@ -183,13 +189,13 @@ def parse_sessions(text: str) -> SessionList:
     ``{"sessions": [...], "next": n | null}``."""
     value = jsontext.loads(text, MAX_DEPTH + 2)
     if isinstance(value, list):
-        return SessionList([check_record(item) for item in value])
+        return SessionList([SessionRecord.from_json(item) for item in value])
     if not isinstance(value, dict) or not isinstance(value.get("sessions"), list):
         raise ValueError("the sessions answer is neither a JSON list nor a page of sessions")
     following = value.get("next")
     if following is not None and (isinstance(following, bool) or not isinstance(following, int) or following < 0):
         raise ValueError("the next page of sessions is not a position")
-    return SessionList([check_record(item) for item in value["sessions"]], following)
+    return SessionList([SessionRecord.from_json(item) for item in value["sessions"]], following)
 
 
 def format_page(records: list[str], following: int | None) -> str:

@@ -35,6 +35,8 @@ setup(
         "SQLObject>=3.10",
         "pyrad>=2.1",
         "pyroute2>=0.7.2",
+        # [Dispatcher] metrics_listen (Debian bookworm: 0.16)
+        "prometheus-client>=0.16",
     ],
     extras_require={
         "mysql": ["PyMySQL>=1.0"],

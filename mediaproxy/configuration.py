@@ -60,6 +60,7 @@ class DispatcherConfig:
     listen: dt.NetworkAddress = option(dt.NetworkAddress("0.0.0.0", 25060), dt.network_address(25060))
     listen_management: dt.NetworkAddress = option(dt.NetworkAddress("0.0.0.0", 25061), dt.network_address(25061))
     management_use_tls: bool = option(True, dt.boolean)
+    metrics_listen: dt.NetworkAddress | None = option(None, dt.optional_network_address(9450))
     passport: dt.Passport | None = option(None, dt.passport)
     management_passport: dt.Passport | None = option(None, dt.passport)
     log_level: str = option("INFO", dt.log_level)

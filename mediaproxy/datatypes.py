@@ -157,6 +157,18 @@ def network_address(default_port: int):
     return parse
 
 
+def optional_network_address(default_port: int):
+    """``ip[:port]``, or nothing (empty, ``no``, ``off``, ``none``) for a listener that is off."""
+    parse_address = network_address(default_port)
+
+    def parse(text: str) -> NetworkAddress | None:
+        if text.strip().lower() in ("", "no", "off", "none"):
+            return None
+        return parse_address(text)
+
+    return parse
+
+
 @dataclass(frozen=True)
 class Endpoint:
     """A remote ``host[:port]``; host may be an IPv4 address or a domain name."""

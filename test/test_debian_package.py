@@ -109,7 +109,14 @@ def test_package_contents_and_metadata(debs):
     for package in PACKAGES:
         assert field(found[package], "Architecture") == "all"
     depends = field(found["mediaproxy-common"], "Depends")
-    for dependency in ("python3-twisted", "python3-openssl", "python3-sqlobject", "python3-pyrad", "python3-pyroute2"):
+    for dependency in (
+        "python3-twisted",
+        "python3-openssl",
+        "python3-sqlobject",
+        "python3-pyrad",
+        "python3-pyroute2",
+        "python3-prometheus-client",
+    ):
         assert dependency in depends
     assert "mediaproxy-common (= 5.0.0)" in field(found["mediaproxy-relay"], "Depends")
     conffiles = run("dpkg-deb", "-I", str(found["mediaproxy-common"]), "conffiles").stdout.split()

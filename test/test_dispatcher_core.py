@@ -5,6 +5,7 @@ import os
 
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
+from twisted.logger import LogLevel, formatEvent, globalLogPublisher
 
 from mediaproxy.configuration import DispatcherConfig
 from mediaproxy.dispatcher.core import Dispatcher
@@ -351,3 +352,33 @@ def test_the_periodic_jobs_are_services_that_stop_with_the_dispatcher(tmp_path):
     dispatcher.stop()
     assert not any(job.running for job in dispatcher.timers)
     assert [call for call in clock.getDelayedCalls() if call.active()] == []  # nothing left to fire
+
+
+def test_one_info_line_per_call_event_and_requests_at_debug(tmp_path):
+    _, registry, dispatcher = make(tmp_path)
+    link, transport = link_from(registry, "192.0.2.1")
+    commands(transport)
+    logged = []
+    globalLogPublisher.addObserver(logged.append)
+    try:
+        set_up_call(dispatcher, link, transport, "a", "3:4")
+        reply = handled(dispatcher, update("a", "ft", "tt", kind="reply", media="audio:198.51.100.20:7000:sendrecv"))
+        ((_, seq, _),) = commands(transport)
+        answer(link, seq, "192.0.2.1 40002")
+        assert reply == ["192.0.2.1 40002"]
+        handled(dispatcher, remove("a", "ft", "tt"))
+        ((_, seq, _),) = commands(transport)
+        stream = {"caller_packets": 150, "caller_bytes": 30000, "callee_packets": 140, "callee_bytes": 28000}
+        answer(link, seq, json.dumps(record("a", duration=3, streams=[stream])))
+    finally:
+        globalLogPublisher.removeObserver(logged.append)
+    info = [formatEvent(event) for event in logged if event["log_level"] == LogLevel.info]
+    assert info == [
+        "Call a set up on relay 192.0.2.1",
+        "Call a answered (relay 192.0.2.1)",
+        "Call a ended (bye) after 3s on relay 192.0.2.1; caller sent 150 packets (30000 bytes), callee 140 packets (28000 bytes)",
+    ]
+    debug = [formatEvent(event) for event in logged if event["log_level"] == LogLevel.debug]
+    assert len([line for line in debug if line.startswith("Proxy request ")]) == 3
+    assert "Proxy remove answered 'removed' in " in " ".join(debug)
+    dispatcher.stop()

@@ -4,6 +4,7 @@ import struct
 
 import pytest
 from twisted.internet.task import Clock
+from twisted.logger import LogLevel, formatEvent, globalLogPublisher
 from zope.interface import implementer
 
 from mediaproxy.configuration import RelayConfig
@@ -679,3 +680,53 @@ def test_listing_pages_from_a_serial_and_finds_one_calls_sessions():
     assert listed(serials[-1] + 1) == []
     assert listed(0, "c2") == [everything[1], everything[4]] and listed(serials[2], "c2") == [everything[4]]
     assert listed(0, "c1") == [] and listed(0, "nobody") == []
+
+
+def test_metrics_count_paths_traffic_endings_and_ports():
+    relay = Relay()
+    relay.call()
+    relay.update(call_id="c2")  # offered, not answered: learning
+    metrics = relay.manager.metrics()
+    assert metrics["streams"] == {"learning": 2, "userspace": 0, "kernel": 0, "on hold": 0}
+    assert metrics["ports"]["used"] == 4  # two pairs a stream, from the offer on
+    caller_side, callee_side = relay.socket(40000), relay.socket(40002)
+    caller_side.deliver(rtp(0), CALLER_NAT)
+    callee_side.deliver(rtp(8), CALLEE_NAT)
+    caller_side.deliver(rtp(0), CALLER_NAT)
+    metrics = relay.manager.metrics()
+    # the caller's first packet had nowhere to go yet
+    assert metrics["streams"]["userspace"] == 1 and metrics["packets_relayed"] == 2
+    assert metrics["bytes_relayed"] == 2 * (172 + 28)
+    relay.remove()
+    relay.clock.advance(120)  # c2 never gets media: no-traffic timeout
+    metrics = relay.manager.metrics()
+    assert metrics["sessions_ended"] == {"bye": 1, "no-traffic timeout": 1}
+    assert metrics["packets_relayed"] == 2  # the ended sessions' counts stay in the totals
+    assert metrics["ports"]["used"] == 0 and metrics["ports"]["free"] == relay.manager.pool.total
+
+
+def test_one_info_line_per_session_event():
+    relay = Relay()
+    logged = []
+    globalLogPublisher.addObserver(logged.append)
+    try:
+        relay.call()
+        relay.socket(40000).deliver(rtp(0), CALLER_NAT)
+        relay.socket(40002).deliver(rtp(8), CALLEE_NAT)
+        relay.socket(40000).deliver(rtp(0), CALLER_NAT)
+        relay.clock.advance(3)
+        relay.remove()
+        relay.update(call_id="c2")
+        relay.clock.advance(120)
+    finally:
+        globalLogPublisher.removeObserver(logged.append)
+    info = [formatEvent(event) for event in logged if event["log_level"] == LogLevel.info]
+    assert info == [
+        "New session c1 (1 streams)",
+        "Session c1 answered (1 streams)",
+        "rtp of audio stream of c1 (40000/40002): learning → userspace",
+        "Session c1 ended (bye) after 3s; caller sent 1 packets (200 bytes), callee 1 packets (200 bytes)",
+        "New session c2 (1 streams)",
+        "audio stream of c2 (40004/40006) ended: no-traffic timeout",
+        "Session c2 expired (no-traffic timeout) after 0s; caller sent 0 packets (0 bytes), callee 0 packets (0 bytes)",
+    ]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 
 from twisted.application import service
 from twisted.internet import defer
@@ -10,6 +11,7 @@ from twisted.logger import Logger
 
 from mediaproxy.dispatcher.relays import RelayDisconnected, RelayError, RelayLink, RelayRegistry, RelayTimeout
 from mediaproxy.dispatcher.sessions import CallEntry, CallTable, call_table_file
+from mediaproxy.dispatcher.stats import RequestStats
 from mediaproxy.plugin import PluginSet
 from mediaproxy.timers import Periodic
 from mediaproxy.wire import statistics
@@ -35,6 +37,7 @@ class Dispatcher:
         # record says when its relay is lost for good
         self.last_known: dict[str, tuple[str, float]] = {}
         self.stopped = False
+        self.stats = RequestStats()
         self.timers = service.MultiService()
         Periodic("expired call checks", EXPIRED_CHECK_INTERVAL, self.cleanup_expired_sessions, clock).setServiceParent(self.timers)
         if config.statistics_pull_interval:
@@ -64,7 +67,18 @@ class Dispatcher:
 
     def handle(self, request: ProxyRequest) -> defer.Deferred:
         """Route one proxy request; the Deferred fires with the one-line reply (never fails)."""
-        return defer.maybeDeferred(self._route, request).addErrback(self._unexpected, request)
+        log.debug(
+            "Proxy request {command} for {call_id}: {headers}", command=request.command, call_id=request.call_id, headers=request.headers
+        )
+        started = time.perf_counter()
+        handled = defer.maybeDeferred(self._route, request).addErrback(self._unexpected, request)
+        return handled.addCallback(self._counted, request.command, started)
+
+    def _counted(self, reply: str, command: str, started: float) -> str:
+        seconds = time.perf_counter() - started
+        self.stats.record(command, reply, seconds)
+        log.debug("Proxy {command} answered {reply!r} in {ms:.2f} ms", command=command, reply=reply, ms=seconds * 1000)
+        return reply
 
     def _unexpected(self, failure, request: ProxyRequest) -> str:  # noqa: ANN001
         log.failure(
@@ -83,6 +97,8 @@ class Dispatcher:
         if entry is not None and entry.expire_time is None:
             if request.command == "remove":
                 return self._remove(request, entry)
+            if request.headers.get("type") == "reply" and request.headers.get("media") is not None:
+                log.info("Call {call_id} answered (relay {ip})", call_id=call_id, ip=entry.relay_ip)
             return self._to_known_relay(request, entry)
         if request.command == "update":
             if request.headers.get("to_tag") is not None:
@@ -136,7 +152,10 @@ class Dispatcher:
                 )
                 continue
             self.table.set(request.call_id, CallEntry(link.ip, request.headers.get("dialog_id")))
-            return self._update_reply(request, payload, link.ip)
+            reply = self._update_reply(request, payload, link.ip)
+            if reply != "error":
+                log.info("Call {call_id} set up on relay {ip}", call_id=request.call_id, ip=link.ip)
+            return reply
         log.error("No suitable relay found for call {call_id}", call_id=request.call_id)
         return "error"
 
@@ -280,6 +299,14 @@ class Dispatcher:
         record.dialog_id = entry.dialog_id or record.dialog_id
         record.end_reason = end_reason
         record.timed_out = end_reason in statistics.MEDIA_TIMEOUTS
+        log.info(
+            "Call {call_id} ended ({reason}) after {duration}s on relay {ip}; {traffic}",
+            call_id=record.call_id,
+            reason=end_reason,
+            duration=record.duration,
+            ip=entry.relay_ip,
+            traffic=record.traffic(),
+        )
         if record.start_time is not None:
             self.plugins.session_ended(record)
 

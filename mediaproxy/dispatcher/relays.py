@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import time
 
 from twisted.internet import defer, protocol
 from twisted.internet.interfaces import IHandshakeListener
@@ -44,6 +45,8 @@ class RelayLink(BoundedLineReceiver):
         self.ip: str | None = None
         self.seq = 0
         self.pending: dict[int, tuple[defer.Deferred, object]] = {}
+        self.sent_at: dict[int, float] = {}  # when each pending command went out
+        self.round_trip: float | None = None  # seconds from command to answer, the latest
         self.halting = False
         self.timedout = False
         self.accepted = False
@@ -65,6 +68,7 @@ class RelayLink(BoundedLineReceiver):
         self.registry.verifier.forget(self.transport)
         self._cancel_recover_timer()
         pending, self.pending = self.pending, {}
+        self.sent_at.clear()
         for deferred, timer in pending.values():
             timer.cancel()
             deferred.errback(RelayDisconnected("relay disconnected"))
@@ -77,6 +81,7 @@ class RelayLink(BoundedLineReceiver):
         head = line.head.decode("utf-8", "replace")
         seq = relaylink.parse_seq(head.partition(" ")[0])
         entry = self.pending.pop(seq, None) if seq is not None else None
+        self.sent_at.pop(seq, None)
         log.error(
             "Relay {ip} sent a line longer than {limit} bytes ({head!r}...); skipped it", ip=self.ip, limit=line.limit, head=head[:40]
         )
@@ -106,6 +111,7 @@ class RelayLink(BoundedLineReceiver):
         deferred = defer.Deferred()
         timer = self.registry.clock.callLater(self.registry.relay_timeout, self._timeout, seq)
         self.pending[seq] = (deferred, timer)
+        self.sent_at[seq] = time.perf_counter()
         self.transport.write(relaylink.format_command(command, seq, header_block))
         return deferred
 
@@ -133,6 +139,9 @@ class RelayLink(BoundedLineReceiver):
             return
         deferred, timer = entry
         timer.cancel()
+        sent = self.sent_at.pop(message.seq, None)
+        if sent is not None:
+            self.round_trip = time.perf_counter() - sent
         if message.payload == "error":
             deferred.errback(RelayError("relay answered error"))
         elif message.payload == "halting":
@@ -145,6 +154,7 @@ class RelayLink(BoundedLineReceiver):
 
     def _timeout(self, seq: int) -> None:
         deferred, _ = self.pending.pop(seq)
+        self.sent_at.pop(seq, None)
         if not self.timedout:
             log.warn(
                 "Relay {ip} did not answer within {timeout}s; not using it for new calls until it pings",

@@ -18,7 +18,7 @@ from mediaproxy import __version__
 from mediaproxy.ratelimit import Refusals
 from mediaproxy.relay.deadlines import Deadlines
 from mediaproxy.relay.model import events, serialize
-from mediaproxy.relay.model.media import CALLEE, CALLER, KERNEL, LAPSED, USERSPACE, Stream, Substream, address_text
+from mediaproxy.relay.model.media import CALLEE, CALLER, KERNEL, LAPSED, LEARNING, USERSPACE, Stream, Substream, address_text
 from mediaproxy.relay.model.policy import MediaPolicy
 from mediaproxy.relay.model.session import NoPorts, Session, UpdateError
 from mediaproxy.relay.plane.choice import NoKernelForwarding
@@ -77,6 +77,8 @@ class SessionManager:
         self.halting = False
         self.started = clock.seconds()
         self.closed_bytes = 0
+        self.closed_packets = 0
+        self.ended: dict[str, int] = {}  # sessions ended since the start, by end reason
         self.state = None  # a statefile.StateFile keeping the sessions across restarts, once restored
         self._changed: set[tuple[str, str]] = set()
         self._kept_packets: dict[tuple[str, str], int] = {}
@@ -132,12 +134,15 @@ class SessionManager:
             raise UpdateError("update without " + ", ".join(missing))
         session = self.find(headers["call_id"], headers["from_tag"], headers.get("to_tag"))
         if session is not None:
+            answered = session.start_time is not None
             try:
                 return session.update(headers, self._open_stream)
             finally:
                 self.drain(session)
                 self._watch(session)
                 self.keep(session)
+                if not answered and session.start_time is not None:
+                    log.info("Session {call_id} answered ({streams} streams)", call_id=session.call_id, streams=len(session.streams))
         if self.halting:
             raise Halting()
         if headers["type"] == "reply" and headers.get("media") is None:
@@ -202,13 +207,23 @@ class SessionManager:
         if self.state is not None:
             self.state.pop(serialize.session_key(session))
         self.closed_bytes += session.relayed_bytes()
-        return session.statistics().as_json()
+        self.closed_packets += session.relayed_packets()
+        self.ended[reason] = self.ended.get(reason, 0) + 1
+        record = session.statistics()
+        log.info(
+            "Session {call_id} {how} ({reason}) after {duration}s; {traffic}",
+            call_id=session.call_id,
+            how="ended" if reason in (records.BYE, records.RELAY_SHUTDOWN) else "expired",
+            reason=reason,
+            duration=record.duration,
+            traffic=record.traffic(),
+        )
+        return record.as_json()
 
     def session_expired(self, session: Session, reason: str) -> None:
         if session.key not in self.sessions:
             return
         statistics = self._close(session, reason)
-        log.info("Session {call_id} expired ({reason})", call_id=session.call_id, reason=reason)
         self.on_expired(session, statistics)
 
     def expire_all(self) -> None:
@@ -303,7 +318,10 @@ class SessionManager:
             event.substream.add_kernel_counts(*final)
 
     def _on_path_changed(self, event: events.PathChanged) -> None:
-        media_log.debug("{substream}: {old} → {new}", substream=event.substream, old=event.old, new=event.new)
+        # the RTP's path is the stream's (one line per change); RTCP follows it
+        (media_log.info if event.substream.kind == "rtp" else media_log.debug)(
+            "{substream}: {old} → {new}", substream=event.substream, old=event.old, new=event.new
+        )
 
     def _on_hold_changed(self, event: events.HoldChanged) -> None:
         media_log.info("{stream} is {state}", stream=event.stream, state="on hold" if event.on_hold else "off hold")
@@ -491,6 +509,28 @@ class SessionManager:
                     counts[stream.media_type] = counts.get(stream.media_type, 0) + 1
         return counts
 
+    def metrics(self) -> dict:
+        """Counts for monitoring (the summary's ``metrics``): alive streams by the path their RTP
+        takes (or on hold), packets and bytes relayed since the start, sessions ended by reason,
+        ports of ``port_range`` in use and free."""
+        streams = {LEARNING: 0, USERSPACE: 0, KERNEL: 0, "on hold": 0}
+        packets, bytes_ = self.closed_packets, self.closed_bytes
+        for session in self.sessions.values():
+            packets += session.relayed_packets(self.live_counters)
+            bytes_ += session.relayed_bytes(self.live_counters)
+            for stream in session.streams:
+                if stream.alive:
+                    path = "on hold" if stream.on_hold else stream.rtp.path
+                    streams[path if path in streams else LEARNING] += 1
+        used = len(self.pool.in_use)
+        return {
+            "streams": streams,
+            "packets_relayed": packets,
+            "bytes_relayed": bytes_,
+            "sessions_ended": dict(self.ended),
+            "ports": {"used": used, "free": self.pool.total - used},
+        }
+
     def summary(self, bps_relayed: float) -> dict:
         return {
             "ip": self.relay_ip,
@@ -501,4 +541,5 @@ class SessionManager:
             "stream_count": self.stream_count(),
             "bps_relayed": bps_relayed,
             "refused": self.refusals.snapshot(),
+            "metrics": self.metrics(),
         }

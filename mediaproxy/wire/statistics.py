@@ -92,6 +92,13 @@ class SessionRecord:
                 value[name] = getattr(self, name)
         return value
 
+    def traffic(self) -> str:
+        """What the streams carried each way, for a log line."""
+        streams = self.streams
+        caller = sum(s.caller_packets for s in streams), sum(s.caller_bytes for s in streams)
+        callee = sum(s.callee_packets for s in streams), sum(s.callee_bytes for s in streams)
+        return f"caller sent {caller[0]:.0f} packets ({caller[1]:.0f} bytes), callee {callee[0]:.0f} packets ({callee[1]:.0f} bytes)"
+
     @classmethod
     def from_json(cls, value: object) -> SessionRecord:
         """A record from its JSON form, checked field by field: ValueError naming the field for

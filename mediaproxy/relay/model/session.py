@@ -189,6 +189,9 @@ class Session:
     def relayed_bytes(self, live: LiveCounters = _no_kernel) -> int:
         return sum(stream.counters(CALLER, live)[1] + stream.counters(CALLEE, live)[1] for stream in self.streams)
 
+    def relayed_packets(self, live: LiveCounters = _no_kernel) -> int:
+        return sum(stream.counters(CALLER, live)[0] + stream.counters(CALLEE, live)[0] for stream in self.streams)
+
     def statistics(self, live: LiveCounters = _no_kernel) -> records.SessionRecord:
         duration = self.duration
         answered = sorted((stream for stream in self.streams if stream.start_time is not None), key=lambda stream: stream.start_time)

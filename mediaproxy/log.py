@@ -89,6 +89,27 @@ def quiet_twisted(event: dict) -> PredicateResult:
     return PredicateResult.maybe
 
 
+LEVEL_NAMES = tuple(_LEVELS)
+_active: LogControl | None = None  # the process's, once logging started
+
+
+def level_name(name: str) -> str:
+    """A log level's name from any case; ValueError naming the levels for anything else."""
+    level = name.upper()
+    if level not in _LEVELS:
+        raise ValueError(f"{name!r} is not a log level ({', '.join(LEVEL_NAMES)})")
+    return level
+
+
+def set_level(name: str) -> str:
+    """Set the process's log level by name (case-insensitive), as the management interface asks;
+    ValueError for a name that is not a level. Returns the level's name."""
+    level = level_name(name)
+    if _active is not None:
+        _active.set_level(level)
+    return level
+
+
 class LogControl:
     """Owns the level filter so signals can switch DEBUG on and off."""
 
@@ -112,5 +133,7 @@ class LogControl:
         self.predicate.setLogLevelForNamespace(None, self.configured)
 
     def start(self, ident: str, to_console: bool, journal: bool = False) -> None:
+        global _active  # noqa: PLW0603 - logging is the process's, and so is its level
+        _active = self
         observer = ConsoleObserver(sys.stderr, priorities=journal) if to_console or journal else SyslogObserver(ident)
         globalLogBeginner.beginLoggingTo([FilteringLogObserver(observer, [quiet_twisted, self.predicate])], redirectStandardIO=False)

@@ -382,3 +382,29 @@ def test_one_info_line_per_call_event_and_requests_at_debug(tmp_path):
     assert len([line for line in debug if line.startswith("Proxy request ")]) == 3
     assert "Proxy remove answered 'removed' in " in " ".join(debug)
     dispatcher.stop()
+
+
+def test_terminate_ends_the_dialog_or_removes_the_session_with_its_tags(tmp_path):
+    _, registry, dispatcher = make(tmp_path)
+    link, transport = link_from(registry, "192.0.2.1")
+    commands(transport)
+    set_up_call(dispatcher, link, transport, "with-dialog", "7:8")
+    set_up_call(dispatcher, link, transport, "without")
+    done = []
+    dispatcher.terminate("with-dialog").addCallback(done.append)
+    assert done == ["dialog ended through the proxy"] and dispatcher.recorder.ended == [("with-dialog", "7:8")]
+    assert commands(transport) == []  # the proxy's BYEs and remove follow; nothing goes to the relay now
+    dispatcher.terminate("without").addCallback(done.append)
+    ((name, seq, lines),) = commands(transport)
+    assert (name, lines) == ("sessions", ["page: 0", "call_id: without"])
+    answer(link, seq, statistics.format_page([json.dumps(record("without", to_tag="tt"))], None))
+    assert done[-1] == "session removed"
+    ((name, seq, lines),) = commands(transport)
+    assert (name, lines) == ("remove", ["call_id: without", "from_tag: ft", "to_tag: tt"])
+    answer(link, seq, json.dumps(record("without", to_tag="tt")))
+    (accounted,) = dispatcher.recorder.records
+    assert (accounted["call_id"], accounted["end_reason"]) == ("without", "bye") and "without" not in dispatcher.table
+    failed = []
+    dispatcher.terminate("nobody").addErrback(failed.append)
+    assert failed and failed[0].check(ValueError)
+    dispatcher.stop()

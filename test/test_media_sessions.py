@@ -9,7 +9,7 @@ import tempfile
 from twisted.internet import defer, threads
 from twisted.trial import unittest
 
-from harness import Stack
+from harness import Stack, wait_for
 from mediaproxy.cli import sessions as cli
 from mediaproxy.testing import update
 
@@ -89,6 +89,48 @@ class MediaSessionsTests(unittest.TestCase):
         self.assertEqual(code, 1)
         code, _ = yield self.run_cli("--certs", "/nonexistent", "--port", str(self.stack.management_port))
         self.assertEqual(code, 1)
+
+    @defer.inlineCallbacks
+    def test_control_commands(self):
+        yield self.start(tls=False)
+        port = ("--no-tls", "--port", str(self.stack.management_port))
+        proxy = yield self.stack.proxy()
+        code, output = yield self.run_cli("drain", "127.0.0.2", *port)
+        self.assertEqual((code, output), (0, "relay 127.0.0.2 takes no new calls\n"))
+        reply = yield proxy.request(
+            update("call-c", "ft", media="audio:192.0.2.10:6000:sendrecv:ice=no", media_relay="127.0.0.2", dialog_id="")
+        )
+        self.assertTrue(reply.startswith("127.0.0.1 "), reply)  # the drained relay is passed over, even when preferred
+        code, output = yield self.run_cli("summary", *port)
+        self.assertIn("active, drained", output)
+        code, output = yield self.run_cli("undrain", "127.0.0.2", *port)
+        self.assertEqual((code, output), (0, "relay 127.0.0.2 takes new calls\n"))
+        reply = yield proxy.request(update("call-d", "ft", media="audio:192.0.2.10:6000:sendrecv:ice=no", media_relay="127.0.0.2"))
+        self.assertTrue(reply.startswith("127.0.0.2 "), reply)
+
+        code, output = yield self.run_cli("loglevel", "debug", *port)
+        self.assertEqual((code, output), (0, "dispatcher: log level DEBUG\n"))
+        code, output = yield self.run_cli("loglevel", "info", "127.0.0.1", *port)
+        self.assertEqual((code, output), (0, "relay 127.0.0.1: log level INFO\n"))
+        err = io.StringIO()
+        self.patch(cli.sys, "stderr", err)
+        code, _ = yield self.run_cli("loglevel", "chatty", *port)
+        self.assertEqual(code, 1)
+        self.assertIn("answered error to 'loglevel chatty'", err.getvalue())
+
+        # a call with a dialog: the proxy is asked to end it (its BYEs, then its remove)
+        code, output = yield self.run_cli("terminate", "call-a", *port)
+        self.assertEqual((code, output), (0, "call call-a: dialog ended through the proxy\n"))
+        # a call without a dialog: its session is removed on the relay, and the remove accounts it
+        code, output = yield self.run_cli("terminate", "call-c", *port)
+        self.assertEqual((code, output), (0, "call call-c: session removed\n"))
+        yield wait_for(lambda: "call-c" not in self.stack.dispatcher.dispatcher.table, what="call-c gone")
+        code, output = yield self.run_cli("sessions", "--json", *port)
+        self.assertNotIn("call-c", [session["call_id"] for session in json.loads(output)])
+        code, _ = yield self.run_cli("terminate", "call-c", *port)
+        self.assertEqual(code, 1)
+        with self.assertRaises(SystemExit):  # a usage error, before anything is sent
+            yield self.run_cli("terminate", *port)
 
 
 def test_formatting_helpers():

@@ -554,3 +554,11 @@ def test_retiring_a_dispatcher_while_connecting_cancels_quietly():
         globalLogPublisher.removeObserver(events.append)
     assert relay.connectors == {}
     assert not [formatEvent(event) for event in events if "Cannot connect" in formatEvent(event)]
+
+
+def test_the_dispatcher_sets_the_relays_log_level():
+    relay, _ = make_relay()
+    relay.startService()
+    link, transport = connect_link(relay, ("127.0.0.1", 25060))
+    link.dataReceived(b"loglevel 20\r\nlevel: debug\r\n\r\nloglevel 21\r\nlevel: chatty\r\n\r\nloglevel 22\r\n\r\n")
+    assert transport.value() == b"20 DEBUG\r\n21 error\r\n22 error\r\n"

@@ -19,6 +19,13 @@ class ManagementError(Exception):
 
 
 OPTIONAL = frozenset({"accounting"})  # dispatchers before 5.0 answer error to these
+# the control commands: how many arguments each takes, and which
+CONTROL_USAGE = {
+    "terminate": ((1,), "CALL_ID"),
+    "loglevel": ((1, 2), "LEVEL [RELAY_IP]"),
+    "drain": ((1,), "RELAY_IP"),
+    "undrain": ((1,), "RELAY_IP"),
+}
 
 
 def query(host: str, port: int, commands: list[str], context: ssl.SSLContext | None, timeout: float = 10) -> list:
@@ -106,7 +113,7 @@ def relay_rows(summary: list[dict]) -> list[list[str]]:
         rows.append(
             [
                 relay["ip"],
-                relay.get("status", ""),
+                relay.get("status", "") + (", drained" if relay.get("drained") else ""),
                 relay.get("version", ""),
                 human_duration(relay.get("uptime", 0)),
                 str(relay.get("session_count", 0)),
@@ -179,8 +186,13 @@ def main(argv: list[str] | None = None, out: TextIO | None = None) -> int:
         prog="media-sessions", description="Show the relays and calls of a MediaProxy dispatcher (its management interface)."
     )
     parser.add_argument(
-        "what", nargs="?", choices=("all", "summary", "sessions", "accounting"), default="all", help="what to show (default: all)"
+        "what",
+        nargs="?",
+        choices=("all", "summary", "sessions", "accounting", *CONTROL_USAGE),
+        default="all",
+        help="what to show (default: all), or what to do: terminate CALL_ID, loglevel LEVEL [RELAY_IP], drain RELAY_IP, undrain RELAY_IP",
     )
+    parser.add_argument("arguments", nargs="*", help="the control command's arguments")
     parser.add_argument("--host", help="dispatcher address (default: listen_management of config.ini, 127.0.0.1 for 'any')")
     parser.add_argument("--port", type=int, help="management port (default: listen_management of config.ini, 25061)")
     parser.add_argument(
@@ -190,7 +202,14 @@ def main(argv: list[str] | None = None, out: TextIO | None = None) -> int:
     parser.add_argument("--config-dir", help=f"where config.ini is, searched before {configuration.SYSTEM_CONFIG_DIR}")
     parser.add_argument("--json", action="store_true", help="print the raw JSON answers, for scripts")
     args = parser.parse_args(argv)
-    commands = {"all": ["summary", "accounting", "sessions"], "summary": ["summary", "accounting"]}.get(args.what, [args.what])
+    if args.what in CONTROL_USAGE:
+        if len(args.arguments) not in CONTROL_USAGE[args.what][0]:
+            parser.error(f"{args.what} takes {CONTROL_USAGE[args.what][1]}")
+        commands = [" ".join([args.what, *args.arguments])]
+    elif args.arguments:
+        parser.error(f"{args.what} takes no arguments")
+    else:
+        commands = {"all": ["summary", "accounting", "sessions"], "summary": ["summary", "accounting"]}.get(args.what, [args.what])
     try:
         # the dispatcher's own config.ini says where and how its management interface listens
         config = configuration.load(configuration.search_path(args.config_dir))
@@ -204,6 +223,10 @@ def main(argv: list[str] | None = None, out: TextIO | None = None) -> int:
                 certs = config.find(config.tls.certs_path) or config.tls.certs_path
             context = tls_context(certs)
         answers = dict(zip(commands, query(host, port, commands, context)))
+        if args.what in CONTROL_USAGE:
+            (answer,) = answers.values()
+            out.write((json.dumps(answer, indent=2) if args.json else done_line(args.what, answer)) + "\n")
+            return 0
         sessions = None if "sessions" not in answers else _records(answers["sessions"])
     except (ManagementError, configuration.ConfigurationError, ValueError) as error:
         print(f"media-sessions: {error}", file=sys.stderr)
@@ -213,6 +236,18 @@ def main(argv: list[str] | None = None, out: TextIO | None = None) -> int:
     else:
         render(answers.get("summary"), sessions, out, answers.get("accounting"))
     return 0
+
+
+def done_line(command: str, answer: dict) -> str:
+    """What a control command did, in words."""
+    if command == "terminate":
+        return f"call {answer.get('call_id')}: {answer.get('done')}"
+    if command == "loglevel":
+        if "relay" in answer:
+            return f"relay {answer['relay']}: log level {answer.get('level')}"
+        return f"dispatcher: log level {answer.get('dispatcher')}"
+    state = "takes no new calls" if answer.get("drained") else "takes new calls"
+    return f"relay {answer.get('relay')} {state}"
 
 
 def _records(answer: object) -> list[SessionRecord]:

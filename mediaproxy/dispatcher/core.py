@@ -14,7 +14,7 @@ from mediaproxy.dispatcher.sessions import CallEntry, CallTable, call_table_file
 from mediaproxy.dispatcher.stats import RequestStats
 from mediaproxy.plugin import PluginSet
 from mediaproxy.timers import Periodic
-from mediaproxy.wire import statistics
+from mediaproxy.wire import relaylink, statistics
 from mediaproxy.wire.control import ProxyRequest, encode_lines
 from mediaproxy.wire.update import parse_update_reply
 
@@ -451,6 +451,51 @@ class Dispatcher:
         for call_id in [call_id for call_id in self.last_known if call_id not in self.table]:
             del self.last_known[call_id]
 
+    # -- control (the management interface's commands)
+
+    @defer.inlineCallbacks
+    def terminate(self, call_id: str):  # noqa: ANN201 - a Deferred firing with what was done
+        """End a call now: through the proxy when it has a dialog (both parties get a BYE and the
+        proxy's remove accounts it), else by removing its session on the relay, accounted as a
+        remove. ValueError when there is nothing to end."""
+        entry = self.table.get(call_id)
+        if entry is None or entry.expire_time is not None:
+            raise ValueError(f"no call {call_id}")
+        if entry.removal is not None:
+            raise ValueError(f"call {call_id} is being removed already")
+        if entry.dialog_id:
+            log.info(
+                "Call {call_id} terminated by the operator: its dialog {dialog_id} is ended", call_id=call_id, dialog_id=entry.dialog_id
+            )
+            self.plugins.end_dialog(call_id, entry.dialog_id)
+            return "dialog ended through the proxy"
+        link = self.registry.get(entry.relay_ip)
+        if link is None:
+            raise ValueError(f"the relay of call {call_id}, {entry.relay_ip}, is not connected")
+        listing = yield link.fetch_sessions(call_id)
+        if not listing.records or self.table.get(call_id) is not entry or entry.removal is not None:
+            raise ValueError(f"relay {entry.relay_ip} no longer has call {call_id}")
+        record = listing.records[0]
+        log.info("Call {call_id} terminated by the operator: its session on relay {ip} is removed", call_id=call_id, ip=entry.relay_ip)
+        entry.removal = [f"call_id: {call_id}", f"from_tag: {record.from_tag}", f"to_tag: {record.to_tag or ''}"]
+        self.table.set(call_id, entry)
+        self._send_remove(call_id, entry)
+        return "session removed"
+
+    def drain(self, ip: str, on: bool = True) -> None:
+        """Give relay ``ip`` no new calls (its calls go on), or new calls again."""
+        if on:
+            self.registry.drained.add(ip)
+        else:
+            self.registry.drained.discard(ip)
+        log.info("Relay {ip} {state}", ip=ip, state="takes no new calls (drained)" if on else "takes new calls again")
+
+    def relay_log_level(self, ip: str, level: str) -> defer.Deferred:
+        link = self.registry.get(ip)
+        if link is None:
+            return defer.fail(ValueError(f"relay {ip} is not connected"))
+        return link.send_command("loglevel", f"{relaylink.LEVEL_HEADER}: {level}\r\n".encode())
+
     # -- management
 
     def _gather(self, fetch) -> defer.Deferred:  # noqa: ANN001
@@ -460,9 +505,14 @@ class Dispatcher:
         )
 
     def relay_summaries(self) -> defer.Deferred:
-        return self._gather(lambda link: link.send_command("summary").addCallback(statistics.parse_summary)).addCallback(
-            lambda results: [value if ok and isinstance(value, dict) else {"status": "error", "ip": ip} for ip, ok, value in results]
-        )
+        def listed(results: list) -> list[dict]:
+            summaries = [value if ok and isinstance(value, dict) else {"status": "error", "ip": ip} for ip, ok, value in results]
+            for summary, (ip, _, _) in zip(summaries, results):
+                if ip in self.registry.drained:
+                    summary["drained"] = True
+            return summaries
+
+        return self._gather(lambda link: link.send_command("summary").addCallback(statistics.parse_summary)).addCallback(listed)
 
     def relay_sessions(self) -> defer.Deferred:
         def concatenate(results: list) -> list:

@@ -204,6 +204,7 @@ class RelayRegistry:
         self.relay_timeout = relay_timeout
         self.relay_recover_interval = relay_recover_interval
         self.relays: dict[str, RelayLink] = {}
+        self.drained: set[str] = set()  # relays given no new calls (by the operator), connected or not
         self.rng = rng or random.Random()
         self.listener = None  # the dispatcher core: relay_up(ip), relay_down(ip), expired(ip, text)
 
@@ -239,11 +240,11 @@ class RelayRegistry:
 
     def candidates(self, preferred: str | None) -> list[RelayLink]:
         """Active relays in the order a new call should try them."""
-        others = [link for ip, link in self.relays.items() if link.active and ip != preferred]
+        others = [link for ip, link in self.relays.items() if link.active and ip != preferred and ip not in self.drained]
         self.rng.shuffle(others)
         if preferred:
             link = self.relays.get(preferred)
-            if link is not None and link.active:
+            if link is not None and link.active and preferred not in self.drained:
                 return [link, *others]
             log.warn("Preferred relay {ip} is not available; choosing another", ip=preferred)
         return others

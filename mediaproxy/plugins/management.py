@@ -17,7 +17,9 @@ from twisted.protocols.basic import LineOnlyReceiver
 from twisted.protocols.policies import TimeoutMixin
 from zope.interface import implementer, provider
 
-from mediaproxy import __version__
+from mediaproxy import __version__, datatypes
+from mediaproxy.dispatcher.relays import RelayError
+from mediaproxy.log import level_name, set_level
 from mediaproxy.plugin import IDispatcherPlugin, IDispatcherPluginFactory, PluginBase
 from mediaproxy.ratelimit import Refusals
 from mediaproxy.tls import ContextFactory, PeerVerifier
@@ -30,6 +32,13 @@ def _dump(value: object) -> str:
 
 
 MAX_BACKLOG = 16
+# the control commands and how each is used
+CONTROL = {
+    "terminate": "CALL_ID",
+    "loglevel": "LEVEL [RELAY_IP]",
+    "drain": "RELAY_IP",
+    "undrain": "RELAY_IP",
+}
 
 
 @implementer(IHandshakeListener)
@@ -130,7 +139,45 @@ class ManagementProtocol(LineOnlyReceiver, TimeoutMixin):
             return _dump(dispatcher.plugins.accounting_status())
         if command == "counters":
             return dispatcher.relay_summaries().addCallback(self._counters)
+        name, _, argument = command.partition(" ")
+        if name in CONTROL:
+            return self._control(name, argument.split())
         log.info("Unknown management command {command!r}", command=command[:80])
+        return "error"
+
+    def _control(self, name: str, arguments: list[str]):  # noqa: ANN202 - the answer, or a Deferred of it
+        """terminate CALL_ID | loglevel LEVEL [RELAY_IP] | drain RELAY_IP | undrain RELAY_IP; each
+        answers a JSON object, or error with one log line saying why."""
+        peer = self.transport.getPeer().host
+        wanted = {"terminate": (1,), "loglevel": (1, 2), "drain": (1,), "undrain": (1,)}[name]
+        if len(arguments) not in wanted:
+            log.warn("Management client {peer}: {name} takes {usage}", peer=peer, name=name, usage=CONTROL[name])
+            return "error"
+        dispatcher = self.plugin.dispatcher
+        try:
+            if name == "terminate":
+                (call_id,) = arguments
+                log.info("Management client {peer} terminates call {call_id}", peer=peer, call_id=call_id)
+                done = dispatcher.terminate(call_id).addCallback(lambda done: _dump({"call_id": call_id, "done": done}))
+                return done.addErrback(self._refused, name, peer)
+            if name == "loglevel":
+                if len(arguments) == 1:
+                    level = set_level(arguments[0])
+                    log.info("Log level is now {name} (asked by management client {peer})", name=level, peer=peer)
+                    return _dump({"dispatcher": level})
+                level, relay = level_name(arguments[0]), datatypes.ipv4_address(arguments[1])
+                done = dispatcher.relay_log_level(relay, level).addCallback(lambda answer: _dump({"relay": relay, "level": answer}))
+                return done.addErrback(self._refused, name, peer)
+            relay = datatypes.ipv4_address(arguments[0])
+            dispatcher.drain(relay, name == "drain")
+            return _dump({"relay": relay, "drained": name == "drain"})
+        except ValueError as error:
+            log.warn("Management client {peer}: {name} refused: {error}", peer=peer, name=name, error=error)
+            return "error"
+
+    def _refused(self, failure, name: str, peer: str) -> str:  # noqa: ANN001
+        failure.trap(ValueError, RelayError)
+        log.warn("Management client {peer}: {name} refused: {error}", peer=peer, name=name, error=failure.getErrorMessage())
         return "error"
 
     def _counters(self, summaries: list) -> str:

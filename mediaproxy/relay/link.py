@@ -10,6 +10,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from mediaproxy.lineprotocol import BoundedLineReceiver
+from mediaproxy.log import set_level
 from mediaproxy.relay.sessions import Halting, UpdateError
 from mediaproxy.wire import headers as wire_headers
 from mediaproxy.wire import relaylink, statistics
@@ -105,6 +106,8 @@ class DispatcherLink(BoundedLineReceiver):
                 return json.dumps(statistics)
             if command.command == "summary":
                 return json.dumps(relay.summary())
+            if command.command == "loglevel":
+                return self.set_log_level(command.lines)
             return self.sessions_answer(command.lines)
         except Halting:
             return "halting"
@@ -114,6 +117,16 @@ class DispatcherLink(BoundedLineReceiver):
         except Exception:  # noqa: BLE001 - a bug in one call must not take the relay down
             log.failure("{command} for call {call_id} failed", command=command.command, call_id=headers.get("call_id"))
             return "error"
+
+    def set_log_level(self, lines: list[str]) -> str:
+        """``loglevel`` with ``level: NAME``: the relay's log level, as the dispatcher's management asks."""
+        values = dict(line.partition(": ")[::2] for line in lines)
+        try:
+            level = set_level(values.get(relaylink.LEVEL_HEADER, ""))
+        except ValueError as error:
+            raise UpdateError(str(error)) from None
+        log.info("Log level is now {name} (asked by dispatcher {dispatcher})", name=level, dispatcher=self.connector.name)
+        return level
 
     def sessions_answer(self, lines: list[str]) -> str:
         """All sessions at once for a dispatcher that asks so (the original), else the page of

@@ -12,7 +12,8 @@ from dataclasses import dataclass
 from mediaproxy.datatypes import ascii_decimal
 from mediaproxy.wire import control
 
-COMMANDS = ("update", "remove", "summary", "sessions")
+COMMANDS = ("update", "remove", "summary", "sessions", "loglevel")
+LEVEL_HEADER = "level"  # loglevel's one header (a relay of ours; the original answers error)
 MAX_RELAY_LINE = 4 * 1024 * 1024
 # dispatcher → relay: the proxy's header lines, already held to these limits by the dispatcher
 MAX_COMMAND_LINE = control.MAX_LINE_LENGTH

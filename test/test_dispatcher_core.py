@@ -408,3 +408,17 @@ def test_terminate_ends_the_dialog_or_removes_the_session_with_its_tags(tmp_path
     dispatcher.terminate("nobody").addErrback(failed.append)
     assert failed and failed[0].check(ValueError)
     dispatcher.stop()
+
+
+def test_records_name_the_relay_and_the_user(tmp_path):
+    _, registry, dispatcher = make(tmp_path)
+    link, transport = link_from(registry, "192.0.2.1")
+    commands(transport)
+    for call_id, fields in (("from-uri", {"from_uri": "sip:alice@example.com;transport=tcp"}), ("said", {"username": "bob@example.net"})):
+        set_up_call(dispatcher, link, transport, call_id)
+        handled(dispatcher, remove(call_id, "ft", "tt"))
+        ((_, seq, _),) = commands(transport)
+        answer(link, seq, json.dumps(record(call_id, **fields)))  # as an original relay reports it: username null
+    usernames = [(done["call_id"], done["username"], done["relay"]) for done in dispatcher.recorder.records]
+    assert usernames == [("from-uri", "alice", "192.0.2.1"), ("said", "bob@example.net", "192.0.2.1")]
+    dispatcher.stop()

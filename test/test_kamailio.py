@@ -1,7 +1,10 @@
 """A real Kamailio (Debian package) and sipp: media that never flows makes the relay expire the
-call, and the dispatcher has Kamailio end the dialog over jsonrpcs, which BYEs both endpoints."""
+call, and the dispatcher has Kamailio end the dialog over jsonrpcs, which BYEs both endpoints; an
+operator's terminate does the same."""
 
+import io
 import os
+import re
 import shutil
 import subprocess
 import time
@@ -10,6 +13,7 @@ import pytest
 
 from harness import Program, free_port
 from mediaproxy import certgen
+from mediaproxy.cli import sessions as sessions_cli
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 MODULES = "/usr/lib/x86_64-linux-gnu/kamailio/modules/"
@@ -22,23 +26,33 @@ def require(program, package):
 
 @pytest.fixture
 def kamailio_stack(tmp_path):
+    yield from _kamailio_stack(tmp_path, stream_timeout=2)
+
+
+@pytest.fixture
+def patient_kamailio_stack(tmp_path):
+    """Media may stop for a minute before the call expires: what ends it is up to the test."""
+    yield from _kamailio_stack(tmp_path, stream_timeout=60)
+
+
+def _kamailio_stack(tmp_path, stream_timeout):
     require("kamailio", "kamailio")
     require("sipp", "sip-tester")
     config, runtime = tmp_path / "config", tmp_path / "run"
     certgen.generate(str(config / "tls"))
-    relay_port = free_port()
+    relay_port, management_port = free_port(), free_port()
     rpc_socket = tmp_path / "kamailio_rpc.sock"
     (config / "config.ini").write_text(
         f"""
 [Dispatcher]
 listen = 127.0.0.1:{relay_port}
-listen_management = 127.0.0.1:{free_port()}
+listen_management = 127.0.0.1:{management_port}
 management_use_tls = no
 [Relay]
 dispatchers = 127.0.0.1:{relay_port}
 relay_ip = 127.0.0.1
 port_range = 44000:44400
-stream_timeout = 2
+stream_timeout = {stream_timeout}
 forwarding = userspace
 [OpenSIPS]
 socket_path = {rpc_socket}
@@ -87,6 +101,7 @@ flavour = kamailio
             "relay": relay,
             "log": tmp_path / "kamailio.log",
             "tmp": tmp_path,
+            "management_port": management_port,
         }
     finally:
         kamailio.terminate()
@@ -168,3 +183,32 @@ def test_fifty_expired_calls_each_end_with_both_byes(kamailio_stack):
     assert uas.returncode == 0, uas_error.decode() + context
     assert stack["dispatcher"].output().count("The proxy ended dialog") - before == 50, context
     assert "terminating non-confirmed dialogs not supported" not in stack["log"].read_text()
+
+
+def test_terminate_ends_a_call_through_kamailio(patient_kamailio_stack):
+    """media-sessions terminate: the dispatcher has Kamailio end the dialog, which BYEs both parties."""
+    stack = patient_kamailio_stack
+    uas = sipp("uas-bye-from-proxy.xml", stack["uas_port"], tmp=stack["tmp"], timeout=30)
+    uac = sipp("uac-bye-from-proxy.xml", stack["uac_port"], f"127.0.0.1:{stack['sip_port']}", "-s", "bob", tmp=stack["tmp"], timeout=30)
+    try:
+        stack["dispatcher"].wait_for_log("answered (relay 127.0.0.1)")
+        (call_id,) = re.findall(r"Call (\S+) answered \(relay", stack["dispatcher"].output())
+        shown = io.StringIO()
+        assert sessions_cli.main(["terminate", call_id, "--no-tls", "--port", str(stack["management_port"])], shown) == 0
+        assert shown.getvalue() == f"call {call_id}: dialog ended through the proxy\n"
+        uac_error = uac.communicate(timeout=40)[1]
+        uas_error = uas.communicate(timeout=40)[1]
+    finally:
+        for process in (uac, uas):
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+    context = f"\nkamailio:\n{stack['log'].read_text()[-3000:]}\ndispatcher:\n{stack['dispatcher'].output()[-3000:]}"
+    # sipp exits 0 only when both parties got their BYE
+    assert uac.returncode == 0, uac_error.decode() + context
+    assert uas.returncode == 0, uas_error.decode() + context
+    dispatcher_log = stack["dispatcher"].output()
+    assert f"Call {call_id} terminated by the operator" in dispatcher_log and "The proxy ended dialog" in dispatcher_log, context
+    assert "expired on relay" not in dispatcher_log  # the media timeout had nothing to do with it
+    # Kamailio's module then removes the call, which ends as any call ended by a BYE
+    stack["dispatcher"].wait_for_log(f"Call {call_id} ended (bye)")

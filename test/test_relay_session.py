@@ -730,3 +730,11 @@ def test_one_info_line_per_session_event():
         "audio stream of c2 (40004/40006) ended: no-traffic timeout",
         "Session c2 expired (no-traffic timeout) after 0s; caller sent 0 packets (0 bytes), callee 0 packets (0 bytes)",
     ]
+
+
+def test_the_username_is_the_signalled_one_or_the_from_uris_user():
+    relay = Relay()
+    relay.call()
+    relay.update(call_id="c2", signaling_ip='{"signaling_ip": "127.0.0.1", "username": "carol@example.org"}')
+    usernames = {record["call_id"]: record["username"] for record in relay.manager.statistics()}
+    assert usernames == {"c1": "alice", "c2": "carol@example.org"}

@@ -251,7 +251,7 @@ def test_session_records_are_what_the_checker_accepts():
     typed = SessionRecord(call_id="c1", from_tag="ft", duration=10, streams=[stream])
     record = typed.as_json()
     # what a relay sends: the dispatcher's own fields and the listing's flag only when set
-    assert set(record) == set(statistics.SESSION_FIELDS) - {"yours", "timed_out", "all_streams_ice", "statistics_at"} | {"streams"}
+    assert set(record) == set(statistics.SESSION_FIELDS) - {"yours", "timed_out", "all_streams_ice", "statistics_at", "relay"} | {"streams"}
     assert set(record["streams"][0]) == set(statistics.STREAM_FIELDS)
     assert statistics.parse_record(json.dumps(record)) == typed
     typed.timed_out, typed.end_reason = True, "no-traffic timeout"

@@ -299,6 +299,8 @@ class Dispatcher:
         record.dialog_id = entry.dialog_id or record.dialog_id
         record.end_reason = end_reason
         record.timed_out = end_reason in statistics.MEDIA_TIMEOUTS
+        record.relay = entry.relay_ip
+        record.username = record.username or statistics.uri_user(record.from_uri)  # an original relay leaves it null
         log.info(
             "Call {call_id} ended ({reason}) after {duration}s on relay {ip}; {traffic}",
             call_id=record.call_id,

@@ -79,6 +79,7 @@ class SessionRecord:
     timed_out: bool | None = None
     all_streams_ice: bool | None = None
     statistics_at: float | None = None  # the record is as of then: the call's relay was lost
+    relay: str | None = None  # the relay's address as the dispatcher knows it (its caller_local may be private)
     # in a page of sessions: set up through the dispatcher that asked
     yours: bool | None = None
 
@@ -140,7 +141,7 @@ def _allowed_types(cls: type) -> dict[str, tuple[type, ...]]:
 SESSION_FIELDS = _allowed_types(SessionRecord)
 STREAM_FIELDS = _allowed_types(StreamRecord)
 REQUIRED = ("call_id", "from_tag")
-_OPTIONAL_NAMES = ("timed_out", "all_streams_ice", "statistics_at", "yours")
+_OPTIONAL_NAMES = ("timed_out", "all_streams_ice", "statistics_at", "relay", "yours")
 _SESSION_NAMES = tuple(name for name in SESSION_FIELDS if name not in _OPTIONAL_NAMES)
 _STREAM_NAMES = tuple(STREAM_FIELDS)
 # a session object, its streams list, a stream object
@@ -151,6 +152,21 @@ def _check_fields(value: dict, fields: dict, where: str) -> None:
     for name, types in fields.items():
         if name in value and (not isinstance(value[name], types) or (isinstance(value[name], bool) and bool not in types)):
             raise ValueError(f"{where}{name} has the wrong type ({type(value[name]).__name__})")
+
+
+def uri_user(uri: str | None) -> str | None:
+    """The user part of a SIP URI as the proxy sends it (``alice@example.com``, ``sip:alice@…;…``),
+    or None when it has none."""
+    if not uri:
+        return None
+    address = uri.strip().strip("<>")
+    for scheme in ("sip:", "sips:", "tel:"):
+        if address.lower().startswith(scheme):
+            address = address[len(scheme) :]
+            break
+    user, at, _ = address.partition("@")
+    user = user.split(";")[0].split(":")[0]
+    return user if at and user else None
 
 
 def expiry_reason(record: SessionRecord) -> str:

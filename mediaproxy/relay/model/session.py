@@ -205,7 +205,7 @@ class Session:
             duration=duration,
             caller_ua=self.caller_ua or "Unknown",
             callee_ua=self.callee_ua or "Unknown",
-            username=self.signaling.username,
+            username=self.signaling.username or records.uri_user(self.from_uri),
             end_reason=self.end_reason,
             dialog_id=self.dialog_id,
             streams=[stream.statistics(self.start_time, duration, live) for stream in answered],

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import os
@@ -42,8 +43,21 @@ class LogCollector:
     def at_least(self, level: LogLevel) -> list[str]:
         return [formatEvent(event) for event in self.events if event.get("log_level") is not None and event["log_level"] >= level]
 
+    def at(self, level: LogLevel) -> list[str]:
+        return [formatEvent(event) for event in self.events if event.get("log_level") == level]
+
     def text(self) -> str:
         return "\n".join(formatEvent(event) for event in self.events)
+
+
+@contextlib.contextmanager
+def logged():  # noqa: ANN201 - a context giving the LogCollector of what was logged inside it
+    collector = LogCollector()
+    globalLogPublisher.addObserver(collector)
+    try:
+        yield collector
+    finally:
+        globalLogPublisher.removeObserver(collector)
 
 
 def collect_logs(test) -> LogCollector:  # noqa: ANN001

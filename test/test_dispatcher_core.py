@@ -5,8 +5,9 @@ import os
 
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
-from twisted.logger import LogLevel, formatEvent, globalLogPublisher
+from twisted.logger import LogLevel
 
+from harness import logged
 from mediaproxy.configuration import DispatcherConfig
 from mediaproxy.dispatcher.core import Dispatcher
 from mediaproxy.dispatcher.relays import RelayLink, RelayRegistry, RelayTimeout
@@ -48,6 +49,14 @@ def make(tmp_path, **options):
     dispatcher.recorder = recorder
     dispatcher.start()
     return clock, registry, dispatcher
+
+
+def with_relay(tmp_path, ip="192.0.2.1"):
+    """A dispatcher with one relay connected, whose listing on connect is already read."""
+    _, registry, dispatcher = make(tmp_path)
+    link, transport = link_from(registry, ip)
+    commands(transport)
+    return dispatcher, link, transport
 
 
 def link_from(registry, ip):
@@ -137,9 +146,7 @@ def test_a_relay_back_within_the_grace_keeps_its_calls(tmp_path):
 
 
 def test_remove_is_answered_at_once_and_accounted_when_the_relay_answers(tmp_path):
-    _, registry, dispatcher = make(tmp_path)
-    link, transport = link_from(registry, "192.0.2.1")
-    commands(transport)
+    dispatcher, link, transport = with_relay(tmp_path)
     set_up_call(dispatcher, link, transport, "a", "3:4")
     assert handled(dispatcher, remove("a", "ft", "tt")) == ["removed"]
     assert handled(dispatcher, remove("a", "ft", "tt")) == ["removed"]  # a retransmission is not sent twice
@@ -187,9 +194,7 @@ def test_a_relay_reconnecting_gives_back_the_calls_the_table_lost(tmp_path):
 
 
 def test_end_reasons_and_timed_out(tmp_path):
-    _, registry, dispatcher = make(tmp_path)
-    link, transport = link_from(registry, "192.0.2.1")
-    commands(transport)
+    dispatcher, link, transport = with_relay(tmp_path)
     cases = {
         "shutdown": (record("shutdown", end_reason="relay shutdown", streams=[{"status": "closed"}]), "relay shutdown", False),
         "old-shutdown": (record("old-shutdown", streams=[{"status": "closed"}]), "relay shutdown", False),
@@ -355,12 +360,8 @@ def test_the_periodic_jobs_are_services_that_stop_with_the_dispatcher(tmp_path):
 
 
 def test_one_info_line_per_call_event_and_requests_at_debug(tmp_path):
-    _, registry, dispatcher = make(tmp_path)
-    link, transport = link_from(registry, "192.0.2.1")
-    commands(transport)
-    logged = []
-    globalLogPublisher.addObserver(logged.append)
-    try:
+    dispatcher, link, transport = with_relay(tmp_path)
+    with logged() as logs:
         set_up_call(dispatcher, link, transport, "a", "3:4")
         reply = handled(dispatcher, update("a", "ft", "tt", kind="reply", media="audio:198.51.100.20:7000:sendrecv"))
         ((_, seq, _),) = commands(transport)
@@ -370,24 +371,19 @@ def test_one_info_line_per_call_event_and_requests_at_debug(tmp_path):
         ((_, seq, _),) = commands(transport)
         stream = {"caller_packets": 150, "caller_bytes": 30000, "callee_packets": 140, "callee_bytes": 28000}
         answer(link, seq, json.dumps(record("a", duration=3, streams=[stream])))
-    finally:
-        globalLogPublisher.removeObserver(logged.append)
-    info = [formatEvent(event) for event in logged if event["log_level"] == LogLevel.info]
-    assert info == [
+    assert logs.at(LogLevel.info) == [
         "Call a set up on relay 192.0.2.1",
         "Call a answered (relay 192.0.2.1)",
         "Call a ended (bye) after 3s on relay 192.0.2.1; caller sent 150 packets (30000 bytes), callee 140 packets (28000 bytes)",
     ]
-    debug = [formatEvent(event) for event in logged if event["log_level"] == LogLevel.debug]
+    debug = logs.at(LogLevel.debug)
     assert len([line for line in debug if line.startswith("Proxy request ")]) == 3
     assert "Proxy remove answered 'removed' in " in " ".join(debug)
     dispatcher.stop()
 
 
 def test_terminate_ends_the_dialog_or_removes_the_session_with_its_tags(tmp_path):
-    _, registry, dispatcher = make(tmp_path)
-    link, transport = link_from(registry, "192.0.2.1")
-    commands(transport)
+    dispatcher, link, transport = with_relay(tmp_path)
     set_up_call(dispatcher, link, transport, "with-dialog", "7:8")
     set_up_call(dispatcher, link, transport, "without")
     done = []
@@ -411,9 +407,7 @@ def test_terminate_ends_the_dialog_or_removes_the_session_with_its_tags(tmp_path
 
 
 def test_records_name_the_relay_and_the_user(tmp_path):
-    _, registry, dispatcher = make(tmp_path)
-    link, transport = link_from(registry, "192.0.2.1")
-    commands(transport)
+    dispatcher, link, transport = with_relay(tmp_path)
     for call_id, fields in (("from-uri", {"from_uri": "sip:alice@example.com;transport=tcp"}), ("said", {"username": "bob@example.net"})):
         set_up_call(dispatcher, link, transport, call_id)
         handled(dispatcher, remove(call_id, "ft", "tt"))

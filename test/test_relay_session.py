@@ -4,9 +4,10 @@ import struct
 
 import pytest
 from twisted.internet.task import Clock
-from twisted.logger import LogLevel, formatEvent, globalLogPublisher
+from twisted.logger import LogLevel
 from zope.interface import implementer
 
+from harness import logged
 from mediaproxy.configuration import RelayConfig
 from mediaproxy.datatypes import PortRange, network_range_list
 from mediaproxy.relay.model.packets import codec_name, is_stun
@@ -707,9 +708,7 @@ def test_metrics_count_paths_traffic_endings_and_ports():
 
 def test_one_info_line_per_session_event():
     relay = Relay()
-    logged = []
-    globalLogPublisher.addObserver(logged.append)
-    try:
+    with logged() as logs:
         relay.call()
         relay.socket(40000).deliver(rtp(0), CALLER_NAT)
         relay.socket(40002).deliver(rtp(8), CALLEE_NAT)
@@ -718,10 +717,7 @@ def test_one_info_line_per_session_event():
         relay.remove()
         relay.update(call_id="c2")
         relay.clock.advance(120)
-    finally:
-        globalLogPublisher.removeObserver(logged.append)
-    info = [formatEvent(event) for event in logged if event["log_level"] == LogLevel.info]
-    assert info == [
+    assert logs.at(LogLevel.info) == [
         "New session c1 (1 streams)",
         "Session c1 answered (1 streams)",
         "rtp of audio stream of c1 (40000/40002): learning → userspace",

@@ -179,7 +179,7 @@ def test_radius_request_matches_the_statistics(tmp_path, freeradius):
         stored = freeradius.records()[-1]
         stream = live["streams"][0]
         assert stored["Acct-Status-Type"] == "Update"
-        assert stored["User-Name"] == "mediaproxy@default"
+        assert stored["User-Name"] == "alice"  # the From URI's user: the proxy signalled none
         assert stored["Acct-Session-Id"] == call_id
         assert (stored["Sip-From-Tag"], stored["Sip-To-Tag"]) == ("ft", "tt")
         assert live["duration"] <= int(stored["Acct-Session-Time"]) <= live["duration"] + 2

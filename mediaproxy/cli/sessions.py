@@ -11,6 +11,7 @@ import sys
 from typing import TextIO
 
 from mediaproxy import configuration
+from mediaproxy.wire.management import CONTROL
 from mediaproxy.wire.statistics import SessionRecord
 
 
@@ -19,13 +20,6 @@ class ManagementError(Exception):
 
 
 OPTIONAL = frozenset({"accounting"})  # dispatchers before 5.0 answer error to these
-# the control commands: how many arguments each takes, and which
-CONTROL_USAGE = {
-    "terminate": ((1,), "CALL_ID"),
-    "loglevel": ((1, 2), "LEVEL [RELAY_IP]"),
-    "drain": ((1,), "RELAY_IP"),
-    "undrain": ((1,), "RELAY_IP"),
-}
 
 
 def query(host: str, port: int, commands: list[str], context: ssl.SSLContext | None, timeout: float = 10) -> list:
@@ -188,7 +182,7 @@ def main(argv: list[str] | None = None, out: TextIO | None = None) -> int:
     parser.add_argument(
         "what",
         nargs="?",
-        choices=("all", "summary", "sessions", "accounting", *CONTROL_USAGE),
+        choices=("all", "summary", "sessions", "accounting", *CONTROL),
         default="all",
         help="what to show (default: all), or what to do: terminate CALL_ID, loglevel LEVEL [RELAY_IP], drain RELAY_IP, undrain RELAY_IP",
     )
@@ -202,9 +196,9 @@ def main(argv: list[str] | None = None, out: TextIO | None = None) -> int:
     parser.add_argument("--config-dir", help=f"where config.ini is, searched before {configuration.SYSTEM_CONFIG_DIR}")
     parser.add_argument("--json", action="store_true", help="print the raw JSON answers, for scripts")
     args = parser.parse_args(argv)
-    if args.what in CONTROL_USAGE:
-        if len(args.arguments) not in CONTROL_USAGE[args.what][0]:
-            parser.error(f"{args.what} takes {CONTROL_USAGE[args.what][1]}")
+    if args.what in CONTROL:
+        if not CONTROL[args.what].accepts(args.arguments):
+            parser.error(f"{args.what} takes {CONTROL[args.what].usage}")
         commands = [" ".join([args.what, *args.arguments])]
     elif args.arguments:
         parser.error(f"{args.what} takes no arguments")
@@ -223,7 +217,7 @@ def main(argv: list[str] | None = None, out: TextIO | None = None) -> int:
                 certs = config.find(config.tls.certs_path) or config.tls.certs_path
             context = tls_context(certs)
         answers = dict(zip(commands, query(host, port, commands, context)))
-        if args.what in CONTROL_USAGE:
+        if args.what in CONTROL:
             (answer,) = answers.values()
             out.write((json.dumps(answer, indent=2) if args.json else done_line(args.what, answer)) + "\n")
             return 0

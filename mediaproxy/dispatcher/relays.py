@@ -44,8 +44,8 @@ class RelayLink(BoundedLineReceiver):
         self.registry = registry
         self.ip: str | None = None
         self.seq = 0
-        self.pending: dict[int, tuple[defer.Deferred, object]] = {}
-        self.sent_at: dict[int, float] = {}  # when each pending command went out
+        # seq → (its Deferred, its timeout, when it went out)
+        self.pending: dict[int, tuple[defer.Deferred, object, float]] = {}
         self.round_trip: float | None = None  # seconds from command to answer, the latest
         self.halting = False
         self.timedout = False
@@ -68,8 +68,7 @@ class RelayLink(BoundedLineReceiver):
         self.registry.verifier.forget(self.transport)
         self._cancel_recover_timer()
         pending, self.pending = self.pending, {}
-        self.sent_at.clear()
-        for deferred, timer in pending.values():
+        for deferred, timer, _ in pending.values():
             timer.cancel()
             deferred.errback(RelayDisconnected("relay disconnected"))
         if self.accepted:
@@ -81,12 +80,11 @@ class RelayLink(BoundedLineReceiver):
         head = line.head.decode("utf-8", "replace")
         seq = relaylink.parse_seq(head.partition(" ")[0])
         entry = self.pending.pop(seq, None) if seq is not None else None
-        self.sent_at.pop(seq, None)
         log.error(
             "Relay {ip} sent a line longer than {limit} bytes ({head!r}...); skipped it", ip=self.ip, limit=line.limit, head=head[:40]
         )
         if entry is not None:
-            deferred, timer = entry
+            deferred, timer, _ = entry
             timer.cancel()
             deferred.errback(RelayError(f"the answer was longer than {line.limit} bytes"))
 
@@ -110,8 +108,7 @@ class RelayLink(BoundedLineReceiver):
         self.seq += 1
         deferred = defer.Deferred()
         timer = self.registry.clock.callLater(self.registry.relay_timeout, self._timeout, seq)
-        self.pending[seq] = (deferred, timer)
-        self.sent_at[seq] = time.perf_counter()
+        self.pending[seq] = (deferred, timer, time.perf_counter())
         self.transport.write(relaylink.format_command(command, seq, header_block))
         return deferred
 
@@ -137,11 +134,9 @@ class RelayLink(BoundedLineReceiver):
         if entry is None:
             log.warn("Relay {ip} answered unknown sequence number {seq}", ip=self.ip, seq=message.seq)
             return
-        deferred, timer = entry
+        deferred, timer, sent = entry
         timer.cancel()
-        sent = self.sent_at.pop(message.seq, None)
-        if sent is not None:
-            self.round_trip = time.perf_counter() - sent
+        self.round_trip = time.perf_counter() - sent
         if message.payload == "error":
             deferred.errback(RelayError("relay answered error"))
         elif message.payload == "halting":
@@ -153,8 +148,7 @@ class RelayLink(BoundedLineReceiver):
             deferred.callback(message.payload)
 
     def _timeout(self, seq: int) -> None:
-        deferred, _ = self.pending.pop(seq)
-        self.sent_at.pop(seq, None)
+        deferred, _, _ = self.pending.pop(seq)
         if not self.timedout:
             log.warn(
                 "Relay {ip} did not answer within {timeout}s; not using it for new calls until it pings",

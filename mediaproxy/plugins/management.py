@@ -23,6 +23,7 @@ from mediaproxy.log import level_name, set_level
 from mediaproxy.plugin import IDispatcherPlugin, IDispatcherPluginFactory, PluginBase
 from mediaproxy.ratelimit import Refusals
 from mediaproxy.tls import ContextFactory, PeerVerifier
+from mediaproxy.wire.management import CONTROL
 
 log = Logger(namespace="management")
 
@@ -32,13 +33,6 @@ def _dump(value: object) -> str:
 
 
 MAX_BACKLOG = 16
-# the control commands and how each is used
-CONTROL = {
-    "terminate": "CALL_ID",
-    "loglevel": "LEVEL [RELAY_IP]",
-    "drain": "RELAY_IP",
-    "undrain": "RELAY_IP",
-}
 
 
 @implementer(IHandshakeListener)
@@ -149,9 +143,8 @@ class ManagementProtocol(LineOnlyReceiver, TimeoutMixin):
         """terminate CALL_ID | loglevel LEVEL [RELAY_IP] | drain RELAY_IP | undrain RELAY_IP; each
         answers a JSON object, or error with one log line saying why."""
         peer = self.transport.getPeer().host
-        wanted = {"terminate": (1,), "loglevel": (1, 2), "drain": (1,), "undrain": (1,)}[name]
-        if len(arguments) not in wanted:
-            log.warn("Management client {peer}: {name} takes {usage}", peer=peer, name=name, usage=CONTROL[name])
+        if not CONTROL[name].accepts(arguments):
+            log.warn("Management client {peer}: {name} takes {usage}", peer=peer, name=name, usage=CONTROL[name].usage)
             return "error"
         dispatcher = self.plugin.dispatcher
         try:

@@ -54,11 +54,7 @@ class HeldExpiries:
         return len(restored)
 
     def _everything(self) -> dict:
-        return {
-            key: {"dispatcher": list(dispatcher), "statistics": statistics}
-            for dispatcher, held in self._held.items()
-            for key, statistics in held
-        }
+        return {key: _kept(dispatcher, statistics) for dispatcher, held in self._held.items() for key, statistics in held}
 
     def total(self) -> int:
         return sum(len(held) for held in self._held.values())
@@ -79,7 +75,7 @@ class HeldExpiries:
         key = str(next(self._ids))
         held.append((key, statistics))
         if self.state is not None:
-            self.state.set(key, {"dispatcher": list(dispatcher), "statistics": statistics})
+            self.state.set(key, _kept(dispatcher, statistics))
         return dropped
 
     def take(self, dispatcher: Dispatcher) -> list[dict]:
@@ -96,3 +92,8 @@ class HeldExpiries:
     def close(self) -> None:
         if self.state is not None:
             self.state.close()
+
+
+def _kept(dispatcher: Dispatcher, statistics: dict) -> dict:
+    """One held expiry as the state file keeps it (what restore reads back)."""
+    return {"dispatcher": list(dispatcher), "statistics": statistics}

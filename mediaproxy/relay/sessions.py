@@ -206,8 +206,9 @@ class SessionManager:
         self._kept_packets.pop(session.key, None)
         if self.state is not None:
             self.state.pop(serialize.session_key(session))
-        self.closed_bytes += session.relayed_bytes()
-        self.closed_packets += session.relayed_packets()
+        packets, bytes_ = session.relayed()
+        self.closed_packets += packets
+        self.closed_bytes += bytes_
         self.ended[reason] = self.ended.get(reason, 0) + 1
         record = session.statistics()
         log.info(
@@ -516,8 +517,9 @@ class SessionManager:
         streams = {LEARNING: 0, USERSPACE: 0, KERNEL: 0, "on hold": 0}
         packets, bytes_ = self.closed_packets, self.closed_bytes
         for session in self.sessions.values():
-            packets += session.relayed_packets(self.live_counters)
-            bytes_ += session.relayed_bytes(self.live_counters)
+            session_packets, session_bytes = session.relayed(self.live_counters)
+            packets += session_packets
+            bytes_ += session_bytes
             for stream in session.streams:
                 if stream.alive:
                     path = "on hold" if stream.on_hold else stream.rtp.path

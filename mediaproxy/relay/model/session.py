@@ -186,11 +186,18 @@ class Session:
     def userspace_packets(self) -> int:
         return sum(side.packets for stream in self.streams for side in stream.all_sides())
 
-    def relayed_bytes(self, live: LiveCounters = _no_kernel) -> int:
-        return sum(stream.counters(CALLER, live)[1] + stream.counters(CALLEE, live)[1] for stream in self.streams)
+    def relayed(self, live: LiveCounters = _no_kernel) -> tuple[int, int]:
+        """(packets, bytes) relayed both ways, over both paths."""
+        packets = bytes_ = 0
+        for stream in self.streams:
+            for party in (CALLER, CALLEE):
+                stream_packets, stream_bytes = stream.counters(party, live)
+                packets += stream_packets
+                bytes_ += stream_bytes
+        return packets, bytes_
 
-    def relayed_packets(self, live: LiveCounters = _no_kernel) -> int:
-        return sum(stream.counters(CALLER, live)[0] + stream.counters(CALLEE, live)[0] for stream in self.streams)
+    def relayed_bytes(self, live: LiveCounters = _no_kernel) -> int:
+        return self.relayed(live)[1]
 
     def statistics(self, live: LiveCounters = _no_kernel) -> records.SessionRecord:
         duration = self.duration

@@ -299,8 +299,14 @@ class DispatcherTests(unittest.TestCase):
         yield stack.start()
         proxy = yield stack.proxy()
         yield proxy.request(update("call-1", "ft", media=AUDIO, media_relay="127.0.0.2"))
-        lines = yield management(reactor.connectTCP, stack.management_port, [b"summary", b"sessions", b"version", b"bogus", b"quit"])
-        summary, sessions, version, bogus = lines
+        garbage = [b"terminate", b"terminate a b", b"loglevel chatty", b"loglevel debug 127.0.0.1 x", b"drain 999.1.1.1", b"undrain"]
+        lines = yield management(
+            reactor.connectTCP,
+            stack.management_port,
+            [b"summary", b"sessions", b"version", b"bogus", *garbage, b"terminate nobody", b"quit"],
+        )
+        summary, sessions, version, bogus, *refused = lines
+        self.assertEqual(refused, ["error"] * (len(garbage) + 1))  # each refused alone, the connection goes on
         self.assertEqual(sorted(item["ip"] for item in json.loads(summary)), ["127.0.0.1", "127.0.0.2"])
         self.assertEqual([item["call_id"] for item in json.loads(sessions)], ["call-1"])
         self.assertRegex(version, r"^\d+\.\d+\.\d+")

@@ -5,8 +5,11 @@ import io
 import json
 import os
 import re
+import socket
+import urllib.error
 import urllib.request
 
+import pytest
 from deployment import Deployment, call, establish, exchange, udp_endpoint, wait_until
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
@@ -123,6 +126,12 @@ def test_a_scrape_during_a_call_matches_media_sessions(tmp_path):
             return scrape(metrics_port).get(("mediaproxy_sessions_ended_total", relay_label | {("reason", "bye")}))
 
         wait_until(lambda: ended() == 1, "the ended session counted")  # summaries are reused for up to a second
+        # garbage and unknown paths on the metrics port harm nothing
+        with socket.create_connection(("127.0.0.1", metrics_port), timeout=5) as raw:
+            raw.sendall(b"\x16\x03\x01 not http at all\r\n\r\n")
+            assert raw.recv(4096).startswith(b"HTTP/1.1 400")
+        with pytest.raises(urllib.error.HTTPError, match="404"):
+            urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/sessions", timeout=5)
         after = scrape(metrics_port)
         assert after[("mediaproxy_sessions", relay_label)] == 0
         assert after[("mediaproxy_relayed_packets_total", relay_label)] == relayed  # the totals keep ended sessions

@@ -16,6 +16,8 @@ setup(
     license="GPL-2.0-or-later",
     python_requires=">=3.11",
     packages=find_packages(include=["mediaproxy", "mediaproxy.*"]),
+    # the live sessions page ([Dispatcher] web_listen)
+    package_data={"mediaproxy.web": ["static/*.html", "static/*.css", "static/*.js"]},
     scripts=["media-dispatcher", "media-relay"],
     entry_points={
         "console_scripts": [

@@ -157,13 +157,20 @@ def network_address(default_port: int):
     return parse
 
 
-def optional_network_address(default_port: int):
-    """``ip[:port]``, or nothing (empty, ``no``, ``off``, ``none``) for a listener that is off."""
+def optional_local_listener(default_port: int):
+    """A listener that is off unless configured and on this host only unless an address says
+    otherwise: nothing (empty, ``no``, ``off``, ``none``) → off; ``yes``/``on``, ``PORT`` or
+    ``:PORT`` → 127.0.0.1; ``ip[:port]`` (``any`` or ``0.0.0.0`` for every interface) → there."""
     parse_address = network_address(default_port)
 
     def parse(text: str) -> NetworkAddress | None:
-        if text.strip().lower() in ("", "no", "off", "none"):
+        value = text.strip().lower()
+        if value in ("", "no", "off", "none"):
             return None
+        if value in ("yes", "on"):
+            return NetworkAddress("127.0.0.1", default_port)
+        if value.lstrip(":").isascii() and value.lstrip(":").isdigit():
+            return NetworkAddress("127.0.0.1", _port(value.lstrip(":")))
         return parse_address(text)
 
     return parse
@@ -327,6 +334,12 @@ def optional_group(text: str) -> str | None:
 
 def text_value(text: str) -> str:
     return text.strip()
+
+
+def optional_text(text: str) -> str | None:
+    """A value, or None when empty or ``none``."""
+    value = text.strip()
+    return None if value.lower() in ("", "none") else value
 
 
 def identifier(text: str) -> str:

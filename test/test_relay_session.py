@@ -698,7 +698,9 @@ def test_metrics_count_paths_traffic_endings_and_ports():
     # the caller's first packet had nowhere to go yet
     assert metrics["streams"]["userspace"] == 1 and metrics["packets_relayed"] == 2
     assert metrics["bytes_relayed"] == 2 * (172 + 28)
-    relay.remove()
+    # the listing says each live stream's path; a record of an ended session does not
+    assert [[stream.get("path") for stream in record["streams"]] for record in relay.manager.statistics()] == [["userspace"], []]
+    assert "path" not in relay.remove()["streams"][0]
     relay.clock.advance(120)  # c2 never gets media: no-traffic timeout
     metrics = relay.manager.metrics()
     assert metrics["sessions_ended"] == {"bye": 1, "no-traffic timeout": 1}

@@ -252,8 +252,12 @@ def test_session_records_are_what_the_checker_accepts():
     record = typed.as_json()
     # what a relay sends: the dispatcher's own fields and the listing's flag only when set
     assert set(record) == set(statistics.SESSION_FIELDS) - {"yours", "timed_out", "all_streams_ice", "statistics_at", "relay"} | {"streams"}
-    assert set(record["streams"][0]) == set(statistics.STREAM_FIELDS)
+    assert set(record["streams"][0]) == set(statistics.STREAM_FIELDS) - {"path"}  # only a live stream has a path
     assert statistics.parse_record(json.dumps(record)) == typed
+    stream.path = "kernel"
+    assert typed.as_json()["streams"][0]["path"] == "kernel"
+    assert statistics.parse_record(json.dumps(typed.as_json())) == typed
+    stream.path = None
     typed.timed_out, typed.end_reason = True, "no-traffic timeout"
     assert statistics.parse_record(json.dumps(typed.as_json())) == typed
     assert typed.as_json()["timed_out"] is True

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import getpass
 import json
 import os
 import socket
@@ -11,6 +12,7 @@ import sys
 from typing import TextIO
 
 from mediaproxy import configuration
+from mediaproxy.web import passwords
 from mediaproxy.wire.management import CONTROL
 from mediaproxy.wire.statistics import SessionRecord
 
@@ -182,9 +184,10 @@ def main(argv: list[str] | None = None, out: TextIO | None = None) -> int:
     parser.add_argument(
         "what",
         nargs="?",
-        choices=("all", "summary", "sessions", "accounting", *CONTROL),
+        choices=("all", "summary", "sessions", "accounting", *CONTROL, "web-password"),
         default="all",
-        help="what to show (default: all), or what to do: terminate CALL_ID, loglevel LEVEL [RELAY_IP], drain RELAY_IP, undrain RELAY_IP",
+        help="what to show (default: all), or what to do: terminate CALL_ID, loglevel LEVEL [RELAY_IP], drain RELAY_IP, "
+        "undrain RELAY_IP; web-password USER prints USER's line for web_password_file (the password read from the terminal or stdin)",
     )
     parser.add_argument("arguments", nargs="*", help="the control command's arguments")
     parser.add_argument("--host", help="dispatcher address (default: listen_management of config.ini, 127.0.0.1 for 'any')")
@@ -196,6 +199,10 @@ def main(argv: list[str] | None = None, out: TextIO | None = None) -> int:
     parser.add_argument("--config-dir", help=f"where config.ini is, searched before {configuration.SYSTEM_CONFIG_DIR}")
     parser.add_argument("--json", action="store_true", help="print the raw JSON answers, for scripts")
     args = parser.parse_args(argv)
+    if args.what == "web-password":
+        if len(args.arguments) != 1:
+            parser.error("web-password takes USER")
+        return web_password(args.arguments[0], out)
     if args.what in CONTROL:
         if not CONTROL[args.what].accepts(args.arguments):
             parser.error(f"{args.what} takes {CONTROL[args.what].usage}")
@@ -229,6 +236,27 @@ def main(argv: list[str] | None = None, out: TextIO | None = None) -> int:
         out.write(json.dumps(answers if len(answers) > 1 else answers[commands[0]], indent=2) + "\n")
     else:
         render(answers.get("summary"), sessions, out, answers.get("accounting"))
+    return 0
+
+
+def web_password(user: str, out: TextIO) -> int:
+    """Prints ``user``'s line for the web page's password file; the password is asked twice on a
+    terminal, read as the first line of stdin otherwise."""
+    if sys.stdin.isatty():
+        password = getpass.getpass(f"Password for {user}: ")
+        if getpass.getpass("Again: ") != password:
+            print("media-sessions: the passwords differ", file=sys.stderr)
+            return 1
+    else:
+        password = sys.stdin.readline().rstrip("\r\n")
+    if not password:
+        print("media-sessions: an empty password", file=sys.stderr)
+        return 1
+    try:
+        out.write(passwords.entry(user, password) + "\n")
+    except ValueError as error:
+        print(f"media-sessions: {error}", file=sys.stderr)
+        return 1
     return 0
 
 

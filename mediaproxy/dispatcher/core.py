@@ -519,10 +519,11 @@ class Dispatcher:
     def relay_sessions(self) -> defer.Deferred:
         def concatenate(results: list) -> list:
             sessions = []
-            for _ip, ok, listing in results:
+            for ip, ok, listing in results:
                 if ok:
                     for record in listing.records:
                         record.yours = None
+                        record.relay = ip
                         sessions.append(record)
             return sessions
 

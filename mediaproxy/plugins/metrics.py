@@ -14,7 +14,10 @@ from twisted.plugin import IPlugin
 from twisted.web import resource, server
 from zope.interface import implementer, provider
 
+from mediaproxy import httpsite
+from mediaproxy.dispatcher.recent import Recent
 from mediaproxy.plugin import IDispatcherPlugin, IDispatcherPluginFactory, PluginBase
+from mediaproxy.wire.jsontext import number
 
 log = Logger(namespace="metrics")
 
@@ -49,17 +52,17 @@ class DispatcherCollector:
             metrics = summary.get("metrics")
             if summary.get("status") == "error" or not isinstance(metrics, dict):
                 continue  # an original relay has no metrics; one that did not answer has nothing
-            sessions.add_metric([relay], _number(summary.get("session_count")))
+            sessions.add_metric([relay], number(summary.get("session_count")))
             for path, count in _items(metrics.get("streams")):
-                streams.add_metric([relay, path], _number(count))
-            packets.add_metric([relay], _number(metrics.get("packets_relayed")))
-            octets.add_metric([relay], _number(metrics.get("bytes_relayed")))
+                streams.add_metric([relay, path], number(count))
+            packets.add_metric([relay], number(metrics.get("packets_relayed")))
+            octets.add_metric([relay], number(metrics.get("bytes_relayed")))
             for reason, count in _items(metrics.get("sessions_ended")):
-                ended.add_metric([relay, reason], _number(count))
+                ended.add_metric([relay, reason], number(count))
             for state, count in _items(metrics.get("ports")):
-                ports.add_metric([relay, state], _number(count))
+                ports.add_metric([relay, state], number(count))
             for kind, count in _items(summary.get("refused")):
-                relay_refused.add_metric([relay, kind], _number(count))
+                relay_refused.add_metric([relay, kind], number(count))
         yield from (up, sessions, streams, packets, octets, ended, ports, relay_refused)
 
         calls = GaugeMetricFamily("mediaproxy_calls", "Calls in the dispatcher's call table")
@@ -112,10 +115,6 @@ def _items(value: object) -> list[tuple[str, object]]:
     return [(str(key), count) for key, count in value.items()] if isinstance(value, dict) else []
 
 
-def _number(value: object) -> float:
-    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else 0.0
-
-
 class MetricsPage(resource.Resource):
     """``/metrics``: the relays' summaries fetched (or a recent one reused), then the text format."""
 
@@ -160,41 +159,24 @@ class MetricsPlugin(PluginBase):
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(self.collector)
         ProcessCollector(namespace="mediaproxy_dispatcher", registry=self.registry)
-        self._fetched_at: float | None = None
-        self._fetching = False
-        self._waiting: list[defer.Deferred] = []
+        self.summaries = Recent(
+            context.dispatcher.relay_summaries, context.reactor, SUMMARY_MAX_AGE, "the relays' summaries for the metrics"
+        )
         self.port = None
 
     def refresh(self) -> defer.Deferred:
-        """Fires once the relays' summaries are fresh: fetched now, unless a recent fetch will do;
-        scrapes that arrive during a fetch wait for that one."""
-        now = self.reactor.seconds()
-        if self._fetched_at is not None and now - self._fetched_at < SUMMARY_MAX_AGE:
-            return defer.succeed(None)
-        waiting: defer.Deferred = defer.Deferred()
-        self._waiting.append(waiting)
-        if not self._fetching:
-            self._fetching = True
-            self.context.dispatcher.relay_summaries().addBoth(self._fetched)
-        return waiting
+        """Fires once the collector has the relays' summaries: fetched now, unless a recent
+        fetch will do; scrapes that arrive during a fetch wait for that one."""
+        return self.summaries.get().addCallback(self._use)
 
-    def _fetched(self, result: object) -> None:
-        self._fetching = False
-        if isinstance(result, list):
-            self.collector.summaries = result
-            self._fetched_at = self.reactor.seconds()
-        else:
-            log.warn("Could not get the relays' summaries for the metrics: {error}", error=getattr(result, "getErrorMessage", str)())
-        waiting, self._waiting = self._waiting, []
-        for deferred in waiting:
-            deferred.callback(None)
+    def _use(self, summaries: object) -> None:
+        if isinstance(summaries, list):
+            self.collector.summaries = summaries
 
     def start(self) -> None:
         root = resource.Resource()
         root.putChild(b"metrics", MetricsPage(self))
-        site = server.Site(root)
-        site.noisy = False
-        site.displayTracebacks = False
+        site = httpsite.site(root)
         factory = site if self.context.guard is None else self.context.guard(site, "metrics", False)
         self.port = self.reactor.listenTCP(self.address.port, factory, interface=self.address.host)
         log.info("Prometheus metrics at http://{address}/metrics", address=str(self.address))

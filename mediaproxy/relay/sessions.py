@@ -521,8 +521,8 @@ class SessionManager:
             packets += session_packets
             bytes_ += session_bytes
             for stream in session.streams:
-                if stream.alive:
-                    path = "on hold" if stream.on_hold else stream.rtp.path
+                path = stream.path_taken()
+                if path is not None:
                     streams[path if path in streams else LEARNING] += 1
         used = len(self.pool.in_use)
         return {

@@ -33,3 +33,8 @@ def loads(text: str | bytes, max_depth: int = MAX_DEPTH) -> object:
         return json.loads(text)
     except RecursionError:
         raise ValueError(f"JSON nested deeper than {max_depth} levels") from None
+
+
+def number(value: object) -> float:
+    """A JSON number as a float, 0 for anything else (a peer's summary may lack a field)."""
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else 0.0

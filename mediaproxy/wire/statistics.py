@@ -51,9 +51,14 @@ class StreamRecord:
     callee_local: str = "Unknown"
     caller_remote: str = "Unknown"
     callee_remote: str = "Unknown"
+    # in a listing of live sessions: the path its RTP takes (learning, userspace, kernel) or on hold
+    path: str | None = None
 
     def as_json(self) -> dict:
-        return {name: getattr(self, name) for name in _STREAM_NAMES}
+        value = {name: getattr(self, name) for name in _STREAM_NAMES}
+        if self.path is not None:
+            value["path"] = self.path
+        return value
 
 
 @dataclass
@@ -143,7 +148,7 @@ STREAM_FIELDS = _allowed_types(StreamRecord)
 REQUIRED = ("call_id", "from_tag")
 _OPTIONAL_NAMES = ("timed_out", "all_streams_ice", "statistics_at", "relay", "yours")
 _SESSION_NAMES = tuple(name for name in SESSION_FIELDS if name not in _OPTIONAL_NAMES)
-_STREAM_NAMES = tuple(STREAM_FIELDS)
+_STREAM_NAMES = tuple(name for name in STREAM_FIELDS if name != "path")
 # a session object, its streams list, a stream object
 MAX_DEPTH = 3
 

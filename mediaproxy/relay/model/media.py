@@ -544,7 +544,14 @@ class Stream:
             callee_local=address_text(self.local(CALLEE)),
             caller_remote=address_text(self.rtp.caller.remote),
             callee_remote=address_text(self.rtp.callee.remote),
+            path=self.path_taken(),
         )
+
+    def path_taken(self) -> str | None:
+        """The path this alive stream's RTP takes (learning, userspace, kernel) or on hold; None once it ended."""
+        if not self.alive:
+            return None
+        return "on hold" if self.on_hold else self.rtp.path
 
 
 def address_text(address: tuple[str, int] | None) -> str:

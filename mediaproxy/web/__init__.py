@@ -1,0 +1,1 @@
+"""The live sessions web page: its data (:mod:`overview`), its passwords and its static files."""

@@ -3,6 +3,7 @@ it (plain, with passwords, over TLS with client certificates, and refusing garba
 headless Chromium showing a live call, with screenshots kept as artifacts."""
 
 import base64
+import io
 import json
 import os
 import re
@@ -19,6 +20,7 @@ import pytest
 from deployment import Deployment, call, establish, exchange, udp_endpoint, wait_until
 
 from harness import ROOT, Program, free_port
+from mediaproxy.cli import sessions as sessions_cli
 from mediaproxy.testing import update
 from mediaproxy.web import overview, passwords
 from mediaproxy.wire.statistics import SessionRecord, StreamRecord
@@ -306,3 +308,18 @@ def test_chromium_shows_the_live_call_its_parties_and_traffic(tmp_path):
     finally:
         stop.set()
         programs.kill()
+
+
+def test_media_sessions_writes_password_file_lines(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr("sys.stdin", io.StringIO("correct horse\n"))
+    out = io.StringIO()
+    assert sessions_cli.main(["web-password", "operator"], out) == 0
+    path = tmp_path / "web-passwords"
+    path.write_text(out.getvalue())
+    assert passwords.PasswordFile.load(str(path)).check("operator", "correct horse")
+    for user, typed, complaint in (("operator", "\n", "an empty password"), ("oper:ator", "x\n", "no ':'")):
+        monkeypatch.setattr("sys.stdin", io.StringIO(typed))
+        assert sessions_cli.main(["web-password", user], io.StringIO()) == 1
+        assert complaint in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        sessions_cli.main(["web-password"], io.StringIO())

@@ -14,10 +14,10 @@ import pymysql
 import pytest
 from deployment import Deployment, answered_call, call, establish, exchange, udp_endpoint, wait_until
 from servers import FreeRADIUS, MariaDB, PostgreSQL
-from test_accounting import typed
-from twisted.logger import globalLogPublisher
+from test_accounting import record, typed
+from twisted.logger import LogLevel, globalLogPublisher
 
-from harness import ROOT, LogCollector
+from harness import ROOT, LogCollector, logged
 from mediaproxy import configuration
 from mediaproxy.accounting import sql
 from mediaproxy.accounting.delivery import BackendUnavailable
@@ -125,8 +125,9 @@ def assert_record_matches(stored, live, dialog_id="5:6"):
     assert len(stored["streams"]) == len(live["streams"])
     for stored_stream, live_stream in zip(stored["streams"], live["streams"]):
         assert stored_stream["status"] == "closed"
+        assert "path" not in stored_stream  # only a live stream has one
         for field, value in live_stream.items():
-            if field not in ("status", "end_time"):
+            if field not in ("status", "end_time", "path"):
                 assert stored_stream[field] == value, field
 
 
@@ -315,15 +316,73 @@ def test_schema_files_and_example_queries(database):
     run_script_statement(database, "DROP TABLE IF EXISTS media_sessions")
     run_script(database, schema)
     backend = sql.SQLBackend(configuration.DatabaseConfig(dburi=database.dburi))
-    assert backend.deliver(typed(1)) is None
-    assert backend.deliver(typed(2, from_uri="carol@example.com", timed_out=True)) is None
+    for example in example_records():
+        assert backend.deliver(example) is None
     backend.close()
-    user_calls, traffic, timed_out, codecs = (result for result in run_script(database, queries) if result is not None)
-    assert [row[0] for row in user_calls] == ["call-1@example.com"]
-    assert [(relay, int(total)) for relay, total in traffic] == [("203.0.113.5", 2 * (1066560 + 533280))]
-    assert timed_out == [("call-2@example.com", "5:6")]
+    user_calls, traffic, peak, one_way, timed_out, codecs = (result for result in run_script(database, queries) if result is not None)
+    assert [row[0] for row in user_calls] == ["call-3@example.com", "call-1@example.com"]
+    assert [(str(day), relay, int(calls), int(caller), int(callee)) for day, relay, calls, caller, callee in traffic] == [
+        ("2026-11-10", "198.51.100.1", 1, 1066560, 533280),
+        ("2026-11-24", "203.0.113.5", 2, 2 * 1066560, 533280),
+    ]
+    assert [int(concurrent) for _, concurrent in peak] == [2]  # calls 1 and 2 overlap
+    assert [(row[0], row[5]) for row in one_way] == [("call-2@example.com", "callee")]
+    assert timed_out == [("call-2@example.com", "no-traffic timeout", "5:6")]
     assert sorted((codec, int(count)) for codec, count in codecs) == [("G711u", 2), ("Unknown", 2)]
     run_script_statement(database, "DROP TABLE media_sessions")
+
+
+def example_records():
+    """Alice's answered call, Carol's one-way call that timed out the same day, Alice's call on another relay two weeks before."""
+    first = typed(1, username="alice", relay="203.0.113.5", end_reason="bye")
+    one_way = record(
+        2, from_uri="carol@example.com", username="carol", relay="203.0.113.5", timed_out=True, end_reason="no-traffic timeout"
+    )
+    one_way["streams"][0].update(callee_packets=0, callee_bytes=0)
+    earlier = typed(3, username="alice", relay="198.51.100.1", start_time=1795557764.485 - 14 * 86400, end_reason="bye")
+    return [first, SessionRecord.from_json(one_way), earlier]
+
+
+def test_a_table_of_an_earlier_version_gets_the_search_columns(database):
+    """A table with only the original four columns (and a record in it) gains the search columns and
+    their indexes at the dispatcher's start; the old row stays, new rows fill the columns."""
+    table = fresh_table()
+    info_type = {"sqlite": "BLOB", "mariadb": "MEDIUMBLOB", "postgresql": "BYTEA"}[database.kind]
+    key = {"sqlite": "INTEGER PRIMARY KEY AUTOINCREMENT", "mariadb": "INT PRIMARY KEY AUTO_INCREMENT", "postgresql": "SERIAL PRIMARY KEY"}
+    run_script_statement(
+        database,
+        f"CREATE TABLE {table} (id {key[database.kind]}, call_id VARCHAR(255) NOT NULL, from_tag VARCHAR(64) NOT NULL, "
+        f"to_tag VARCHAR(64), info {info_type})",
+    )
+    run_script_statement(database, f"INSERT INTO {table} (call_id, from_tag, to_tag, info) VALUES ('old', 'ft', 'tt', NULL)")
+    backend = sql.SQLBackend(configuration.DatabaseConfig(dburi=database.dburi, sessions_table=table))
+    with logged() as logs:
+        assert backend.deliver(typed(1, username="alice", relay="203.0.113.5")) is None
+    backend.close()
+    assert any("Added the search columns start_time, duration, username" in line for line in logs.at(LogLevel.info))
+    connection = database.connect()
+    try:
+        cursor = connection.cursor()
+        cursor.execute(f"SELECT call_id, username, relay, caller_packets, callee_bytes FROM {table} ORDER BY id")
+        assert [tuple(row) for row in cursor.fetchall()] == [
+            ("old", None, None, None, None),
+            ("call-1@example.com", "alice", "203.0.113.5", 3100, 533280),
+        ]
+    finally:
+        connection.close()
+    # a second start finds everything in place and says nothing of it
+    backend = sql.SQLBackend(configuration.DatabaseConfig(dburi=database.dburi, sessions_table=table))
+    with logged() as logs:
+        assert backend.deliver(typed(2)) is None
+    backend.close()
+    assert not any("search columns" in line or "index" in line for line in logs.at(LogLevel.info) + logs.at(LogLevel.warn))
+    connection = database.connect()
+    try:
+        cursor = connection.cursor()
+        cursor.execute(f"SELECT count(*), count(start_time) FROM {table}")
+        assert tuple(cursor.fetchone()) == (3, 2)
+    finally:
+        connection.close()
 
 
 def run_script_statement(database, statement):

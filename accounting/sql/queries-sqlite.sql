@@ -1,31 +1,60 @@
--- Example queries on media_sessions (SQLite 3.38+ JSON functions). The info column holds the
--- statistics the relay reported (see README), plus dialog_id and timed_out.
+-- Example queries on media_sessions for SQLite 3.38+. Each one reads a time range through the
+-- search columns' indexes (start_time is in Unix seconds, UTC), and the info column holds the whole
+-- record as JSON (see README) for what the columns do not have. bench/accounting_queries.py times
+-- them at 200,000 calls.
 
--- Calls of one user in a date range (start_time is a Unix timestamp).
+-- A user's calls in a month (username: the From URI's user part, or what the proxy signalled).
 SELECT call_id,
-       json_extract(CAST(info AS TEXT), '$.from_uri') AS from_uri,
        json_extract(CAST(info AS TEXT), '$.to_uri') AS to_uri,
-       datetime(json_extract(CAST(info AS TEXT), '$.start_time'), 'unixepoch') AS started,
-       json_extract(CAST(info AS TEXT), '$.duration') AS seconds
+       datetime(start_time, 'unixepoch') AS started,
+       duration
 FROM media_sessions
-WHERE json_extract(CAST(info AS TEXT), '$.from_uri') = 'alice@example.com'
-  AND json_extract(CAST(info AS TEXT), '$.start_time') BETWEEN CAST(strftime('%s', '2026-11-01') AS INTEGER) AND CAST(strftime('%s', '2026-12-01') AS INTEGER)
-ORDER BY started;
+WHERE username = 'alice'
+  AND start_time >= unixepoch('2026-11-01') AND start_time < unixepoch('2026-12-01')
+ORDER BY start_time;
 
--- Total traffic per relay (the relay's address is the host part of each stream's caller_local).
-SELECT substr(json_extract(stream.value, '$.caller_local'), 1, instr(json_extract(stream.value, '$.caller_local'), ':') - 1) AS relay,
-       sum(json_extract(stream.value, '$.caller_bytes') + json_extract(stream.value, '$.callee_bytes')) AS bytes
-FROM media_sessions, json_each(CAST(info AS TEXT), '$.streams') AS stream
-GROUP BY relay
-ORDER BY bytes DESC;
-
--- Calls that ended because their media stopped.
-SELECT call_id, json_extract(CAST(info AS TEXT), '$.dialog_id') AS dialog_id
+-- Traffic per day and per relay in a month, each way.
+SELECT date(start_time, 'unixepoch') AS day, relay, count(*) AS calls,
+       sum(caller_bytes) AS caller_bytes, sum(callee_bytes) AS callee_bytes
 FROM media_sessions
-WHERE json_extract(CAST(info AS TEXT), '$.timed_out') = 1;
+WHERE start_time >= unixepoch('2026-11-01') AND start_time < unixepoch('2026-12-01')
+GROUP BY day, relay
+ORDER BY day, relay;
 
--- Codec usage (the caller's codec of every stream).
+-- Peak concurrent calls on a day, and when (calls longer than a day before it are not counted).
+WITH calls AS (
+    SELECT start_time AS started, start_time + duration AS ended
+    FROM media_sessions
+    WHERE start_time >= unixepoch('2026-11-24') - 86400 AND start_time < unixepoch('2026-11-25')
+),
+events AS (SELECT started AS at, 1 AS delta FROM calls UNION ALL SELECT ended, -1 FROM calls),
+running AS (SELECT at, sum(delta) OVER (ORDER BY at, delta ROWS UNBOUNDED PRECEDING) AS concurrent FROM events)
+SELECT datetime(at, 'unixepoch') AS at, concurrent
+FROM running
+WHERE at >= unixepoch('2026-11-24') AND at < unixepoch('2026-11-25')
+ORDER BY concurrent DESC, at
+LIMIT 1;
+
+-- One-way audio on a day: one side sent media, the other nothing (NAT or firewall trouble).
+SELECT call_id, username, relay, datetime(start_time, 'unixepoch') AS started, duration,
+       CASE WHEN caller_packets = 0 THEN 'caller' ELSE 'callee' END AS silent_side,
+       json_extract(CAST(info AS TEXT), '$.caller_ua') AS caller_ua,
+       json_extract(CAST(info AS TEXT), '$.callee_ua') AS callee_ua
+FROM media_sessions
+WHERE start_time >= unixepoch('2026-11-24') AND start_time < unixepoch('2026-11-25')
+  AND ((caller_packets > 0 AND callee_packets = 0) OR (callee_packets > 0 AND caller_packets = 0))
+ORDER BY start_time;
+
+-- Calls on a day that ended because their media stopped.
+SELECT call_id, end_reason, json_extract(CAST(info AS TEXT), '$.dialog_id') AS dialog_id
+FROM media_sessions
+WHERE end_reason IN ('no-traffic timeout', 'on-hold timeout', 'conntrack timeout')
+  AND start_time >= unixepoch('2026-11-24') AND start_time < unixepoch('2026-11-25')
+ORDER BY start_time;
+
+-- Codec usage on a day (the caller's codec of every stream).
 SELECT json_extract(stream.value, '$.caller_codec') AS codec, count(*) AS streams
 FROM media_sessions, json_each(CAST(info AS TEXT), '$.streams') AS stream
+WHERE start_time >= unixepoch('2026-11-24') AND start_time < unixepoch('2026-11-25')
 GROUP BY codec
-ORDER BY streams DESC;
+ORDER BY streams DESC, codec;

@@ -17,6 +17,7 @@ from urllib.parse import urlsplit
 import sqlobject
 from sqlobject import dberrors
 from sqlobject.cache import CacheSet
+from sqlobject.col import Col
 from twisted.logger import Logger
 
 from mediaproxy.accounting.delivery import BackendUnavailable, RecordRejected
@@ -35,8 +36,25 @@ DRIVER_HINTS = {
 _registries = iter(range(1, 1 << 62))
 
 
-def table_class(config, connection) -> type:  # noqa: ANN001
-    """An SQLObject class for the configured table and column names, private to one connection."""
+# Columns beside the original four, filled from the record so that operators' questions (a user's
+# calls, traffic per day and relay, one-way audio, peak concurrency, media timeouts) are answered
+# from indexes instead of parsing every row's JSON. Their names are fixed.
+SEARCH_COLUMNS = (
+    "start_time",
+    "duration",
+    "username",
+    "relay",
+    "end_reason",
+    "caller_packets",
+    "callee_packets",
+    "caller_bytes",
+    "callee_bytes",
+)
+
+
+def table_class(config, connection, search_columns: bool = True) -> type:  # noqa: ANN001
+    """An SQLObject class for the configured table and column names, private to one connection;
+    without ``search_columns``, only the original four (a table the database user cannot extend)."""
 
     class sqlmeta:  # noqa: N801 - SQLObject's own spelling
         table = config.sessions_table
@@ -52,7 +70,41 @@ def table_class(config, connection) -> type:  # noqa: ANN001
         "info": _info_column(config, connection),
         "callid_idx": sqlobject.DatabaseIndex("call_id", "from_tag", "to_tag", unique=True),
     }
+    if search_columns:
+        attributes.update(
+            {
+                # Unix seconds; DOUBLE PRECISION because MySQL's FLOAT would round them to minutes
+                "start_time": Col(sqlType="DOUBLE PRECISION", default=None),
+                "duration": sqlobject.IntCol(default=None),
+                "username": sqlobject.StringCol(length=64, default=None),
+                "relay": sqlobject.StringCol(length=64, default=None),
+                "end_reason": sqlobject.StringCol(length=32, default=None),
+                **{name: sqlobject.BigIntCol(default=None) for name in SEARCH_COLUMNS[5:]},
+                # time ranges read the traffic from the index alone; a user's calls; why calls ended
+                "started_idx": sqlobject.DatabaseIndex(
+                    "start_time", "relay", "caller_packets", "callee_packets", "caller_bytes", "callee_bytes"
+                ),
+                "user_idx": sqlobject.DatabaseIndex("username", "start_time"),
+                "reason_idx": sqlobject.DatabaseIndex("end_reason", "start_time"),
+            }
+        )
     return type("MediaSession", (sqlobject.SQLObject,), attributes)
+
+
+def search_values(record: SessionRecord) -> dict:
+    """The search columns' values for ``record`` (strings cut to their columns' lengths)."""
+    caller_packets, callee_packets, caller_bytes, callee_bytes = record.totals()
+    return {
+        "start_time": record.start_time,
+        "duration": int(record.duration),
+        "username": None if record.username is None else record.username[:64],
+        "relay": record.relay,
+        "end_reason": None if record.end_reason is None else record.end_reason[:32],
+        "caller_packets": int(caller_packets),
+        "callee_packets": int(callee_packets),
+        "caller_bytes": int(caller_bytes),
+        "callee_bytes": int(callee_bytes),
+    }
 
 
 def _info_column(config, connection):  # noqa: ANN001, ANN202
@@ -117,6 +169,7 @@ class SQLBackend:
         warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"sqlobject\.")
         self.connection = connect(config.dburi)
         self.table = table_class(config, self.connection)
+        self.search_columns = True  # False while the table lacks them and cannot be given them
         self.where = _without_password(config.dburi)
         self.text_info = self.connection.dbName == "sqlite"
         self.table_ready = False
@@ -144,7 +197,73 @@ class SQLBackend:
                 self._explain_create_failure(error)
                 raise self._unavailable(error, f"the table {self.config.sessions_table} does not exist and cannot be created") from None
             log.info("Created the accounting table {table} in {where}", table=self.config.sessions_table, where=self.where)
+        else:
+            self._extend()
         self.table_ready = True
+
+    def _extend(self) -> None:
+        """Gives a table made by an earlier version (or the original MediaProxy) the search columns
+        and their indexes. A database user without ALTER rights gets one error with the statements
+        to run, and the records go on in the original four columns."""
+        connection, table = self.connection, self.config.sessions_table
+        missing = [name for name in SEARCH_COLUMNS if not self._has_column(name)]
+        columns = self.table.sqlmeta.columns
+        kind = {"sqlite": "sqlite", "mysql": "mysql", "postgres": "postgres"}.get(connection.dbName, "postgres")
+        added = [f"ALTER TABLE {table} ADD COLUMN {getattr(columns[name], kind + 'CreateSQL')()}" for name in missing]
+        indexes = self._missing_indexes()
+        try:
+            for statement in added:
+                connection.query(statement)
+        except Exception as error:  # noqa: BLE001 - every driver words a refusal its own way
+            self._use_original_columns(error, added + indexes)
+            return
+        if added:
+            log.info("Added the search columns {names} to {table}", names=", ".join(missing), table=table)
+        try:
+            for statement in indexes:
+                connection.query(statement)
+        except Exception as error:  # noqa: BLE001
+            log.warn(
+                "Cannot index the accounting table {table} ({error}); the example queries will be slow until this is run:\n{sql}",
+                table=table,
+                error=_message(error),
+                sql=";\n".join(indexes) + ";",
+            )
+
+    def _missing_indexes(self) -> list[str]:
+        """The statements creating the search indexes that may be missing."""
+        connection, table = self.connection, self.config.sessions_table
+        mysql = connection.dbName == "mysql"
+        try:  # MySQL has no CREATE INDEX IF NOT EXISTS: ask which it has
+            existing = {str(row[2]) for row in connection.queryAll(f"SHOW INDEX FROM {table}")} if mysql else set()
+        except Exception:  # noqa: BLE001
+            existing = set()
+        statements = []
+        for index in self.table.sqlmeta.indexes:
+            if index.unique or index.name in existing:
+                continue
+            statement = connection.createIndexSQL(self.table, index)
+            statements.append(statement if mysql else statement.replace("CREATE INDEX ", "CREATE INDEX IF NOT EXISTS ", 1))
+        return statements
+
+    def _has_column(self, name: str) -> bool:
+        try:
+            self.connection.queryAll(f"SELECT {name} FROM {self.config.sessions_table} WHERE 1 = 0")
+        except Exception:  # noqa: BLE001 - the driver's "no such column"
+            return False
+        return True
+
+    def _use_original_columns(self, error: Exception, statements: list[str]) -> None:
+        log.error(
+            "Cannot add the search columns to the accounting table {table}: {error}. Records go on in its original columns; "
+            "for the example queries, run as a user with ALTER rights:\n{scissors}\n{sql}\n{scissors}",
+            table=self.config.sessions_table,
+            error=_message(error),
+            scissors=SCISSORS,
+            sql=";\n".join(statements) + ";",
+        )
+        self.search_columns = False
+        self.table = table_class(self.config, self.connection, search_columns=False)
 
     def _explain_create_failure(self, error: Exception) -> None:
         if self.statement_logged:
@@ -187,7 +306,8 @@ class SQLBackend:
             if already:
                 return ALREADY_RECORDED
             info = json.dumps(record.as_json())
-            self.table(call_id=call_id, from_tag=from_tag, to_tag=to_tag, info=info if self.text_info else info.encode())
+            searched = search_values(record) if self.search_columns else {}
+            self.table(call_id=call_id, from_tag=from_tag, to_tag=to_tag, info=info if self.text_info else info.encode(), **searched)
             # even with caching off SQLObject keeps a weak reference per inserted row, forever
             self.connection.cache.clear(self.table)
         except dberrors.DuplicateEntryError:

@@ -98,12 +98,23 @@ class SessionRecord:
                 value[name] = getattr(self, name)
         return value
 
+    def totals(self) -> tuple[float, float, float, float]:
+        """Packets the caller and the callee sent, then their bytes, over all streams."""
+        streams = self.streams
+        return (
+            sum(s.caller_packets for s in streams),
+            sum(s.callee_packets for s in streams),
+            sum(s.caller_bytes for s in streams),
+            sum(s.callee_bytes for s in streams),
+        )
+
     def traffic(self) -> str:
         """What the streams carried each way, for a log line."""
-        streams = self.streams
-        caller = sum(s.caller_packets for s in streams), sum(s.caller_bytes for s in streams)
-        callee = sum(s.callee_packets for s in streams), sum(s.callee_bytes for s in streams)
-        return f"caller sent {caller[0]:.0f} packets ({caller[1]:.0f} bytes), callee {callee[0]:.0f} packets ({callee[1]:.0f} bytes)"
+        caller_packets, callee_packets, caller_bytes, callee_bytes = self.totals()
+        return (
+            f"caller sent {caller_packets:.0f} packets ({caller_bytes:.0f} bytes), "
+            f"callee {callee_packets:.0f} packets ({callee_bytes:.0f} bytes)"
+        )
 
     @classmethod
     def from_json(cls, value: object) -> SessionRecord:

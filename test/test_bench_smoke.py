@@ -48,3 +48,9 @@ def test_packet_path_benchmark_runs():
 def test_kept_state_benchmark_runs():
     output = bench("kept_state.py", "--calls", "50", "--sessions", "100", "--rounds", "1")
     assert "ratio kept / not kept" in output and "100 sessions: snapshot" in output
+
+
+def test_accounting_queries_benchmark_runs_on_all_three_databases():
+    output = bench("accounting_queries.py", "--rows", "500", "--runs", "1")
+    assert "Example queries at 500 rows" in output and "| A user's calls in a month | " in output
+    assert output.count(" rows) |") == 18 and "of 18 timings at or over 50 ms" in output  # six queries, three databases

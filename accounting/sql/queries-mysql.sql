@@ -15,11 +15,13 @@ WHERE username = 'alice'
 ORDER BY start_time;
 
 -- Traffic per day and per relay in a month, each way.
-SELECT DATE(FROM_UNIXTIME(start_time)) AS day, relay, count(*) AS calls,
-       sum(caller_bytes) AS caller_bytes, sum(callee_bytes) AS callee_bytes
-FROM media_sessions
-WHERE start_time >= UNIX_TIMESTAMP('2026-11-01') AND start_time < UNIX_TIMESTAMP('2026-12-01')
-GROUP BY day, relay
+-- (days are counted as whole multiples of 86,400 s: cheaper per row than a date per row)
+SELECT DATE(FROM_UNIXTIME(day * 86400)) AS day, relay, calls, caller_bytes, callee_bytes
+FROM (SELECT FLOOR(start_time / 86400) AS day, relay, count(*) AS calls,
+             sum(caller_bytes) AS caller_bytes, sum(callee_bytes) AS callee_bytes
+      FROM media_sessions
+      WHERE start_time >= UNIX_TIMESTAMP('2026-11-01') AND start_time < UNIX_TIMESTAMP('2026-12-01')
+      GROUP BY 1, 2) AS daily
 ORDER BY day, relay;
 
 -- Peak concurrent calls on a day, and when (calls longer than a day before it are not counted).

@@ -15,12 +15,14 @@ WHERE username = 'alice'
 ORDER BY start_time;
 
 -- Traffic per day and per relay in a month, each way.
-SELECT (to_timestamp(start_time) AT TIME ZONE 'UTC')::date AS day, relay, count(*) AS calls,
-       sum(caller_bytes) AS caller_bytes, sum(callee_bytes) AS callee_bytes
-FROM media_sessions
-WHERE start_time >= extract(epoch FROM timestamptz '2026-11-01 00:00Z')
-  AND start_time < extract(epoch FROM timestamptz '2026-12-01 00:00Z')
-GROUP BY day, relay
+-- (days are counted as whole multiples of 86,400 s: cheaper per row than a date per row)
+SELECT (to_timestamp(day * 86400) AT TIME ZONE 'UTC')::date AS day, relay, calls, caller_bytes, callee_bytes
+FROM (SELECT floor(start_time / 86400) AS day, relay, count(*) AS calls,
+             sum(caller_bytes) AS caller_bytes, sum(callee_bytes) AS callee_bytes
+      FROM media_sessions
+      WHERE start_time >= extract(epoch FROM timestamptz '2026-11-01 00:00Z')
+        AND start_time < extract(epoch FROM timestamptz '2026-12-01 00:00Z')
+      GROUP BY 1, 2) AS daily
 ORDER BY day, relay;
 
 -- Peak concurrent calls on a day, and when (calls longer than a day before it are not counted).

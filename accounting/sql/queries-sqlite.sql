@@ -14,11 +14,13 @@ WHERE username = 'alice'
 ORDER BY start_time;
 
 -- Traffic per day and per relay in a month, each way.
-SELECT date(start_time, 'unixepoch') AS day, relay, count(*) AS calls,
-       sum(caller_bytes) AS caller_bytes, sum(callee_bytes) AS callee_bytes
-FROM media_sessions
-WHERE start_time >= unixepoch('2026-11-01') AND start_time < unixepoch('2026-12-01')
-GROUP BY day, relay
+-- (days are counted as whole multiples of 86,400 s: cheaper per row than a date per row)
+SELECT date(day * 86400, 'unixepoch') AS day, relay, calls, caller_bytes, callee_bytes
+FROM (SELECT CAST(start_time / 86400 AS INTEGER) AS day, relay, count(*) AS calls,
+             sum(caller_bytes) AS caller_bytes, sum(callee_bytes) AS callee_bytes
+      FROM media_sessions
+      WHERE start_time >= unixepoch('2026-11-01') AND start_time < unixepoch('2026-12-01')
+      GROUP BY 1, 2) AS daily
 ORDER BY day, relay;
 
 -- Peak concurrent calls on a day, and when (calls longer than a day before it are not counted).

@@ -50,6 +50,7 @@ class RelayConfig:
     fix_kernel_settings: bool = option(True, dt.boolean)
     keep_calls_on_stop: bool = option(True, dt.boolean)
     conntrack_mark: int = option(0x4D50, dt.conntrack_mark)
+    metrics_listen: dt.NetworkAddress | None = option(None, dt.optional_local_listener(9452))
 
 
 @dataclass(frozen=True)

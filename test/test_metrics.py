@@ -97,8 +97,12 @@ def scrape(port):
 
 
 def test_a_scrape_during_a_call_matches_media_sessions(tmp_path):
-    metrics_port = free_port()
-    programs = Deployment(tmp_path, f"[Dispatcher]\nmetrics_listen = 127.0.0.1:{metrics_port}\n", stream_timeout=30).start()
+    metrics_port, relay_metrics_port = free_port(), free_port()
+    programs = Deployment(
+        tmp_path,
+        f"[Dispatcher]\nmetrics_listen = 127.0.0.1:{metrics_port}\n[Relay]\nmetrics_listen = {relay_metrics_port}\n",
+        stream_timeout=30,
+    ).start()
     caller, callee = udp_endpoint(), udp_endpoint()
     try:
         programs.dispatcher.wait_for_log(f"Prometheus metrics at http://127.0.0.1:{metrics_port}/metrics")
@@ -120,6 +124,12 @@ def test_a_scrape_during_a_call_matches_media_sessions(tmp_path):
         assert relayed >= 40 and found[("mediaproxy_relayed_packets_total", relay_label)] == relayed
         assert found[("mediaproxy_relayed_bytes_total", relay_label)] == stream["caller_bytes"] + stream["callee_bytes"]
         assert found[("mediaproxy_proxy_requests_total", frozenset({("command", "update"), ("result", "ok")}))] == 2
+        # the relay's own metrics (a port alone: on 127.0.0.1) say the same of it
+        programs.relay.wait_for_log(f"Prometheus metrics at http://127.0.0.1:{relay_metrics_port}/metrics")
+        own = scrape(relay_metrics_port)
+        assert own[("mediaproxy_sessions", relay_label)] == 1 and own[("mediaproxy_relay_up", relay_label)] == 1
+        assert own[("mediaproxy_relayed_packets_total", relay_label)] == relayed
+        assert own[("mediaproxy_relay_process_open_fds", frozenset())] > 0
         assert proxy.request(remove("metered", "ft", "tt")) == "removed"
 
         def ended():

@@ -11,13 +11,11 @@ from __future__ import annotations
 from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.plugin import IPlugin
-from twisted.web import resource, server
 from zope.interface import implementer, provider
 
-from mediaproxy import httpsite
+from mediaproxy import metrics
 from mediaproxy.dispatcher.recent import Recent
 from mediaproxy.plugin import IDispatcherPlugin, IDispatcherPluginFactory, PluginBase
-from mediaproxy.wire.jsontext import number
 
 log = Logger(namespace="metrics")
 
@@ -36,34 +34,7 @@ class DispatcherCollector:
         from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily  # noqa: PLC0415
 
         dispatcher = self.dispatcher
-        up = GaugeMetricFamily("mediaproxy_relay_up", "1 for a connected relay that answers and takes calls", labels=["relay"])
-        sessions = GaugeMetricFamily("mediaproxy_sessions", "Sessions on the relay", labels=["relay"])
-        streams = GaugeMetricFamily(
-            "mediaproxy_streams", "Alive media streams by the path their RTP takes (or on hold)", labels=["relay", "path"]
-        )
-        packets = CounterMetricFamily("mediaproxy_relayed_packets", "Packets relayed since the relay started", labels=["relay"])
-        octets = CounterMetricFamily("mediaproxy_relayed_bytes", "Bytes (IP packets) relayed since the relay started", labels=["relay"])
-        ended = CounterMetricFamily("mediaproxy_sessions_ended", "Sessions ended since the relay started", labels=["relay", "reason"])
-        ports = GaugeMetricFamily("mediaproxy_ports", "RTP port pairs of port_range", labels=["relay", "state"])
-        relay_refused = CounterMetricFamily("mediaproxy_relay_refused", "What the relay refused, by kind", labels=["relay", "kind"])
-        for summary in self.summaries:
-            relay = str(summary.get("ip", "?"))
-            up.add_metric([relay], 1.0 if summary.get("status") == "active" else 0.0)
-            metrics = summary.get("metrics")
-            if summary.get("status") == "error" or not isinstance(metrics, dict):
-                continue  # an original relay has no metrics; one that did not answer has nothing
-            sessions.add_metric([relay], number(summary.get("session_count")))
-            for path, count in _items(metrics.get("streams")):
-                streams.add_metric([relay, path], number(count))
-            packets.add_metric([relay], number(metrics.get("packets_relayed")))
-            octets.add_metric([relay], number(metrics.get("bytes_relayed")))
-            for reason, count in _items(metrics.get("sessions_ended")):
-                ended.add_metric([relay, reason], number(count))
-            for state, count in _items(metrics.get("ports")):
-                ports.add_metric([relay, state], number(count))
-            for kind, count in _items(summary.get("refused")):
-                relay_refused.add_metric([relay, kind], number(count))
-        yield from (up, sessions, streams, packets, octets, ended, ports, relay_refused)
+        yield from metrics.relay_families(self.summaries)
 
         calls = GaugeMetricFamily("mediaproxy_calls", "Calls in the dispatcher's call table")
         calls.add_metric([], len(dispatcher.table))
@@ -111,54 +82,16 @@ class DispatcherCollector:
         yield from (backlog, held, available, delivered, rejected)
 
 
-def _items(value: object) -> list[tuple[str, object]]:
-    return [(str(key), count) for key, count in value.items()] if isinstance(value, dict) else []
-
-
-class MetricsPage(resource.Resource):
-    """``/metrics``: the relays' summaries fetched (or a recent one reused), then the text format."""
-
-    isLeaf = True
-
-    def __init__(self, plugin: MetricsPlugin) -> None:
-        super().__init__()
-        self.plugin = plugin
-
-    def render_GET(self, request):  # noqa: N802, ANN001, ANN201
-        from prometheus_client import CONTENT_TYPE_LATEST, generate_latest  # noqa: PLC0415
-
-        def render(_: object) -> None:
-            if request.finished or getattr(request, "_disconnected", False):
-                return
-            request.setHeader(b"Content-Type", CONTENT_TYPE_LATEST.encode())
-            request.write(generate_latest(self.plugin.registry))
-            request.finish()
-
-        def failed(failure) -> None:  # noqa: ANN001
-            log.failure("Metrics scrape failed", failure)
-            if not request.finished:
-                request.setResponseCode(500)
-                request.finish()
-
-        self.plugin.refresh().addCallback(render).addErrback(failed)
-        return server.NOT_DONE_YET
-
-
 @implementer(IDispatcherPlugin)
 class MetricsPlugin(PluginBase):
     name = "metrics"
 
     def __init__(self, config, context) -> None:  # noqa: ANN001
-        from prometheus_client import CollectorRegistry  # noqa: PLC0415
-        from prometheus_client.process_collector import ProcessCollector  # noqa: PLC0415
-
         self.address = config.dispatcher.metrics_listen
         self.context = context
         self.reactor = context.reactor
         self.collector = DispatcherCollector(context.dispatcher, context.refusals)
-        self.registry = CollectorRegistry(auto_describe=False)
-        self.registry.register(self.collector)
-        ProcessCollector(namespace="mediaproxy_dispatcher", registry=self.registry)
+        self.registry = metrics.registry(self.collector, "mediaproxy_dispatcher")
         self.summaries = Recent(
             context.dispatcher.relay_summaries, context.reactor, SUMMARY_MAX_AGE, "the relays' summaries for the metrics"
         )
@@ -174,9 +107,7 @@ class MetricsPlugin(PluginBase):
             self.collector.summaries = summaries
 
     def start(self) -> None:
-        root = resource.Resource()
-        root.putChild(b"metrics", MetricsPage(self))
-        site = httpsite.site(root)
+        site = metrics.site(self.registry, self.refresh)
         factory = site if self.context.guard is None else self.context.guard(site, "metrics", False)
         self.port = self.reactor.listenTCP(self.address.port, factory, interface=self.address.host)
         log.info("Prometheus metrics at http://{address}/metrics", address=str(self.address))

@@ -22,6 +22,7 @@ from mediaproxy.process import StartupError
 from mediaproxy.relay.held import HeldExpiries
 from mediaproxy.relay.link import LinkFactory
 from mediaproxy.relay.model import serialize
+from mediaproxy.relay.monitoring import MetricsListener
 from mediaproxy.relay.plane import choice, host
 from mediaproxy.relay.plane.udp import UDPBinder
 from mediaproxy.relay.sessions import COUNTERS_INTERVAL, SessionManager
@@ -281,6 +282,8 @@ class RelayService(service.MultiService):
             job.setServiceParent(self)
         if self.config.traffic_sampling_period > 0:
             Periodic("traffic sampling", self.config.traffic_sampling_period, self.sample_traffic, reactor).setServiceParent(self)
+        if self.config.metrics_listen is not None:
+            MetricsListener(self.config.metrics_listen, self.summary, reactor, self.refusals).setServiceParent(self)
 
     def guard(self, factory) -> GuardedFactory:  # noqa: ANN001
         return GuardedFactory(factory, "dispatcher link", self._link_limits, self._link_budget, self.refusals, self.reactor)

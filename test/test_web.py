@@ -183,7 +183,10 @@ def test_a_password_file_guards_the_page(tmp_path):
         programs.dispatcher.wait_for_log("Web page: wrong user or password from 127.0.0.1")
         assert get(base + "overview.json", basic("operator", "correct horse"))[0] == 200
         assert get(base, basic("operator", "correct horse"))[0] == 200
-        for _ in range(10):
+        # garbage credentials are a wrong password, not an error
+        for header in ("Basic !!!not-base64", "Basic " + base64.b64encode(b"\xff\xfe:\x00").decode(), "Digest x", "Basic"):
+            assert get(base, {"Authorization": header})[0] == 401, header
+        for _ in range(9):  # one wrong above, and one of the garbage ones had a user name
             get(base, basic("mallory", "guess"))
         # too many wrong passwords from one address: refused without spending a PBKDF2 run on it
         assert get(base, basic("operator", "correct horse"))[0] == 200  # remembered: no check needed

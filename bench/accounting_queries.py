@@ -34,6 +34,7 @@ END = 1796083200  # 2026-12-01 00:00 UTC
 DAYS = 100
 TARGET_MS = 50
 QUERY_FILES = {"sqlite": "queries-sqlite.sql", "mariadb": "queries-mysql.sql", "postgresql": "queries-postgresql.sql"}
+ACCOUNT = {"user": "mediaproxy", "password": "bench-pw"}
 COLUMNS = ("call_id", "from_tag", "to_tag", "info", *sql.SEARCH_COLUMNS)
 
 
@@ -183,36 +184,15 @@ def open_databases(kinds: list[str], directory: str) -> list[Database]:
         if kind == "sqlite":
             path = f"{directory}/accounting.sqlite"
             opened.append(Database(kind, f"sqlite://{path}", lambda path=path: sqlite3.connect(path)))
-        elif kind == "mariadb":
-            server = MariaDB()
+        elif kind in ("mariadb", "postgresql"):
+            server_class, connect = {
+                "mariadb": (MariaDB, lambda port: pymysql.connect(host="127.0.0.1", port=port, database="accounting", **ACCOUNT)),
+                "postgresql": (PostgreSQL, lambda port: psycopg2.connect(host="127.0.0.1", port=port, dbname="accounting", **ACCOUNT)),
+            }[kind]
+            server = server_class()
             server.start()
-            uri = server.create_account("mediaproxy", "bench-pw")
-            port = server.port
-            opened.append(
-                Database(
-                    kind,
-                    uri,
-                    lambda port=port: pymysql.connect(
-                        host="127.0.0.1", port=port, user="mediaproxy", password="bench-pw", database="accounting"
-                    ),
-                    server,
-                )
-            )
-        elif kind == "postgresql":
-            server = PostgreSQL()
-            server.start()
-            uri = server.create_account("mediaproxy", "bench-pw")
-            port = server.port
-            opened.append(
-                Database(
-                    kind,
-                    uri,
-                    lambda port=port: psycopg2.connect(
-                        host="127.0.0.1", port=port, user="mediaproxy", password="bench-pw", dbname="accounting"
-                    ),
-                    server,
-                )
-            )
+            uri = server.create_account(ACCOUNT["user"], ACCOUNT["password"])
+            opened.append(Database(kind, uri, lambda connect=connect, port=server.port: connect(port), server))
         else:
             raise SystemExit(f"unknown database {kind!r}: sqlite, mariadb or postgresql")
     return opened

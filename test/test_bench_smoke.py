@@ -54,3 +54,12 @@ def test_accounting_queries_benchmark_runs_on_all_three_databases():
     output = bench("accounting_queries.py", "--rows", "500", "--runs", "1")
     assert "Example queries at 500 rows" in output and "| A user's calls in a month | " in output
     assert output.count(" rows) |") == 18 and "of 18 timings at or over 50 ms" in output  # six queries, three databases
+
+
+def test_line_rate_benchmark_measures_every_path():
+    if shutil.which("rtpengine") is None:
+        pytest.fail("rtpengine is missing: apt-get install rtpengine-daemon (.ci/run does this)", pytrace=False)
+    output = bench("line_rate.py", "--streams", "5", "--rates", "2000", "--seconds", "1")
+    for system in ("kernel", "userspace", "rtpengine"):
+        assert f"{system}: max relayed at < 0.1% loss: " in output, output
+    assert "(generator)" in output

@@ -1,0 +1,223 @@
+#!/usr/bin/env python3
+"""Line-rate benchmark: CPU per relayed packet and the maximum relayed rate of each path.
+
+A C generator (bench/rtpgen.c, built here with gcc) offers 172-byte RTP packets on every flow of
+N streams (each way) at a set rate, from one raw socket with sendmmsg: far more than any relay
+here can take. Delivery is counted by nftables in the generator's namespace, per relay address,
+where what comes back is counted and dropped before any socket: no receiver in the loop.
+
+Each round offers one rate to each system in turn (alternating order): a blackhole (an address
+of the relay namespace that drops what it gets: the generator's and the veth's own cost), our
+relay's kernel path, our relay's userspace path, rtpengine in userspace. The whole machine's
+CPU (every core, softirq included, from /proc/stat) is read around each run; a system's cost is
+the machine's less what the generator costs at that rate (the blackhole's cost per packet
+offered), and its cost per packet is that over the packets it relayed. Run as root:
+
+    bench/line_rate.py [--streams 1000] [--rates 50000,100000,150000,200000,250000] [--seconds 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import resource
+import shutil
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+from common import ADDRESSES, GENERATOR_IP, PAYLOAD, OurStack, Rtpengine, cpu_seconds, network
+
+LOSS_LIMIT = 0.001
+BLACKHOLE = "192.0.2.99"
+HERE = Path(__file__).resolve().parent
+
+
+def build_generator(directory: str) -> str:
+    if shutil.which("gcc") is None:
+        raise SystemExit("gcc is missing: apt-get install build-essential")
+    binary = os.path.join(directory, "rtpgen")
+    subprocess.run(["gcc", "-O2", "-Wall", "-o", binary, str(HERE / "rtpgen.c")], check=True)
+    return binary
+
+
+def machine_busy() -> float:
+    """Seconds of CPU the whole machine spent busy (every core; user, system, irq, softirq, steal)."""
+    fields = [int(value) for value in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    idle = fields[3] + fields[4]  # idle, iowait
+    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+
+
+class Counters:
+    """nftables in the generator's namespace: per source address, what came back (then dropped)."""
+
+    def __init__(self, net, sources: list[str]) -> None:  # noqa: ANN001
+        self.net = net
+        rules = "".join(f"ip saddr {source} counter drop\n" for source in sources)
+        script = (
+            "table ip mpbench {\n"
+            " chain back { type filter hook prerouting priority -300; policy accept;\n" + rules + " }\n"
+            # what the generator sends needs no connection tracking
+            " chain out { type filter hook output priority -300; policy accept;\nnotrack\n }\n"
+            "}\n"
+        )
+        net.run("gen", f"nft -f - <<'EOF'\n{script}EOF")
+
+    def read(self) -> dict[str, int]:
+        listing = json.loads(self.net.run("gen", "nft -j list table ip mpbench").stdout)
+        found = {}
+        for item in listing["nftables"]:
+            rule = item.get("rule")
+            if rule is None:
+                continue
+            source = counter = None
+            for expression in rule["expr"]:
+                if "match" in expression:
+                    source = expression["match"]["right"]
+                if "counter" in expression:
+                    counter = expression["counter"]["packets"]
+            if source is not None and counter is not None:
+                found[source] = counter
+        return found
+
+
+class Blackhole:
+    """An address in the relay namespace that drops what it gets: what the generator costs."""
+
+    name = "blackhole"
+    source = None
+
+    def __init__(self, net) -> None:  # noqa: ANN001
+        net.run("relay", f"ip addr add {BLACKHOLE}/32 dev lo")
+        net.run(
+            "relay",
+            "nft -f - <<'EOF'\ntable ip mphole {\n chain in { type filter hook prerouting priority -300; "
+            f"ip daddr {BLACKHOLE} counter drop\n }}\n}}\nEOF",
+        )
+
+    def open(self, call_id: str, caller: tuple[str, int], callee: tuple[str, int]) -> tuple[tuple[str, int], tuple[str, int]]:
+        return (BLACKHOLE, caller[1]), (BLACKHOLE, callee[1])
+
+    def stop(self) -> None:
+        pass
+
+
+def write_flows(path: str, flows: list[tuple[tuple[str, int], tuple[str, int]]]) -> None:
+    with open(path, "w") as stream:
+        for (source_ip, source_port), (destination_ip, destination_port) in flows:
+            stream.write(f"{source_ip} {source_port} {destination_ip} {destination_port}\n")
+
+
+def generate(net, binary: str, flows_file: str, rate: float, seconds: float) -> tuple[int, float]:  # noqa: ANN001
+    done = net.run("gen", f"{binary} {flows_file} {rate:.0f} {seconds} {PAYLOAD}")
+    match = re.search(r"sent (\d+) packets in ([\d.]+) seconds", done.stdout)
+    if match is None:
+        raise SystemExit(f"rtpgen failed: {done.stdout} {done.stderr}")
+    return int(match.group(1)), float(match.group(2))
+
+
+def run(system, net, binary: str, flows_file: str, counters: Counters, rate: float, seconds: float) -> dict:  # noqa: ANN001
+    pid = getattr(system, "relay_pid", None) or getattr(system, "pid", None)
+    before = counters.read().get(system.source, 0) if system.source else 0
+    busy, process = machine_busy(), cpu_seconds(pid) if pid else 0.0
+    sent, elapsed = generate(net, binary, flows_file, rate, seconds)
+    busy, process = machine_busy() - busy, (cpu_seconds(pid) - process) if pid else 0.0
+    time.sleep(0.3)  # what is still on its way back
+    relayed = counters.read().get(system.source, 0) - before if system.source else 0
+    return {
+        "system": system.name,
+        "rate": rate,
+        "offered_pps": sent / elapsed,
+        "relayed_pps": relayed / elapsed,
+        "loss": max(sent - relayed, 0) / sent if system.source and sent else 0.0,
+        "machine_cores": busy / elapsed,
+        "process_cores": process / elapsed,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--streams", type=int, default=1000, help="streams (two flows each) per system (default: %(default)s)")
+    parser.add_argument(
+        "--rates", default="50000,100000,150000,200000,250000", help="offered packets/s to step through; 0: as fast as the generator can"
+    )
+    parser.add_argument("--seconds", type=float, default=5, help="seconds per run (default: %(default)s)")
+    parser.add_argument("--systems", default="kernel,userspace,rtpengine", help="which relays (default: %(default)s)")
+    args = parser.parse_args(argv)
+    rates = [float(value) for value in args.rates.split(",")]
+    wanted = args.systems.split(",")
+    streams = args.streams
+    if 2 * streams * len(wanted) + 2000 > resource.getrlimit(resource.RLIMIT_NOFILE)[1]:
+        raise SystemExit("too many streams for the descriptor limit")
+    net = network()
+    systems: list = []
+    directory = tempfile.mkdtemp(prefix="mp-bench-line-")
+    try:
+        binary = build_generator(directory)
+        blackhole = Blackhole(net)
+        systems.append(blackhole)
+        for index, name in enumerate(name for name in ("kernel", "userspace") if name in wanted):
+            low = 20000 + index * 15000
+            stack = OurStack(net, name, f"{low}:{low + 4 * streams + 100}")
+            stack.source = ADDRESSES[name]
+            systems.append(stack)
+        if "rtpengine" in wanted:
+            engine = Rtpengine(net, 50000, 65534)
+            engine.name, engine.source = "rtpengine", ADDRESSES["rtpengine"]
+            systems.append(engine)
+        counters = Counters(net, [system.source for system in systems if system.source])
+        files = {}
+        for system in systems:
+            flows = []
+            for index in range(streams):
+                caller, callee = (GENERATOR_IP, 10000 + 2 * index), (GENERATOR_IP, 10001 + 2 * index)
+                caller_side, callee_side = system.open(f"line-{index}", caller, callee)
+                flows += [(caller, caller_side), (callee, callee_side)]
+            files[system.name] = os.path.join(directory, f"{system.name}.flows")
+            write_flows(files[system.name], flows)
+            if system.source:  # every relay learns both sides (and our kernel path makes its entries)
+                generate(net, binary, files[system.name], min(20 * len(flows), 100000), 1.0)
+        time.sleep(1)
+        print(f"{streams} streams ({2 * streams} flows) per system, {PAYLOAD}-byte payloads, {args.seconds:g} s per run\n")
+        print(
+            f"{'system':<10} {'offered pps':>12} {'relayed pps':>12} {'loss':>8} {'machine cores':>13} {'relay cores':>11} {'µs/packet':>9}"
+        )
+        results = []
+        for round_number, rate in enumerate(rates):
+            order = systems[round_number % len(systems) :] + systems[: round_number % len(systems)]
+            rows = {system.name: run(system, net, binary, files[system.name], counters, rate, args.seconds) for system in order}
+            hole = rows["blackhole"]
+            generator_per_packet = hole["machine_cores"] / hole["offered_pps"] if hole["offered_pps"] else 0.0
+            for system in systems:
+                row = rows[system.name]
+                own = row["machine_cores"] - generator_per_packet * row["offered_pps"]
+                row["us_per_packet"] = own / row["relayed_pps"] * 1e6 if row["relayed_pps"] else 0.0
+                results.append(row)
+                print(
+                    f"{row['system']:<10} {row['offered_pps']:>12.0f} {row['relayed_pps']:>12.0f} {row['loss']:>8.3%} "
+                    f"{row['machine_cores']:>13.2f} {row['process_cores']:>11.2f} "
+                    + (f"{row['us_per_packet']:>9.2f}" if system.source else f"{generator_per_packet * 1e6:>9.2f} (generator)"),
+                    flush=True,
+                )
+            print()
+        for system in systems[1:]:
+            clean = [row for row in results if row["system"] == system.name and row["loss"] < LOSS_LIMIT]
+            best = max(clean, key=lambda row: row["relayed_pps"], default=None)
+            costs = sorted(row["us_per_packet"] for row in clean) if clean else [0.0]
+            print(
+                f"{system.name}: max relayed at < 0.1% loss: {best['relayed_pps'] if best else 0:.0f} pps; "
+                f"CPU per relayed packet (median over clean runs): {costs[len(costs) // 2]:.2f} µs"
+            )
+        return 0
+    finally:
+        for system in systems:
+            system.stop()
+        net.remove()
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -10,14 +10,17 @@ The snapshot is ``{"version": n, <section>: {key: value}}``; journal lines are
 
 With ``keep_encoded``, each value's JSON text is kept as it was journalled, and folding writes
 those texts as they are: at 20,000 relay sessions, encoding them all afresh held the reactor for
-about 2 s at every fold, where joining the texts takes a fraction of that (for ~2 KB of memory per
-session). A clean stop encodes everything afresh once, so the snapshot has the latest state.
+about 2 s at every fold, where joining the texts takes a fraction of that. The texts are kept
+deflated (zlib level 1: a relay session's 2 KB of JSON in about 600 bytes, 13 µs to deflate, 6 µs
+to inflate at a fold), since every idle call holds one. A clean stop encodes everything afresh
+once, so the snapshot has the latest state.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import zlib
 from collections.abc import Callable
 
 from twisted.logger import Logger
@@ -46,7 +49,7 @@ class StateFile:
         self._retry = None
         self.failed = False
         self.keep_encoded = keep_encoded
-        self._encoded: dict[str, str] = {}  # key → its value's JSON text, with keep_encoded
+        self._encoded: dict[str, bytes] = {}  # key → its value's JSON text deflated, with keep_encoded
 
     # -- start: the snapshot, then the changes after it
 
@@ -111,14 +114,14 @@ class StateFile:
         self.compact()
 
     def _encode_all(self) -> None:
-        self._encoded = {str(key): _encode(value) for key, value in self.current().items()}
+        self._encoded = {str(key): _deflate(_encode(value)) for key, value in self.current().items()}
 
     # -- running
 
     def set(self, key: str, value: object) -> None:
         text = _encode(value)
         if self.keep_encoded:
-            self._encoded[key] = text  # first: a fold after a failed write still has it
+            self._encoded[key] = _deflate(text)  # first: a fold after a failed write still has it
         self._append(f'{{"set":{_encode(key)},"value":{text}}}')
 
     def pop(self, key: str) -> None:
@@ -167,7 +170,7 @@ class StateFile:
     def _snapshot(self) -> str:
         if not self.keep_encoded:
             return _encode({"version": self.version, self.section: self.current()})
-        body = ",".join(f"{_encode(key)}:{text}" for key, text in self._encoded.items())
+        body = ",".join(f"{_encode(key)}:{_inflate(text)}" for key, text in self._encoded.items())
         return f'{{"version":{self.version},{_encode(self.section)}:{{{body}}}}}'
 
     def _failed(self, error: OSError) -> None:
@@ -216,6 +219,14 @@ class StateFile:
 def _encode(value: object) -> str:
     # json.dumps, not json.dump: only the one-shot encoder is the C one (10× faster on a big state)
     return json.dumps(value, separators=(",", ":"))
+
+
+def _deflate(text: str) -> bytes:
+    return zlib.compress(text.encode(), 1)
+
+
+def _inflate(data: bytes) -> str:
+    return zlib.decompress(data).decode()
 
 
 def _write_atomically(path: str, text: str) -> None:

@@ -47,6 +47,7 @@ class RelayConfig:
     routable_private_ranges: tuple = option((), dt.network_range_list)
     link_source_ip: str | None = option(None, dt.optional_ipv4_address)
     forwarding: str = option("auto", dt.choice("auto", "kernel", "userspace"))
+    userspace_workers: int | None = option(None, dt.workers)
     fix_kernel_settings: bool = option(True, dt.boolean)
     keep_calls_on_stop: bool = option(True, dt.boolean)
     conntrack_mark: int = option(0x4D50, dt.conntrack_mark)

@@ -336,6 +336,20 @@ def text_value(text: str) -> str:
     return text.strip()
 
 
+MAX_WORKERS = 256
+
+
+def workers(text: str) -> int | None:
+    """``auto`` (None: one per core when there are several), or how many worker processes (0: none)."""
+    value = text.strip().lower()
+    if value == "auto":
+        return None
+    number = ascii_decimal(value)
+    if number is None or number > MAX_WORKERS:
+        raise ValueError(f"expected auto or a number of processes from 0 to {MAX_WORKERS}")
+    return number
+
+
 def optional_text(text: str) -> str | None:
     """A value, or None when empty or ``none``."""
     value = text.strip()

@@ -130,6 +130,7 @@ class Stack:
             port_range=PortRange(42000, 42400),
             reconnect_delay=1,
             forwarding="userspace",
+            userspace_workers=0,  # in process, with the test's reactor: no worker processes
         )
         return replace(base, **self.relay_options)
 

@@ -54,7 +54,11 @@ class FakeResolver:
 
 def make_relay(dispatchers="127.0.0.1", resolver=None, **options):
     reactor = MemoryReactorClock()
-    config = RelayConfig(dispatchers=endpoint_list(25060)(dispatchers), relay_ip="127.0.0.1", **{"forwarding": "userspace", **options})
+    config = RelayConfig(
+        dispatchers=endpoint_list(25060)(dispatchers),
+        relay_ip="127.0.0.1",
+        **{"forwarding": "userspace", "userspace_workers": 0, **options},
+    )
     relay = RelayService(Configuration(relay=config), Credentials(CERTS, "relay"), reactor, resolver=resolver)
     relay.sessions.binder = FakeBinder()
     relay.verifier.accept = lambda transport, name=None: True
@@ -375,7 +379,9 @@ def _relay_with_state(tmp_path, **options):
     reactor = MemoryReactorClock()
     reactor.advance(1_800_000_000)  # wall-clock times, as the real reactor has
     config = RelayConfig(
-        dispatchers=endpoint_list(25060)("127.0.0.1"), relay_ip="127.0.0.1", **{"forwarding": "userspace", "stream_timeout": 30, **options}
+        dispatchers=endpoint_list(25060)("127.0.0.1"),
+        relay_ip="127.0.0.1",
+        **{"forwarding": "userspace", "userspace_workers": 0, "stream_timeout": 30, **options},
     )
     relay = RelayService(Configuration(relay=config), Credentials(CERTS, "relay"), reactor, state_dir=str(tmp_path))
     relay.sessions.binder = FakeBinder()

@@ -321,7 +321,7 @@ class SessionManager:
     def _on_path_changed(self, event: events.PathChanged) -> None:
         # the RTP's path is the stream's (one line per change); RTCP follows it
         (media_log.info if event.substream.kind == "rtp" else media_log.debug)(
-            "{substream}: {old} → {new}", substream=event.substream, old=event.old, new=event.new
+            "{substream}: {old} → {new}", substream=event.substream, old=self.logged_path(event.old), new=self.logged_path(event.new)
         )
 
     def _on_hold_changed(self, event: events.HoldChanged) -> None:
@@ -493,10 +493,22 @@ class SessionManager:
 
     def statistics(self) -> list[dict]:
         """Every session's record, in the JSON form of the relay link."""
-        return [session.statistics(self.live_counters).as_json() for session in self.sessions.values()]
+        return [self.session_statistics(session).as_json() for session in self.sessions.values()]
 
     def session_statistics(self, session: Session) -> records.SessionRecord:
-        return session.statistics(self.live_counters)
+        record = session.statistics(self.live_counters)
+        for stream in record.streams:
+            stream.path = self.shown_path(stream.path)
+        return record
+
+    def logged_path(self, path: str) -> str:
+        shown = self.shown_path(path)
+        return f"{shown} worker" if path == KERNEL and shown != KERNEL else shown
+
+    def shown_path(self, path: str | None) -> str | None:
+        """What an operator is told of a path: an offloaded substream is "kernel" in the model, and
+        "userspace" when userspace workers took it."""
+        return self._forwarder.name if path == KERNEL else path
 
     def relayed_bytes(self) -> int:
         """Bytes relayed by the sessions alive now (the kernel's live counters included)."""
@@ -521,7 +533,7 @@ class SessionManager:
             packets += session_packets
             bytes_ += session_bytes
             for stream in session.streams:
-                path = stream.path_taken()
+                path = self.shown_path(stream.path_taken())
                 if path is not None:
                     streams[path if path in streams else LEARNING] += 1
         used = len(self.pool.in_use)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 from twisted.logger import Logger
 from zope.interface import implementer
 
@@ -46,7 +48,7 @@ def choose(config, reactor, idle_timeout: int, binder=None, changes: host.HostCh
     """
     if config.forwarding == "userspace":
         log.info("Forwarding media in userspace ([Relay] forwarding = userspace)")
-        return NoKernelForwarding()
+        return userspace(config, reactor, idle_timeout)
     from mediaproxy.relay.plane.conntrack import Conntrack, ConntrackError  # noqa: PLC0415
     from mediaproxy.relay.plane.kernel import KernelForwarder  # noqa: PLC0415
 
@@ -58,7 +60,7 @@ def choose(config, reactor, idle_timeout: int, binder=None, changes: host.HostCh
         if config.forwarding == "kernel":
             raise StartupError(f"Kernel forwarding is not available: {error}") from None
         log.warn("Kernel forwarding is not available ({error}); forwarding media in userspace", error=error)
-        return NoKernelForwarding()
+        return userspace(config, reactor, idle_timeout)
     if binder is not None:
         binder.mark = config.conntrack_mark
     if changed:
@@ -68,4 +70,22 @@ def choose(config, reactor, idle_timeout: int, binder=None, changes: host.HostCh
         mark=config.conntrack_mark,
         timeout=idle_timeout,
     )
+    return forwarder
+
+
+def userspace(config, reactor, idle_timeout: int):  # noqa: ANN001, ANN201
+    """Userspace forwarding: in worker processes on every core (``userspace_workers``, by default
+    one per core on a machine with several), else in this process alone."""
+    workers = config.userspace_workers
+    if workers is None:
+        cores = len(os.sched_getaffinity(0))
+        workers = cores if cores > 1 else 0
+    if workers == 0:
+        log.info("Userspace forwarding in this process")
+        return NoKernelForwarding()
+    from mediaproxy.relay.plane.workers import WorkerForwarder  # noqa: PLC0415
+
+    forwarder = WorkerForwarder(reactor, workers, config.port_range.pairs, idle_timeout)
+    forwarder.start()
+    log.info("Userspace forwarding in {count} worker processes once both parties are learnt", count=workers)
     return forwarder

@@ -69,6 +69,15 @@ class UDPEndpoint:
         except OSError:
             pass  # a full socket buffer or an unreachable peer loses this one packet, as UDP would
 
+    def pause(self) -> None:
+        """Stop reading: a worker process reads this socket now."""
+        if self._fileno != -1:
+            self.reactor.removeReader(self)
+
+    def resume(self) -> None:
+        if self._fileno != -1:
+            self.reactor.addReader(self)
+
     def close(self) -> None:
         self.receiver = None
         if self._fileno != -1:

@@ -8,6 +8,7 @@ from twisted.logger import LogLevel
 from zope.interface import implementer
 
 from harness import logged
+from mediaproxy import statefile
 from mediaproxy.configuration import RelayConfig
 from mediaproxy.datatypes import PortRange, network_range_list
 from mediaproxy.relay.model.packets import codec_name, is_stun
@@ -736,3 +737,50 @@ def test_the_username_is_the_signalled_one_or_the_from_uris_user():
     relay.update(call_id="c2", signaling_ip='{"signaling_ip": "127.0.0.1", "username": "carol@example.org"}')
     usernames = {record["call_id"]: record["username"] for record in relay.manager.statistics()}
     assert usernames == {"c1": "alice", "c2": "carol@example.org"}
+
+
+class CheckpointedForwarder(RecordingForwarder):
+    """Userspace workers' stand-in: counts that grow, handed over at each checkpoint."""
+
+    name = "userspace"
+    keeps_entries = False
+
+    def __init__(self):
+        super().__init__()
+        self.live = {}
+
+    def offload(self, owner, flow):
+        self.live[owner] = (0, 0, 0, 0)
+        return super().offload(owner, flow)
+
+    def counters(self, owner):
+        return self.live.get(owner)
+
+    def checkpoint(self, owner):
+        moved, self.live[owner] = self.live[owner], (0, 0, 0, 0)
+        return moved
+
+    def remove(self, owner):
+        self.removed.append(owner.kind)
+        del self.entries[owner]
+        return self.live.pop(owner)
+
+
+def test_worker_counts_are_kept_every_interval_and_at_a_stop_and_shown_as_userspace(tmp_path):
+    relay = Relay()
+    forwarder = relay.manager.forwarder = CheckpointedForwarder()
+    relay.manager.state = state = statefile.StateFile(str(tmp_path / "sessions"), "sessions", 1, relay.clock, "the sessions")
+    state.open(lambda: {}, lambda: 0)
+    stream = established(relay)
+    owner = stream.rtp
+    forwarder.live[owner] = (40, 8000, 30, 6000)
+    record = relay.manager.session_statistics(next(iter(relay.manager.sessions.values())))
+    assert record.streams[0].path == "userspace"  # not "kernel": the workers forward in userspace
+    assert relay.manager.metrics()["streams"]["userspace"] == 1
+    relay.manager.keep_counters()
+    assert (owner.caller.kernel_packets, owner.callee.kernel_packets) == (40, 30)  # folded into what is kept
+    (kept,) = statefile.StateFile(str(tmp_path / "sessions"), "sessions", 1, relay.clock, "the sessions").load().values()
+    assert kept["streams"][0]["rtp"]["caller"]["kernel_packets"] == 40
+    forwarder.live[owner] = (5, 1000, 5, 1000)
+    relay.manager.suspend()  # a stop that keeps the calls: the workers end, their counts go into the state
+    assert (owner.caller.kernel_packets, owner.callee.kernel_packets) == (45, 35) and forwarder.removed == ["rtp"]

@@ -401,9 +401,25 @@ class SessionManager:
         """Keep the userspace counters that moved (every COUNTERS_INTERVAL: not worth a write a packet)."""
         if self.state is None:
             return
+        checkpoint = getattr(self._forwarder, "checkpoint", None)
         for key, session in self.sessions.items():
-            if session.userspace_packets() != self._kept_packets.get(key):
+            moved = checkpoint is not None and self._take_counts(session, checkpoint)
+            if moved or session.userspace_packets() != self._kept_packets.get(key):
                 self.keep(session)
+
+    @staticmethod
+    def _take_counts(session: Session, take) -> bool:  # noqa: ANN001 - the forwarder's checkpoint or remove
+        """Fold what a forwarder that ends with the relay (userspace workers) counted into the
+        substreams' own counts, so it is kept; True when anything moved."""
+        moved = False
+        for stream in session.streams:
+            for substream in (stream.rtp, stream.rtcp):
+                if substream.path == KERNEL:
+                    counts = take(substream)
+                    if counts is not None and any(counts):
+                        substream.add_kernel_counts(*counts)
+                        moved = True
+        return moved
 
     def restore(self, state, kept: dict) -> int:  # noqa: ANN001 - a statefile.StateFile
         """Take back the sessions ``kept`` (what ``state`` loaded; their kernel entries those the
@@ -471,6 +487,10 @@ class SessionManager:
 
     def suspend(self) -> None:
         """The relay stops and will start again: keep everything, close the sockets, end nothing."""
+        if not getattr(self._forwarder, "keeps_entries", True):
+            # worker processes end with the relay: what they counted goes into the kept state
+            for session in self.sessions.values():
+                self._take_counts(session, self._forwarder.remove)
         self.close_state()  # the whole state, written once more
         self.deadlines.stop()
         for session in self.sessions.values():

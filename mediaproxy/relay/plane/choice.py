@@ -85,7 +85,11 @@ def userspace(config, reactor, idle_timeout: int):  # noqa: ANN001, ANN201
         return NoKernelForwarding()
     from mediaproxy.relay.plane.workers import WorkerForwarder  # noqa: PLC0415
 
-    forwarder = WorkerForwarder(reactor, workers, config.port_range.pairs, idle_timeout)
-    forwarder.start()
+    try:
+        forwarder = WorkerForwarder(reactor, workers, config.port_range.pairs, idle_timeout)
+        forwarder.start()
+    except OSError as error:  # no shared memory or no processes allowed (a service's system call filter)
+        log.warn("Cannot start userspace workers ({error}); userspace forwarding in this process", error=error)
+        return NoKernelForwarding()
     log.info("Userspace forwarding in {count} worker processes once both parties are learnt", count=workers)
     return forwarder

@@ -60,6 +60,7 @@ def counts(counters: Counters) -> Counts:
 @implementer(IForwarder)
 class KernelForwarder:
     name = "kernel"
+    keeps_entries = True  # conntrack entries forward on while the relay is away
 
     def __init__(self, reactor, conntrack: Conntrack, idle_timeout: int) -> None:  # noqa: ANN001
         self.reactor = reactor

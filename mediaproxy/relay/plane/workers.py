@@ -32,7 +32,8 @@ from mediaproxy.relay.plane.worker import ADD, COUNTERS, SLOT, SLOT_BYTES, STRAY
 
 log = Logger(namespace="relay.workers")
 
-RESTARTS_PER_MINUTE = 5  # a worker dying more often than this is left dead: its substreams go back
+RESTARTS_PER_MINUTE = 5
+RETIRED = 4096  # a worker dying more often than this is left dead: its substreams go back
 
 
 class WorkerLink(abstract.FileDescriptor):
@@ -113,15 +114,17 @@ class WorkerLink(abstract.FileDescriptor):
 
 
 class Handover:
-    __slots__ = ("slot", "token", "link", "endpoints", "message")
+    __slots__ = ("slot", "token", "link", "endpoints", "message", "baseline")
 
     def __init__(self, slot: int, token: int, link: WorkerLink, endpoints: tuple, message: bytes) -> None:
         self.slot, self.token, self.link, self.endpoints, self.message = slot, token, link, endpoints, message
+        self.baseline = (0, 0, 0, 0)  # what was already handed over by checkpoint()
 
 
 @implementer(IForwarder)
 class WorkerForwarder:
     name = "userspace"  # what the operator sees: the packets are forwarded in userspace, on other cores
+    keeps_entries = False  # the workers end with the relay: nothing forwards while it is away
 
     def __init__(self, reactor, workers: int, slots: int, idle_timeout: int) -> None:  # noqa: ANN001
         self.reactor = reactor
@@ -138,6 +141,9 @@ class WorkerForwarder:
         self.links = [WorkerLink(reactor, self, number) for number in range(workers)]
         self.handovers: dict[object, Handover] = {}
         self.by_slot: dict[int, object] = {}
+        # hand-overs taken back lately: a worker may still pass on packets it read for them before
+        # it heard, and those belong to the sockets all the same (a party taking its latch back)
+        self.retired: collections.OrderedDict[tuple[int, int], tuple] = collections.OrderedDict()
         self.on_gone = lambda owner, counts, timeout_wait: None
 
     def start(self, keep: frozenset = frozenset()) -> None:
@@ -187,7 +193,10 @@ class WorkerForwarder:
         return self._release(owner, handover)
 
     def _release(self, owner: object, handover: Handover) -> tuple:
-        final = self.counters_of(handover.slot)
+        self.retired[(handover.slot, handover.token)] = handover.endpoints
+        if len(self.retired) > RETIRED:
+            self.retired.popitem(last=False)
+        final = self._since_checkpoint(handover)
         self.by_slot.pop(handover.slot, None)
         handover.link.owners.discard(owner)
         self.free.append(handover.slot)
@@ -197,11 +206,21 @@ class WorkerForwarder:
 
     def counters(self, owner: object) -> tuple | None:
         handover = self.handovers.get(owner)
-        return None if handover is None else self.counters_of(handover.slot)
+        return None if handover is None else self._since_checkpoint(handover)
 
-    def counters_of(self, slot: int) -> tuple:
-        base = slot * COUNTERS
-        return tuple(self.counts[base : base + COUNTERS])
+    def checkpoint(self, owner: object) -> tuple | None:
+        """What ``owner``'s worker counted since the last checkpoint, now the owner's to keep (so
+        that a relay killed loses at most what was counted since)."""
+        handover = self.handovers.get(owner)
+        if handover is None:
+            return None
+        moved = self._since_checkpoint(handover)
+        handover.baseline = tuple(self.counts[handover.slot * COUNTERS : (handover.slot + 1) * COUNTERS])
+        return moved
+
+    def _since_checkpoint(self, handover: Handover) -> tuple:
+        base = handover.slot * COUNTERS
+        return tuple(now - before for now, before in zip(self.counts[base : base + COUNTERS], handover.baseline))
 
     # -- what the workers say
 
@@ -216,9 +235,10 @@ class WorkerForwarder:
     def stray(self, slot: int, token: int, side: int, source: tuple, data: bytes) -> None:
         """A packet a worker got from elsewhere than the learnt address: as if this process read it."""
         handover = self.handovers.get(self.by_slot.get(slot))
-        if handover is None or handover.token != token or side not in (0, 1):
+        endpoints = handover.endpoints if handover is not None and handover.token == token else self.retired.get((slot, token))
+        if endpoints is None or side not in (0, 1) or endpoints[side].fileno() < 0:
             return
-        endpoint = handover.endpoints[side]
+        endpoint = endpoints[side]
         receiver = endpoint.receiver
         if receiver is not None:
             touched = receiver(data, source)

@@ -30,7 +30,7 @@ from mediaproxy.testing import remove, update  # noqa: E402
 
 GENERATOR_IP = "192.0.2.2"
 RELAY_NET = "192.0.2.1/24"
-ADDRESSES = {"userspace": "192.0.2.11", "kernel": "192.0.2.12", "rtpengine": "192.0.2.13"}
+ADDRESSES = {"userspace": "192.0.2.11", "kernel": "192.0.2.12", "rtpengine": "192.0.2.13", "userspace-1": "192.0.2.14"}
 PAYLOAD = 172  # G.711 20 ms: 160 bytes of audio and a 12-byte RTP header
 
 
@@ -79,14 +79,14 @@ def one_stack(name: str, port_range: str):  # noqa: ANN201
 class OurStack:
     """media-dispatcher and media-relay processes in the relay namespace."""
 
-    def __init__(self, net: Topology, forwarding: str, port_range: str, name: str | None = None) -> None:
+    def __init__(self, net: Topology, forwarding: str, port_range: str, name: str | None = None, extra: str = "") -> None:
         self.name = name or forwarding
         self.directory = Path(tempfile.mkdtemp(prefix=f"mp-bench-{self.name}-"))
-        ip = ADDRESSES.get(forwarding, ADDRESSES["userspace"])
+        ip = ADDRESSES.get(self.name, ADDRESSES.get(forwarding, ADDRESSES["userspace"]))
         self.deployment = Deployment(
             self.directory,
             f"[Relay]\nrelay_ip = {ip}\nforwarding = {forwarding}\nport_range = {port_range}\nstream_timeout = 60\n"
-            f"traffic_sampling_period = 0\nconntrack_mark = {0x4D60 + len(forwarding)}\n",
+            f"traffic_sampling_period = 0\nconntrack_mark = {0x4D60 + len(self.name)}\n{extra}",
             namespace=net.name("relay"),
         )
         try:

@@ -14,6 +14,9 @@ the machine's less what the generator costs at that rate (the blackhole's cost p
 offered), and its cost per packet is that over the packets it relayed. Run as root:
 
     bench/line_rate.py [--streams 1000] [--rates 50000,100000,150000,200000,250000] [--seconds 5]
+
+Our userspace path runs as configured by default (worker processes, one per core) and, as
+"userspace-1", with everything in the relay process (``userspace_workers = 0``).
 """
 
 from __future__ import annotations
@@ -145,7 +148,11 @@ def main(argv: list[str] | None = None) -> int:
         "--rates", default="50000,100000,150000,200000,250000", help="offered packets/s to step through; 0: as fast as the generator can"
     )
     parser.add_argument("--seconds", type=float, default=5, help="seconds per run (default: %(default)s)")
-    parser.add_argument("--systems", default="kernel,userspace,rtpengine", help="which relays (default: %(default)s)")
+    parser.add_argument(
+        "--systems",
+        default="kernel,userspace,userspace-1,rtpengine",
+        help="which relays (default: %(default)s; userspace-1: our userspace path without worker processes)",
+    )
     args = parser.parse_args(argv)
     rates = [float(value) for value in args.rates.split(",")]
     wanted = args.systems.split(",")
@@ -159,9 +166,15 @@ def main(argv: list[str] | None = None) -> int:
         binary = build_generator(directory)
         blackhole = Blackhole(net)
         systems.append(blackhole)
-        for index, name in enumerate(name for name in ("kernel", "userspace") if name in wanted):
-            low = 20000 + index * 15000
-            stack = OurStack(net, name, f"{low}:{low + 4 * streams + 100}")
+        ours = {
+            "kernel": ("kernel", ""),
+            "userspace": ("userspace", ""),  # worker processes, one per core (the default)
+            "userspace-1": ("userspace", "userspace_workers = 0\n"),  # everything in the relay process
+        }
+        for index, name in enumerate(name for name in ours if name in wanted):
+            low = 20000 + index * 10000
+            forwarding, extra = ours[name]
+            stack = OurStack(net, forwarding, f"{low}:{low + 4 * streams + 100}", name=name, extra=extra)
             stack.source = ADDRESSES[name]
             systems.append(stack)
         if "rtpengine" in wanted:

@@ -340,7 +340,7 @@ MAX_WORKERS = 256
 
 
 def workers(text: str) -> int | None:
-    """``auto`` (None: one per core when there are several), or how many worker processes (0: none)."""
+    """``auto`` (None: the relay decides from the cores), or how many worker processes (0: none)."""
     value = text.strip().lower()
     if value == "auto":
         return None

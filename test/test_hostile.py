@@ -171,8 +171,11 @@ def test_command_injection_is_refused_and_the_relay_link_stays_healthy(tmp_path)
         programs.kill()
 
 
-def test_a_third_party_spraying_every_port_hijacks_no_call(tmp_path):
-    programs = Deployment(tmp_path, stream_timeout=30).start()
+@pytest.mark.parametrize("workers", [0, 2])
+def test_a_third_party_spraying_every_port_hijacks_no_call(tmp_path, workers):
+    """Also with userspace workers, which get a substream as soon as both sides are latched (to the
+    sprayer, here): the parties take their latches back through them."""
+    programs = Deployment(tmp_path, f"[Relay]\nuserspace_workers = {workers}\n", stream_timeout=30).start()
     try:
         proxy = programs.proxy()
         calls = []

@@ -74,12 +74,14 @@ def choose(config, reactor, idle_timeout: int, binder=None, changes: host.HostCh
 
 
 def userspace(config, reactor, idle_timeout: int):  # noqa: ANN001, ANN201
-    """Userspace forwarding: in worker processes on every core (``userspace_workers``, by default
-    one per core on a machine with several), else in this process alone."""
+    """Userspace forwarding: in worker processes (``userspace_workers``; by default one per core
+    but one, on a machine with three or more), else in this process alone."""
     workers = config.userspace_workers
     if workers is None:
+        # the relay process and the kernel's own packet work need a core; on two cores a worker
+        # beside them only competes with them (bench/line_rate.py: no gain on two cores)
         cores = len(os.sched_getaffinity(0))
-        workers = cores if cores > 1 else 0
+        workers = cores - 1 if cores >= 3 else 0
     if workers == 0:
         log.info("Userspace forwarding in this process")
         return NoKernelForwarding()

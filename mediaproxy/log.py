@@ -36,11 +36,24 @@ _SYSLOG_PRIORITY = {
 
 def format_line(event: dict) -> str:
     level = _NAMES.get(event.get("log_level"), "INFO")
-    text = formatEvent(event)
+    text = _format(event)
     failure = event.get("log_failure")
     if failure is not None:
         text = f"{text}\n{failure.getTraceback()}"
     return f"{level:<8} {text}"
+
+
+def _format(event: dict) -> str:
+    """The event's text: ``str.format_map`` (C) on its format, which is what our formats need and
+    several times cheaper than Twisted's formatter, a per-call line on a busy relay being no rare
+    thing; Twisted's formatter for anything it cannot do (no format, a method call in a field)."""
+    template = event.get("log_format")
+    if isinstance(template, str):
+        try:
+            return template.format_map(event)
+        except Exception:  # noqa: BLE001, S110 - any format problem: Twisted's formatter says it its way
+            pass
+    return formatEvent(event)
 
 
 @implementer(ILogObserver)

@@ -10,9 +10,10 @@ The snapshot is ``{"version": n, <section>: {key: value}}``; journal lines are
 
 With ``keep_encoded``, each value's JSON text is kept as it was journalled, and folding writes
 those texts as they are: at 20,000 relay sessions, encoding them all afresh held the reactor for
-about 2 s at every fold, where joining the texts takes a fraction of that. The texts are kept
-deflated (zlib level 1: a relay session's 2 KB of JSON in about 600 bytes, 13 µs to deflate, 6 µs
-to inflate at a fold), since every idle call holds one. A clean stop encodes everything afresh
+about 2 s at every fold, where joining the texts takes a fraction of that. Every idle call holds
+one, so :meth:`squeeze` (run every minute) deflates the texts kept since the last time (zlib level
+1: a relay session's 2 KB of JSON in about 600 bytes, 13 µs to deflate, 6 µs to inflate at a
+fold), off the path of the commands that change them. A clean stop encodes everything afresh
 once, so the snapshot has the latest state.
 """
 
@@ -49,7 +50,7 @@ class StateFile:
         self._retry = None
         self.failed = False
         self.keep_encoded = keep_encoded
-        self._encoded: dict[str, bytes] = {}  # key → its value's JSON text deflated, with keep_encoded
+        self._encoded: dict[str, str | bytes] = {}  # key → its value's JSON text (deflated once squeezed), with keep_encoded
 
     # -- start: the snapshot, then the changes after it
 
@@ -114,15 +115,22 @@ class StateFile:
         self.compact()
 
     def _encode_all(self) -> None:
-        self._encoded = {str(key): _deflate(_encode(value)) for key, value in self.current().items()}
+        self._encoded = {str(key): _encode(value) for key, value in self.current().items()}
 
     # -- running
 
     def set(self, key: str, value: object) -> None:
         text = _encode(value)
         if self.keep_encoded:
-            self._encoded[key] = _deflate(text)  # first: a fold after a failed write still has it
+            self._encoded[key] = text  # first: a fold after a failed write still has it
         self._append(f'{{"set":{_encode(key)},"value":{text}}}')
+
+    def squeeze(self) -> None:
+        """Deflate the kept texts that are not yet (with keep_encoded)."""
+        encoded = self._encoded
+        for key, text in encoded.items():
+            if isinstance(text, str):
+                encoded[key] = _deflate(text)
 
     def pop(self, key: str) -> None:
         if self.keep_encoded:
@@ -225,8 +233,8 @@ def _deflate(text: str) -> bytes:
     return zlib.compress(text.encode(), 1)
 
 
-def _inflate(data: bytes) -> str:
-    return zlib.decompress(data).decode()
+def _inflate(data: str | bytes) -> str:
+    return data if isinstance(data, str) else zlib.decompress(data).decode()
 
 
 def _write_atomically(path: str, text: str) -> None:

@@ -46,6 +46,21 @@ def test_kept_encoded_a_fold_writes_what_was_journalled_and_a_clean_stop_the_lat
     assert not (tmp_path / "state.journal").exists()
 
 
+def test_kept_texts_are_deflated_by_squeeze_and_fold_the_same(tmp_path):
+    state = state_file(tmp_path, keep_encoded=True)
+    state.load()
+    table = {}
+    state.open(lambda: dict(table), lambda: len(table))
+    value = {"call": "x" * 2000, "packets": 3}
+    state.set("a", value)
+    assert isinstance(state._encoded["a"], str)  # the command's path does not deflate
+    state.squeeze()
+    assert isinstance(state._encoded["a"], bytes) and len(state._encoded["a"]) < 200
+    state.set("b", {"packets": 1})  # one plain, one deflated: a fold takes both as they are
+    state.compact()
+    assert json.loads((tmp_path / "state").read_text())["things"] == {"a": value, "b": {"packets": 1}}
+
+
 def test_the_journal_is_folded_as_it_grows(tmp_path):
     table = {str(number): number for number in range(10)}
     state = state_file(tmp_path, keep_encoded=True)

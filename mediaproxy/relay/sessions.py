@@ -406,6 +406,7 @@ class SessionManager:
             moved = checkpoint is not None and self._take_counts(session, checkpoint)
             if moved or session.userspace_packets() != self._kept_packets.get(key):
                 self.keep(session)
+        self.state.squeeze()  # what the last minute's commands kept, deflated off their path
 
     @staticmethod
     def _take_counts(session: Session, take) -> bool:  # noqa: ANN001 - the forwarder's checkpoint or remove

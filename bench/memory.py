@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import resource
+import time
 
 from common import one_stack, rss_kib
 
@@ -20,6 +21,12 @@ from common import one_stack, rss_kib
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sessions", default="1000,5000", help="session counts to reach (default: %(default)s)")
+    parser.add_argument(
+        "--settle",
+        type=float,
+        default=0,
+        help="seconds the sessions stay idle before RSS is read (default: %(default)s; the relay deflates what it keeps of them every minute, and the dispatcher pulls their statistics every minute)",
+    )
     args = parser.parse_args(argv)
     steps = [int(value) for value in args.sessions.split(",")]
     hard_limit = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
@@ -35,6 +42,7 @@ def main(argv: list[str] | None = None) -> int:
             while opened < target:
                 stack.open(f"memory-{opened}", ("192.0.2.2", 6000 + 2 * (opened % 1000)), ("192.0.2.3", 7000))
                 opened += 1
+            time.sleep(args.settle)  # idle sessions, as a relay holds them most of their life
             rows.append((opened, rss_kib(stack.dispatcher_pid), rss_kib(stack.relay_pid)))
         print(f"{'sessions':>8} {'dispatcher MiB':>15} {'relay MiB':>10} {'relay KiB/session':>18} {'KiB/stream socket':>18}")
         base_relay = rows[0][2]

@@ -31,7 +31,7 @@ def test_setup_rate_benchmark_runs():
 
 
 def test_memory_benchmark_runs():
-    output = bench("memory.py", "--sessions", "10")
+    output = bench("memory.py", "--sessions", "10", "--settle", "0")
     assert "      10 " in output
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+import zlib
 
 from twisted.application import service
 from twisted.internet import defer
@@ -33,9 +34,9 @@ class Dispatcher:
         self.table = CallTable()
         self.state_file = call_table_file(runtime_dir, clock)
         self.dead_relay_timers: dict[str, object] = {}
-        # call_id → (the statistics its relay last reported, as JSON text; when): what a call's
-        # record says when its relay is lost for good
-        self.last_known: dict[str, tuple[str, float]] = {}
+        # call_id → (the statistics its relay last reported, as JSON text deflated: every call holds
+        # one, 1-2 KB plain; when): what a call's record says when its relay is lost for good
+        self.last_known: dict[str, tuple[bytes, float]] = {}
         self.stopped = False
         self.stats = RequestStats()
         self.timers = service.MultiService()
@@ -372,7 +373,7 @@ class Dispatcher:
             self.table.pop(call_id)
             known = self.last_known.pop(call_id, None)
             if known is not None:
-                record = statistics.parse_record(known[0])
+                record = statistics.parse_record(zlib.decompress(known[0]).decode())
                 record.statistics_at = known[1]  # the record is as of then, not of the call's end
                 self._account(record, entry, statistics.BYE if entry.removal is not None else statistics.RELAY_LOST)
             if entry.dialog_id and entry.removal is None and entry.expire_time is None:
@@ -449,7 +450,7 @@ class Dispatcher:
             call_id = record.call_id
             if call_id in self.table and record.start_time is not None:
                 record.yours = None
-                self.last_known[call_id] = (json.dumps(record.as_json(), separators=(",", ":")), now)
+                self.last_known[call_id] = (zlib.compress(json.dumps(record.as_json(), separators=(",", ":")).encode(), 1), now)
         for call_id in [call_id for call_id in self.last_known if call_id not in self.table]:
             del self.last_known[call_id]
 

@@ -19,6 +19,7 @@ class NoKernelForwarding:
     """The forwarder used when the kernel path is off: everything stays in userspace."""
 
     name = "userspace"
+    keeps_entries = False
     on_gone = None
 
     def start(self, keep: frozenset = frozenset()) -> None:

@@ -50,12 +50,14 @@ class IPortPool(Interface):
 
 
 class IForwarder(Interface):
-    """Forwards substreams outside the relay process (the kernel), keyed by an opaque owner.
+    """Forwards substreams outside the relay process (the kernel, or worker processes), keyed by
+    an owner: the substream, opaque to the kernel forwarder; the workers take its sides' sockets.
 
     Counters are (caller packets, caller bytes, callee packets, callee bytes) in IP bytes.
     """
 
-    name = Attribute("'kernel' or 'userspace'")
+    name = Attribute("'kernel' or 'userspace': the path an operator is shown for what it forwards")
+    keeps_entries = Attribute("whether what it forwards goes on while the relay is away (kernel entries do, workers do not)")
     on_gone = Attribute("callable(owner, counters, timeout_wait), told when an entry timed out by itself")
 
     def start(keep: frozenset) -> None:  # noqa: N805

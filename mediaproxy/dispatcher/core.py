@@ -350,6 +350,7 @@ class Dispatcher:
         if adopted:
             log.warn("Took back {count} calls from relay {ip} that the call table had lost", count=adopted, ip=ip)
         self._remember(listing.records)
+        self._forget_unknown()
 
     def _reconcile_failed(self, failure, ip: str) -> None:  # noqa: ANN001
         log.warn("Could not get the sessions of relay {ip}: {error}", ip=ip, error=failure.getErrorMessage())
@@ -427,13 +428,18 @@ class Dispatcher:
 
     def _pull(self, link: RelayLink) -> defer.Deferred:
         live = {call_id: entry for call_id, entry in self.table.of_relay(link.ip) if entry.removal is None and entry.expire_time is None}
-        return link.fetch_sessions().addCallback(self._pulled, link.ip, live)
+        present: set[str] = set()
 
-    def _pulled(self, listing: statistics.SessionList, ip: str, live: dict[str, CallEntry]) -> None:
+        def page(records: list[statistics.SessionRecord]) -> None:
+            present.update(record.call_id for record in records)
+            self._remember(records)
+
+        return link.fetch_sessions(each_page=page).addCallback(lambda _: self._pulled(present, link.ip, live))
+
+    def _pulled(self, present: set[str], ip: str, live: dict[str, CallEntry]) -> None:
         """A live call of ours that its relay no longer has, with no expiry from it (which would
         have come first on the link), was removed through another proxy's dispatcher, which
         accounted it: forget it here."""
-        present = {record.call_id for record in listing.records}
         gone = [
             call_id
             for call_id, entry in live.items()
@@ -442,7 +448,11 @@ class Dispatcher:
         for call_id in gone:
             self.table.pop(call_id)
             log.info("Call {call_id} is no longer on relay {ip}: it was removed through another dispatcher", call_id=call_id, ip=ip)
-        self._remember(listing.records)
+        self._forget_unknown()
+
+    def _forget_unknown(self) -> None:
+        for call_id in [call_id for call_id in self.last_known if call_id not in self.table]:
+            del self.last_known[call_id]
 
     def _remember(self, records: list[statistics.SessionRecord]) -> None:
         now = self.clock.seconds()
@@ -451,8 +461,6 @@ class Dispatcher:
             if call_id in self.table and record.start_time is not None:
                 record.yours = None
                 self.last_known[call_id] = (zlib.compress(json.dumps(record.as_json(), separators=(",", ":")).encode(), 1), now)
-        for call_id in [call_id for call_id in self.last_known if call_id not in self.table]:
-            del self.last_known[call_id]
 
     # -- control (the management interface's commands)
 

@@ -113,15 +113,21 @@ class RelayLink(BoundedLineReceiver):
         return deferred
 
     @defer.inlineCallbacks
-    def fetch_sessions(self, call_id: str | None = None):  # noqa: ANN201 - a Deferred firing with a statistics.SessionList
+    def fetch_sessions(self, call_id: str | None = None, each_page=None):  # noqa: ANN001, ANN201 - a Deferred firing with a statistics.SessionList
         """All the relay's sessions, or those of call ``call_id``: page by page from a relay of
-        ours, in one answer from the original (which lists everything; filtered here)."""
+        ours, in one answer from the original (which lists everything; filtered here). With
+        ``each_page``, each page's records go to it as they come and the listing stays empty, so
+        a listing of every call is never in memory at once."""
         listing = statistics.SessionList()
         position = 0
         for _ in range(MAX_PAGES):
             request = relaylink.SessionsRequest(position, call_id)
             page = statistics.parse_sessions((yield self.send_command("sessions", request.header_block())))
-            listing.records.extend(page.records if call_id is None else [r for r in page.records if r.call_id == call_id])
+            records = page.records if call_id is None else [r for r in page.records if r.call_id == call_id]
+            if each_page is not None:
+                each_page(records)
+            else:
+                listing.records.extend(records)
             if page.next is None:
                 return listing
             if page.next <= position:

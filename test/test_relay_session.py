@@ -426,6 +426,7 @@ class RecordingForwarder:
     """A kernel forwarder stand-in: remembers offloads, reports fixed counters."""
 
     name = "kernel"
+    keeps_entries = True
 
     def __init__(self):
         self.offloaded = []

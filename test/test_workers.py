@@ -11,7 +11,7 @@ import time
 from deployment import Deployment, call, establish, exchange, stream_of, udp_endpoint, wait_until
 
 from mediaproxy.relay.plane import worker as worker_module
-from mediaproxy.relay.plane.worker import ADD, COUNTERS, SLOT, STRAY, Worker
+from mediaproxy.relay.plane.worker import ADD, COUNTERS, SLOT, STRAY, STRAY_HEAD, Worker
 
 
 def arrived(endpoint):
@@ -88,7 +88,7 @@ def test_strays_are_bounded_per_second():
     main, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     worker = Worker(theirs, memoryview(bytearray(64)).cast("Q"))
     worker.strays_left = 2
-    direction = worker_module.Direction(None, ("127.0.0.1", 1), None, ("127.0.0.1", 2), 0, STRAY.pack(b"S", 0, 1, 0, bytes(4), 0)[:10])
+    direction = worker_module.Direction(None, ("127.0.0.1", 1), None, ("127.0.0.1", 2), 0, STRAY_HEAD.pack(b"S", 0, 1, 0))
     for _ in range(5):
         worker.pass_on(direction, ("127.0.0.1", 9), b"x")
     main.setblocking(False)

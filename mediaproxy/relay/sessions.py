@@ -488,7 +488,7 @@ class SessionManager:
 
     def suspend(self) -> None:
         """The relay stops and will start again: keep everything, close the sockets, end nothing."""
-        if not getattr(self._forwarder, "keeps_entries", True):
+        if not self._forwarder.keeps_entries:
             # worker processes end with the relay: what they counted goes into the kept state
             for session in self.sessions.values():
                 self._take_counts(session, self._forwarder.remove)

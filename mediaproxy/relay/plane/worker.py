@@ -37,7 +37,8 @@ import time
 
 ADD = struct.Struct("<cII4sH4sHI")
 SLOT = struct.Struct("<cII")
-STRAY = struct.Struct("<cIIB4sH")
+STRAY_HEAD = struct.Struct("<cIIB")  # kind, slot, token, side: the same for every stray of a direction
+STRAY = struct.Struct("<cIIB4sH")  # the head, then the source's address and port
 STRAYS_PER_SECOND = 2000
 COUNTERS = 4  # per slot: caller packets, caller bytes, callee packets, callee bytes (u64 each)
 SLOT_BYTES = COUNTERS * 8
@@ -152,8 +153,8 @@ class Worker:
         self.remove(slot)
         caller_side, callee_side = (socket.socket(fileno=fd) for fd in fds)
         base = slot * COUNTERS
-        from_caller = Direction(caller_side, caller, callee_side, callee, base, STRAY.pack(b"S", slot, token, 0, bytes(4), 0)[:10])
-        from_callee = Direction(callee_side, callee, caller_side, caller, base + 2, STRAY.pack(b"S", slot, token, 1, bytes(4), 0)[:10])
+        from_caller = Direction(caller_side, caller, callee_side, callee, base, STRAY_HEAD.pack(b"S", slot, token, 0))
+        from_callee = Direction(callee_side, callee, caller_side, caller, base + 2, STRAY_HEAD.pack(b"S", slot, token, 1))
         self.slots[slot] = (from_caller, from_callee, timeout, token)
         for direction in (from_caller, from_callee):
             self.by_fd[direction.inbound.fileno()] = direction

@@ -208,8 +208,8 @@ class SQLBackend:
         connection, table = self.connection, self.config.sessions_table
         missing = [name for name in SEARCH_COLUMNS if not self._has_column(name)]
         columns = self.table.sqlmeta.columns
-        kind = {"sqlite": "sqlite", "mysql": "mysql", "postgres": "postgres"}.get(connection.dbName, "postgres")
-        added = [f"ALTER TABLE {table} ADD COLUMN {getattr(columns[name], kind + 'CreateSQL')()}" for name in missing]
+        # the connection writes each column's definition in its own dialect, as CREATE TABLE does
+        added = [f"ALTER TABLE {table} ADD COLUMN {connection.createColumn(self.table, columns[name])}" for name in missing]
         indexes = self._missing_indexes()
         try:
             for statement in added:

@@ -11,11 +11,12 @@ each request, and the relay's open files before and after (they must stay flat).
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import threading
 import time
 
-from common import OurStack, one_stack, open_fds, rss_kib
+from common import OurStack, cpu_seconds, one_stack, open_fds, rss_kib
 
 from mediaproxy.testing import remove, update
 
@@ -50,8 +51,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--connections", type=int, default=4, help="proxy connections (default: %(default)s)")
     parser.add_argument("--calls", type=int, default=5000, help="calls in all (default: %(default)s)")
+    parser.add_argument("--log-level", help="set both programs' log level first (WARNING: without the per-call lines)")
     args = parser.parse_args(argv)
     with one_stack("setup", "30000:39998") as stack:
+        if args.log_level:
+            for command in (f"loglevel {args.log_level}", f"loglevel {args.log_level} 127.0.0.1"):
+                assert "error" not in stack.deployment.management(command.encode()), command
         relay_fds_before, dispatcher_fds_before = open_fds(stack.relay_pid), open_fds(stack.dispatcher_pid)
         latencies: dict[str, list[float]] = {"offer": [], "answer": [], "remove": []}
         errors: list = []
@@ -59,6 +64,10 @@ def main(argv: list[str] | None = None) -> int:
         threads = [
             threading.Thread(target=worker, args=(stack, number, per_connection, latencies, errors)) for number in range(args.connections)
         ]
+        cpu_before = {
+            name: cpu_seconds(pid)
+            for name, pid in (("relay", stack.relay_pid), ("dispatcher", stack.dispatcher_pid), ("client", os.getpid()))
+        }
         started = time.perf_counter()
         for thread in threads:
             thread.start()
@@ -66,7 +75,12 @@ def main(argv: list[str] | None = None) -> int:
             thread.join()
         elapsed = time.perf_counter() - started
         calls = per_connection * args.connections
+        cpu = {
+            name: (cpu_seconds(pid) - cpu_before[name]) / calls * 1e6
+            for name, pid in (("relay", stack.relay_pid), ("dispatcher", stack.dispatcher_pid), ("client", os.getpid()))
+        }
         print(f"{calls} calls over {args.connections} connections in {elapsed:.2f}s: {calls / elapsed:.0f} set-ups/s, {len(errors)} errors")
+        print("CPU per set-up: " + ", ".join(f"{name} {value:.0f} µs" for name, value in cpu.items()))
         print(f"{'request':<8} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8}")
         for kind, values in latencies.items():
             print(f"{kind:<8} {percentile(values, 0.5) * 1000:>8.2f} {percentile(values, 0.99) * 1000:>8.2f} {max(values) * 1000:>8.2f}")

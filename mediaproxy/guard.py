@@ -12,10 +12,10 @@ from collections import Counter
 from dataclasses import dataclass
 
 from twisted.internet.interfaces import IHandshakeListener
-from twisted.logger import Logger
 from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
 from zope.interface import implementer
 
+from mediaproxy.log import Logger
 from mediaproxy.ratelimit import Refusals
 
 log = Logger(namespace="guard")

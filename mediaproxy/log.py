@@ -10,11 +10,11 @@ from twisted.logger import (
     FilteringLogObserver,
     ILogObserver,
     LogLevel,
-    LogLevelFilterPredicate,
     PredicateResult,
     formatEvent,
     globalLogBeginner,
 )
+from twisted.logger import Logger as TwistedLogger
 from zope.interface import implementer
 
 _LEVELS = {
@@ -25,6 +25,8 @@ _LEVELS = {
     "DEBUG": LogLevel.debug,
 }
 _NAMES = {LogLevel.critical: "CRITICAL", LogLevel.error: "ERROR", LogLevel.warn: "WARNING", LogLevel.info: "INFO", LogLevel.debug: "DEBUG"}
+_RANK = {LogLevel.debug: 0, LogLevel.info: 1, LogLevel.warn: 2, LogLevel.error: 3, LogLevel.critical: 4}
+_threshold = 0  # the rank below which nothing is logged; everything until a LogControl starts
 _SYSLOG_PRIORITY = {
     LogLevel.critical: syslog.LOG_CRIT,
     LogLevel.error: syslog.LOG_ERR,
@@ -102,6 +104,20 @@ def quiet_twisted(event: dict) -> PredicateResult:
     return PredicateResult.maybe
 
 
+class Logger(TwistedLogger):
+    """Twisted's Logger, dropping an event below the process's level before it is built: a
+    debug line a command would log costs a comparison, not an event through the observers."""
+
+    def emit(self, level: LogLevel, format: str | None = None, **kwargs: object) -> None:  # noqa: A002 - Twisted's name
+        if _RANK.get(level, 1) >= _threshold:
+            super().emit(level, format, **kwargs)
+
+
+def at_level(event: dict) -> PredicateResult:
+    """Twisted's own loggers' events below the process's level (ours never get this far)."""
+    return PredicateResult.no if _RANK.get(event.get("log_level"), 1) < _threshold else PredicateResult.maybe
+
+
 LEVEL_NAMES = tuple(_LEVELS)
 _active: LogControl | None = None  # the process's, once logging started
 
@@ -124,29 +140,34 @@ def set_level(name: str) -> str:
 
 
 class LogControl:
-    """Owns the level filter so signals can switch DEBUG on and off."""
+    """Owns the process's level so signals can switch DEBUG on and off. A plain rank compared at
+    every event: Twisted's level predicate walks its level constants for each one."""
 
     def __init__(self, level: str) -> None:
         self.configured = _LEVELS[level]
-        self.predicate = LogLevelFilterPredicate(defaultLogLevel=self.configured)
+        self.level = self.configured
 
     @property
     def debugging(self) -> bool:
-        return self.predicate.logLevelForNamespace(None) is LogLevel.debug
+        return self.level is LogLevel.debug
 
     def toggle_debug(self) -> str:
-        level = self.configured if self.debugging else LogLevel.debug
-        self.predicate.setLogLevelForNamespace(None, level)
-        self.predicate.defaultLogLevel = level
-        return _NAMES[level]
+        self._apply(self.configured if self.debugging else LogLevel.debug)
+        return _NAMES[self.level]
 
     def set_level(self, level: str) -> None:
         self.configured = _LEVELS[level]
-        self.predicate.defaultLogLevel = self.configured
-        self.predicate.setLogLevelForNamespace(None, self.configured)
+        self._apply(self.configured)
+
+    def _apply(self, level: LogLevel) -> None:
+        self.level = level
+        if _active is self:
+            global _threshold  # noqa: PLW0603 - the level is the process's
+            _threshold = _RANK[level]
 
     def start(self, ident: str, to_console: bool, journal: bool = False) -> None:
         global _active  # noqa: PLW0603 - logging is the process's, and so is its level
         _active = self
+        self._apply(self.level)
         observer = ConsoleObserver(sys.stderr, priorities=journal) if to_console or journal else SyslogObserver(ident)
-        globalLogBeginner.beginLoggingTo([FilteringLogObserver(observer, [quiet_twisted, self.predicate])], redirectStandardIO=False)
+        globalLogBeginner.beginLoggingTo([FilteringLogObserver(observer, [at_level, quiet_twisted])], redirectStandardIO=False)

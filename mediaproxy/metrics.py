@@ -9,10 +9,10 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from twisted.internet import defer
-from twisted.logger import Logger
 from twisted.web import resource, server
 
 from mediaproxy import httpsite
+from mediaproxy.log import Logger
 from mediaproxy.wire.jsontext import number
 
 log = Logger(namespace="metrics")

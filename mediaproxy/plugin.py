@@ -9,10 +9,10 @@ configuration enables it and, if so, for the plugin itself.
 from __future__ import annotations
 
 from twisted.internet import defer
-from twisted.logger import Logger
 from twisted.plugin import IPlugin, getPlugins
 from zope.interface import Attribute, Interface
 
+from mediaproxy.log import Logger
 from mediaproxy.wire.statistics import SessionRecord
 
 log = Logger(namespace="plugins")

@@ -11,10 +11,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from twisted.internet import defer
-from twisted.logger import Logger
 
 from mediaproxy import __version__, configuration
-from mediaproxy.log import LogControl
+from mediaproxy.log import LogControl, Logger
 from mediaproxy.systemd import Notifier
 
 log = Logger(namespace="process")

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections import Counter
 
-from twisted.logger import Logger
+from mediaproxy.log import Logger
 
 INTERVAL = 60
 # distinct peers remembered; a spoofed flood from many sources must not grow this without bound

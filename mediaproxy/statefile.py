@@ -24,7 +24,7 @@ import os
 import zlib
 from collections.abc import Callable
 
-from twisted.logger import Logger
+from mediaproxy.log import Logger
 
 log = Logger(namespace="statefile")
 

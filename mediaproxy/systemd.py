@@ -12,7 +12,8 @@ import socket
 from collections.abc import Mapping
 
 from twisted.internet import task
-from twisted.logger import Logger
+
+from mediaproxy.log import Logger
 
 log = Logger(namespace="process")
 

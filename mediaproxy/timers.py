@@ -6,7 +6,8 @@ from collections.abc import Callable
 
 from twisted.application import service
 from twisted.internet import task
-from twisted.logger import Logger
+
+from mediaproxy.log import Logger
 
 log = Logger(namespace="timers")
 

@@ -14,10 +14,10 @@ from service_identity import CertificateError, VerificationError
 from service_identity.cryptography import verify_certificate_hostname
 from twisted.internet import task
 from twisted.internet.interfaces import IOpenSSLContextFactory
-from twisted.logger import Logger
 from zope.interface import implementer
 
 from mediaproxy.datatypes import Passport
+from mediaproxy.log import Logger
 from mediaproxy.ratelimit import Refusals
 
 log = Logger(namespace="tls")

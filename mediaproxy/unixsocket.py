@@ -5,9 +5,8 @@ from __future__ import annotations
 import grp
 import os
 
-from twisted.logger import Logger
-
 from mediaproxy.configuration import DispatcherConfig
+from mediaproxy.log import Logger
 from mediaproxy.process import StartupError
 
 log = Logger(namespace="dispatcher")

@@ -9,7 +9,7 @@ from mediaproxy.log import ConsoleObserver, LogControl, format_line, quiet_twist
 
 def test_toggle_debug_and_back():
     control = LogControl("WARNING")
-    assert control.predicate.defaultLogLevel is LogLevel.warn
+    assert control.level is LogLevel.warn and not control.debugging
     assert control.toggle_debug() == "DEBUG" and control.debugging
     assert control.toggle_debug() == "WARNING" and not control.debugging
 
@@ -31,3 +31,22 @@ def test_journal_lines_carry_the_priority_on_every_line():
     journal({"log_level": LogLevel.error, "log_format": "first\nsecond"})
     journal({"log_level": LogLevel.info, "log_format": "fine"})
     assert stream.getvalue() == "<3>ERROR    first\n<3>second\n<6>INFO     fine\n"
+
+
+def test_events_below_the_process_level_are_dropped_before_any_observer(monkeypatch):
+    from mediaproxy import log  # noqa: PLC0415
+
+    seen = []
+    logger = log.Logger(namespace="relay", observer=seen.append)
+    control = LogControl("INFO")
+    monkeypatch.setattr(log, "_active", control)
+    monkeypatch.setattr(log, "_threshold", 0)
+    control.set_level("INFO")
+    logger.debug("not built")
+    logger.info("kept {n}", n=1)
+    assert [event["log_format"] for event in seen] == ["kept {n}"]
+    twisted_debug = {"log_level": LogLevel.debug, "log_namespace": "twisted", "log_format": "x"}
+    assert log.at_level(twisted_debug) is PredicateResult.no
+    control.toggle_debug()
+    logger.debug("now built")
+    assert seen[-1]["log_format"] == "now built" and log.at_level(twisted_debug) is PredicateResult.maybe

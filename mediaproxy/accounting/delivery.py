@@ -15,10 +15,10 @@ from collections.abc import Callable
 from typing import Protocol
 
 from twisted.internet import defer
-from twisted.logger import Logger
 from twisted.python import failure
 
 from mediaproxy.accounting.spool import Entry, Spool, SpoolFull
+from mediaproxy.log import Logger
 from mediaproxy.wire.statistics import SessionRecord
 
 log = Logger(namespace="accounting")

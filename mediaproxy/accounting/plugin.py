@@ -6,11 +6,11 @@ import os
 from collections.abc import Callable
 
 from twisted.internet import defer
-from twisted.logger import Logger
 from zope.interface import implementer
 
 from mediaproxy.accounting.delivery import Backend, DeliveryQueue, ThreadRunner
 from mediaproxy.accounting.spool import Spool, SpoolError
+from mediaproxy.log import Logger
 from mediaproxy.plugin import IDispatcherPlugin, PluginBase
 from mediaproxy.process import StartupError
 from mediaproxy.wire.statistics import SessionRecord

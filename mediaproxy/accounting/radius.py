@@ -9,9 +9,8 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-from twisted.logger import Logger
-
 from mediaproxy.accounting.delivery import BackendUnavailable, RecordRejected
+from mediaproxy.log import Logger
 from mediaproxy.process import StartupError
 from mediaproxy.wire.statistics import SessionRecord
 

@@ -18,9 +18,9 @@ import sqlobject
 from sqlobject import dberrors
 from sqlobject.cache import CacheSet
 from sqlobject.col import Col
-from twisted.logger import Logger
 
 from mediaproxy.accounting.delivery import BackendUnavailable, RecordRejected
+from mediaproxy.log import Logger
 from mediaproxy.process import StartupError
 from mediaproxy.wire.statistics import SessionRecord
 

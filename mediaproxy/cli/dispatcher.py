@@ -5,10 +5,9 @@ from __future__ import annotations
 import signal
 import sys
 
-from twisted.logger import Logger
-
 from mediaproxy import process
 from mediaproxy.cli.common import prepare
+from mediaproxy.log import Logger
 
 log = Logger(namespace="dispatcher")
 

@@ -7,10 +7,9 @@ import os
 import signal
 import sys
 
-from twisted.logger import Logger
-
 from mediaproxy import process
 from mediaproxy.cli.common import prepare
+from mediaproxy.log import Logger
 
 log = Logger(namespace="relay")
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections import deque
 
 from twisted.internet import defer, protocol
-from twisted.logger import Logger
 
+from mediaproxy.log import Logger
 from mediaproxy.ratelimit import Refusals
 from mediaproxy.wire.control import ProxyRequest, RequestError, RequestFramer
 

@@ -8,11 +8,11 @@ import zlib
 
 from twisted.application import service
 from twisted.internet import defer
-from twisted.logger import Logger
 
 from mediaproxy.dispatcher.relays import RelayDisconnected, RelayError, RelayLink, RelayRegistry, RelayTimeout
 from mediaproxy.dispatcher.sessions import CallEntry, CallTable, call_table_file
 from mediaproxy.dispatcher.stats import RequestStats
+from mediaproxy.log import Logger
 from mediaproxy.plugin import PluginSet
 from mediaproxy.timers import Periodic
 from mediaproxy.wire import relaylink, statistics

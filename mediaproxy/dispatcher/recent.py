@@ -10,7 +10,8 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from twisted.internet import defer
-from twisted.logger import Logger
+
+from mediaproxy.log import Logger
 
 log = Logger(namespace="dispatcher")
 

@@ -7,10 +7,10 @@ import time
 
 from twisted.internet import defer, protocol
 from twisted.internet.interfaces import IHandshakeListener
-from twisted.logger import Logger
 from zope.interface import implementer
 
 from mediaproxy.lineprotocol import BoundedLineReceiver
+from mediaproxy.log import Logger
 from mediaproxy.wire import relaylink, statistics
 from mediaproxy.wire.lines import OverlongLine
 

@@ -8,13 +8,13 @@ from dataclasses import dataclass
 
 from twisted.application import service
 from twisted.internet import defer, error
-from twisted.logger import Logger
 
 from mediaproxy import __version__, plugin, unixsocket
 from mediaproxy.dispatcher.control import ControlFactory
 from mediaproxy.dispatcher.core import Dispatcher
 from mediaproxy.dispatcher.relays import RelayFactory, RelayRegistry
 from mediaproxy.guard import DescriptorBudget, GuardedFactory, Limits, raise_descriptor_limit
+from mediaproxy.log import Logger
 from mediaproxy.process import StartupError
 from mediaproxy.ratelimit import Refusals
 from mediaproxy.tls import ContextFactory, Credentials, PeerVerifier

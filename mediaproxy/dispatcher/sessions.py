@@ -9,8 +9,7 @@ from __future__ import annotations
 import os
 from dataclasses import asdict, dataclass
 
-from twisted.logger import Logger
-
+from mediaproxy.log import Logger
 from mediaproxy.statefile import StateFile
 
 log = Logger(namespace="dispatcher.sessions")

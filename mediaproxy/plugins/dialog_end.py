@@ -13,11 +13,11 @@ import random
 
 from twisted.internet import error as net_error
 from twisted.internet.protocol import DatagramProtocol
-from twisted.logger import Logger
 from twisted.plugin import IPlugin
 from zope.interface import implementer, provider
 
 from mediaproxy import unixsocket
+from mediaproxy.log import Logger
 from mediaproxy.plugin import IDispatcherPlugin, IDispatcherPluginFactory, PluginBase
 
 log = Logger(namespace="dialog_end")

@@ -11,7 +11,6 @@ import json
 
 from twisted.internet import defer, protocol
 from twisted.internet.interfaces import IHandshakeListener
-from twisted.logger import Logger
 from twisted.plugin import IPlugin
 from twisted.protocols.basic import LineOnlyReceiver
 from twisted.protocols.policies import TimeoutMixin
@@ -19,7 +18,7 @@ from zope.interface import implementer, provider
 
 from mediaproxy import __version__, datatypes
 from mediaproxy.dispatcher.relays import RelayError
-from mediaproxy.log import level_name, set_level
+from mediaproxy.log import Logger, level_name, set_level
 from mediaproxy.plugin import IDispatcherPlugin, IDispatcherPluginFactory, PluginBase
 from mediaproxy.ratelimit import Refusals
 from mediaproxy.tls import ContextFactory, PeerVerifier

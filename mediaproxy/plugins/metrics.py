@@ -9,12 +9,12 @@ reactor thread: nothing is read while the reactor changes it.
 from __future__ import annotations
 
 from twisted.internet import defer
-from twisted.logger import Logger
 from twisted.plugin import IPlugin
 from zope.interface import implementer, provider
 
 from mediaproxy import metrics
 from mediaproxy.dispatcher.recent import Recent
+from mediaproxy.log import Logger
 from mediaproxy.plugin import IDispatcherPlugin, IDispatcherPluginFactory, PluginBase
 
 log = Logger(namespace="metrics")

@@ -19,13 +19,13 @@ from importlib import resources
 
 from twisted.internet import defer
 from twisted.internet.interfaces import IHandshakeListener
-from twisted.logger import Logger
 from twisted.plugin import IPlugin
 from twisted.web import http, resource, server
 from zope.interface import implementer, provider
 
 from mediaproxy import httpsite
 from mediaproxy.dispatcher.recent import Recent
+from mediaproxy.log import Logger
 from mediaproxy.plugin import IDispatcherPlugin, IDispatcherPluginFactory, PluginBase
 from mediaproxy.process import StartupError
 from mediaproxy.tls import ContextFactory, PeerVerifier

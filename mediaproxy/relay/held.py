@@ -10,8 +10,7 @@ from __future__ import annotations
 import itertools
 from collections import deque
 
-from twisted.logger import Logger
-
+from mediaproxy.log import Logger
 from mediaproxy.statefile import StateFile
 
 log = Logger(namespace="relay")

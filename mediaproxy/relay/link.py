@@ -6,11 +6,10 @@ import json
 
 from twisted.internet import protocol, task
 from twisted.internet.interfaces import IHandshakeListener
-from twisted.logger import Logger
 from zope.interface import implementer
 
 from mediaproxy.lineprotocol import BoundedLineReceiver
-from mediaproxy.log import set_level
+from mediaproxy.log import Logger, set_level
 from mediaproxy.relay.sessions import Halting, UpdateError
 from mediaproxy.wire import headers as wire_headers
 from mediaproxy.wire import relaylink, statistics

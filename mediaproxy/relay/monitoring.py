@@ -9,11 +9,11 @@ from collections.abc import Callable, Iterator
 
 from twisted.application import service
 from twisted.internet import defer
-from twisted.logger import Logger
 
 from mediaproxy import metrics
 from mediaproxy.datatypes import NetworkAddress
 from mediaproxy.guard import DescriptorBudget, GuardedFactory, Limits
+from mediaproxy.log import Logger
 from mediaproxy.ratelimit import Refusals
 
 log = Logger(namespace="metrics")

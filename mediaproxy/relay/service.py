@@ -10,7 +10,6 @@ from twisted.application import service
 from twisted.application.internet import ClientService
 from twisted.internet import defer, endpoints
 from twisted.internet.interfaces import IStreamClientEndpoint
-from twisted.logger import Logger
 from twisted.names import client as dns_client
 from twisted.names import dns
 from zope.interface import implementer
@@ -18,6 +17,7 @@ from zope.interface import implementer
 from mediaproxy import __version__, statefile
 from mediaproxy.datatypes import Endpoint
 from mediaproxy.guard import DescriptorBudget, GuardedFactory, Limits
+from mediaproxy.log import Logger
 from mediaproxy.process import StartupError
 from mediaproxy.relay.held import HeldExpiries
 from mediaproxy.relay.link import LinkFactory

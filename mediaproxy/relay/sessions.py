@@ -12,9 +12,8 @@ import bisect
 import itertools
 from collections.abc import Iterator
 
-from twisted.logger import Logger
-
 from mediaproxy import __version__
+from mediaproxy.log import Logger
 from mediaproxy.ratelimit import Refusals
 from mediaproxy.relay.deadlines import Deadlines
 from mediaproxy.relay.model import events, serialize

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import os
 
-from twisted.logger import Logger
 from zope.interface import implementer
 
+from mediaproxy.log import Logger
 from mediaproxy.process import StartupError
 from mediaproxy.relay.plane import host
 from mediaproxy.relay.plane.interfaces import IForwarder

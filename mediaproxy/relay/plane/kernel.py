@@ -9,9 +9,9 @@ Owners are opaque: this module knows nothing of streams.
 from __future__ import annotations
 
 from twisted.internet import abstract
-from twisted.logger import Logger
 from zope.interface import implementer
 
+from mediaproxy.log import Logger
 from mediaproxy.relay.plane.conntrack import Conntrack, ConntrackError, Counters, Flow, destroy_socket, destroyed
 from mediaproxy.relay.plane.interfaces import IForwarder
 

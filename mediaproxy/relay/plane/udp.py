@@ -10,9 +10,9 @@ from __future__ import annotations
 import socket
 
 from twisted.internet.interfaces import IReadDescriptor
-from twisted.logger import Logger
 from zope.interface import implementer
 
+from mediaproxy.log import Logger
 from mediaproxy.relay.plane.interfaces import IBinder, IEndpoint
 
 log = Logger(namespace="relay.forwarding")

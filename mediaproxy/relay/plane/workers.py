@@ -24,9 +24,9 @@ import sys
 from itertools import count
 
 from twisted.internet import abstract
-from twisted.logger import Logger
 from zope.interface import implementer
 
+from mediaproxy.log import Logger
 from mediaproxy.relay.plane.interfaces import IForwarder
 from mediaproxy.relay.plane.worker import ADD, COUNTERS, SLOT, SLOT_BYTES, STRAY
 

@@ -66,6 +66,7 @@ class DispatcherConfig:
     web_listen: dt.NetworkAddress | None = option(None, dt.optional_local_listener(9451))
     web_use_tls: bool = option(False, dt.boolean)
     web_password_file: str | None = option(None, dt.optional_text)
+    rtpproxy_listen: dt.RtpproxySocket | None = option(None, dt.optional_rtpproxy_socket)
     passport: dt.Passport | None = option(None, dt.passport)
     management_passport: dt.Passport | None = option(None, dt.passport)
     log_level: str = option("INFO", dt.log_level)

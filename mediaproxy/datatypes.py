@@ -177,6 +177,53 @@ def optional_local_listener(default_port: int):
 
 
 @dataclass(frozen=True)
+class RtpproxySocket:
+    """Where the rtpproxy front end listens: ``udp`` or ``udp6`` with host and port, or ``unix``
+    with a path (relative paths are in the runtime directory)."""
+
+    kind: str
+    host: str  # the path for unix
+    port: int | None = None
+
+    def __str__(self) -> str:
+        if self.kind == "unix":
+            return f"unix:{self.host}"
+        host = f"[{self.host}]" if self.kind == "udp6" else self.host
+        return f"{self.kind}:{host}:{self.port}"
+
+
+RTPPROXY_PORT = 7722  # rtpproxy's own default
+
+
+def optional_rtpproxy_socket(text: str) -> RtpproxySocket | None:
+    """Kamailio's ``rtpproxy_sock`` forms: ``udp:HOST[:PORT]``, ``udp6:[HOST][:PORT]``, ``unix:/path``;
+    off when empty, ``no``, ``off`` or ``none``."""
+    value = text.strip()
+    if value.lower() in ("", "no", "off", "none"):
+        return None
+    kind, sep, rest = value.partition(":")
+    kind = kind.lower()
+    if not sep or kind not in ("udp", "udp6", "unix") or not rest:
+        raise ValueError("expected udp:HOST[:PORT], udp6:[HOST][:PORT] or unix:/path")
+    if kind == "unix":
+        return RtpproxySocket("unix", rest)
+    if kind == "udp6":
+        host, _, port = rest[1:].partition("]") if rest.startswith("[") else (rest, "", "")
+        port = port.removeprefix(":")
+        try:
+            host = str(ipaddress.IPv6Address(host))
+        except ValueError:
+            raise ValueError(f"{host!r} is not an IPv6 address (udp6:[::1]:7722)") from None
+    else:
+        host, _, port = rest.partition(":")
+        try:
+            host = str(ipaddress.IPv4Address(host))
+        except ValueError:
+            raise ValueError(f"{host!r} is not an IPv4 address (udp:127.0.0.1:7722)") from None
+    return RtpproxySocket(kind, host, _port(port) if port else RTPPROXY_PORT)
+
+
+@dataclass(frozen=True)
 class Endpoint:
     """A remote ``host[:port]``; host may be an IPv4 address or a domain name."""
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -13,6 +14,8 @@ from mediaproxy import __version__, plugin, unixsocket
 from mediaproxy.dispatcher.control import ControlFactory
 from mediaproxy.dispatcher.core import Dispatcher
 from mediaproxy.dispatcher.relays import RelayFactory, RelayRegistry
+from mediaproxy.dispatcher.rtpproxy import RtpproxyFrontEnd
+from mediaproxy.dispatcher.rtpproxy_listen import RtpproxyDatagram, RtpproxyStreamFactory
 from mediaproxy.guard import DescriptorBudget, GuardedFactory, Limits, raise_descriptor_limit
 from mediaproxy.log import Logger
 from mediaproxy.process import StartupError
@@ -62,6 +65,7 @@ class DispatcherService(service.Service):
                 self.plugins.plugins.append(instance)
         self.control_port = None
         self.relay_port = None
+        self.rtpproxy_port = None
 
     def guard(self, factory, name: str, tls: bool) -> GuardedFactory:  # noqa: ANN001
         """``factory`` held to the connection limits of config.ini (and a TLS handshake deadline)."""
@@ -96,11 +100,34 @@ class DispatcherService(service.Service):
                 interface=address.host,
             )
             log.info("Listening for the proxy on {path} and for relays on {address} (TLS)", path=path, address=str(address))
+            self._listen_rtpproxy()
             self.verifier.start()
             yield self.plugins.start()
         except error.CannotListenError as failure:
             raise StartupError(f"Failed to create the listening socket {failure.interface}:{failure.port}: {failure.socketError}") from None
         log.info("Dispatcher started")
+
+    def _listen_rtpproxy(self) -> None:
+        where = self.config.rtpproxy_listen
+        if where is None:
+            return
+        front = RtpproxyFrontEnd(self.dispatcher, self.refusals)
+        if where.kind == "unix":
+            path = os.path.join(self.runtime_dir, where.host)
+            if os.path.exists(path):
+                os.unlink(path)
+            factory = self.guard(RtpproxyStreamFactory(front), "rtpproxy socket", False)
+            self.rtpproxy_port = self.reactor.listenUNIX(path, factory, mode=self.config.socket_mode)
+            unixsocket.give_group(path, self.socket_gid)
+            log.info("Listening for the rtpproxy module on unix:{path}", path=path)
+            return
+        self.rtpproxy_port = self.reactor.listenUDP(where.port, RtpproxyDatagram(front, self.reactor, self.refusals), interface=where.host)
+        if not ipaddress.ip_address(where.host).is_loopback:
+            log.warn(
+                "The rtpproxy socket {where} is not on a loopback address: anyone who can reach it can set up relay sessions",
+                where=str(where),
+            )
+        log.info("Listening for the rtpproxy module on {where}", where=str(where))
 
     def status_line(self) -> str:
         """For the service manager's STATUS (``systemctl status``)."""
@@ -110,7 +137,7 @@ class DispatcherService(service.Service):
     def stopService(self):  # noqa: N802, ANN201
         service.Service.stopService(self)
         log.info("Dispatcher stopping")
-        for port in (self.control_port, self.relay_port):
+        for port in (self.control_port, self.rtpproxy_port, self.relay_port):
             if port is not None:
                 yield port.stopListening()
         yield self.control_factory.drain()

@@ -24,6 +24,14 @@ class CallEntry:
     dialog_id: str | None = None
     expire_time: float | None = None
     removal: list[str] | None = None  # the header lines of a remove answered but not yet done by the relay
+    rtpproxy: dict | None = None  # what the rtpproxy front end keeps of a call it set up (its CallMedia)
+
+    def as_json(self) -> dict:
+        """As journalled: a call of the mediaproxy module's in the format of earlier versions."""
+        item = asdict(self)
+        if self.rtpproxy is None:
+            del item["rtpproxy"]
+        return item
 
     @classmethod
     def from_json(cls, item: dict) -> CallEntry:
@@ -33,6 +41,7 @@ class CallEntry:
             _text_or_none(item.get("dialog_id")),
             _number_or_none(item.get("expire_time")),
             [str(line) for line in removal] if isinstance(removal, list) else None,
+            item.get("rtpproxy") if isinstance(item.get("rtpproxy"), dict) else None,
         )
 
 
@@ -66,7 +75,7 @@ class CallTable:
         """Add or replace an entry; call it again after changing an entry, so the change is kept."""
         self.entries[call_id] = entry
         if self.state is not None:
-            self.state.set(call_id, asdict(entry))
+            self.state.set(call_id, entry.as_json())
 
     def mark_expired(self, call_id: str, now: float) -> None:
         entry = self.entries.get(call_id)
@@ -99,7 +108,7 @@ class CallTable:
             except (KeyError, TypeError, ValueError, AttributeError) as error:
                 log.error("Cannot restore call {call_id}: {error}", call_id=call_id, error=error)
         self.state = state
-        state.open(lambda: {call_id: asdict(entry) for call_id, entry in self.entries.items()}, lambda: len(self.entries))
+        state.open(lambda: {call_id: entry.as_json() for call_id, entry in self.entries.items()}, lambda: len(self.entries))
         return len(self.entries)
 
     def close(self) -> None:

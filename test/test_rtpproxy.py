@@ -4,13 +4,16 @@ byte, through the dispatcher into a real (in-memory) relay, and each reply check
 import ast
 import json
 import re
+import socket
 from pathlib import Path
 
 import pytest
+from deployment import Deployment, establish, rtp_packet, udp_endpoint, wait_until
 from test_dispatcher_core import answer, commands, link_from, make
 from test_relay_session import RELAY, Relay
 from twisted.internet.testing import StringTransport
 
+from harness import free_port
 from mediaproxy import datatypes
 from mediaproxy.dispatcher.rtpproxy import RtpproxyFrontEnd
 from mediaproxy.dispatcher.rtpproxy_listen import MAX_IN_FLIGHT, ReplyCache, RtpproxyDatagram, RtpproxyStream, RtpproxyStreamFactory
@@ -332,3 +335,77 @@ def test_rtpproxy_listen_takes_the_modules_socket_forms(text, expected):
 def test_rtpproxy_listen_refuses_what_it_cannot_listen_on(text):
     with pytest.raises(ValueError):
         datatypes.optional_rtpproxy_socket(text)
+
+
+def _udp_command(port, text, cookie="9_1"):
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as client:
+        client.settimeout(5)
+        client.sendto(f"{cookie} {text}".encode(), ("127.0.0.1", port))
+        data, _ = client.recvfrom(4096)
+    assert data.startswith(cookie.encode() + b" ") and data.endswith(b"\n")
+    return data[len(cookie) + 1 : -1].decode()
+
+
+def _unix_command(path, text):
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as client:
+        client.settimeout(5)
+        client.connect(path)
+        client.sendall(text.encode())
+        return client.recv(4096).decode()
+
+
+def test_real_programs_relay_a_call_set_up_over_udp_and_unix_and_account_it(tmp_path):
+    port = free_port(socket.SOCK_DGRAM)
+    extra = f"[Dispatcher]\nrtpproxy_listen = udp:127.0.0.1:{port}\naccounting = database\n[Database]\ndburi = sqlite://{tmp_path}/accounting.sqlite\n"
+    programs = Deployment(tmp_path, extra=extra)
+    try:
+        programs.start()
+        programs.dispatcher.wait_for_log(f"Listening for the rtpproxy module on udp:127.0.0.1:{port}")
+        assert _udp_command(port, "V") == "20040107"
+        assert _udp_command(port, "VF 20050322") == "1"
+        caller, callee = udp_endpoint(), udp_endpoint()
+        offer = _udp_command(port, f"Uc0,8 rp-1 127.0.0.1 {caller.getsockname()[1]} from-tag;1", cookie="11_4")
+        callee_facing, relay_ip = offer.split()
+        answer_reply = _udp_command(port, f"Lc0 rp-1 127.0.0.1 {callee.getsockname()[1]} from-tag;1 to-tag;1", cookie="12_4")
+        caller_facing = answer_reply.split()[0]
+        assert relay_ip == "127.0.0.1" and caller_facing != callee_facing
+        establish(caller, callee, int(caller_facing), int(callee_facing))
+        for sequence in range(20):
+            caller.sendto(rtp_packet(sequence, 0), ("127.0.0.1", int(caller_facing)))
+            data, _ = callee.recvfrom(2048)
+            assert data == rtp_packet(sequence, 0)
+            callee.sendto(rtp_packet(sequence, 8), ("127.0.0.1", int(callee_facing)))
+            data, _ = caller.recvfrom(2048)
+            assert data == rtp_packet(sequence, 8)
+        (listed,) = json.loads(programs.management(b"sessions"))
+        assert listed["call_id"] == "rp-1"  # visible like any other call
+        assert _udp_command(port, "D rp-1 from-tag to-tag", cookie="11_5") == "0"
+        programs.dispatcher.wait_for_log("Call rp-1 ended (bye)")
+        wait_until(lambda: "rp-1" in _accounted(tmp_path / "accounting.sqlite"), "the call's accounting record")
+    finally:
+        programs.kill()
+
+
+def _accounted(path):
+    import sqlite3  # noqa: PLC0415
+
+    try:
+        with sqlite3.connect(path) as connection:
+            return [row[0] for row in connection.execute("SELECT call_id FROM media_sessions")]
+    except sqlite3.Error:
+        return []
+
+
+def test_real_dispatcher_answers_the_module_on_a_unix_socket(tmp_path):
+    programs = Deployment(tmp_path, extra="[Dispatcher]\nrtpproxy_listen = unix:rtpproxy.sock\n")
+    try:
+        programs.start()
+        path = str(programs.runtime / "rtpproxy.sock")
+        programs.dispatcher.wait_for_log(f"Listening for the rtpproxy module on unix:{path}")
+        assert _unix_command(path, "V") == "20040107\n"
+        reply = _unix_command(path, "Uc0 rp-2 127.0.0.1 6000 a;1")
+        assert re.match(r"^\d+ 127\.0\.0\.1\n$", reply)
+        assert _unix_command(path, "D rp-2 a") == "0\n"
+        assert _unix_command(path, "bogus") == "E1\n"
+    finally:
+        programs.kill()

@@ -409,3 +409,19 @@ def test_real_dispatcher_answers_the_module_on_a_unix_socket(tmp_path):
         assert _unix_command(path, "bogus") == "E1\n"
     finally:
         programs.kill()
+
+
+def test_a_calls_commands_are_done_one_after_another(tmp_path):
+    stack = Stack(tmp_path)
+    replies = []
+    stack.front.execute("Uc0 c4 192.0.2.10 6000 a;1").addCallback(replies.append)
+    stack.front.execute("Uc96 c4 192.0.2.10 6002 a;2").addCallback(replies.append)
+    stack.front.execute("Uc0 other 192.0.2.10 6000 x;1").addCallback(replies.append)  # another call goes on meanwhile
+    first = commands(stack.transport)
+    assert [lines[1] for _, _, lines in first] == ["call_id: c4", "call_id: other"]
+    for name, seq, lines in first:
+        answer(stack.link, seq, stack.relay.manager.update(wire_headers.decode(name, lines), dispatcher="d1"))
+    stack.pump()  # only now the second stream of c4, with what the first one kept
+    assert len(replies) == 3 and all(ADDRESS_REPLY.match(reply) for reply in replies)
+    session = stack.relay.manager.sessions[("c4", "a")]
+    assert [stream.media_type for stream in session.streams] == ["audio", "audio"]

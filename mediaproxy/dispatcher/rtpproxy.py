@@ -119,21 +119,29 @@ class RtpproxyFrontEnd:
             return defer.succeed(rtpproxy.PROTOCOL_VERSION)
         if command.kind == "VF":
             return defer.succeed(rtpproxy.capability(command.argument))
-        # a call's commands one after another: each reads what the one before it kept
+        # a call's commands one after another: each reads what the one before it kept. The turn
+        # is a Deferred of our own, so no caller's callbacks ever see another command's reply
         previous = self._busy.get(command.call_id)
-        done = defer.Deferred()
-        self._busy[command.call_id] = done
-        start = defer.succeed(None) if previous is None else previous
-        start.addBoth(lambda _: self._run(command)).addBoth(self._finished, command.call_id, done)
+        turn, done = defer.Deferred(), defer.Deferred()
+        self._busy[command.call_id] = turn
+
+        def start(_: object = None) -> None:
+            defer.maybeDeferred(self._run, command).addBoth(self._finished, command.call_id, turn, done)
+
+        if previous is None:
+            start()
+        else:
+            previous.addCallback(start)
         return done
 
-    def _finished(self, reply: object, call_id: str, done: defer.Deferred) -> None:
-        if self._busy.get(call_id) is done:
+    def _finished(self, reply: object, call_id: str, turn: defer.Deferred, done: defer.Deferred) -> None:
+        if self._busy.get(call_id) is turn:
             del self._busy[call_id]
         if not isinstance(reply, str):
             log.failure("Unexpected failure on an rtpproxy command for call {call_id}", reply, call_id=call_id)
             reply = rtpproxy.error(rtpproxy.SOFTWARE)
         done.callback(reply)
+        turn.callback(None)
 
     def _run(self, command: Command):  # noqa: ANN202 - a reply or a Deferred of one
         try:

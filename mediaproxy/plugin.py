@@ -12,6 +12,7 @@ from twisted.internet import defer
 from twisted.plugin import IPlugin, getPlugins
 from zope.interface import Attribute, Interface
 
+from mediaproxy.dialogs import Dialog
 from mediaproxy.log import Logger
 from mediaproxy.wire.statistics import SessionRecord
 
@@ -30,8 +31,10 @@ class IDispatcherPlugin(Interface):
     def session_ended(record: SessionRecord) -> None:
         """A call's statistics after remove or expiry (with dialog_id, end_reason, timed_out[, all_streams_ice])."""
 
-    def end_dialog(call_id: str, dialog_id: str) -> None:
-        """Ask the SIP proxy to end this dialog (its media expired)."""
+    def end_dialog(call_id: str, dialog: Dialog) -> None:
+        """Ask the SIP proxy to end this dialog (its media expired): ``dialog`` is the proxy's
+        dialog id, or the parties' tags (:class:`mediaproxy.dialogs.DialogTags`) of a call the
+        rtpproxy module set up."""
 
 
 class IDispatcherPluginFactory(IPlugin):
@@ -55,7 +58,7 @@ class PluginBase:
     def session_ended(self, record: SessionRecord) -> None:
         pass
 
-    def end_dialog(self, call_id: str, dialog_id: str) -> None:
+    def end_dialog(self, call_id: str, dialog: Dialog) -> None:
         pass
 
 
@@ -89,8 +92,8 @@ class PluginSet:
     def session_ended(self, record: SessionRecord) -> None:
         self._each("session_ended", record)
 
-    def end_dialog(self, call_id: str, dialog_id: str) -> None:
-        self._each("end_dialog", call_id, dialog_id)
+    def end_dialog(self, call_id: str, dialog: Dialog) -> None:
+        self._each("end_dialog", call_id, dialog)
 
     def accounting_status(self) -> list[dict]:
         """The spool backlog of each accounting plugin (those that have one)."""

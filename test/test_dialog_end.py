@@ -13,6 +13,7 @@ from twisted.trial import unittest
 
 from harness import collect_logs, wait_for
 from mediaproxy.configuration import Configuration, OpenSIPSConfig
+from mediaproxy.dialogs import DialogTags
 from mediaproxy.dispatcher.service import PluginContext
 from mediaproxy.plugins.dialog_end import DialogEndPlugin, kamailio_request, opensips_request
 
@@ -53,10 +54,12 @@ class DialogEndTests(unittest.TestCase):
 
     def test_request_formats(self):
         self.assertEqual(
-            opensips_request("5f3a9c1e", "2290:9624"),
+            opensips_request("5f3a9c1e", "call-1", "2290:9624"),
             b'{"jsonrpc": "2.0", "id": "5f3a9c1e", "method": "dlg_end_dlg", "params": ["2290:9624"]}',
         )
-        self.assertEqual(kamailio_request(7, "2290:9624"), b'{"jsonrpc":"2.0","method":"dlg.end_dlg","params":[2290,9624],"id":7}')
+        self.assertEqual(
+            kamailio_request(7, "call-1", "2290:9624"), b'{"jsonrpc":"2.0","method":"dlg.end_dlg","params":[2290,9624],"id":7}'
+        )
 
     @defer.inlineCallbacks
     def test_opensips_result(self):
@@ -65,7 +68,7 @@ class DialogEndTests(unittest.TestCase):
         self.peer.answers.append(lambda request: json.dumps({"jsonrpc": "2.0", "result": "OK", "id": request["id"]}).encode())
         plugin.end_dialog("call-1", "2290:9624")
         yield wait_for(lambda: not plugin.pending and self.peer.requests, what="the reply")
-        self.assertEqual(self.peer.requests, [opensips_request(expected_id, "2290:9624")])
+        self.assertEqual(self.peer.requests, [opensips_request(expected_id, "call-1", "2290:9624")])
         self.assertIn("The proxy ended dialog 2290:9624 of call call-1", self.logs.text())
 
     @defer.inlineCallbacks
@@ -108,6 +111,26 @@ class DialogEndTests(unittest.TestCase):
         self.assertEqual((request["method"], request["params"]), ("dlg.end_dlg", [11, 22]))
         self.assertIsInstance(request["id"], int)
         self.assertIn("The proxy ended dialog 11:22", self.logs.text())
+
+    @defer.inlineCallbacks
+    def test_kamailio_ends_a_call_without_dialog_id_by_its_tags(self):
+        """A call of the rtpproxy module: dlg.terminate_dlg with the Call-ID and both tags."""
+        plugin = self.plugin("kamailio")
+        self.peer.answers.append(lambda request: json.dumps({"jsonrpc": "2.0", "result": {}, "id": request["id"]}).encode())
+        plugin.end_dialog("call-7@host", DialogTags("caller-tag", "callee-tag"))
+        yield wait_for(lambda: not plugin.pending and self.peer.requests, what="the reply")
+        request = json.loads(self.peer.requests[0])
+        self.assertEqual((request["method"], request["params"]), ("dlg.terminate_dlg", ["call-7@host", "caller-tag", "callee-tag"]))
+        self.assertIn("The proxy ended dialog tags caller-tag/callee-tag of call call-7@host", self.logs.text())
+
+    @defer.inlineCallbacks
+    def test_opensips_ends_a_call_without_dialog_id_by_its_call_id(self):
+        plugin = self.plugin("opensips")
+        self.peer.answers.append(lambda request: json.dumps({"jsonrpc": "2.0", "result": "OK", "id": request["id"]}).encode())
+        plugin.end_dialog("call-8@host", DialogTags("a", "b"))
+        yield wait_for(lambda: not plugin.pending and self.peer.requests, what="the reply")
+        request = json.loads(self.peer.requests[0])
+        self.assertEqual((request["method"], request["params"]), ("dlg_end_dlg", ["call-8@host"]))
 
     @defer.inlineCallbacks
     def test_missing_proxy_socket(self):

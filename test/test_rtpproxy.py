@@ -15,6 +15,7 @@ from twisted.internet.testing import StringTransport
 
 from harness import free_port
 from mediaproxy import datatypes
+from mediaproxy.dialogs import DialogTags
 from mediaproxy.dispatcher.rtpproxy import RtpproxyFrontEnd
 from mediaproxy.dispatcher.rtpproxy_listen import MAX_IN_FLIGHT, ReplyCache, RtpproxyDatagram, RtpproxyStream, RtpproxyStreamFactory
 from mediaproxy.relay.sessions import UpdateError
@@ -425,3 +426,43 @@ def test_a_calls_commands_are_done_one_after_another(tmp_path):
     assert len(replies) == 3 and all(ADDRESS_REPLY.match(reply) for reply in replies)
     session = stack.relay.manager.sessions[("c4", "a")]
     assert [stream.media_type for stream in session.streams] == ["audio", "audio"]
+
+
+def _expire(stack, call_id):
+    """The relay reports the call's media as gone quiet."""
+    (session,) = [session for key, session in stack.relay.manager.sessions.items() if key[0] == call_id]
+    record = stack.relay.manager.session_statistics(session).as_json()
+    for stream in record["streams"]:
+        stream["status"] = "no-traffic timeout"
+    stack.link.lineReceived(b"expired " + json.dumps(record).encode())
+
+
+def test_an_answered_call_whose_media_stops_is_ended_through_the_proxy_by_its_tags(tmp_path):
+    stack = Stack(tmp_path)
+    stack.execute("Uc0 c5 192.0.2.10 6000 a;1")
+    stack.execute("Lc0 c5 198.51.100.20 7000 a;1 b;1")
+    _expire(stack, "c5")
+    assert stack.dispatcher.recorder.ended == [("c5", DialogTags("a", "b"))]
+    (record,) = stack.dispatcher.recorder.records
+    assert record["timed_out"] is True
+    # the proxy's BYEs make the module send D: answered at once, accounted no second time
+    assert stack.execute("D c5 a b") == "0"
+    assert len(stack.dispatcher.recorder.records) == 1 and stack.dispatcher.table.get("c5") is None
+
+
+def test_an_unanswered_call_whose_media_stops_has_no_dialog_to_end(tmp_path):
+    stack = Stack(tmp_path)
+    stack.execute("Uc0 c6 192.0.2.10 6000 a;1")
+    _expire(stack, "c6")
+    assert stack.dispatcher.recorder.ended == []
+    assert stack.dispatcher.table.get("c6") is None  # and, never answered, it is not accounted (as for the mediaproxy module)
+
+
+def test_the_operators_terminate_ends_an_rtpproxy_call_through_the_proxy(tmp_path):
+    stack = Stack(tmp_path)
+    stack.execute("Uc0 c7 192.0.2.10 6000 a;1")
+    stack.execute("Lc0 c7 198.51.100.20 7000 a;1 b;1")
+    done = []
+    stack.dispatcher.terminate("c7").addCallback(done.append)
+    assert done == ["dialog ended through the proxy"]
+    assert stack.dispatcher.recorder.ended == [("c7", DialogTags("a", "b"))]

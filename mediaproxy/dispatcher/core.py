@@ -340,8 +340,8 @@ class Dispatcher:
             elif entry.expire_time is None and call_id not in present:
                 log.warn("Call {call_id} is no longer on relay {ip}; its statistics are probably lost", call_id=call_id, ip=ip)
                 self.table.pop(call_id)
-                if entry.dialog_id:
-                    self.plugins.end_dialog(call_id, entry.dialog_id)
+                if entry.dialog():
+                    self.plugins.end_dialog(call_id, entry.dialog())
         adopted = 0
         for record in listing.records:
             if record.yours and record.call_id not in self.table:
@@ -377,8 +377,8 @@ class Dispatcher:
                 record = statistics.parse_record(zlib.decompress(known[0]).decode())
                 record.statistics_at = known[1]  # the record is as of then, not of the call's end
                 self._account(record, entry, statistics.BYE if entry.removal is not None else statistics.RELAY_LOST)
-            if entry.dialog_id and entry.removal is None and entry.expire_time is None:
-                self.plugins.end_dialog(call_id, entry.dialog_id)
+            if entry.dialog() and entry.removal is None and entry.expire_time is None:
+                self.plugins.end_dialog(call_id, entry.dialog())
 
     def expired(self, ip: str, text: str) -> None:
         try:
@@ -402,9 +402,10 @@ class Dispatcher:
         log.info("Call {call_id} expired on relay {ip} ({reason})", call_id=call_id, ip=ip, reason=reason)
         self._account(record, entry, reason)
         ends_dialog = reason != statistics.UNSELECTED_ICE and entry.removal is None
-        if entry.dialog_id and record.start_time is not None and ends_dialog:
+        dialog = entry.dialog()
+        if dialog and record.start_time is not None and ends_dialog:
             self.table.mark_expired(call_id, self.clock.seconds())
-            self.plugins.end_dialog(call_id, entry.dialog_id)
+            self.plugins.end_dialog(call_id, dialog)
         else:
             self.table.pop(call_id)
 
@@ -474,11 +475,10 @@ class Dispatcher:
             raise ValueError(f"no call {call_id}")
         if entry.removal is not None:
             raise ValueError(f"call {call_id} is being removed already")
-        if entry.dialog_id:
-            log.info(
-                "Call {call_id} terminated by the operator: its dialog {dialog_id} is ended", call_id=call_id, dialog_id=entry.dialog_id
-            )
-            self.plugins.end_dialog(call_id, entry.dialog_id)
+        dialog = entry.dialog()
+        if dialog:
+            log.info("Call {call_id} terminated by the operator: its dialog {dialog} is ended", call_id=call_id, dialog=str(dialog))
+            self.plugins.end_dialog(call_id, dialog)
             return "dialog ended through the proxy"
         link = self.registry.get(entry.relay_ip)
         if link is None:

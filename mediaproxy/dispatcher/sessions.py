@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 from dataclasses import asdict, dataclass
 
+from mediaproxy.dialogs import Dialog, DialogTags
 from mediaproxy.log import Logger
 from mediaproxy.statefile import StateFile
 
@@ -32,6 +33,16 @@ class CallEntry:
         if self.rtpproxy is None:
             del item["rtpproxy"]
         return item
+
+    def dialog(self) -> Dialog | None:
+        """What the proxy is to end: its dialog id, else the tags of an rtpproxy call whose
+        parties both spoke (an unanswered call has no dialog to end)."""
+        if self.dialog_id:
+            return self.dialog_id
+        tags = (self.rtpproxy or {}).get("tags")
+        if isinstance(tags, list) and len(tags) == 2 and all(isinstance(tag, str) and tag for tag in tags):
+            return DialogTags(*tags)
+        return None
 
     @classmethod
     def from_json(cls, item: dict) -> CallEntry:

@@ -3,6 +3,9 @@
 OpenSIPS 3.x (``mi_datagram``) takes ``dlg_end_dlg`` with the dialog id as one string; Kamailio
 (``jsonrpcs`` with the datagram transport) takes ``dlg.end_dlg`` with h_entry and h_id as JSON
 integers — strings there are silently read as 0. ``[OpenSIPS] flavour`` chooses between them.
+
+Calls the rtpproxy module set up carry no dialog id, only the parties' tags: Kamailio ends those
+with ``dlg.terminate_dlg`` (Call-ID, tags), OpenSIPS with ``dlg_end_dlg`` given the Call-ID.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from twisted.plugin import IPlugin
 from zope.interface import implementer, provider
 
 from mediaproxy import unixsocket
+from mediaproxy.dialogs import Dialog, DialogTags
 from mediaproxy.log import Logger
 from mediaproxy.plugin import IDispatcherPlugin, IDispatcherPluginFactory, PluginBase
 
@@ -27,27 +31,34 @@ TIMEOUT = 3.0
 ATTEMPTS = 3
 
 
-def opensips_request(request_id: str, dialog_id: str) -> bytes:
-    return json.dumps({"jsonrpc": "2.0", "id": request_id, "method": "dlg_end_dlg", "params": [dialog_id]}).encode()
+def opensips_request(request_id: str, call_id: str, dialog: Dialog) -> bytes:
+    # OpenSIPS looks a dialog up by its Call-ID where the id is not one of its own
+    target = call_id if isinstance(dialog, DialogTags) else dialog
+    return json.dumps({"jsonrpc": "2.0", "id": request_id, "method": "dlg_end_dlg", "params": [target]}).encode()
 
 
-def kamailio_request(request_id: int, dialog_id: str) -> bytes:
-    entry, _, identifier = dialog_id.partition(":")
-    return json.dumps(
-        {"jsonrpc": "2.0", "method": "dlg.end_dlg", "params": [int(entry), int(identifier)], "id": request_id}, separators=(",", ":")
-    ).encode()
+def kamailio_request(request_id: int, call_id: str, dialog: Dialog) -> bytes:
+    if isinstance(dialog, DialogTags):
+        method, params = "dlg.terminate_dlg", [call_id, dialog.first, dialog.second]
+    else:
+        entry, _, identifier = dialog.partition(":")
+        method, params = "dlg.end_dlg", [int(entry), int(identifier)]
+    return json.dumps({"jsonrpc": "2.0", "method": method, "params": params, "id": request_id}, separators=(",", ":")).encode()
 
 
-def _is_kamailio_dialog_id(dialog_id: str) -> bool:
-    entry, colon, identifier = dialog_id.partition(":")
+def _is_kamailio_dialog(dialog: Dialog) -> bool:
+    if isinstance(dialog, DialogTags):
+        return True
+    entry, colon, identifier = dialog.partition(":")
     return bool(colon) and all(part.isascii() and part.isdigit() and len(part) <= 10 for part in (entry, identifier))
 
 
 class _Pending:
-    __slots__ = ("call_id", "dialog_id", "attempt", "timer")
+    __slots__ = ("call_id", "dialog", "dialog_id", "attempt", "timer")
 
-    def __init__(self, call_id: str, dialog_id: str) -> None:
-        self.call_id, self.dialog_id, self.attempt, self.timer = call_id, dialog_id, 0, None
+    def __init__(self, call_id: str, dialog: Dialog) -> None:
+        self.call_id, self.dialog, self.attempt, self.timer = call_id, dialog, 0, None
+        self.dialog_id = str(dialog)  # as logged
 
 
 @implementer(IDispatcherPlugin)
@@ -89,17 +100,17 @@ class DialogEndPlugin(PluginBase, DatagramProtocol):
         except OSError:
             pass
 
-    def end_dialog(self, call_id: str, dialog_id: str) -> None:
+    def end_dialog(self, call_id: str, dialog: Dialog) -> None:
         # OpenSIPS takes the id as the one string it gave us, whatever its form; only Kamailio's
         # integers need the H:I split
-        if self.flavour == "kamailio" and not _is_kamailio_dialog_id(dialog_id):
+        if self.flavour == "kamailio" and not _is_kamailio_dialog(dialog):
             log.error(
                 "Cannot end the dialog of call {call_id}: dialog_id {dialog_id!r} is not H:I, as Kamailio's dlg.end_dlg needs",
                 call_id=call_id,
-                dialog_id=dialog_id,
+                dialog_id=dialog,
             )
             return
-        self._send(_Pending(call_id, dialog_id))
+        self._send(_Pending(call_id, dialog))
 
     def _new_id(self) -> object:
         while True:
@@ -113,11 +124,8 @@ class DialogEndPlugin(PluginBase, DatagramProtocol):
     def _send(self, pending: _Pending) -> None:
         pending.attempt += 1
         request_id = self._new_id()
-        data = (
-            kamailio_request(request_id, pending.dialog_id)
-            if self.flavour == "kamailio"
-            else opensips_request(request_id, pending.dialog_id)
-        )
+        encode = kamailio_request if self.flavour == "kamailio" else opensips_request
+        data = encode(request_id, pending.call_id, pending.dialog)
         try:
             self.transport.write(data, self.target)
         except (OSError, net_error.MessageLengthError) as failure:

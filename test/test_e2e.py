@@ -34,6 +34,7 @@ LINK_IP = "203.0.113.254"
 IDLE_TIMEOUT = 8
 AUDIO, VIDEO = (6000, 7000), (6002, 7002)
 RELAY_IN_SDP = r"c=IN IP4 203\.0\.113\.[12]"
+RTPPROXY_SOCK = "udp:127.0.0.1:7722"  # the dispatcher's rtpproxy_listen, in the core namespace
 
 
 def require(program: str, package: str) -> None:
@@ -68,15 +69,16 @@ def network():
 class Stack:
     """Kamailio, the dispatcher and two relays in the core namespace."""
 
-    def __init__(self, network: Topology, tmp_path) -> None:  # noqa: ANN001
+    def __init__(self, network: Topology, tmp_path, kamailio_config: str = "e2e.cfg.in", dispatcher: str = "") -> None:  # noqa: ANN001
         self.network = network
         self.tmp = tmp_path
         self.namespace = network.name("core")
         self.rpc_socket = tmp_path / "kamailio_rpc.sock"
         self.database = tmp_path / "accounting.sqlite"
+        self.kamailio_config = kamailio_config
         self.deployment = Deployment(
             tmp_path,
-            f"[Dispatcher]\nlisten = {LINK_IP}:25060\naccounting = database\n"
+            f"[Dispatcher]\nlisten = {LINK_IP}:25060\naccounting = database\n{dispatcher}"
             f"[Database]\ndburi = sqlite://{self.database}\n"
             f"[OpenSIPS]\nsocket_path = {self.rpc_socket}\nflavour = kamailio\n"
             f"[Relay]\ndispatchers = {LINK_IP}:25060\nforwarding = kernel\nstream_timeout = 5\n",
@@ -113,8 +115,9 @@ class Stack:
         return relay
 
     def _start_kamailio(self) -> None:
-        template = open(os.path.join(HERE, "sip", "e2e.cfg.in")).read()
+        template = open(os.path.join(HERE, "sip", self.kamailio_config)).read()
         for marker, value in {
+            "@RTPPROXY_SOCK@": RTPPROXY_SOCK,
             "@SIP_IP@": PROXY_IP,
             "@CALLEE@": CALLEE_IP,
             "@MODULES@": MODULES,
@@ -198,6 +201,7 @@ class Call:
         self.uas = self._sipp(network.name("callee"), directory, "uas.xml", CALLEE_IP, self.uas_port, common)
         self.uac = self._sipp(network.name("caller"), directory, "uac.xml", CALLER_IP, self.uac_port, [*common, f"{PROXY_IP}:5060"])
         self.call_id = f"1-{self.uac.pid}@{CALLER_IP}"
+        self.caller_trace = directory / f"uac_{self.uac.pid}_messages.log"  # sipp -trace_msg
 
     @staticmethod
     def _sipp(namespace: str, directory, scenario_file: str, ip: str, port: int, extra: list[str]) -> subprocess.Popen:  # noqa: ANN001
@@ -220,22 +224,39 @@ class Call:
     def answered(self) -> dict:
         return self.session(lambda session: session["start_time"] is not None and session["streams"], "the answered call")
 
-    def media(self, stream: int = 0, packets: int = 20, session: dict | None = None) -> tuple[str, str]:
-        """RTP both ways through the relay on one stream; returns the relay's (caller side, callee side)."""
+    def media(self, stream: int = 0, packets: int = 20, session: dict | None = None, swapped: bool = False) -> tuple[str, str]:
+        """RTP both ways through the relay on one stream; returns the relay's (caller side, callee side).
+
+        ``swapped``: the callee made the first offer, so the relay has the parties the other way round.
+        """
         session = session or self.answered()
         entry = session["streams"][stream]
-        caller_side, callee_side = _address(entry["caller_local"]), _address(entry["callee_local"])
+        caller_key, callee_key = ("callee", "caller") if swapped else ("caller", "callee")
+        caller_side, callee_side = _address(entry[f"{caller_key}_local"]), _address(entry[f"{callee_key}_local"])
         caller, callee = self.caller_sockets[stream], self.callee_sockets[stream]
         # the callee speaks first; the private SDP addresses are learnt from the NAT'ed packets
         callee.sendto(_rtp(0, 8), callee_side)
-        if entry["caller_remote"] != "Unknown":  # the caller is known already: this one reaches it
+        if entry[f"{caller_key}_remote"] != "Unknown":  # the caller is known already: this one reaches it
             assert caller.recvfrom(2048) == (_rtp(0, 8), caller_side), self.stack.context()
         for sequence in range(1, packets + 1):
             caller.sendto(_rtp(sequence, 0), caller_side)
             assert callee.recvfrom(2048) == (_rtp(sequence, 0), callee_side), self.stack.context()
             callee.sendto(_rtp(sequence, 8), callee_side)
             assert caller.recvfrom(2048) == (_rtp(sequence, 8), caller_side), self.stack.context()
-        return entry["caller_local"], entry["callee_local"]
+        return entry[f"{caller_key}_local"], entry[f"{callee_key}_local"]
+
+    def caller_sent(self, text: str) -> None:
+        """Wait until the caller's sipp has sent a message holding ``text`` (e.g. ``CSeq: 3 ACK``):
+        it is then past that step and waits for the test's next move."""
+
+        def sent() -> bool:
+            try:
+                records = self.caller_trace.read_text(errors="replace").split("-----------------------------------------------")
+            except FileNotFoundError:
+                return False
+            return any(record.split("\n", 2)[1:2] and "message sent" in record.split("\n", 2)[1] and text in record for record in records)
+
+        wait_until(sent, f"the caller to send {text!r} ({self.name})", timeout=30)
 
     def next(self) -> None:
         """Let the caller's sipp go past its next wait()."""

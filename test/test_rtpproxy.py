@@ -466,3 +466,17 @@ def test_the_operators_terminate_ends_an_rtpproxy_call_through_the_proxy(tmp_pat
     stack.dispatcher.terminate("c7").addCallback(done.append)
     assert done == ["dialog ended through the proxy"]
     assert stack.dispatcher.recorder.ended == [("c7", DialogTags("a", "b"))]
+
+
+def test_a_repeated_delete_is_answered_without_asking_the_relays_and_forgotten_in_time(tmp_path):
+    """The module unforces on the CANCEL and again in the failure route: the second D finds the
+    call gone without a search of every relay (and its warning)."""
+    stack = Stack(tmp_path)
+    stack.execute("Uc0 c8 192.0.2.10 6000 a;1")
+    assert stack.execute("D c8 a") == "0"
+    asked = len(stack.relayed)
+    assert stack.execute("D c8 a") == "E8"
+    assert len(stack.relayed) == asked
+    stack.clock.advance(31)
+    assert stack.execute("D c8 a") == "E8"
+    assert [name for name, _ in stack.relayed[asked:]] == ["remove"]  # forgotten: the relays are asked again

@@ -14,6 +14,7 @@ dispatcher restarted mid-call answers the next ``L`` or re-offer as before.
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from dataclasses import dataclass, field
 
 from twisted.internet import defer
@@ -30,6 +31,10 @@ log = Logger(namespace="dispatcher.rtpproxy")
 UNKNOWN = "unknown"  # the module sends no URIs or user agents
 # static payload types that are video (RFC 3551); anything else the module lists is taken as audio
 _VIDEO_TYPES = {25, 26, 28, 31, 32, 33, 34}
+# a call's D may come twice (unforce on the CANCEL, again in the failure route): one deleted this
+# long ago is answered as gone without asking every relay for it
+DELETED_MEMORY = 30.0
+DELETED_LIMIT = 4096
 
 
 @dataclass
@@ -99,6 +104,7 @@ class RtpproxyFrontEnd:
         self.dispatcher = dispatcher
         self.refusals = refusals or Refusals(dispatcher.clock)
         self._busy: dict[str, defer.Deferred] = {}  # call-id → the command being done for it
+        self._deleted: OrderedDict[str, float] = OrderedDict()  # call-id → when its D removed it
 
     def execute(self, text: str, peer: str = "") -> defer.Deferred:
         """The reply text for one command from ``peer`` (never fails: a refusal is ``E<n>``, and
@@ -259,11 +265,29 @@ class RtpproxyFrontEnd:
     # -- D and Q
 
     def _delete(self, command: Command):  # noqa: ANN202
+        if command.call_id not in self.dispatcher.table and self._recently_deleted(command.call_id):
+            log.debug("rtpproxy D for call {call_id}, deleted a moment ago", call_id=command.call_id)
+            return rtpproxy.error(rtpproxy.NO_SESSION)
         lines = [f"call_id: {command.call_id}", f"from_tag: {command.from_tag.value}"]
         if command.to_tag is not None:
             lines.append(f"to_tag: {command.to_tag.value}")
         request = parse_request(["remove", *lines])
-        return self.dispatcher.handle(request).addCallback(lambda reply: "0" if reply == "removed" else rtpproxy.error(rtpproxy.NO_SESSION))
+        return self.dispatcher.handle(request).addCallback(self._deleted_reply, command.call_id)
+
+    def _deleted_reply(self, reply: str, call_id: str) -> str:
+        if reply != "removed":
+            return rtpproxy.error(rtpproxy.NO_SESSION)
+        self._deleted.pop(call_id, None)
+        self._deleted[call_id] = self.dispatcher.clock.seconds()
+        while len(self._deleted) > DELETED_LIMIT:
+            self._deleted.popitem(last=False)
+        return "0"
+
+    def _recently_deleted(self, call_id: str) -> bool:
+        deadline = self.dispatcher.clock.seconds() - DELETED_MEMORY
+        while self._deleted and next(iter(self._deleted.values())) < deadline:
+            self._deleted.popitem(last=False)
+        return call_id in self._deleted
 
     def _query(self, command: Command) -> str:
         if self.dispatcher.table.get(command.call_id) is None:

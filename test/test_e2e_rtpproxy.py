@@ -1,0 +1,230 @@
+"""End to end with Kamailio's rtpproxy module: the same NAT topology, relays and accounting as
+``test_e2e``, with the module's control socket pointed at the dispatcher's ``rtpproxy_listen``.
+
+Every flow runs in both script styles: ``rtpproxy_manage()``, and ``rtpproxy_offer()`` /
+``rtpproxy_answer()`` / ``unforce_rtp_proxy()`` (calls to ``offer-...`` users). Media is real
+RTP from the test's sockets behind the NAT and on the callee's network, through the relay the
+module wrote into the SDP; each call's accounting record is read back from SQLite.
+"""
+
+from __future__ import annotations
+
+import pytest
+from deployment import wait_until
+from sip_scenarios import Callee, Caller, recv_bye, sdp, wait
+from test_e2e import (
+    AUDIO,
+    CALLEE_IP,
+    CALLER_IP,
+    IDLE_TIMEOUT,
+    NAT_PUBLIC,
+    RELAY_IN_SDP,
+    RELAYS,
+    RTPPROXY_SOCK,
+    VIDEO,
+    Call,
+    Stack,
+    _early,
+    elements,
+    network,  # noqa: F401 - the module's namespaces, as a fixture
+)
+
+STYLES = ["manage", "offer"]
+
+
+@pytest.fixture(scope="module")
+def running_stack(network, tmp_path_factory):  # noqa: F811 - the fixture imported above
+    running = Stack(network, tmp_path_factory.mktemp("e2e-rtpproxy"), "e2e-rtpproxy.cfg.in", f"rtpproxy_listen = {RTPPROXY_SOCK}\n")
+    try:
+        running.start()
+        running.deployment.dispatcher.wait_for_log("Listening for the rtpproxy module")
+        yield running
+    finally:
+        running.stop()
+
+
+@pytest.fixture
+def stack(running_stack):
+    yield running_stack
+    while running_stack.calls:
+        running_stack.calls.pop().release()
+
+
+def parties(style: str) -> tuple[Caller, Callee]:
+    """The two ends; an offer-style call is named so by its R-URI and both contacts."""
+    prefix = "offer-" if style == "offer" else ""
+    return Caller(user=f"{prefix}bob-5060", contact_user=f"{prefix}alice"), Callee(contact_user=f"{prefix}bob")
+
+
+def check_record(record: dict, packets: int, status: str = "closed", swapped: bool = False) -> dict:
+    """The record of an rtpproxy-module call: the module names no URIs or agents, the relay
+    learnt the parties' real addresses from their packets."""
+    assert (record["from_uri"], record["caller_ua"], record["dialog_id"]) == ("unknown", "unknown", None)
+    stream = record["streams"][0]
+    caller, callee = ("callee", "caller") if swapped else ("caller", "callee")
+    assert stream["status"] == status
+    assert (stream[f"{caller}_codec"], stream[f"{callee}_codec"]) == ("G711u", "G711a")
+    assert stream[f"{caller}_remote"] == f"{NAT_PUBLIC}:{AUDIO[0]}"  # the NAT's mapping
+    assert stream[f"{callee}_remote"] == f"{CALLEE_IP}:{AUDIO[1]}"
+    assert stream["caller_packets"] >= packets and stream["callee_packets"] >= packets
+    return stream
+
+
+@pytest.mark.parametrize("style", STYLES)
+def test_plain_call(stack, style):
+    caller, callee = parties(style)
+    call = Call(
+        stack,
+        f"plain-{style}",
+        [*caller.invite(sdp(CALLER_IP, ("audio", AUDIO[0]))), *caller.answered(check=RELAY_IN_SDP), *caller.ack(), *wait()] + caller.bye(),
+        [*callee.answer(sdp(CALLEE_IP, ("audio", AUDIO[1])), check=RELAY_IN_SDP), *callee.hangup()],
+    )
+    caller_side, _ = call.media(packets=30)
+    assert caller_side.split(":")[0] in RELAYS
+    call.next()
+    call.finish()
+    record = call.record()
+    assert record["timed_out"] is False and record["end_reason"] == "bye"
+    check_record(record, 30)
+    # the BYE's D removed the call everywhere
+    wait_until(lambda: all(session["call_id"] != call.call_id for session in stack.sessions()), "the relay session to go")
+
+
+@pytest.mark.parametrize("style", STYLES)
+def test_audio_and_video_with_the_video_rejected(stack, style):
+    caller, callee = parties(style)
+    call = Call(
+        stack,
+        f"video-rejected-{style}",
+        [*caller.invite(sdp(CALLER_IP, ("audio", AUDIO[0]), ("video", VIDEO[0]))), *caller.answered(), *caller.ack(), *wait()]
+        + caller.bye(),
+        [*callee.answer(sdp(CALLEE_IP, ("audio", AUDIO[1]), ("video", 0))), *callee.hangup()],
+        media=(AUDIO, VIDEO),
+    )
+    call.media(packets=10)
+    call.next()
+    call.finish()
+    audio, video = call.record()["streams"]
+    assert audio["status"] == "closed" and audio["caller_packets"] >= 10
+    # the module does not say which m= line is video: the record has its status, not its kind
+    assert (video["status"], video["caller_packets"], video["callee_packets"]) == ("rejected", 0, 0)
+
+
+@pytest.mark.parametrize("style", STYLES)
+def test_hold_and_unhold(stack, style):
+    """Both hold styles: the module re-offers (with the SIP source address, even for 0.0.0.0);
+    the ports stay, and media flows again after each unhold."""
+    caller, callee = parties(style)
+    active = sdp(CALLER_IP, ("audio", AUDIO[0]))
+    answer = sdp(CALLEE_IP, ("audio", AUDIO[1]))
+    call = Call(
+        stack,
+        f"hold-{style}",
+        [
+            *caller.invite(active),
+            *caller.answered(),
+            *caller.ack(),
+            *wait(),
+            *caller.reinvite(sdp(CALLER_IP, ("audio", AUDIO[0], "sendonly"))),
+            *wait(),
+            *caller.reinvite(active),
+            *wait(),
+            *caller.reinvite(sdp("0.0.0.0", ("audio", AUDIO[0]))),
+            *wait(),
+            *caller.reinvite(active),
+            *wait(),
+            *caller.bye(),
+        ],
+        [
+            *callee.answer(answer),
+            *callee.reanswer(sdp(CALLEE_IP, ("audio", AUDIO[1], "recvonly"))),
+            *callee.reanswer(answer),
+            *callee.reanswer(answer),
+            *callee.reanswer(answer),
+            *callee.hangup(),
+        ],
+    )
+    first = call.media(packets=10)
+    for cseq, held in ((2, True), (3, False), (4, True), (5, False)):
+        call.next()
+        call.caller_sent(f"CSeq: {cseq} ACK")
+        if not held:
+            assert call.media(packets=5) == first
+    call.next()
+    call.finish()
+    record = call.record()
+    assert len(record["streams"]) == 1
+    check_record(record, 20)
+
+
+@pytest.mark.parametrize("style", STYLES)
+def test_late_offer_in_the_200_and_answer_in_the_ack(stack, style):
+    """The callee offers: to the relay the callee is the first offerer."""
+    caller, callee = parties(style)
+    call = Call(
+        stack,
+        f"late-offer-{style}",
+        [*caller.invite(None), *caller.answered(check=RELAY_IN_SDP), *caller.ack(sdp(CALLER_IP, ("audio", AUDIO[0]))), *wait()]
+        + caller.bye(),
+        [*callee.answer(sdp(CALLEE_IP, ("audio", AUDIO[1]))), *callee.hangup()],
+    )
+    call.media(packets=10, swapped=True)
+    call.next()
+    call.finish()
+    check_record(call.record(), 10, swapped=True)
+
+
+@pytest.mark.parametrize("style", STYLES)
+def test_callee_reinvite_keeps_the_media_going(stack, style):
+    caller, callee = parties(style)
+    offer, answer = sdp(CALLER_IP, ("audio", AUDIO[0])), sdp(CALLEE_IP, ("audio", AUDIO[1]))
+    call = Call(
+        stack,
+        f"callee-reinvite-{style}",
+        [*caller.invite(offer), *caller.answered(), *caller.ack(), *caller.reanswer(offer, check=RELAY_IN_SDP), *wait(), *caller.bye()],
+        [*callee.answer(answer), *callee.reinvite(answer), *callee.hangup()],
+    )
+    before = call.media(packets=10)
+    # the caller's sipp has taken the callee's re-INVITE (relay in its SDP) once the test's
+    # OPTIONS gets through; the media then goes on through the same ports
+    call.next()
+    call.finish()
+    record = call.record()
+    assert len(record["streams"]) == 1
+    check_record(record, 10)
+    assert before[0].split(":")[0] in RELAYS
+
+
+@pytest.mark.parametrize("style", STYLES)
+def test_cancel_after_early_media(stack, style):
+    """Early media on the 183, then the caller gives up: the session goes and the call is accounted."""
+    caller, callee = parties(style)
+    steps = [*caller.invite(sdp(CALLER_IP, ("audio", AUDIO[0]))), _early(), *wait()]
+    steps += caller.cancel(invite_offset=elements(steps))
+    call = Call(stack, f"cancel-after-183-{style}", steps, [*callee.ring(early=sdp(CALLEE_IP, ("audio", AUDIO[1]))), *callee.cancelled()])
+    call.media(packets=10)
+    call.next()
+    call.finish()
+    wait_until(lambda: all(session["call_id"] != call.call_id for session in stack.sessions()), "the relay session to go")
+    check_record(call.record(), 10)
+
+
+@pytest.mark.parametrize("style", STYLES)
+def test_media_that_stops_ends_the_dialog_through_kamailio(stack, style):
+    """The module never ends a call itself: the relay's expiry makes the dispatcher send
+    dlg.terminate_dlg with the Call-ID and tags, and Kamailio BYEs both ends."""
+    caller, callee = parties(style)
+    call = Call(
+        stack,
+        f"media-stops-{style}",
+        [*caller.invite(sdp(CALLER_IP, ("audio", AUDIO[0]))), *caller.answered(), *caller.ack(), *recv_bye(answer_after_ms=500)],
+        [*callee.answer(sdp(CALLEE_IP, ("audio", AUDIO[1]))), *recv_bye(answer_after_ms=500)],
+    )
+    call.media(packets=20)
+    call.finish(timeout=90)
+    record = call.record()
+    assert record["timed_out"] is True
+    stream = check_record(record, 20, status="conntrack timeout")
+    assert stream["timeout_wait"] == IDLE_TIMEOUT
+    ended = [line for line in stack.deployment.dispatcher.output().splitlines() if "The proxy ended dialog tags" in line]
+    assert [line for line in ended if line.endswith(f"of call {call.call_id}")], stack.context()

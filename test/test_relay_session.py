@@ -1,5 +1,6 @@
 """The relay's session state machine, driven in memory with a fake clock and fake sockets."""
 
+import json
 import struct
 
 import pytest
@@ -11,6 +12,7 @@ from harness import logged
 from mediaproxy import statefile
 from mediaproxy.configuration import RelayConfig
 from mediaproxy.datatypes import PortRange, network_range_list
+from mediaproxy.relay.model import serialize
 from mediaproxy.relay.model.packets import codec_name, is_stun
 from mediaproxy.relay.plane.interfaces import IForwarder
 from mediaproxy.relay.plane.ports import PortPool
@@ -785,3 +787,37 @@ def test_worker_counts_are_kept_every_interval_and_at_a_stop_and_shown_as_usersp
     forwarder.live[owner] = (5, 1000, 5, 1000)
     relay.manager.suspend()  # a stop that keeps the calls: the workers end, their counts go into the state
     assert (owner.caller.kernel_packets, owner.callee.kernel_packets) == (45, 35) and forwarder.removed == ["rtp"]
+
+
+def test_an_asymmetric_party_gets_media_at_its_sdp_address_and_stays_in_userspace():
+    """rtpproxy's ``A``: the party sends from one port and receives at the one its SDP names."""
+    relay = Relay()
+    forwarder = relay.manager.forwarder = RecordingForwarder()
+    relay.call(caller_media="audio:192.0.2.10:6000:sendrecv:asymmetric=yes")
+    caller_side, callee_side = relay.socket(40000), relay.socket(40002)
+    sends_from = ("192.0.2.10", 6100)
+    caller_side.deliver(rtp(0), sends_from)
+    callee_side.deliver(rtp(8), CALLEE_NAT)
+    caller_side.deliver(rtp(0), sends_from)
+    callee_side.deliver(rtp(8), CALLEE_NAT)
+    assert caller_side.sent == [(rtp(8), ("192.0.2.10", 6000))] * 2  # the SDP address, not where it sends from
+    assert callee_side.sent == [(rtp(0), CALLEE_NAT)]  # the first came before the callee was learnt
+    relay.socket(40003).deliver(b"\x80\xc8" + b"\x00" * 26, CALLEE_NAT)  # RTCP: to the SDP port + 1
+    assert relay.socket(40001).sent == [(b"\x80\xc8" + b"\x00" * 26, ("192.0.2.10", 6001))]
+    assert forwarder.offloaded == []  # a kernel entry would send to where it sends from
+    # kept and restored with the session (a relay restart)
+    (session,) = relay.manager.sessions.values()
+    restored = serialize.load_session(json.loads(json.dumps(serialize.dump_session(session))), 2, session.streams[0].policy, relay.clock)
+    assert restored.streams[0].rtp.caller.asymmetric and not restored.streams[0].rtp.callee.asymmetric
+    stats = relay.remove()
+    assert stats["streams"][0]["caller_remote"] == "192.0.2.10:6100" and stats["streams"][0]["caller_packets"] == 1
+
+
+def test_a_reoffer_without_asymmetric_latches_the_party_again_as_usual():
+    relay = Relay()
+    relay.call(caller_media="audio:192.0.2.10:6000:sendrecv:asymmetric=yes")
+    relay.update(cseq=2, media="audio:192.0.2.10:6000:sendrecv")
+    relay.update(kind="reply", cseq=2, to_tag="tt", media="audio:198.51.100.20:7000:sendrecv")
+    relay.socket(40000).deliver(rtp(0), ("192.0.2.10", 6100))
+    relay.socket(40002).deliver(rtp(8), CALLEE_NAT)
+    assert relay.socket(40000).sent == [(rtp(8), ("192.0.2.10", 6100))]

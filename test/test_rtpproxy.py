@@ -480,3 +480,15 @@ def test_a_repeated_delete_is_answered_without_asking_the_relays_and_forgotten_i
     stack.clock.advance(31)
     assert stack.execute("D c8 a") == "E8"
     assert [name for name, _ in stack.relayed[asked:]] == ["remove"]  # forgotten: the relays are asked again
+
+
+def test_the_asymmetric_modifier_makes_the_relay_send_to_that_partys_signalled_address(tmp_path):
+    stack = Stack(tmp_path)
+    stack.execute("UAc0 c9 192.0.2.10 6000 a;1")
+    stack.execute("Lc0 c9 198.51.100.20 7000 a;1 b;1")
+    (session,) = stack.relay.manager.sessions.values()
+    (stream,) = session.streams
+    assert stream.rtp.caller.asymmetric and not stream.rtp.callee.asymmetric
+    assert stream.rtp.destination(stream.rtp.caller) == ("192.0.2.10", 6000)
+    stack.execute("Uc0 c9 192.0.2.10 6000 a;1 b;1")  # a re-offer without A: latched again
+    assert not stream.rtp.caller.asymmetric

@@ -43,6 +43,11 @@ class MediaEntry:
     def on_hold(self) -> bool:
         return self.direction in ("sendonly", "inactive") or self.ip == "0.0.0.0"
 
+    @property
+    def asymmetric(self) -> bool:
+        """The party does not send from where it receives (rtpproxy's ``A``): media goes to its SDP address."""
+        return self.parameters.get("asymmetric") == "yes"
+
 
 def _show(text: str, limit: int = 60) -> str:
     return repr(text if len(text) <= limit else text[:limit] + "...")

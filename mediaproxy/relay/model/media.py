@@ -36,7 +36,7 @@ def _no_kernel(substream: Substream) -> None:
 class Party:
     """What one party's latest SDP said about a stream."""
 
-    __slots__ = ("ip", "port", "direction", "uses_ice", "seen", "signaling_ip")
+    __slots__ = ("ip", "port", "direction", "uses_ice", "seen", "signaling_ip", "asymmetric")
 
     def __init__(self) -> None:
         self.ip: str | None = None
@@ -45,6 +45,7 @@ class Party:
         self.uses_ice = False
         self.seen = False
         self.signaling_ip: str | None = None  # where the party's SIP message came from
+        self.asymmetric = False  # it receives at its SDP address, whatever address it sends from
 
     @property
     def sdp(self) -> tuple[str, int] | None:
@@ -56,6 +57,7 @@ class Party:
 
     def describe(self, entry, signaling_ip: str | None = None) -> None:  # noqa: ANN001 - a MediaEntry
         self.ip, self.port, self.direction, self.uses_ice, self.seen = entry.ip, entry.port, entry.direction, entry.uses_ice, True
+        self.asymmetric = entry.asymmetric
         if signaling_ip is not None:
             self.signaling_ip = signaling_ip
 
@@ -91,6 +93,7 @@ class Side:
         "kernel_packets",
         "kernel_bytes",
         "codec",
+        "asymmetric",
     )
 
     def __init__(self, substream: Substream, party: str) -> None:
@@ -113,6 +116,7 @@ class Side:
         self.kernel_packets = 0  # what the kernel relayed from this side in entries now gone
         self.kernel_bytes = 0
         self.codec: str | None = None
+        self.asymmetric = False  # its party's: packets to it go to the SDP address, not to the latched one
 
     def start_timer(self, now: float, seconds: int, reason: str) -> None:
         self.deadline = now + seconds
@@ -191,7 +195,15 @@ class Substream:
         if side.remote == source:
             if not side.in_use:
                 return None  # the party's obsolete address after it moved
-            if side.got_rtp and other.in_use and self.every_packet and self.path is not LAPSED and data and data[0] >= 0x80:
+            if (
+                side.got_rtp
+                and other.in_use
+                and self.every_packet
+                and self.path is not LAPSED
+                and not other.asymmetric
+                and data
+                and data[0] >= 0x80
+            ):
                 # the steady state, every packet of a call forwarded in userspace: keep it short
                 # (RTP and RTCP start with version 2, 0b10, so this is never STUN)
                 other.endpoint.send(data, other.remote)
@@ -218,6 +230,10 @@ class Substream:
             offload = self._first_media(side, data)
         elif self.path == LAPSED and self.caller.in_use and self.callee.in_use:
             offload = True
+        if offload and (side.asymmetric or other.asymmetric):
+            # a kernel entry forwards between two learnt addresses; an asymmetric party receives
+            # elsewhere than it sends from, so its streams stay in userspace
+            offload = False
         destination = self.destination(other)
         if destination is not None:
             every = policy.transmit_every
@@ -280,6 +296,11 @@ class Substream:
         return self.caller.got_rtp and self.callee.got_rtp and self.caller.in_use and self.callee.in_use
 
     def destination(self, side: Side) -> tuple[str, int] | None:
+        if side.asymmetric:
+            party = self.stream.parties[side.party]
+            if party.ip is None or party.ip == "0.0.0.0" or not party.port:
+                return None
+            return party.ip, party.port + (self.kind == "rtcp")
         if side.in_use:
             return side.remote
         if self.kind == "rtp":
@@ -465,7 +486,15 @@ class Stream:
     def describe_party(self, party: str, entry, signaling_ip: str | None = None) -> None:  # noqa: ANN001
         was_on_hold = self.on_hold
         self.parties[party].describe(entry, signaling_ip)
+        self.set_asymmetric(party, entry.asymmetric)
         self._hold_changed(was_on_hold)
+
+    def set_asymmetric(self, party: str, asymmetric: bool) -> None:
+        for substream in (self.rtp, self.rtcp):
+            side = substream.side(party)
+            if asymmetric and not side.asymmetric and substream.path == KERNEL:
+                substream._unload(USERSPACE)
+            side.asymmetric = asymmetric
 
     def _hold_changed(self, was_on_hold: bool) -> None:
         if not self.alive or self.on_hold == was_on_hold:

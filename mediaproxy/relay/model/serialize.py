@@ -22,7 +22,7 @@ _SIDE_FIELDS = (
     "in_use", "got_rtp", "got_stun_probing", "deadline", "timer_reason", "timer_seconds", "packets", "bytes", "latch_level",
     "latched_at", "kernel_packets", "kernel_bytes", "codec",
 )  # fmt: skip
-_PARTY_FIELDS = ("ip", "port", "direction", "uses_ice", "seen", "signaling_ip")
+_PARTY_FIELDS = ("ip", "port", "direction", "uses_ice", "seen", "signaling_ip", "asymmetric")
 _STREAM_FIELDS = ("media_type", "status", "timeout_wait", "create_time", "start_time", "end_time", "first_media_time")
 _SESSION_FIELDS = ("call_id", "caller_tag", "from_uri", "to_uri", "to_tag", "caller_ua", "callee_ua", "created", "start_time", "dialog_id")
 
@@ -132,6 +132,7 @@ def _load_stream(session: Session, saved: dict, policy: MediaPolicy, clock) -> S
             side.remote = tuple(values["remote"]) if values["remote"] is not None else None
             for name in _SIDE_FIELDS:
                 setattr(side, name, values[name])
+            side.asymmetric = bool(stream.parties[party].asymmetric)
     return stream
 
 

@@ -492,3 +492,19 @@ def test_the_asymmetric_modifier_makes_the_relay_send_to_that_partys_signalled_a
     assert stream.rtp.destination(stream.rtp.caller) == ("192.0.2.10", 6000)
     stack.execute("Uc0 c9 192.0.2.10 6000 a;1 b;1")  # a re-offer without A: latched again
     assert not stream.rtp.caller.asymmetric
+
+
+def test_a_query_answers_the_relays_packet_counts_of_the_stream(tmp_path):
+    stack = Stack(tmp_path)
+    facing_callee = int(stack.execute("Uc0 c10 192.0.2.10 6000 a;1").split()[0])
+    facing_caller = int(stack.execute("Lc0 c10 198.51.100.20 7000 a;1 b;1").split()[0])
+    packet = b"\x80\x00" + b"\x00" * 170
+    stack.relay.socket(facing_callee).deliver(packet, ("198.51.100.20", 7000))  # the caller is not known yet: dropped
+    for _ in range(3):
+        stack.relay.socket(facing_caller).deliver(packet, ("192.0.2.10", 6000))
+    stack.relay.socket(facing_callee).deliver(packet, ("198.51.100.20", 7000))
+    assert stack.execute("Q c10 a;1 b;1") == "60 3 1 4 0"
+    assert stack.execute("Q c10 b;1 a;1") == "60 1 3 4 0"  # counted from the first tag's party
+    assert stack.execute("Q c10 a;2 b;2") == "E8"  # no second stream
+    stack.execute("D c10 a b")
+    assert stack.execute("Q c10 a;1 b;1") == "E8"

@@ -35,6 +35,7 @@ _VIDEO_TYPES = {25, 26, 28, 31, 32, 33, 34}
 # long ago is answered as gone without asking every relay for it
 DELETED_MEMORY = 30.0
 DELETED_LIMIT = 4096
+QUERY_TTL = 60
 
 
 @dataclass
@@ -289,12 +290,41 @@ class RtpproxyFrontEnd:
             self._deleted.popitem(last=False)
         return call_id in self._deleted
 
-    def _query(self, command: Command) -> str:
-        if self.dispatcher.table.get(command.call_id) is None:
+    def _query(self, command: Command):  # noqa: ANN202
+        """rtpproxy's ``<ttl> <packets from the first tag's party> <from the other> <relayed>
+        <dropped>`` for the stream ``;N`` names, read from the call's relay."""
+        entry = self.dispatcher.table.get(command.call_id)
+        if entry is None or entry.expire_time is not None:
             raise CommandError(rtpproxy.NO_SESSION, "query for a call not known")
-        # rtpproxy's first field is the session's time to live; the counters live on the relay
-        # and are in `media-sessions`, the metrics and the accounting record
-        return "60 0 0 0 0"
+        link = self.dispatcher.registry.get(entry.relay_ip)
+        if link is None:
+            raise CommandError(rtpproxy.SOFTWARE, f"the call's relay {entry.relay_ip} is not connected")
+        media = self._media(command.call_id)
+        return link.fetch_sessions(command.call_id).addCallbacks(
+            self._queried, self._query_failed, callbackArgs=(command, media), errbackArgs=(command,)
+        )
+
+    def _queried(self, listing, command: Command, media: CallMedia | None) -> str:  # noqa: ANN001 - a SessionList
+        if not listing.records:
+            return rtpproxy.error(rtpproxy.NO_SESSION)
+        streams = listing.records[0].streams
+        number = command.from_tag.medianum
+        if number > len(streams):
+            return rtpproxy.error(rtpproxy.NO_SESSION)
+        stream = streams[number - 1]
+        # the relay's caller is the call's first offerer, the first tag the module ever sent
+        first_is_caller = media is None or command.from_tag.value == media.tags[0]
+        mine, theirs = (stream.caller_packets, stream.callee_packets)[:: 1 if first_is_caller else -1]
+        # rtpproxy's ttl counts down while no media comes; the relay's timers are not in its
+        # listing, so an alive stream answers rtpproxy's default ttl and an ended one 0
+        ttl = QUERY_TTL if stream.status in ("active", "on hold") else 0
+        return f"{ttl} {mine} {theirs} {mine + theirs} 0"
+
+    def _query_failed(self, failure, command: Command) -> str:  # noqa: ANN001
+        log.warn(
+            "rtpproxy Q for call {call_id}: the relay did not answer ({error})", call_id=command.call_id, error=failure.getErrorMessage()
+        )
+        return rtpproxy.error(rtpproxy.SOFTWARE)
 
     # -- shared
 

@@ -387,6 +387,32 @@ def test_real_programs_relay_a_call_set_up_over_udp_and_unix_and_account_it(tmp_
         programs.kill()
 
 
+def test_a_dispatcher_killed_mid_call_answers_the_modules_next_commands_as_before(tmp_path):
+    """kill -9 between offer and answer: the call's rtpproxy state comes back from the journal,
+    so the answer, a re-offer and the delete are done as if nothing happened, and accounted."""
+    port = free_port(socket.SOCK_DGRAM)
+    extra = f"[Dispatcher]\nrtpproxy_listen = udp:127.0.0.1:{port}\naccounting = database\n[Database]\ndburi = sqlite://{tmp_path}/accounting.sqlite\n"
+    programs = Deployment(tmp_path, extra=extra, stream_timeout=30)
+    try:
+        programs.start()
+        programs.dispatcher.wait_for_log("Listening for the rtpproxy module")
+        offer = _udp_command(port, "Uc0 rp-3 127.0.0.1 6000 from-tag;1", cookie="21_1")
+        programs.dispatcher.process.kill()
+        programs.dispatcher.process.wait()
+        programs.start_dispatcher()
+        programs.dispatcher.wait_for_log("Relay 127.0.0.1 connected")
+        programs.dispatcher.wait_for_log("Listening for the rtpproxy module")
+        answer_reply = _udp_command(port, "Lc0 rp-3 127.0.0.1 7000 from-tag;1 to-tag;1", cookie="21_2")
+        assert re.match(r"^\d+ 127\.0\.0\.1$", answer_reply) and answer_reply != offer
+        assert _udp_command(port, "Uc0 rp-3 127.0.0.1 6000 from-tag;1 to-tag;1", cookie="21_3") == offer  # same port
+        (listed,) = json.loads(programs.management(b"sessions"))
+        assert listed["call_id"] == "rp-3" and listed["start_time"] is not None
+        assert _udp_command(port, "D rp-3 from-tag to-tag", cookie="21_4") == "0"
+        wait_until(lambda: "rp-3" in _accounted(tmp_path / "accounting.sqlite"), "the call's accounting record")
+    finally:
+        programs.kill()
+
+
 def _accounted(path):
     import sqlite3  # noqa: PLC0415
 

@@ -309,6 +309,30 @@ def network_range_list(text: str) -> tuple[ipaddress.IPv4Network, ...]:
     return tuple(result)
 
 
+def ip_network_list(text: str) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+    """IPv4 and IPv6 networks (CIDRs or single addresses), comma-separated."""
+    result = []
+    for item in string_list(text):
+        try:
+            result.append(ipaddress.ip_network(item, strict=False))
+        except ValueError:
+            raise ValueError(
+                f"{item!r} is not an IP network; expected a comma-separated list such as 127.0.0.1, 10.1.0.0/16, ::1"
+            ) from None
+    return tuple(result)
+
+
+def address_in(address: str, networks: tuple) -> bool:
+    """Whether ``address`` (as a socket reports it, IPv4-mapped IPv6 included) is in one of ``networks``."""
+    try:
+        parsed = ipaddress.ip_address(address.partition("%")[0])
+    except ValueError:
+        return False
+    if parsed.version == 6 and parsed.ipv4_mapped is not None:
+        parsed = parsed.ipv4_mapped
+    return any(parsed in network for network in networks if network.version == parsed.version)
+
+
 PASSPORT_ATTRIBUTES = ("CN", "O", "OU", "C", "L", "ST", "EMAIL")
 
 

@@ -280,7 +280,7 @@ def test_garbage_gets_the_protocols_error_and_the_dispatcher_keeps_serving(tmp_p
 
 def test_datagrams_that_are_not_commands_are_dropped_or_refused_and_bounded(tmp_path):
     stack = Stack(tmp_path)
-    protocol = RtpproxyDatagram(stack.front, stack.clock, stack.front.refusals)
+    protocol = RtpproxyDatagram(stack.front, stack.clock, stack.front.refusals, datatypes.ip_network_list("192.0.2.0/24"))
     protocol.transport = Datagrams()
     for garbage in (b"", b" V", b"\xff\xfe V", b"1_1 " + b"U" * 5000):
         protocol.datagramReceived(garbage, ("192.0.2.66", 1))
@@ -534,3 +534,24 @@ def test_a_query_answers_the_relays_packet_counts_of_the_stream(tmp_path):
     assert stack.execute("Q c10 a;2 b;2") == "E8"  # no second stream
     stack.execute("D c10 a b")
     assert stack.execute("Q c10 a;1 b;1") == "E8"
+
+
+def test_datagrams_from_outside_rtpproxy_allow_are_dropped_unanswered(tmp_path):
+    stack = Stack(tmp_path)
+    allowed = datatypes.ip_network_list("192.0.2.5, 10.1.0.0/16, 2001:db8::/32")
+    protocol = RtpproxyDatagram(stack.front, stack.clock, stack.front.refusals, allowed)
+    protocol.transport = Datagrams()
+    for peer in ("192.0.2.6", "127.0.0.1", "10.2.0.1", "2001:db9::1", "::ffff:10.2.0.1", "not-an-address"):
+        protocol.datagramReceived(b"1_1 V", (peer, 5060))
+    assert protocol.transport.sent == [] and stack.relayed == []
+    for peer in ("192.0.2.5", "10.1.200.3", "2001:db8::7", "::ffff:10.1.0.9"):
+        protocol.datagramReceived(b"1_2 V", (peer, 5060))
+    assert [data for data, _ in protocol.transport.sent] == [b"1_2 20040107\n"] * 4
+
+
+def test_rtpproxy_allow_defaults_to_loopback_and_refuses_what_is_not_a_network():
+    assert datatypes.address_in("127.0.0.1", RtpproxyDatagram(None, None, None).allowed)
+    assert datatypes.address_in("::1", RtpproxyDatagram(None, None, None).allowed)
+    assert not datatypes.address_in("192.0.2.1", RtpproxyDatagram(None, None, None).allowed)
+    with pytest.raises(ValueError, match="is not an IP network"):
+        datatypes.ip_network_list("10.0.0.0/8, proxy.example.com")

@@ -121,13 +121,20 @@ class DispatcherService(service.Service):
             unixsocket.give_group(path, self.socket_gid)
             log.info("Listening for the rtpproxy module on unix:{path}", path=path)
             return
-        self.rtpproxy_port = self.reactor.listenUDP(where.port, RtpproxyDatagram(front, self.reactor, self.refusals), interface=where.host)
-        if not ipaddress.ip_address(where.host).is_loopback:
+        allowed = self.config.rtpproxy_allow
+        datagrams = RtpproxyDatagram(front, self.reactor, self.refusals, allowed)
+        self.rtpproxy_port = self.reactor.listenUDP(where.port, datagrams, interface=where.host)
+        log.info(
+            "Listening for the rtpproxy module on {where} (commands from {allowed})",
+            where=str(where),
+            allowed=", ".join(map(str, allowed)) or "nowhere",
+        )
+        if not ipaddress.ip_address(where.host).is_loopback and all(network.is_loopback for network in allowed):
             log.warn(
-                "The rtpproxy socket {where} is not on a loopback address: anyone who can reach it can set up relay sessions",
+                "The rtpproxy socket {where} is not on a loopback address, but [Dispatcher] rtpproxy_allow names only "
+                "loopback networks: add the SIP proxies' addresses to it",
                 where=str(where),
             )
-        log.info("Listening for the rtpproxy module on {where}", where=str(where))
 
     def status_line(self) -> str:
         """For the service manager's STATUS (``systemctl status``)."""

@@ -555,3 +555,18 @@ def test_rtpproxy_allow_defaults_to_loopback_and_refuses_what_is_not_a_network()
     assert not datatypes.address_in("192.0.2.1", RtpproxyDatagram(None, None, None).allowed)
     with pytest.raises(ValueError, match="is not an IP network"):
         datatypes.ip_network_list("10.0.0.0/8, proxy.example.com")
+
+
+def test_an_ended_dialogs_call_is_forgotten_at_the_next_check_without_a_d(tmp_path):
+    """The dialog module's BYEs do not run the script, so no D may ever come: the entry goes at
+    the next check after a minute, silently, where a mediaproxy-module call waits for its remove."""
+    stack = Stack(tmp_path)
+    stack.execute("Uc0 c11 192.0.2.10 6000 a;1")
+    stack.execute("Lc0 c11 198.51.100.20 7000 a;1 b;1")
+    _expire(stack, "c11")
+    assert stack.dispatcher.table.get("c11").expire_time is not None
+    stack.dispatcher.cleanup_expired_sessions()
+    assert "c11" in stack.dispatcher.table  # a D may still come
+    stack.clock.advance(61)
+    stack.dispatcher.cleanup_expired_sessions()
+    assert "c11" not in stack.dispatcher.table and len(stack.dispatcher.recorder.records) == 1

@@ -22,6 +22,8 @@ from mediaproxy.wire.update import parse_update_reply
 log = Logger(namespace="dispatcher")
 
 EXPIRED_CHECK_INTERVAL = 600
+# how long an rtpproxy call whose dialog the proxy was asked to end waits for a D (see cleanup)
+RTPPROXY_EXPIRED_KEPT = 60
 
 
 class Dispatcher:
@@ -410,7 +412,13 @@ class Dispatcher:
             self.table.pop(call_id)
 
     def cleanup_expired_sessions(self) -> None:
-        deadline = self.clock.seconds() - self.config.cleanup_expired_sessions_after
+        now = self.clock.seconds()
+        # the rtpproxy module sends no D when the dialog module BYEs both parties (its BYEs skip
+        # the script): such a call is forgotten once a D from the script could have come
+        for call_id in self.table.expired_before(now - RTPPROXY_EXPIRED_KEPT):
+            if self.table.get(call_id).rtpproxy is not None:
+                self.table.pop(call_id)
+        deadline = now - self.config.cleanup_expired_sessions_after
         stale = self.table.expired_before(deadline)
         for call_id in stale:
             self.table.pop(call_id)

@@ -270,6 +270,8 @@ def test_the_call_state_survives_a_dispatcher_restart(tmp_path):
         ("Dx c1 a", rtpproxy.SYNTAX),
         ("Q c1 a b", rtpproxy.NO_SESSION),
         ("P1 c1 prompt session a;1 b;1", rtpproxy.SYNTAX),
+        ("U6c0 c1 2001:db8::1 6000 a;1", rtpproxy.SOFTWARE),
+        ("L6c0 c1 2001:db8::2 7000 a;1 b;1", rtpproxy.SOFTWARE),
     ],
 )
 def test_garbage_gets_the_protocols_error_and_the_dispatcher_keeps_serving(tmp_path, text, code):

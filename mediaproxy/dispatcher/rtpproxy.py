@@ -152,6 +152,9 @@ class RtpproxyFrontEnd:
 
     def _run(self, command: Command):  # noqa: ANN202 - a reply or a Deferred of one
         try:
+            if "6" in command.modifiers:
+                # the relays' media lines and sockets are IPv4; the module forwards the SDP as it is
+                raise CommandError(rtpproxy.SOFTWARE, "IPv6 media (the 6 modifier) is not relayed: the relays forward IPv4")
             if command.kind == "U":
                 return self._offer(command)
             if command.kind == "L":

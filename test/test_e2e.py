@@ -165,9 +165,8 @@ class Stack:
         return "".join(f"\n--- {name}:\n{text}" for name, text in parts)
 
 
-@pytest.fixture(scope="module")
-def running_stack(network, tmp_path_factory):
-    running = Stack(network, tmp_path_factory.mktemp("e2e"))
+def started(running: Stack):  # noqa: ANN201 - a fixture's generator
+    """The stack for a module's tests, stopped after them whatever happened."""
     try:
         running.start()
         yield running
@@ -175,11 +174,21 @@ def running_stack(network, tmp_path_factory):
         running.stop()
 
 
+@pytest.fixture(scope="module")
+def running_stack(network, tmp_path_factory):
+    yield from started(Stack(network, tmp_path_factory.mktemp("e2e")))
+
+
+def released(running: Stack):  # noqa: ANN201 - a fixture's generator
+    """The stack for one test; what is left of its calls goes after it, so the next has the ports."""
+    yield running
+    while running.calls:
+        running.calls.pop().release()
+
+
 @pytest.fixture
 def stack(running_stack):
-    yield running_stack
-    while running_stack.calls:
-        running_stack.calls.pop().release()
+    yield from released(running_stack)
 
 
 class Call:

@@ -805,6 +805,8 @@ def test_an_asymmetric_party_gets_media_at_its_sdp_address_and_stays_in_userspac
     relay.socket(40003).deliver(b"\x80\xc8" + b"\x00" * 26, CALLEE_NAT)  # RTCP: to the SDP port + 1
     assert relay.socket(40001).sent == [(b"\x80\xc8" + b"\x00" * 26, ("192.0.2.10", 6001))]
     assert forwarder.offloaded == []  # a kernel entry would send to where it sends from
+    (session,) = relay.manager.sessions.values()
+    assert session.streams[0].rtp.path == "userspace"  # both known: no longer learning
     # kept and restored with the session (a relay restart)
     (session,) = relay.manager.sessions.values()
     restored = serialize.load_session(json.loads(json.dumps(serialize.dump_session(session))), 2, session.streams[0].policy, relay.clock)

@@ -234,6 +234,7 @@ class Substream:
             # a kernel entry forwards between two learnt addresses; an asymmetric party receives
             # elsewhere than it sends from, so its streams stay in userspace
             offload = False
+            self.set_path(USERSPACE)
         destination = self.destination(other)
         if destination is not None:
             every = policy.transmit_every

@@ -67,7 +67,7 @@ class DispatcherConfig:
     web_use_tls: bool = option(False, dt.boolean)
     web_password_file: str | None = option(None, dt.optional_text)
     rtpproxy_listen: dt.RtpproxySocket | None = option(None, dt.optional_rtpproxy_socket)
-    rtpproxy_allow: tuple = option(dt.ip_network_list("127.0.0.0/8, ::1"), dt.ip_network_list)
+    rtpproxy_allow: tuple = option(dt.LOOPBACK_NETWORKS, dt.ip_network_list)
     passport: dt.Passport | None = option(None, dt.passport)
     management_passport: dt.Passport | None = option(None, dt.passport)
     log_level: str = option("INFO", dt.log_level)

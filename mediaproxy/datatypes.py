@@ -322,6 +322,9 @@ def ip_network_list(text: str) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Ne
     return tuple(result)
 
 
+LOOPBACK_NETWORKS = ip_network_list("127.0.0.0/8, ::1")
+
+
 def address_in(address: str, networks: tuple) -> bool:
     """Whether ``address`` (as a socket reports it, IPv4-mapped IPv6 included) is in one of ``networks``."""
     try:

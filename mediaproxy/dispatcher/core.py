@@ -342,8 +342,9 @@ class Dispatcher:
             elif entry.expire_time is None and call_id not in present:
                 log.warn("Call {call_id} is no longer on relay {ip}; its statistics are probably lost", call_id=call_id, ip=ip)
                 self.table.pop(call_id)
-                if entry.dialog():
-                    self.plugins.end_dialog(call_id, entry.dialog())
+                dialog = entry.dialog()
+                if dialog:
+                    self.plugins.end_dialog(call_id, dialog)
         adopted = 0
         for record in listing.records:
             if record.yours and record.call_id not in self.table:
@@ -379,8 +380,9 @@ class Dispatcher:
                 record = statistics.parse_record(zlib.decompress(known[0]).decode())
                 record.statistics_at = known[1]  # the record is as of then, not of the call's end
                 self._account(record, entry, statistics.BYE if entry.removal is not None else statistics.RELAY_LOST)
-            if entry.dialog() and entry.removal is None and entry.expire_time is None:
-                self.plugins.end_dialog(call_id, entry.dialog())
+            dialog = entry.dialog()
+            if dialog and entry.removal is None and entry.expire_time is None:
+                self.plugins.end_dialog(call_id, dialog)
 
     def expired(self, ip: str, text: str) -> None:
         try:

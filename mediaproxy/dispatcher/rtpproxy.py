@@ -317,7 +317,10 @@ class RtpproxyFrontEnd:
         stream = streams[number - 1]
         # the relay's caller is the call's first offerer, the first tag the module ever sent
         first_is_caller = media is None or command.from_tag.value == media.tags[0]
-        mine, theirs = (stream.caller_packets, stream.callee_packets)[:: 1 if first_is_caller else -1]
+        if first_is_caller:
+            mine, theirs = stream.caller_packets, stream.callee_packets
+        else:
+            mine, theirs = stream.callee_packets, stream.caller_packets
         # rtpproxy's ttl counts down while no media comes; the relay's timers are not in its
         # listing, so an alive stream answers rtpproxy's default ttl and an ended one 0
         ttl = QUERY_TTL if stream.status in ("active", "on hold") else 0

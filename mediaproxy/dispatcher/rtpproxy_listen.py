@@ -27,8 +27,6 @@ REPLY_WINDOW = 30.0
 MAX_REPLIES = 16384  # about 1 MB; the oldest go first
 MAX_IN_FLIGHT = 2048  # commands being done at once; more is no SIP proxy but a flood
 _PENDING = object()
-LOOPBACK = datatypes.ip_network_list("127.0.0.0/8, ::1")
-MAX_CHECKED = 1024  # source addresses whose verdict is remembered
 
 
 class ReplyCache:
@@ -75,25 +73,15 @@ class RtpproxyDatagram(protocol.DatagramProtocol):
     """Commands over UDP, from the proxies in ``allowed`` (networks) only: a datagram from
     anywhere else is dropped unanswered (a reply could go to a forged source)."""
 
-    def __init__(self, front: RtpproxyFrontEnd, clock, refusals: Refusals, allowed: tuple = LOOPBACK) -> None:  # noqa: ANN001
+    def __init__(self, front: RtpproxyFrontEnd, clock, refusals: Refusals, allowed: tuple = datatypes.LOOPBACK_NETWORKS) -> None:  # noqa: ANN001
         self.front = front
         self.cache = ReplyCache(clock)
         self.refusals = refusals
         self.allowed = allowed
-        self._checked: dict[str, bool] = {}  # peer → allowed; a proxy has a few addresses at most
-
-    def _allowed(self, peer: str) -> bool:
-        verdict = self._checked.get(peer)
-        if verdict is None:
-            verdict = datatypes.address_in(peer, self.allowed)
-            if len(self._checked) >= MAX_CHECKED:
-                self._checked.clear()  # a flood of sources: start over rather than grow
-            self._checked[peer] = verdict
-        return verdict
 
     def datagramReceived(self, data: bytes, address: tuple) -> None:  # noqa: N802
         peer = address[0]
-        if not self._allowed(peer):
+        if not datatypes.address_in(peer, self.allowed):
             self.refusals.refuse(
                 "rtpproxy_not_allowed", peer, log, "rtpproxy datagram from {peer} dropped: not in [Dispatcher] rtpproxy_allow"
             )

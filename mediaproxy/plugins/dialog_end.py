@@ -54,11 +54,15 @@ def _is_kamailio_dialog(dialog: Dialog) -> bool:
 
 
 class _Pending:
-    __slots__ = ("call_id", "dialog", "dialog_id", "attempt", "timer")
+    __slots__ = ("call_id", "dialog", "attempt", "timer")
 
     def __init__(self, call_id: str, dialog: Dialog) -> None:
         self.call_id, self.dialog, self.attempt, self.timer = call_id, dialog, 0, None
-        self.dialog_id = str(dialog)  # as logged
+
+    @property
+    def dialog_id(self) -> str:
+        """The dialog as logged."""
+        return str(self.dialog)
 
 
 @implementer(IDispatcherPlugin)

@@ -263,7 +263,8 @@ class Call:
                 records = self.caller_trace.read_text(errors="replace").split("-----------------------------------------------")
             except FileNotFoundError:
                 return False
-            return any(record.split("\n", 2)[1:2] and "message sent" in record.split("\n", 2)[1] and text in record for record in records)
+            # a record is the separator's date line, then "UDP message sent (...)" or "... received ..."
+            return any("message sent" in record.partition("\n")[2].partition("\n")[0] and text in record for record in records)
 
         wait_until(sent, f"the caller to send {text!r} ({self.name})", timeout=30)
 
@@ -330,12 +331,14 @@ def plain_call(stack: Stack, name: str, slot: int = 0, style: str = "engage") ->
     )
 
 
-def check_stream(record: dict, packets: int, status: str = "closed") -> dict:
+def check_stream(record: dict, packets: int, status: str = "closed", swapped: bool = False) -> dict:
+    """``swapped``: the callee made the first offer, so the record has the parties the other way round."""
     stream = record["streams"][0]
+    caller, callee = ("callee", "caller") if swapped else ("caller", "callee")
     assert stream["status"] == status
-    assert (stream["caller_codec"], stream["callee_codec"]) == ("G711u", "G711a")
-    assert stream["caller_remote"] == f"{NAT_PUBLIC}:{AUDIO[0]}"  # the NAT's mapping, learnt from the packets
-    assert stream["callee_remote"] == f"{CALLEE_IP}:{AUDIO[1]}"
+    assert (stream[f"{caller}_codec"], stream[f"{callee}_codec"]) == ("G711u", "G711a")
+    assert stream[f"{caller}_remote"] == f"{NAT_PUBLIC}:{AUDIO[0]}"  # the NAT's mapping, learnt from the packets
+    assert stream[f"{callee}_remote"] == f"{CALLEE_IP}:{AUDIO[1]}"
     assert stream["caller_packets"] >= packets and stream["callee_packets"] >= packets
     return stream
 

@@ -17,7 +17,6 @@ from test_e2e import (
     CALLEE_IP,
     CALLER_IP,
     IDLE_TIMEOUT,
-    NAT_PUBLIC,
     RELAY_IN_SDP,
     RELAYS,
     RTPPROXY_SOCK,
@@ -25,6 +24,7 @@ from test_e2e import (
     Call,
     Stack,
     _early,
+    check_stream,
     elements,
     network,  # noqa: F401 - the module's namespaces, as a fixture
     released,
@@ -56,14 +56,7 @@ def check_record(record: dict, packets: int, status: str = "closed", swapped: bo
     """The record of an rtpproxy-module call: the module names no URIs or agents, the relay
     learnt the parties' real addresses from their packets."""
     assert (record["from_uri"], record["caller_ua"], record["dialog_id"]) == ("unknown", "unknown", None)
-    stream = record["streams"][0]
-    caller, callee = ("callee", "caller") if swapped else ("caller", "callee")
-    assert stream["status"] == status
-    assert (stream[f"{caller}_codec"], stream[f"{callee}_codec"]) == ("G711u", "G711a")
-    assert stream[f"{caller}_remote"] == f"{NAT_PUBLIC}:{AUDIO[0]}"  # the NAT's mapping
-    assert stream[f"{callee}_remote"] == f"{CALLEE_IP}:{AUDIO[1]}"
-    assert stream["caller_packets"] >= packets and stream["callee_packets"] >= packets
-    return stream
+    return check_stream(record, packets, status, swapped)
 
 
 @pytest.mark.parametrize("style", STYLES)

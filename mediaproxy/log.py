@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 import syslog
+import time
 from typing import TextIO
 
 from twisted.logger import (
@@ -109,8 +110,21 @@ class Logger(TwistedLogger):
     debug line a command would log costs a comparison, not an event through the observers."""
 
     def emit(self, level: LogLevel, format: str | None = None, **kwargs: object) -> None:  # noqa: A002 - Twisted's name
-        if _RANK.get(level, 1) >= _threshold:
-            super().emit(level, format, **kwargs)
+        rank = _RANK.get(level)
+        if rank is None:
+            super().emit(level, format, **kwargs)  # not a level: Twisted says so its way
+        elif rank >= _threshold:
+            # the event Twisted's emit builds, without its check of the level (a walk of the level
+            # constants at every line, measurable on a relay logging each call)
+            kwargs.update(
+                log_logger=self,
+                log_level=level,
+                log_namespace=self.namespace,
+                log_source=self.source,
+                log_format=format,
+                log_time=time.time(),
+            )
+            self.observer(kwargs)
 
 
 def at_level(event: dict) -> PredicateResult:

@@ -4,6 +4,7 @@ value or raises its documented error, and framing does not depend on how bytes a
 from __future__ import annotations
 
 import dataclasses
+import json
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -12,7 +13,7 @@ from twisted.internet.task import Clock
 from mediaproxy import configuration
 from mediaproxy.configuration import RelayConfig
 from mediaproxy.datatypes import PortRange
-from mediaproxy.relay.model import packets
+from mediaproxy.relay.model import packets, serialize
 from mediaproxy.relay.sessions import SessionManager, UpdateError
 from mediaproxy.testing import FakeBinder
 from mediaproxy.wire import headers, jsontext, relaylink, statistics
@@ -203,3 +204,44 @@ def test_any_packets_from_anywhere_leave_the_relay_consistent(arrivals):
         manager.remove({"call_id": "c", "from_tag": "f"})
     except UpdateError:
         raise AssertionError("the session is gone") from None
+
+
+JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers(-5, 70000) | st.floats(allow_nan=False) | st.text(max_size=6),
+    lambda children: st.lists(children, max_size=5) | st.dictionaries(st.text(max_size=4), children, max_size=3),
+    max_leaves=12,
+)
+KEPT_ERRORS = (KeyError, TypeError, ValueError, AttributeError)  # what a relay taking back its sessions logs and skips
+
+
+def _kept_session() -> tuple[list, SessionManager]:
+    manager = SessionManager(Clock(), RelayConfig(port_range=PortRange(40000, 40010)), FakeBinder(), lambda *args: None, "203.0.113.5")
+    common = "call_id: c\nfrom_tag: f\nfrom_uri: a\nto_uri: b\nuser_agent: u\nsignaling_ip: 192.0.2.10\n"
+    manager.update(headers.decode("update", (common + "type: request\ncseq: 1\nmedia: audio:192.0.2.10:6000:sendrecv").splitlines()))
+    (session,) = manager.sessions.values()
+    return json.loads(json.dumps(serialize.dump_session(session))), manager
+
+
+def _replace(value: object, path: list[int], junk: object) -> object:
+    """``value`` with the element ``path`` leads to (indexes taken modulo each list's length) replaced by ``junk``."""
+    if not path or not isinstance(value, list) or not value:
+        return junk
+    index = path[0] % len(value)
+    return [*value[:index], _replace(value[index], path[1:], junk), *value[index + 1 :]]
+
+
+@BOUNDED
+@given(st.lists(st.integers(0, 40), max_size=5), JSON_VALUES)
+def test_a_damaged_kept_session_loads_or_raises_what_the_relay_skips(path, junk):
+    kept, manager = _kept_session()
+    assert serialize.load_session(kept, 1, manager.policy, manager.clock).call_id == "c"  # undamaged, it loads
+    state = _replace(kept, path, junk)
+    for read in (serialize.kept_ports, serialize.kernel_flows):
+        try:
+            read(state)
+        except KEPT_ERRORS:
+            pass
+    try:
+        serialize.load_session(state, 1, manager.policy, manager.clock)
+    except KEPT_ERRORS:
+        pass

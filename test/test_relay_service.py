@@ -20,6 +20,7 @@ from mediaproxy.configuration import Configuration, RelayConfig
 from mediaproxy.datatypes import endpoint_list
 from mediaproxy.relay import service as service_module
 from mediaproxy.relay.link import DispatcherLink
+from mediaproxy.relay.model import serialize
 from mediaproxy.relay.service import RelayService
 from mediaproxy.testing import FakeBinder
 from mediaproxy.tls import Credentials
@@ -452,8 +453,12 @@ def test_garbage_in_the_kept_sessions_is_logged_and_skipped(tmp_path):
     relay, _, _, _, _ = _answered_call(tmp_path)
     relay.stopService()
     kept = json.loads((tmp_path / "relay_sessions").read_text())
-    kept["sessions"]["broken ft"] = {"call_id": ["not", "a", "session"]}
-    kept["sessions"]["ports taken ft"] = {**next(iter(kept["sessions"].values())), "call_id": "ports taken"}
+    good = next(iter(kept["sessions"].values()))
+    kept["sessions"]["broken ft"] = {"call_id": ["not", "a", "session"]}  # as version 1 kept them
+    kept["sessions"]["short ft"] = ["c9", "ft"]  # positional, as now
+    kept["sessions"]["shapes ft"] = [[1]] * 16
+    kept["sessions"]["stream shapes ft"] = [*good[:15], [["audio"] * 13]]
+    kept["sessions"]["ports taken ft"] = ["ports taken", *good[1:]]
     (tmp_path / "relay_sessions").write_text(json.dumps(kept))
     with open(tmp_path / "relay_sessions.journal", "w") as journal:
         journal.write('{"pop": ["x"]}\n[[[[\n{"set": "half')
@@ -467,7 +472,10 @@ def test_garbage_in_the_kept_sessions_is_logged_and_skipped(tmp_path):
     # the good session came back; the broken one and the one whose ports it holds are skipped, each with a line
     assert [session.call_id for session in again.sessions.sessions.values()] == ["c1"]
     skipped = [formatEvent(event) for event in logged if "Cannot take back session" in formatEvent(event)]
-    assert len(skipped) == 2 and "broken ft" in skipped[0] and "ports taken ft" in skipped[1]
+    assert len(skipped) == 5 and all(
+        f"session {name} kept" in line
+        for name, line in zip(("broken ft", "short ft", "shapes ft", "stream shapes ft", "ports taken ft"), skipped)
+    )
     # a snapshot that is not JSON at all is set aside, and the relay starts without sessions
     again.sessions.suspend()
     (tmp_path / "relay_sessions").write_text("\x80 not json")
@@ -475,6 +483,21 @@ def test_garbage_in_the_kept_sessions_is_logged_and_skipped(tmp_path):
     third, _ = _relay_with_state(tmp_path)
     third.startService()
     assert third.sessions.sessions == {} and (tmp_path / "relay_sessions.corrupt").exists()
+
+
+def test_sessions_kept_by_a_relay_before_the_positional_form_are_taken_back(tmp_path):
+    """Version 1 kept each session as an object with named fields; an upgraded relay reads them."""
+    relay, _, _, caller_port, _ = _answered_call(tmp_path)
+    relay.stopService()
+    kept = json.loads((tmp_path / "relay_sessions").read_text())
+    assert kept["version"] == serialize.VERSION == 2
+    kept = {"version": 1, "sessions": {key: serialize.named(value) for key, value in kept["sessions"].items()}}
+    (tmp_path / "relay_sessions").write_text(json.dumps(kept))
+    again, _ = _relay_with_state(tmp_path)
+    again.startService()
+    (session,) = again.sessions.sessions.values()
+    assert session.call_id == "c1" and session.streams[0].caller_port == caller_port
+    assert session.streams[0].parties["callee"].port == 7000
 
 
 def _refuse(relay, key):

@@ -1,5 +1,6 @@
 """The relay's session state machine, driven in memory with a fake clock and fake sockets."""
 
+import dataclasses
 import json
 import struct
 
@@ -18,6 +19,7 @@ from mediaproxy.relay.plane.interfaces import IForwarder
 from mediaproxy.relay.plane.ports import PortPool
 from mediaproxy.relay.sessions import Halting, SessionManager, UpdateError
 from mediaproxy.testing import FakeBinder, InOrder, headers
+from mediaproxy.wire.headers import SignalingInfo
 
 RELAY = "203.0.113.5"
 CALLER_SDP = ("192.0.2.10", 6000)
@@ -783,7 +785,7 @@ def test_worker_counts_are_kept_every_interval_and_at_a_stop_and_shown_as_usersp
     relay.manager.keep_counters()
     assert (owner.caller.kernel_packets, owner.callee.kernel_packets) == (40, 30)  # folded into what is kept
     (kept,) = statefile.StateFile(str(tmp_path / "sessions"), "sessions", 1, relay.clock, "the sessions").load().values()
-    assert kept["streams"][0]["rtp"]["caller"]["kernel_packets"] == 40
+    assert serialize.named(kept)["streams"][0]["rtp"]["caller"]["kernel_packets"] == 40
     forwarder.live[owner] = (5, 1000, 5, 1000)
     relay.manager.suspend()  # a stop that keeps the calls: the workers end, their counts go into the state
     assert (owner.caller.kernel_packets, owner.callee.kernel_packets) == (45, 35) and forwarder.removed == ["rtp"]
@@ -823,3 +825,18 @@ def test_a_reoffer_without_asymmetric_latches_the_party_again_as_usual():
     relay.socket(40000).deliver(rtp(0), ("192.0.2.10", 6100))
     relay.socket(40002).deliver(rtp(8), CALLEE_NAT)
     assert relay.socket(40000).sent == [(rtp(8), ("192.0.2.10", 6100))]
+
+
+def test_a_kept_session_names_every_field_the_models_have():
+    """The positional form keeps fields by their place: one the model gains must be listed, or it
+    is not kept."""
+    relay = Relay()
+    relay.call()
+    (session,) = relay.manager.sessions.values()
+    state = serialize.named(json.loads(json.dumps(serialize.dump_session(session))))
+    assert set(state["signaling"]) == {field.name for field in dataclasses.fields(SignalingInfo)}
+    stream = session.streams[0]
+    assert set(state["streams"][0]["parties"]["caller"]) == set(type(stream.parties["caller"]).__slots__)
+    side = state["streams"][0]["rtp"]["caller"]
+    assert side["remote"] is None and side["timer_reason"] == "no-traffic timeout" and side["codec"] is None
+    assert state["streams"][0]["ports"] == [stream.caller_port, stream.callee_port]

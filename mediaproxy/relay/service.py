@@ -55,6 +55,15 @@ def default_relay_ip() -> str:
         raise StartupError(f"cannot determine relay_ip from the default route ({error.strerror}); set [Relay] relay_ip") from None
 
 
+def _named(state: object) -> object:
+    """A kept session in the form the loaders read, converted once; as it is when it is not a
+    session's (taking it back says what is wrong with it)."""
+    try:
+        return serialize.named(state)
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError):
+        return state
+
+
 def _kernel_flows(state: object) -> set:
     try:
         return serialize.kernel_flows(state)
@@ -299,7 +308,7 @@ class RelayService(service.MultiService):
         )
         if not self.config.dispatchers:
             log.error("No dispatchers configured ([Relay] dispatchers); this relay will not be used")
-        kept = self.state_file.load() if self.state_file is not None else {}
+        kept = {key: _named(state) for key, state in (self.state_file.load() if self.state_file is not None else {}).items()}
         keep = frozenset(key for state in kept.values() for key in _kernel_flows(state))
         self.sessions.forwarder = choice.choose(self.config, self.reactor, self.idle_timeout, self.sessions.binder, self.host_changes, keep)
         if self.state_file is not None:

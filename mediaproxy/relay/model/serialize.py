@@ -10,14 +10,19 @@ and the session manager re-attaches its sockets and entries.
 
 from __future__ import annotations
 
-from dataclasses import asdict
+import functools
+from collections.abc import Callable
+from typing import ParamSpec, TypeVar
 
 from mediaproxy.relay.model.media import ALIVE, CALLEE, CALLER, KERNEL, LAPSED, LEARNING, PATHS, Side, Stream, Substream
 from mediaproxy.relay.model.policy import MediaPolicy
 from mediaproxy.relay.model.session import Session
 from mediaproxy.wire.headers import SignalingInfo
 
-VERSION = 1
+P = ParamSpec("P")
+T = TypeVar("T")
+
+VERSION = 2  # 2: positional lists (what follows); 1: objects with named fields, still read
 _SIDE_FIELDS = (
     "in_use", "got_rtp", "got_stun_probing", "deadline", "timer_reason", "timer_seconds", "packets", "bytes", "latch_level",
     "latched_at", "kernel_packets", "kernel_bytes", "codec",
@@ -25,51 +30,124 @@ _SIDE_FIELDS = (
 _PARTY_FIELDS = ("ip", "port", "direction", "uses_ice", "seen", "signaling_ip", "asymmetric")
 _STREAM_FIELDS = ("media_type", "status", "timeout_wait", "create_time", "start_time", "end_time", "first_media_time")
 _SESSION_FIELDS = ("call_id", "caller_tag", "from_uri", "to_uri", "to_tag", "caller_ua", "callee_ua", "created", "start_time", "dialog_id")
+_SIGNALING_FIELDS = ("caller_ip", "destination_ip", "username")
+
+# A session is journalled at every command that changes it, so its form is positional: without the
+# field names a one-stream session is a third of the text and encodes in half the time. The lists hold
+# the fields above in their order (new fields go at the end); :func:`named` gives them their names
+# back, and the loaders read that form, which is also what version 1 kept.
+
+
+def _damage_is_value_error(read: Callable[P, T]) -> Callable[P, T]:
+    """A reader of kept state that raises ValueError, not IndexError, for a list too short (the
+    relay skips a damaged session with a line and takes back the others)."""
+
+    @functools.wraps(read)
+    def reading(*args: P.args, **kwargs: P.kwargs) -> T:
+        try:
+            return read(*args, **kwargs)
+        except IndexError as error:
+            raise ValueError(f"not a kept session ({error})") from None
+
+    return reading
 
 
 def session_key(session: Session) -> str:
     return f"{session.call_id} {session.caller_tag}"
 
 
-def dump_session(session: Session) -> dict:
+def dump_session(session: Session) -> list:
     streams = session.streams
     index = {id(stream): number for number, stream in enumerate(streams)}
+    signaling = session.signaling
+    dispatcher = session.dispatcher
+    return [
+        *[getattr(session, name) for name in _SESSION_FIELDS],
+        [signaling.caller_ip, signaling.destination_ip, signaling.username],
+        list(dispatcher) if isinstance(dispatcher, tuple) else dispatcher,
+        session.pair,
+        session.previous_pair,
+        [[pair[0], pair[1], [index[id(stream)] for stream in offered]] for pair, offered in session.offers.items()],
+        [_dump_stream(stream) for stream in streams],
+    ]
+
+
+def _dump_stream(stream: Stream) -> list:
+    parties = stream.parties
+    return [
+        *[getattr(stream, name) for name in _STREAM_FIELDS],
+        [stream.caller_port, stream.callee_port],
+        stream.local_ips,
+        [getattr(parties[CALLER], name) for name in _PARTY_FIELDS],
+        [getattr(parties[CALLEE], name) for name in _PARTY_FIELDS],
+        _dump_substream(stream.rtp),
+        _dump_substream(stream.rtcp),
+    ]
+
+
+def _dump_substream(substream: Substream) -> list:
+    return [substream.path, _dump_side(substream.caller), _dump_side(substream.callee)]
+
+
+def _dump_side(side: Side) -> list:
+    return [side.remote, *[getattr(side, name) for name in _SIDE_FIELDS]]
+
+
+@_damage_is_value_error
+def named(state: dict | list) -> dict:
+    """A kept session with its fields named (the form of version 1, which is returned as it is).
+    Raises TypeError or ValueError for a list that is not a session's."""
+    if isinstance(state, dict):
+        return state
+    if not isinstance(state, list) or len(state) < len(_SESSION_FIELDS) + 6:
+        raise ValueError("not a kept session")
+    return _named_session(state)
+
+
+def _named_session(state: list) -> dict:
+    fields = len(_SESSION_FIELDS)
+    signaling, dispatcher, pair, previous_pair, offers, streams = state[fields : fields + 6]
     return {
-        **{name: getattr(session, name) for name in _SESSION_FIELDS},
-        "signaling": asdict(session.signaling),
-        "dispatcher": list(session.dispatcher) if isinstance(session.dispatcher, tuple) else session.dispatcher,
-        "pair": list(session.pair),
-        "previous_pair": list(session.previous_pair) if session.previous_pair is not None else None,
-        "offers": [[pair[0], pair[1], [index[id(stream)] for stream in offered]] for pair, offered in session.offers.items()],
-        "streams": [_dump_stream(stream) for stream in streams],
+        **dict(zip(_SESSION_FIELDS, state, strict=False)),
+        "signaling": dict(zip(_SIGNALING_FIELDS, signaling, strict=False)),
+        "dispatcher": dispatcher,
+        "pair": pair,
+        "previous_pair": previous_pair,
+        "offers": offers,
+        "streams": [_named_stream(stream) for stream in streams],
     }
 
 
-def _dump_stream(stream: Stream) -> dict:
+def _named_stream(stream: list) -> dict:
+    fields = len(_STREAM_FIELDS)
+    ports, local_ips, caller, callee, rtp, rtcp = stream[fields : fields + 6]
     return {
-        **{name: getattr(stream, name) for name in _STREAM_FIELDS},
-        "ports": [stream.caller_port, stream.callee_port],
-        "local_ips": list(stream.local_ips),
-        "parties": {party: {name: getattr(stream.parties[party], name) for name in _PARTY_FIELDS} for party in (CALLER, CALLEE)},
-        "rtp": _dump_substream(stream.rtp),
-        "rtcp": _dump_substream(stream.rtcp),
+        **dict(zip(_STREAM_FIELDS, stream, strict=False)),
+        "ports": ports,
+        "local_ips": local_ips,
+        "parties": {CALLER: dict(zip(_PARTY_FIELDS, caller, strict=False)), CALLEE: dict(zip(_PARTY_FIELDS, callee, strict=False))},
+        "rtp": _named_substream(rtp),
+        "rtcp": _named_substream(rtcp),
     }
 
 
-def _dump_substream(substream: Substream) -> dict:
-    return {"path": substream.path, CALLER: _dump_side(substream.caller), CALLEE: _dump_side(substream.callee)}
+def _named_substream(substream: list) -> dict:
+    path, caller, callee = substream
+    return {"path": path, CALLER: _named_side(caller), CALLEE: _named_side(callee)}
 
 
-def _dump_side(side: Side) -> dict:
-    return {"remote": list(side.remote) if side.remote is not None else None, **{name: getattr(side, name) for name in _SIDE_FIELDS}}
+def _named_side(side: list) -> dict:
+    return {"remote": side[0], **dict(zip(_SIDE_FIELDS, side[1:], strict=False))}
 
 
-def kernel_flows(state: dict) -> set[tuple]:
+@_damage_is_value_error
+def kernel_flows(state: dict | list) -> set[tuple]:
     """The conntrack keys a kept session's substreams may have entries for, to keep them at start.
 
     Any substream with a learnt caller may; the entries are taken back for those that have both
     sides learnt (see the session manager's restore).
     """
+    state = named(state)
     keys = set()
     for stream in state.get("streams", []):
         if stream["status"] not in ALIVE:
@@ -81,8 +159,10 @@ def kernel_flows(state: dict) -> set[tuple]:
     return keys
 
 
-def kept_ports(state: dict) -> set[int]:
+@_damage_is_value_error
+def kept_ports(state: dict | list) -> set[int]:
     """The RTP ports of a kept session's live streams, which it claims again at start."""
+    state = named(state)
     ports: set[int] = set()
     for stream in state.get("streams", []):
         if stream["status"] in ALIVE:
@@ -90,9 +170,11 @@ def kept_ports(state: dict) -> set[int]:
     return ports
 
 
-def load_session(state: dict, serial: int, policy: MediaPolicy, clock) -> Session:  # noqa: ANN001
+@_damage_is_value_error
+def load_session(state: dict | list, serial: int, policy: MediaPolicy, clock) -> Session:  # noqa: ANN001
     """The session ``state`` describes, without sockets. Raises KeyError, TypeError or ValueError
     for a state that is not a session's."""
+    state = named(state)
     signaling = SignalingInfo(**state["signaling"])
     headers = {"call_id": state["call_id"], "from_tag": state["caller_tag"], "from_uri": state["from_uri"], "to_uri": state["to_uri"]}
     dispatcher = state["dispatcher"]

@@ -12,19 +12,27 @@ from __future__ import annotations
 
 import argparse
 import os
+import multiprocessing
+import resource
 import statistics
-import threading
 import time
 
-from common import OurStack, cpu_seconds, one_stack, open_fds, rss_kib
+from common import cpu_seconds, one_stack, open_fds, rss_kib
 
 from mediaproxy.testing import remove, update
 
 
-def worker(stack: OurStack, number: int, calls: int, latencies: dict, errors: list) -> None:
+def worker(socket_path: str, number: int, calls: int, results) -> None:  # noqa: ANN001 - a multiprocessing Connection
+    """One proxy process: its own connection, one call after another; its latencies and errors sent back."""
     from deployment import Proxy  # noqa: PLC0415
 
-    proxy = Proxy(stack.deployment.socket_path)
+    latencies: dict[str, list[float]] = {"offer": [], "answer": [], "remove": []}
+    errors = []
+    try:
+        proxy = Proxy(socket_path)
+    except OSError as error:
+        results.send((latencies, [("connect", str(error))]))
+        return
     try:
         for index in range(calls):
             call_id = f"setup-{number}-{index}@192.0.2.2"
@@ -40,6 +48,8 @@ def worker(stack: OurStack, number: int, calls: int, latencies: dict, errors: li
                     errors.append((call_id, kind))
     finally:
         proxy.close()
+        results.send((latencies, errors))
+        results.close()
 
 
 def percentile(values: list[float], fraction: float) -> float:
@@ -58,27 +68,38 @@ def main(argv: list[str] | None = None) -> int:
             for command in (f"loglevel {args.log_level}", f"loglevel {args.log_level} 127.0.0.1"):
                 assert "error" not in stack.deployment.management(command.encode()), command
         relay_fds_before, dispatcher_fds_before = open_fds(stack.relay_pid), open_fds(stack.dispatcher_pid)
+        per_connection = args.calls // args.connections
+        # processes, as Kamailio's children are (each with its connection): threads would queue on one interpreter lock
+        context = multiprocessing.get_context("fork")
+        pipes = [context.Pipe(duplex=False) for _ in range(args.connections)]
+        workers = [
+            context.Process(target=worker, args=(stack.deployment.socket_path, number, per_connection, sending))
+            for number, (_receiving, sending) in enumerate(pipes)
+        ]
+        cpu_before = {name: cpu_seconds(pid) for name, pid in (("relay", stack.relay_pid), ("dispatcher", stack.dispatcher_pid))}
+        clients_before = resource.getrusage(resource.RUSAGE_CHILDREN)
+        started = time.perf_counter()
+        for process in workers:
+            process.start()
+        for _receiving, sending in pipes:
+            sending.close()  # the workers' ends: a worker that dies is an EOFError here, not a wait
         latencies: dict[str, list[float]] = {"offer": [], "answer": [], "remove": []}
         errors: list = []
-        per_connection = args.calls // args.connections
-        threads = [
-            threading.Thread(target=worker, args=(stack, number, per_connection, latencies, errors)) for number in range(args.connections)
-        ]
-        cpu_before = {
-            name: cpu_seconds(pid)
-            for name, pid in (("relay", stack.relay_pid), ("dispatcher", stack.dispatcher_pid), ("client", os.getpid()))
-        }
-        started = time.perf_counter()
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
+        for receiving, _sending in pipes:
+            their_latencies, their_errors = receiving.recv()
+            for kind, values in their_latencies.items():
+                latencies[kind].extend(values)
+            errors.extend(their_errors)
         elapsed = time.perf_counter() - started
+        for process in workers:
+            process.join()
+        clients = resource.getrusage(resource.RUSAGE_CHILDREN)
         calls = per_connection * args.connections
         cpu = {
             name: (cpu_seconds(pid) - cpu_before[name]) / calls * 1e6
-            for name, pid in (("relay", stack.relay_pid), ("dispatcher", stack.dispatcher_pid), ("client", os.getpid()))
+            for name, pid in (("relay", stack.relay_pid), ("dispatcher", stack.dispatcher_pid))
         }
+        cpu["proxy clients"] = (clients.ru_utime + clients.ru_stime - clients_before.ru_utime - clients_before.ru_stime) / calls * 1e6
         print(f"{calls} calls over {args.connections} connections in {elapsed:.2f}s: {calls / elapsed:.0f} set-ups/s, {len(errors)} errors")
         print("CPU per set-up: " + ", ".join(f"{name} {value:.0f} µs" for name, value in cpu.items()))
         print(f"{'request':<8} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8}")

@@ -11,7 +11,6 @@ each request, and the relay's open files before and after (they must stay flat).
 from __future__ import annotations
 
 import argparse
-import os
 import multiprocessing
 import resource
 import statistics

@@ -9,6 +9,7 @@ import zlib
 from twisted.application import service
 from twisted.internet import defer
 
+from mediaproxy import heap
 from mediaproxy.dispatcher.relays import RelayDisconnected, RelayError, RelayLink, RelayRegistry, RelayTimeout
 from mediaproxy.dispatcher.sessions import CallEntry, CallTable, call_table_file
 from mediaproxy.dispatcher.stats import RequestStats
@@ -460,6 +461,7 @@ class Dispatcher:
             self.table.pop(call_id)
             log.info("Call {call_id} is no longer on relay {ip}: it was removed through another dispatcher", call_id=call_id, ip=ip)
         self._forget_unknown()
+        heap.give_back()  # the parsed listing's pages
 
     def _forget_unknown(self) -> None:
         for call_id in [call_id for call_id in self.last_known if call_id not in self.table]:

@@ -12,7 +12,7 @@ import bisect
 import itertools
 from collections.abc import Iterator
 
-from mediaproxy import __version__
+from mediaproxy import __version__, heap
 from mediaproxy.log import Logger
 from mediaproxy.ratelimit import Refusals
 from mediaproxy.relay.deadlines import Deadlines
@@ -406,6 +406,7 @@ class SessionManager:
             if moved or session.userspace_packets() != self._kept_packets.get(key):
                 self.keep(session)
         self.state.squeeze()  # what the last minute's commands kept, deflated off their path
+        heap.give_back()  # the texts squeezed and the last statistics listing's pages
 
     @staticmethod
     def _take_counts(session: Session, take) -> bool:  # noqa: ANN001 - the forwarder's checkpoint or remove

@@ -19,7 +19,7 @@ STATE_FILE = "dispatcher_state"
 STATE_VERSION = 1
 
 
-@dataclass
+@dataclass(slots=True)  # one per call: no per-instance dict
 class CallEntry:
     relay_ip: str
     dialog_id: str | None = None

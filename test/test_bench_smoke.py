@@ -63,3 +63,8 @@ def test_line_rate_benchmark_measures_every_path():
     for system in ("kernel", "userspace", "rtpengine"):
         assert f"{system}: max relayed at < 0.1% loss: " in output, output
     assert "(generator)" in output
+
+
+def test_setup_rate_benchmark_runs_side_by_side_with_another_revision():
+    output = bench("setup_rate.py", "--connections", "2", "--calls", "20", "--against", "HEAD", "--rounds", "1")
+    assert "this checkout / HEAD: set-ups/s " in output, output

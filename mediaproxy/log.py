@@ -111,8 +111,8 @@ class Logger(TwistedLogger):
 
     def emit(self, level: LogLevel, format: str | None = None, **kwargs: object) -> None:  # noqa: A002 - Twisted's name
         rank = _RANK.get(level)
-        if rank is None:
-            super().emit(level, format, **kwargs)  # not a level: Twisted says so its way
+        if rank is None or "log_trace" in kwargs:
+            super().emit(level, format, **kwargs)  # not a level (Twisted says so its way), or a traced event
         elif rank >= _threshold:
             # the event Twisted's emit builds, without its check of the level (a walk of the level
             # constants at every line, measurable on a relay logging each call)

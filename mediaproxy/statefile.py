@@ -13,8 +13,8 @@ those texts as they are: at 20,000 relay sessions, encoding them all afresh held
 about 2 s at every fold, where joining the texts takes a fraction of that. Every idle call holds
 one, so :meth:`squeeze` (run every minute) deflates the texts kept since the last time (zlib level
 1: a relay session's 650 bytes of JSON in about 230, a few µs each way), off the path of the
-commands that change them. A clean stop encodes everything afresh
-once, so the snapshot has the latest state.
+commands that change them. A clean stop encodes everything afresh once, so the snapshot has the
+latest state.
 """
 
 from __future__ import annotations

@@ -50,3 +50,21 @@ def test_events_below_the_process_level_are_dropped_before_any_observer(monkeypa
     control.toggle_debug()
     logger.debug("now built")
     assert seen[-1]["log_format"] == "now built" and log.at_level(twisted_debug) is PredicateResult.maybe
+
+
+def test_our_loggers_events_carry_what_twisteds_would():
+    from twisted.logger import LogPublisher, formatEvent  # noqa: PLC0415
+
+    from mediaproxy.log import Logger  # noqa: PLC0415
+
+    events = []
+    publisher = LogPublisher(events.append)
+    logger = Logger(namespace="relay", observer=publisher)
+    logger.info("Call {call_id} set up", call_id="c1")
+    (event,) = events
+    assert formatEvent(event) == "Call c1 set up"
+    assert (event["log_level"], event["log_namespace"], event["log_logger"]) == (LogLevel.info, "relay", logger)
+    assert isinstance(event["log_time"], float) and event["log_source"] is None
+    trace: list = []
+    logger.warn("traced", log_trace=trace)  # Twisted's tracing of an event through its observers still works
+    assert trace and trace[0][0] is logger

@@ -331,6 +331,24 @@ def plain_call(stack: Stack, name: str, slot: int = 0, style: str = "engage") ->
     )
 
 
+def media_stops(stack: Stack, name: str, caller: Caller, callee: Callee) -> tuple[Call, dict]:
+    """A call whose media stops after 20 packets each way: the kernel entry times out, the relay
+    reports expiry and the dispatcher has Kamailio send BYEs to both ends. The call and its
+    record, which says it timed out after the relay's idle timeout."""
+    call = Call(
+        stack,
+        name,
+        [*caller.invite(sdp(CALLER_IP, ("audio", AUDIO[0]))), *caller.answered(), *caller.ack(), *recv_bye(answer_after_ms=500)],
+        [*callee.answer(sdp(CALLEE_IP, ("audio", AUDIO[1]))), *recv_bye(answer_after_ms=500)],
+    )
+    call.media(packets=20)
+    call.finish(timeout=90)
+    record = call.record()
+    assert record["timed_out"] is True
+    assert record["streams"][0]["timeout_wait"] == IDLE_TIMEOUT
+    return call, record
+
+
 def check_stream(record: dict, packets: int, status: str = "closed", swapped: bool = False) -> dict:
     """``swapped``: the callee made the first offer, so the record has the parties the other way round."""
     stream = record["streams"][0]
@@ -451,20 +469,8 @@ def test_ice_offer_gets_a_relay_candidate(stack):
 
 
 def test_media_that_stops_ends_the_dialog_through_kamailio(stack):
-    caller, callee = Caller(user=callee_user()), Callee()
-    call = Call(
-        stack,
-        "media-stops",
-        [*caller.invite(sdp(CALLER_IP, ("audio", AUDIO[0]))), *caller.answered(), *caller.ack(), *recv_bye(answer_after_ms=500)],
-        [*callee.answer(sdp(CALLEE_IP, ("audio", AUDIO[1]))), *recv_bye(answer_after_ms=500)],
-    )
-    call.media(packets=20)
-    # silence: the kernel entry times out, the relay reports expiry, the dispatcher has Kamailio send BYEs
-    call.finish(timeout=90)
-    record = call.record()
-    assert record["timed_out"] is True
+    _, record = media_stops(stack, "media-stops", Caller(user=callee_user()), Callee())
     check_stream(record, 20, status="conntrack timeout")
-    assert record["streams"][0]["timeout_wait"] == IDLE_TIMEOUT
     dispatcher = stack.deployment.dispatcher
     dispatcher.wait_for_log("The proxy ended dialog")
 

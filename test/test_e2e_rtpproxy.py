@@ -11,12 +11,11 @@ from __future__ import annotations
 
 import pytest
 from deployment import wait_until
-from sip_scenarios import Callee, Caller, recv_bye, sdp, wait
+from sip_scenarios import Callee, Caller, sdp, wait
 from test_e2e import (
     AUDIO,
     CALLEE_IP,
     CALLER_IP,
-    IDLE_TIMEOUT,
     RELAY_IN_SDP,
     RELAYS,
     RTPPROXY_SOCK,
@@ -26,6 +25,7 @@ from test_e2e import (
     _early,
     check_stream,
     elements,
+    media_stops,
     network,  # noqa: F401 - the module's namespaces, as a fixture
     released,
     started,
@@ -205,18 +205,7 @@ def test_cancel_after_early_media(stack, style):
 def test_media_that_stops_ends_the_dialog_through_kamailio(stack, style):
     """The module never ends a call itself: the relay's expiry makes the dispatcher send
     dlg.terminate_dlg with the Call-ID and tags, and Kamailio BYEs both ends."""
-    caller, callee = parties(style)
-    call = Call(
-        stack,
-        f"media-stops-{style}",
-        [*caller.invite(sdp(CALLER_IP, ("audio", AUDIO[0]))), *caller.answered(), *caller.ack(), *recv_bye(answer_after_ms=500)],
-        [*callee.answer(sdp(CALLEE_IP, ("audio", AUDIO[1]))), *recv_bye(answer_after_ms=500)],
-    )
-    call.media(packets=20)
-    call.finish(timeout=90)
-    record = call.record()
-    assert record["timed_out"] is True
-    stream = check_record(record, 20, status="conntrack timeout")
-    assert stream["timeout_wait"] == IDLE_TIMEOUT
+    call, record = media_stops(stack, f"media-stops-{style}", *parties(style))
+    check_record(record, 20, status="conntrack timeout")
     ended = [line for line in stack.deployment.dispatcher.output().splitlines() if "The proxy ended dialog tags" in line]
     assert [line for line in ended if line.endswith(f"of call {call.call_id}")], stack.context()

@@ -27,6 +27,12 @@ EXPIRED_CHECK_INTERVAL = 600
 RTPPROXY_EXPIRED_KEPT = 60
 
 
+def _give_back(result: object) -> object:
+    """After a statistics pull: the pages its parsed listings took go back to the system, once for all relays."""
+    heap.give_back()
+    return result
+
+
 class Dispatcher:
     def __init__(self, clock, registry: RelayRegistry, plugins: PluginSet, runtime_dir: str, config) -> None:  # noqa: ANN001
         self.clock = clock
@@ -436,7 +442,7 @@ class Dispatcher:
 
     def pull_statistics(self) -> defer.Deferred:
         links = self.registry.accepted()
-        return defer.DeferredList([self._pull(link) for link in links], consumeErrors=True)
+        return defer.DeferredList([self._pull(link) for link in links], consumeErrors=True).addCallback(_give_back)
 
     def _pull(self, link: RelayLink) -> defer.Deferred:
         live = {call_id: entry for call_id, entry in self.table.of_relay(link.ip) if entry.removal is None and entry.expire_time is None}
@@ -461,7 +467,6 @@ class Dispatcher:
             self.table.pop(call_id)
             log.info("Call {call_id} is no longer on relay {ip}: it was removed through another dispatcher", call_id=call_id, ip=ip)
         self._forget_unknown()
-        heap.give_back()  # the parsed listing's pages
 
     def _forget_unknown(self) -> None:
         for call_id in [call_id for call_id in self.last_known if call_id not in self.table]:

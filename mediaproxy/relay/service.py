@@ -60,7 +60,7 @@ def _named(state: object) -> object:
     session's (taking it back says what is wrong with it)."""
     try:
         return serialize.named(state)
-    except (KeyError, TypeError, ValueError, AttributeError, IndexError):
+    except (TypeError, ValueError):
         return state
 
 

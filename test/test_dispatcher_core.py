@@ -132,6 +132,52 @@ def test_calls_of_a_lost_relay_end_with_the_last_statistics_pulled(tmp_path):
     dispatcher.stop()
 
 
+def pulled(clock, transport, link, *pages):
+    """A statistics pull is due and answered: each page's records as given, or "error"."""
+    clock.advance(30)
+    for number, page in enumerate(pages):
+        ((name, seq, _),) = commands(transport)
+        assert name == "sessions"
+        last = number == len(pages) - 1
+        answer(link, seq, page if page == "error" else statistics.format_page([json.dumps(item) for item in page], None if last else number + 1))
+
+
+def test_a_call_set_up_again_under_its_call_id_never_gets_the_statistics_of_the_one_before(tmp_path):
+    clock, registry, dispatcher = make(tmp_path, lost_relay_grace=100, statistics_pull_interval=30)
+    link, transport = link_from(registry, "192.0.2.1")
+    ((_, seq, _),) = commands(transport)
+    answer(link, seq, statistics.format_page([], None))
+    set_up_call(dispatcher, link, transport, "a", "1:2")
+    pulled(clock, transport, link, [record("a", duration=7)])
+    assert handled(dispatcher, remove("a", "ft", "tt")) == ["removed"]
+    ((_, seq, _),) = commands(transport)
+    answer(link, seq, json.dumps(record("a", duration=9)))
+    set_up_call(dispatcher, link, transport, "a", "3:4")  # the same Call-ID again, before the next pull
+    link.connectionLost(None)
+    clock.advance(100)
+    (first,) = dispatcher.recorder.records  # the second call has no statistics yet: none is made up
+    assert (first["end_reason"], first["duration"]) == ("bye", 9)
+    assert dispatcher.recorder.ended == [("a", "3:4")] and len(dispatcher.table) == 0
+    dispatcher.stop()
+
+
+def test_a_statistics_pull_that_fails_half_way_leaves_the_last_complete_one(tmp_path):
+    clock, registry, dispatcher = make(tmp_path, lost_relay_grace=100, statistics_pull_interval=30)
+    link, transport = link_from(registry, "192.0.2.1")
+    ((_, seq, _),) = commands(transport)
+    answer(link, seq, statistics.format_page([], None))
+    set_up_call(dispatcher, link, transport, "a")
+    set_up_call(dispatcher, link, transport, "b")
+    pulled(clock, transport, link, [record("a", duration=7)], [record("b", duration=8)])
+    first_pull = clock.seconds()
+    pulled(clock, transport, link, [record("a", duration=37)], "error")
+    link.connectionLost(None)
+    clock.advance(100)
+    lost = {item["call_id"]: (item["duration"], item["statistics_at"]) for item in dispatcher.recorder.records}
+    assert lost == {"a": (7, first_pull), "b": (8, first_pull)}
+    dispatcher.stop()
+
+
 def test_a_relay_back_within_the_grace_keeps_its_calls(tmp_path):
     clock, registry, dispatcher = make(tmp_path, lost_relay_grace=100)
     dispatcher.table.set("a", CallEntry("192.0.2.2"))

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import json
 import time
-import zlib
 
 from twisted.application import service
 from twisted.internet import defer
+from twisted.python.failure import Failure
 
 from mediaproxy import heap
+from mediaproxy.dispatcher.lastknown import LastKnown, Report
 from mediaproxy.dispatcher.relays import RelayDisconnected, RelayError, RelayLink, RelayRegistry, RelayTimeout
 from mediaproxy.dispatcher.sessions import CallEntry, CallTable, call_table_file
 from mediaproxy.dispatcher.stats import RequestStats
@@ -43,9 +43,7 @@ class Dispatcher:
         self.table = CallTable()
         self.state_file = call_table_file(runtime_dir, clock)
         self.dead_relay_timers: dict[str, object] = {}
-        # call_id → (the statistics its relay last reported, as JSON text deflated: every call holds
-        # one, 1-2 KB plain; when): what a call's record says when its relay is lost for good
-        self.last_known: dict[str, tuple[bytes, float]] = {}
+        self.last_known = LastKnown()  # what a call's record says when its relay is lost for good
         self.stopped = False
         self.stats = RequestStats()
         self.timers = service.MultiService()
@@ -161,7 +159,7 @@ class Dispatcher:
                     error=error,
                 )
                 continue
-            self.table.set(request.call_id, CallEntry(link.ip, request.headers.get("dialog_id")))
+            self.table.set(request.call_id, CallEntry(link.ip, request.headers.get("dialog_id"), report=self.last_known.number))
             reply = self._update_reply(request, payload, link.ip)
             if reply != "error":
                 log.info("Call {call_id} set up on relay {ip}", call_id=request.call_id, ip=link.ip)
@@ -263,7 +261,6 @@ class Dispatcher:
         if self.table.get(call_id) is not entry:
             return  # accounted meanwhile (its expiry crossed the remove)
         self.table.pop(call_id)
-        self.last_known.pop(call_id, None)
         self._account_removed(payload, call_id, entry)
 
     def _remove_failed(self, failure, call_id: str, entry: CallEntry) -> None:  # noqa: ANN001
@@ -359,8 +356,9 @@ class Dispatcher:
                 adopted += 1
         if adopted:
             log.warn("Took back {count} calls from relay {ip} that the call table had lost", count=adopted, ip=ip)
-        self._remember(listing.records)
-        self._forget_unknown()
+        report = self.last_known.start(ip)
+        self._remember(report, listing.records)
+        self.last_known.finish(ip, report)
 
     def _reconcile_failed(self, failure, ip: str) -> None:  # noqa: ANN001
         log.warn("Could not get the sessions of relay {ip}: {error}", ip=ip, error=failure.getErrorMessage())
@@ -380,12 +378,11 @@ class Dispatcher:
         calls = self.table.of_relay(ip)
         if calls:
             log.error("Relay {ip} stayed away for {after}s; ending its {count} calls", ip=ip, after=grace, count=len(calls))
+        known = self.last_known.take(ip, dict(calls))
         for call_id, entry in calls:
             self.table.pop(call_id)
-            known = self.last_known.pop(call_id, None)
-            if known is not None:
-                record = statistics.parse_record(zlib.decompress(known[0]).decode())
-                record.statistics_at = known[1]  # the record is as of then, not of the call's end
+            record = known.get(call_id)
+            if record is not None:
                 self._account(record, entry, statistics.BYE if entry.removal is not None else statistics.RELAY_LOST)
             dialog = entry.dialog()
             if dialog and entry.removal is None and entry.expire_time is None:
@@ -407,7 +404,6 @@ class Dispatcher:
                 "Ignoring expiry of call {call_id} from relay {ip}: the call is on {owner}", call_id=call_id, ip=ip, owner=entry.relay_ip
             )
             return
-        self.last_known.pop(call_id, None)
         reason = statistics.expiry_reason(record)
         record.all_streams_ice = reason == statistics.UNSELECTED_ICE
         log.info("Call {call_id} expired on relay {ip} ({reason})", call_id=call_id, ip=ip, reason=reason)
@@ -447,12 +443,18 @@ class Dispatcher:
     def _pull(self, link: RelayLink) -> defer.Deferred:
         live = {call_id: entry for call_id, entry in self.table.of_relay(link.ip) if entry.removal is None and entry.expire_time is None}
         present: set[str] = set()
+        report = self.last_known.start(link.ip)
 
         def page(records: list[statistics.SessionRecord]) -> None:
             present.update(record.call_id for record in records)
-            self._remember(records)
+            self._remember(report, records)
 
-        return link.fetch_sessions(each_page=page).addCallback(lambda _: self._pulled(present, link.ip, live))
+        def failed(failure: Failure) -> Failure:
+            self.last_known.abandon(link.ip, report)
+            return failure
+
+        pulled = link.fetch_sessions(each_page=page).addCallbacks(lambda _: self.last_known.finish(link.ip, report), failed)
+        return pulled.addCallback(lambda _: self._pulled(present, link.ip, live))
 
     def _pulled(self, present: set[str], ip: str, live: dict[str, CallEntry]) -> None:
         """A live call of ours that its relay no longer has, with no expiry from it (which would
@@ -466,19 +468,11 @@ class Dispatcher:
         for call_id in gone:
             self.table.pop(call_id)
             log.info("Call {call_id} is no longer on relay {ip}: it was removed through another dispatcher", call_id=call_id, ip=ip)
-        self._forget_unknown()
 
-    def _forget_unknown(self) -> None:
-        for call_id in [call_id for call_id in self.last_known if call_id not in self.table]:
-            del self.last_known[call_id]
-
-    def _remember(self, records: list[statistics.SessionRecord]) -> None:
-        now = self.clock.seconds()
-        for record in records:
-            call_id = record.call_id
-            if call_id in self.table and record.start_time is not None:
-                record.yours = None
-                self.last_known[call_id] = (zlib.compress(json.dumps(record.as_json(), separators=(",", ":")).encode(), 1), now)
+    def _remember(self, report: Report, records: list[statistics.SessionRecord]) -> None:
+        """Keep in ``report`` the records of a page that are of calls of ours, answered."""
+        table = self.table
+        report.add((record for record in records if record.call_id in table and record.start_time is not None), self.clock.seconds())
 
     # -- control (the management interface's commands)
 

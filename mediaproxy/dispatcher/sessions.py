@@ -7,7 +7,7 @@ at any moment loses no call; the snapshot file keeps the format of earlier versi
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from mediaproxy.dialogs import Dialog, DialogTags
 from mediaproxy.log import Logger
@@ -26,6 +26,8 @@ class CallEntry:
     expire_time: float | None = None
     removal: list[str] | None = None  # the header lines of a remove answered but not yet done by the relay
     rtpproxy: dict | None = None  # what the rtpproxy front end keeps of a call it set up (its CallMedia)
+    # the number of the relay reports begun when it was set up (lastknown): not kept, as reports are not
+    report: int = field(default=0, compare=False)
 
     def as_json(self) -> dict:
         """As journalled: a call of the mediaproxy module's in the format of earlier versions."""

@@ -40,7 +40,7 @@ class FakeEndpoint:
     def deliver(self, data: bytes, source: tuple[str, int]) -> None:
         """A packet arrives at this relay socket from ``source``."""
         assert not self.closed, f"packet for closed socket {self.local}"
-        touched = self.receiver(data, source)
+        touched = self.receiver.received(data, source)
         if touched is not None:
             self.binder.sink(touched)
 

@@ -687,6 +687,13 @@ def test_listing_pages_from_a_serial_and_finds_one_calls_sessions():
     assert listed(serials[-1] + 1) == []
     assert listed(0, "c2") == [everything[1], everything[4]] and listed(serials[2], "c2") == [everything[4]]
     assert listed(0, "c1") == [] and listed(0, "nobody") == []
+    relay.remove("c2", "ft", "")  # one of a call's two sessions ends: the other is still found
+    assert listed(0, "c2") == [everything[4]]
+    relay.update(call_id="c2", from_tag="third")
+    assert [entry[:2] for entry in listed(0, "c2")] == [("c2", "forked"), ("c2", "third")]
+    relay.remove("c2", "forked", "")
+    relay.remove("c2", "third", "")
+    assert listed(0, "c2") == []
 
 
 def test_metrics_count_paths_traffic_endings_and_ports():

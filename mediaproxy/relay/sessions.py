@@ -71,7 +71,9 @@ class SessionManager:
         # for the dispatchers' listings: pages start at a serial, lookups name a call
         self._serials: list[int] = []  # ascending
         self._by_serial: dict[int, Session] = {}
-        self._by_call: dict[str, dict[tuple[str, str], Session]] = {}
+        # call_id → its session, or for the rare call with several (forked), a dict of them by key:
+        # a dict for every call would cost a few hundred bytes each
+        self._by_call: dict[str, Session | dict[tuple[str, str], Session]] = {}
         self.serials = itertools.count(1)
         self.halting = False
         self.started = clock.seconds()
@@ -80,7 +82,6 @@ class SessionManager:
         self.ended: dict[str, int] = {}  # sessions ended since the start, by end reason
         self.state = None  # a statefile.StateFile keeping the sessions across restarts, once restored
         self._changed: set[tuple[str, str]] = set()
-        self._kept_packets: dict[tuple[str, str], int] = {}
         self._keeping = None  # the call that keeps what changed in this reactor turn
         self._handlers = {
             events.Changed: self._on_changed,
@@ -176,7 +177,13 @@ class SessionManager:
         self.sessions[session.key] = session
         self._serials.append(session.serial)  # serials only grow: the list stays sorted
         self._by_serial[session.serial] = session
-        self._by_call.setdefault(session.call_id, {})[session.key] = session
+        of_call = self._by_call.get(session.call_id)
+        if of_call is None:
+            self._by_call[session.call_id] = session
+        elif isinstance(of_call, dict):
+            of_call[session.key] = session
+        else:
+            self._by_call[session.call_id] = {of_call.key: of_call, session.key: session}
 
     def _unregister(self, session: Session) -> None:
         if self.sessions.pop(session.key, None) is None:
@@ -185,15 +192,20 @@ class SessionManager:
         del self._serials[index]
         del self._by_serial[session.serial]
         of_call = self._by_call[session.call_id]
-        del of_call[session.key]
-        if not of_call:
+        if not isinstance(of_call, dict):
             del self._by_call[session.call_id]
+            return
+        del of_call[session.key]
+        if len(of_call) == 1:
+            (self._by_call[session.call_id],) = of_call.values()
 
     def listing(self, position: int, call_id: str | None = None) -> Iterator[Session]:
         """The sessions from serial ``position`` on, in serial order; only ``call_id``'s when given.
         Finds where to start without walking the sessions before it."""
         if call_id is not None:
-            return (session for session in self._by_call.get(call_id, {}).values() if session.serial >= position)
+            of_call = self._by_call.get(call_id)
+            found = [] if of_call is None else of_call.values() if isinstance(of_call, dict) else [of_call]
+            return (session for session in found if session.serial >= position)
         start = bisect.bisect_left(self._serials, position)
         return (self._by_serial[self._serials[index]] for index in range(start, len(self._serials)))
 
@@ -202,7 +214,6 @@ class SessionManager:
         self.drain(session)
         self._unregister(session)
         self._changed.discard(session.key)
-        self._kept_packets.pop(session.key, None)
         if self.state is not None:
             self.state.pop(serialize.session_key(session))
         packets, bytes_ = session.relayed()
@@ -386,7 +397,7 @@ class SessionManager:
         if self.state is not None and self.sessions.get(session.key) is session:
             self.state.set(serialize.session_key(session), serialize.dump_session(session))
             self._changed.discard(session.key)
-            self._kept_packets[session.key] = session.userspace_packets()
+            session.kept_packets = session.userspace_packets()
 
     def keep_changed(self) -> None:
         self._keeping = None
@@ -401,9 +412,9 @@ class SessionManager:
         if self.state is None:
             return
         checkpoint = getattr(self._forwarder, "checkpoint", None)
-        for key, session in self.sessions.items():
+        for session in self.sessions.values():
             moved = checkpoint is not None and self._take_counts(session, checkpoint)
-            if moved or session.userspace_packets() != self._kept_packets.get(key):
+            if moved or session.userspace_packets() != session.kept_packets:
                 self.keep(session)
         self.state.squeeze()  # what the last minute's commands kept, deflated off their path
         heap.give_back()  # the texts squeezed and the last statistics listing's pages
@@ -447,7 +458,7 @@ class SessionManager:
             lambda: len(self.sessions),
         )
         for session in self.sessions.values():
-            self._kept_packets[session.key] = session.userspace_packets()
+            session.kept_packets = session.userspace_packets()
         return len(self.sessions)
 
     def _take_back(self, saved: dict) -> Session:

@@ -94,11 +94,13 @@ class Side:
         "kernel_bytes",
         "codec",
         "asymmetric",
+        "other",
     )
 
     def __init__(self, substream: Substream, party: str) -> None:
         self.substream = substream
         self.party = party
+        self.other: Side | None = None  # the side facing the other party, where its packets go out
         self.endpoint = None  # a plane.interfaces.IEndpoint, attached by whoever binds the port
         self.remote: tuple[str, int] | None = None
         self.in_use = False
@@ -117,6 +119,11 @@ class Side:
         self.kernel_bytes = 0
         self.codec: str | None = None
         self.asymmetric = False  # its party's: packets to it go to the SDP address, not to the latched one
+
+    def received(self, data: bytes, source: tuple[str, int]):  # noqa: ANN201 - Session | None
+        """A packet from ``source`` reached this side's socket (its endpoint's receiver is the side
+        itself: thousands of sides, so no bound method each)."""
+        return self.substream.received(self, self.other, data, source)
 
     def start_timer(self, now: float, seconds: int, reason: str) -> None:
         self.deadline = now + seconds
@@ -162,6 +169,7 @@ class Substream:
         self.kind = kind
         self.caller = Side(self, CALLER)
         self.callee = Side(self, CALLEE)
+        self.caller.other, self.callee.other = self.callee, self.caller
         self.path = LEARNING
         self.activity = 0  # packets seen in userspace, for the idle check
         self.every_packet = stream.policy.transmit_every == 1
@@ -181,12 +189,6 @@ class Substream:
         """The relay's address of this substream facing ``party``."""
         ip, port = self.stream.local(party)
         return ip, port + (self.kind == "rtcp")
-
-    def from_caller(self, data: bytes, source: tuple[str, int]):  # noqa: ANN201 - Session | None
-        return self.received(self.caller, self.callee, data, source)
-
-    def from_callee(self, data: bytes, source: tuple[str, int]):  # noqa: ANN201
-        return self.received(self.callee, self.caller, data, source)
 
     def received(self, side: Side, other: Side, data: bytes, source: tuple[str, int]):  # noqa: ANN201
         """A packet from ``source`` reached ``side``'s socket. Returns the session when the packet
@@ -435,7 +437,7 @@ class Stream:
         """Give the stream its sockets (RTP, RTCP) facing each party; their packets come in here."""
         for substream, caller, callee in zip((self.rtp, self.rtcp), caller_endpoints, callee_endpoints):
             substream.caller.endpoint, substream.callee.endpoint = caller, callee
-            caller.receiver, callee.receiver = substream.from_caller, substream.from_callee
+            caller.receiver, callee.receiver = substream.caller, substream.callee
 
     def endpoints(self) -> list:
         return [side.endpoint for side in self.all_sides() if side.endpoint is not None]

@@ -16,7 +16,7 @@ from typing import ParamSpec, TypeVar
 
 from mediaproxy.relay.model.media import ALIVE, CALLEE, CALLER, KERNEL, LAPSED, LEARNING, PATHS, Side, Stream, Substream
 from mediaproxy.relay.model.policy import MediaPolicy
-from mediaproxy.relay.model.session import Session
+from mediaproxy.relay.model.session import Session, shared_text
 from mediaproxy.wire.headers import SignalingInfo
 
 P = ParamSpec("P")
@@ -188,6 +188,7 @@ def load_session(state: dict | list, serial: int, policy: MediaPolicy, clock) ->
     session.signaling = signaling
     for name in _SESSION_FIELDS:
         setattr(session, name, state[name])
+    session.caller_ua, session.callee_ua = shared_text(session.caller_ua), shared_text(session.callee_ua)
     session.pair = tuple(state["pair"])
     session.previous_pair = tuple(state["previous_pair"]) if state["previous_pair"] is not None else None
     session.streams = [_load_stream(session, saved, policy, clock) for saved in state["streams"]]

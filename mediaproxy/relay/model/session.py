@@ -20,6 +20,25 @@ class NoPorts(Exception):
     """No stream can be opened: the relay's ports are all in use (raised by ``open_stream``)."""
 
 
+# user agents repeat from call to call (a network has a few phone models): each distinct text is
+# held once, as long as it is short and the table has room, so no proxy can make it grow unbounded
+_SHARED_TEXTS: dict[str, str] = {}
+MAX_SHARED_TEXTS = 4096
+MAX_SHARED_LENGTH = 200
+
+
+def shared_text(text: str | None) -> str | None:
+    """``text``, or the equal string already held for another session."""
+    if text is None or len(text) > MAX_SHARED_LENGTH:
+        return text
+    held = _SHARED_TEXTS.get(text)
+    if held is None:
+        if len(_SHARED_TEXTS) >= MAX_SHARED_TEXTS:
+            return text
+        held = _SHARED_TEXTS[text] = text
+    return held
+
+
 # opens a stream of a media type for a session: its ports bound and its sockets attached
 OpenStream = Callable[["Session", str], Stream]
 
@@ -28,7 +47,7 @@ class Session:
     __slots__ = (
         "policy", "clock", "dispatcher", "call_id", "caller_tag", "from_uri", "to_uri", "to_tag", "caller_ua", "callee_ua",
         "signaling", "created", "start_time", "end_time", "ended", "end_reason", "streams", "offers", "pair", "previous_pair",
-        "serial", "dialog_id", "outbox",
+        "serial", "dialog_id", "outbox", "key", "kept_packets",
     )  # fmt: skip
 
     def __init__(self, headers: dict, dispatcher: object, serial: int, policy: MediaPolicy, clock) -> None:  # noqa: ANN001
@@ -55,10 +74,9 @@ class Session:
         self.serial = serial  # creation order, where a page of sessions starts
         self.dialog_id: str | None = headers.get("dialog_id")  # for a dispatcher that lost its call table
         self.outbox: list = []  # events for the session manager (see model.events)
-
-    @property
-    def key(self) -> tuple[str, str]:
-        return self.call_id, self.caller_tag
+        # made once: the manager's tables all hold this one tuple (thousands of sessions)
+        self.key: tuple[str, str] = (self.call_id, self.caller_tag)
+        self.kept_packets = -1  # the userspace packets when the session was last kept (-1: never)
 
     def __str__(self) -> str:
         return self.call_id
@@ -76,9 +94,9 @@ class Session:
         if self.dialog_id is None and headers.get("dialog_id"):
             self.dialog_id = headers["dialog_id"]
         if party == CALLER and self.caller_ua is None:
-            self.caller_ua = headers["user_agent"]
+            self.caller_ua = shared_text(headers["user_agent"])
         elif party == CALLEE and self.callee_ua is None:
-            self.callee_ua = headers["user_agent"]
+            self.callee_ua = shared_text(headers["user_agent"])
         cseq = headers["cseq"]
         pair = (cseq, self.pair[1]) if is_caller else (self.pair[0], cseq)
         media = headers.get("media")

@@ -8,10 +8,9 @@ from zope.interface import Attribute, Interface
 class IEndpoint(Interface):
     """One relay UDP socket."""
 
-    local = Attribute("(ip, port) the socket is bound to")
     receiver = Attribute(
-        "callable(data, source) for each datagram, or None; it returns an object with an ``outbox`` "
-        "when the packet queued events, which the endpoint then hands to its binder's ``sink``"
+        "what takes each datagram, or None: its ``received(data, source)`` returns an object with an "
+        "``outbox`` when the packet queued events, which the endpoint then hands to its binder's ``sink``"
     )
 
     def send(data: bytes, destination: tuple[str, int]) -> None:  # noqa: N805 - zope.interface declarations have no self

@@ -1,12 +1,15 @@
-"""Userspace forwarding: one plain non-blocking UDP socket per relay port, read by the reactor.
+"""Userspace forwarding: one plain non-blocking UDP socket per relay port.
 
-A relay holds four sockets per stream, thousands at once, and every packet passes through here,
-so an endpoint is a small slotted object registered with the reactor directly rather than a
-Twisted ``udp.Port`` (which costs several KiB and a few calls more per datagram).
+A relay holds four sockets per stream, thousands at once, and every packet passes through here.
+So an endpoint is a small slotted object, not a Twisted ``udp.Port`` (several KiB, and a few
+calls more per datagram); and the endpoints are not registered with the reactor one by one (two
+table entries each, and a logging context around every read) but in one epoll set of their own,
+which is itself a single reader in the reactor: a wake-up reads every socket that is ready.
 """
 
 from __future__ import annotations
 
+import select
 import socket
 
 from twisted.internet.interfaces import IReadDescriptor
@@ -20,30 +23,80 @@ log = Logger(namespace="relay.forwarding")
 SO_MARK = getattr(socket, "SO_MARK", 36)
 MAX_DATAGRAM = 65535  # the largest UDP payload; a datagram is forwarded whole, never cut
 READS_PER_WAKEUP = 64  # bounded, so one flooded socket cannot starve the others
+READY_PER_WAKEUP = 1024  # sockets served per wake-up; the rest stay ready for the next (level-triggered)
 
 
-@implementer(IReadDescriptor, IEndpoint)
+@implementer(IReadDescriptor)
+class SocketPoller:
+    """The relay sockets' own epoll set: the reactor sees one descriptor, ready when any is."""
+
+    def __init__(self, reactor) -> None:  # noqa: ANN001
+        self.reactor = reactor
+        self.epoll = select.epoll()
+        # by descriptor number, so a socket costs one list slot here (descriptors are small and dense)
+        self.endpoints: list[UDPEndpoint | None] = []
+        self.count = 0  # sockets in the set: the poller is a reader in the reactor while there are any
+
+    def add(self, endpoint: UDPEndpoint, fd: int) -> None:
+        endpoints = self.endpoints
+        if fd >= len(endpoints):
+            endpoints.extend([None] * (fd + 1 - len(endpoints)))
+        if endpoints[fd] is not None:
+            return
+        self.epoll.register(fd, select.EPOLLIN)
+        endpoints[fd] = endpoint
+        self.count += 1
+        if self.count == 1:
+            self.reactor.addReader(self)
+
+    def remove(self, fd: int) -> None:
+        if fd < len(self.endpoints) and self.endpoints[fd] is not None:
+            self.endpoints[fd] = None
+            self.epoll.unregister(fd)
+            self.count -= 1
+            if self.count == 0:
+                self.reactor.removeReader(self)
+
+    def fileno(self) -> int:
+        return self.epoll.fileno()
+
+    def logPrefix(self) -> str:  # noqa: N802 - Twisted interface name
+        return "UDPEndpoints"
+
+    def doRead(self) -> None:  # noqa: N802
+        endpoints = self.endpoints
+        for fd, _ in self.epoll.poll(0, READY_PER_WAKEUP):
+            endpoint = endpoints[fd]
+            if endpoint is None:
+                continue
+            try:
+                endpoint.doRead()
+            except Exception:  # noqa: BLE001 - a fault behind one socket must not stop the others being read
+                # as the reactor does with a reader that fails: one log line, and that socket is closed
+                log.failure("Reading relay socket {fd} failed; it is closed", fd=fd)
+                endpoint.close()
+
+    def connectionLost(self, reason) -> None:  # noqa: N802, ANN001
+        pass  # the epoll set is never closed while the relay runs
+
+
+@implementer(IEndpoint)
 class UDPEndpoint:
-    """A relay socket: hands packets to ``receiver(data, source)`` and sends for the other side.
+    """A relay socket: hands packets to ``receiver.received(data, source)`` and sends for the other side.
 
     The receiver returns what a packet changed beyond forwarding (rarely), handed to ``sink``.
     """
 
-    __slots__ = ("reactor", "socket", "local", "receiver", "sink", "_fileno")
+    __slots__ = ("poller", "socket", "receiver", "sink")
 
-    def __init__(self, reactor, sock: socket.socket, local: tuple[str, int], sink) -> None:  # noqa: ANN001
-        self.reactor = reactor
+    def __init__(self, poller: SocketPoller, sock: socket.socket, sink) -> None:  # noqa: ANN001
+        self.poller = poller
         self.socket = sock
-        self.local = local
         self.receiver = None
         self.sink = sink
-        self._fileno = sock.fileno()
 
     def fileno(self) -> int:
-        return self._fileno
-
-    def logPrefix(self) -> str:  # noqa: N802 - Twisted interface name
-        return "UDPEndpoint"
+        return self.socket.fileno()  # -1 once closed
 
     def doRead(self) -> None:  # noqa: N802
         recvfrom = self.socket.recvfrom
@@ -56,12 +109,9 @@ class UDPEndpoint:
                 return  # e.g. ICMP port unreachable reported on the socket: nothing to read
             receiver = self.receiver
             if receiver is not None:
-                touched = receiver(data, source)
+                touched = receiver.received(data, source)
                 if touched is not None:
                     self.sink(touched)
-
-    def connectionLost(self, reason) -> None:  # noqa: N802, ANN001
-        self.close()
 
     def send(self, data: bytes, destination: tuple[str, int]) -> None:
         try:
@@ -71,19 +121,21 @@ class UDPEndpoint:
 
     def pause(self) -> None:
         """Stop reading: a worker process reads this socket now."""
-        if self._fileno != -1:
-            self.reactor.removeReader(self)
+        fd = self.socket.fileno()
+        if fd != -1:
+            self.poller.remove(fd)
 
     def resume(self) -> None:
-        if self._fileno != -1:
-            self.reactor.addReader(self)
+        fd = self.socket.fileno()
+        if fd != -1:
+            self.poller.add(self, fd)
 
     def close(self) -> None:
         self.receiver = None
-        if self._fileno != -1:
-            self.reactor.removeReader(self)
+        fd = self.socket.fileno()
+        if fd != -1:
+            self.poller.remove(fd)
             self.socket.close()
-            self._fileno = -1
 
 
 @implementer(IBinder)
@@ -96,7 +148,7 @@ class UDPBinder:
     """
 
     def __init__(self, reactor, mark: int | None = None) -> None:  # noqa: ANN001
-        self.reactor = reactor
+        self.poller = SocketPoller(reactor)
         self.mark = mark
         self.sink = lambda owner: None  # the session manager's, once it takes this binder
 
@@ -119,6 +171,6 @@ class UDPBinder:
         except OSError as error:
             sock.close()
             raise OSError(f"cannot bind {ip}:{port}: {error.strerror or error}") from None
-        endpoint = UDPEndpoint(self.reactor, sock, (ip, port), self.sink)
-        self.reactor.addReader(endpoint)
+        endpoint = UDPEndpoint(self.poller, sock, self.sink)
+        self.poller.add(endpoint, sock.fileno())
         return endpoint

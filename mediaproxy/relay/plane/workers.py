@@ -241,7 +241,7 @@ class WorkerForwarder:
         endpoint = endpoints[side]
         receiver = endpoint.receiver
         if receiver is not None:
-            touched = receiver(data, source)
+            touched = receiver.received(data, source)
             if touched is not None:
                 endpoint.sink(touched)
 

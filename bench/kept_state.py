@@ -53,7 +53,13 @@ def set_up(manager: SessionManager, number: int) -> None:
 
 def state_file(directory: str, clock: Clock) -> statefile.StateFile:
     return statefile.StateFile(
-        os.path.join(directory, "relay_sessions"), "sessions", serialize.VERSION, clock, "the relay's sessions", keep_encoded=True
+        os.path.join(directory, "relay_sessions"),
+        "sessions",
+        serialize.VERSION,
+        clock,
+        "the relay's sessions",
+        keep_encoded=True,
+        key_text=serialize.key_text,
     )
 
 

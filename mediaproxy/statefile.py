@@ -11,10 +11,11 @@ The snapshot is ``{"version": n, <section>: {key: value}}``; journal lines are
 With ``keep_encoded``, each value's JSON text is kept as it was journalled, and folding writes
 those texts as they are: at 20,000 relay sessions, encoding them all afresh held the reactor for
 about 2 s at every fold, where joining the texts takes a fraction of that. Every idle call holds
-one, so :meth:`squeeze` (run every minute) deflates the texts kept since the last time (zlib level
-1: a relay session's 650 bytes of JSON in about 230, a few µs each way), off the path of the
-commands that change them. A clean stop encodes everything afresh once, so the snapshot has the
-latest state.
+one, so :meth:`squeeze` (run every minute) deflates the texts kept since the last time, off the
+path of the commands that change them. The texts are alike (the same fields in the same order),
+so each is deflated against a preset dictionary, the first text squeezed: a relay session's 850
+bytes of JSON in about 135 (320 on its own), under 10 µs each way. A clean stop encodes
+everything afresh once, so the snapshot has the latest state.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from __future__ import annotations
 import json
 import os
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 
 from mediaproxy.log import Logger
 
@@ -32,10 +33,25 @@ JOURNAL_SUFFIX = ".journal"
 SYNC_DELAY = 0.05
 MIN_COMPACT_LINES = 1000
 RETRY_DELAY = 1.0
+# raw deflate with a 4 KiB window (a kept text is a few hundred bytes: the dictionary is what it
+# looks back into); the dictionary is at most this long, its end being what deflate can reach
+DEFLATE_WINDOW_BITS = -12
+DICTIONARY_BYTES = 2048
 
 
 class StateFile:
-    def __init__(self, path: str, section: str, version: int, clock, what: str, keep_encoded: bool = False) -> None:  # noqa: ANN001
+    def __init__(  # noqa: PLR0913
+        self,
+        path: str,
+        section: str,
+        version: int,
+        clock,  # noqa: ANN001
+        what: str,
+        keep_encoded: bool = False,
+        key_text: Callable[[Hashable], str] = str,
+    ) -> None:
+        """``key_text`` writes a key as the file's text: the table's own keys (a relay's are
+        tuples) are what it holds, so it keeps no second string of each."""
         self.path = path
         self.journal_path = path + JOURNAL_SUFFIX
         self.section = section
@@ -50,7 +66,9 @@ class StateFile:
         self._retry = None
         self.failed = False
         self.keep_encoded = keep_encoded
-        self._encoded: dict[str, str | bytes] = {}  # key → its value's JSON text (deflated once squeezed), with keep_encoded
+        self.key_text = key_text
+        self._encoded: dict[Hashable, str | bytes] = {}  # key → its value's JSON text (deflated once squeezed), with keep_encoded
+        self._dictionary: bytes | None = None  # what squeezed texts are deflated against, set by the first
 
     # -- start: the snapshot, then the changes after it
 
@@ -115,27 +133,29 @@ class StateFile:
         self.compact()
 
     def _encode_all(self) -> None:
-        self._encoded = {str(key): _encode(value) for key, value in self.current().items()}
+        self._encoded = {key: _encode(value) for key, value in self.current().items()}
 
     # -- running
 
-    def set(self, key: str, value: object) -> None:
+    def set(self, key: Hashable, value: object) -> None:
         text = _encode(value)
         if self.keep_encoded:
             self._encoded[key] = text  # first: a fold after a failed write still has it
-        self._append(f'{{"set":{_encode(key)},"value":{text}}}')
+        self._append(f'{{"set":{_encode(self.key_text(key))},"value":{text}}}')
 
     def squeeze(self) -> None:
         """Deflate the kept texts that are not yet (with keep_encoded)."""
         encoded = self._encoded
         for key, text in encoded.items():
             if isinstance(text, str):
-                encoded[key] = _deflate(text)
+                if self._dictionary is None:
+                    self._dictionary = text.encode()[-DICTIONARY_BYTES:]
+                encoded[key] = _deflate(text, self._dictionary)
 
-    def pop(self, key: str) -> None:
+    def pop(self, key: Hashable) -> None:
         if self.keep_encoded:
             self._encoded.pop(key, None)
-        self._append(f'{{"pop":{_encode(key)}}}')
+        self._append(f'{{"pop":{_encode(self.key_text(key))}}}')
 
     def _append(self, line: str) -> None:
         if self.fd is None:
@@ -177,8 +197,10 @@ class StateFile:
 
     def _snapshot(self) -> str:
         if not self.keep_encoded:
-            return _encode({"version": self.version, self.section: self.current()})
-        body = ",".join(f"{_encode(key)}:{_inflate(text)}" for key, text in self._encoded.items())
+            key_text = self.key_text
+            return _encode({"version": self.version, self.section: {key_text(key): value for key, value in self.current().items()}})
+        dictionary, key_text = self._dictionary, self.key_text
+        body = ",".join(f"{_encode(key_text(key))}:{_inflate(text, dictionary)}" for key, text in self._encoded.items())
         return f'{{"version":{self.version},{_encode(self.section)}:{{{body}}}}}'
 
     def _failed(self, error: OSError) -> None:
@@ -229,12 +251,15 @@ def _encode(value: object) -> str:
     return json.dumps(value, separators=(",", ":"))
 
 
-def _deflate(text: str) -> bytes:
-    return zlib.compress(text.encode(), 1)
+def _deflate(text: str, dictionary: bytes) -> bytes:
+    deflater = zlib.compressobj(1, zlib.DEFLATED, DEFLATE_WINDOW_BITS, zdict=dictionary)
+    return deflater.compress(text.encode()) + deflater.flush()
 
 
-def _inflate(data: str | bytes) -> str:
-    return data if isinstance(data, str) else zlib.decompress(data).decode()
+def _inflate(data: str | bytes, dictionary: bytes | None) -> str:
+    if isinstance(data, str):
+        return data
+    return zlib.decompressobj(DEFLATE_WINDOW_BITS, zdict=dictionary).decompress(data).decode()
 
 
 def _write_atomically(path: str, text: str) -> None:

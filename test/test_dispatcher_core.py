@@ -139,7 +139,11 @@ def pulled(clock, transport, link, *pages):
         ((name, seq, _),) = commands(transport)
         assert name == "sessions"
         last = number == len(pages) - 1
-        answer(link, seq, page if page == "error" else statistics.format_page([json.dumps(item) for item in page], None if last else number + 1))
+        answer(
+            link,
+            seq,
+            page if page == "error" else statistics.format_page([json.dumps(item) for item in page], None if last else number + 1),
+        )
 
 
 def test_a_call_set_up_again_under_its_call_id_never_gets_the_statistics_of_the_one_before(tmp_path):

@@ -781,7 +781,9 @@ class CheckpointedForwarder(RecordingForwarder):
 def test_worker_counts_are_kept_every_interval_and_at_a_stop_and_shown_as_userspace(tmp_path):
     relay = Relay()
     forwarder = relay.manager.forwarder = CheckpointedForwarder()
-    relay.manager.state = state = statefile.StateFile(str(tmp_path / "sessions"), "sessions", 1, relay.clock, "the sessions")
+    relay.manager.state = state = statefile.StateFile(
+        str(tmp_path / "sessions"), "sessions", 1, relay.clock, "the sessions", key_text=serialize.key_text
+    )
     state.open(lambda: {}, lambda: 0)
     stream = established(relay)
     owner = stream.rtp

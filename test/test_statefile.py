@@ -51,14 +51,22 @@ def test_kept_texts_are_deflated_by_squeeze_and_fold_the_same(tmp_path):
     state.load()
     table = {}
     state.open(lambda: dict(table), lambda: len(table))
-    value = {"call": "x" * 2000, "packets": 3}
+    noise = "".join(f"{(n * 2654435761) % 4294967291:08x}" for n in range(150))  # 1,200 characters deflate alone cannot shrink much
+    value = {"call": "x" * 2000, "noise": noise, "packets": 3}
     state.set("a", value)
     assert isinstance(state._encoded["a"], str)  # the command's path does not deflate
     state.squeeze()
-    assert isinstance(state._encoded["a"], bytes) and len(state._encoded["a"]) < 200
+    assert isinstance(state._encoded["a"], bytes) and len(state._encoded["a"]) < 1000
     state.set("b", {"packets": 1})  # one plain, one deflated: a fold takes both as they are
     state.compact()
     assert json.loads((tmp_path / "state").read_text())["things"] == {"a": value, "b": {"packets": 1}}
+    # texts squeezed later are deflated against the first one: alike texts take a few bytes each
+    alike = {"call": "x" * 1999 + "y", "noise": noise, "packets": 4}
+    state.set("c", alike)
+    state.squeeze()
+    assert len(state._encoded["c"]) < 100  # alone, the noise deflates to 667
+    state.compact()
+    assert json.loads((tmp_path / "state").read_text())["things"] == {"a": value, "b": {"packets": 1}, "c": alike}
 
 
 def test_the_journal_is_folded_as_it_grows(tmp_path):

@@ -268,7 +268,13 @@ class RelayService(service.MultiService):
         # the sessions, kept so that a restart (or a crash) does not end the calls
         self.state_file = (
             statefile.StateFile(
-                os.path.join(state_dir, SESSIONS_FILE), "sessions", serialize.VERSION, reactor, "the relay's sessions", keep_encoded=True
+                os.path.join(state_dir, SESSIONS_FILE),
+                "sessions",
+                serialize.VERSION,
+                reactor,
+                "the relay's sessions",
+                keep_encoded=True,
+                key_text=serialize.key_text,
             )
             if state_dir
             else None

@@ -215,7 +215,7 @@ class SessionManager:
         self._unregister(session)
         self._changed.discard(session.key)
         if self.state is not None:
-            self.state.pop(serialize.session_key(session))
+            self.state.pop(session.key)
         packets, bytes_ = session.relayed()
         self.closed_packets += packets
         self.closed_bytes += bytes_
@@ -395,7 +395,7 @@ class SessionManager:
 
     def keep(self, session: Session) -> None:
         if self.state is not None and self.sessions.get(session.key) is session:
-            self.state.set(serialize.session_key(session), serialize.dump_session(session))
+            self.state.set(session.key, serialize.dump_session(session))
             self._changed.discard(session.key)
             session.kept_packets = session.userspace_packets()
 
@@ -454,7 +454,7 @@ class SessionManager:
         self.pool.unreserve()
         self.state = state
         state.open(
-            lambda: {serialize.session_key(session): serialize.dump_session(session) for session in self.sessions.values()},
+            lambda: {session.key: serialize.dump_session(session) for session in self.sessions.values()},
             lambda: len(self.sessions),
         )
         for session in self.sessions.values():

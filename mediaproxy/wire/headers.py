@@ -63,6 +63,12 @@ def ascii_number(text: str, what: str, maximum: int) -> int:
     return value
 
 
+# the words a media element repeats call after call, held once (a relay keeps them per stream)
+_WORDS = {
+    word: word for word in ("audio", "video", "image", "text", "application", "message", "sendrecv", "sendonly", "recvonly", "inactive")
+}
+
+
 def parse_media(value: str) -> list[MediaEntry]:
     """``type:ip:port:direction[:key=value...]``, comma-separated; empty elements are skipped."""
     entries = []
@@ -85,13 +91,13 @@ def parse_media(value: str) -> list[MediaEntry]:
             if not sep:
                 raise HeaderError(f"media parameter {_show(parameter)} has no '='")
             parameters[key] = item
-        entries.append(MediaEntry(media_type, ip, port, direction, parameters))
+        entries.append(MediaEntry(_WORDS.get(media_type, media_type), ip, port, _WORDS.get(direction, direction), parameters))
         if len(entries) > MAX_MEDIA_STREAMS:
             raise HeaderError(f"media has more than {MAX_MEDIA_STREAMS} streams")
     return entries
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)  # one per relay session
 class SignalingInfo:
     caller_ip: str | None
     destination_ip: str | None = None

@@ -70,6 +70,23 @@ class Party:
         return 1 if ip == self.signaling_ip else 0
 
 
+class Parties:
+    """A stream's two parties, by name (a dict per stream cost 184 bytes)."""
+
+    __slots__ = ("caller", "callee")
+
+    def __init__(self) -> None:
+        self.caller = Party()
+        self.callee = Party()
+
+    def __getitem__(self, party: str) -> Party:
+        if party == CALLER:
+            return self.caller
+        if party == CALLEE:
+            return self.callee
+        raise KeyError(party)
+
+
 class Side:
     """One party's view of one substream: the relay socket facing it and what was learnt from it."""
 
@@ -416,7 +433,7 @@ class Stream:
         self.policy = policy
         self.clock = clock
         self.media_type = media_type
-        self.parties = {CALLER: Party(), CALLEE: Party()}
+        self.parties = Parties()
         self.status = "active"
         self.timeout_wait = 0
         self.create_time = clock.seconds()
@@ -460,11 +477,11 @@ class Stream:
 
     @property
     def uses_ice(self) -> bool:
-        return self.parties[CALLER].uses_ice and self.parties[CALLEE].uses_ice
+        return self.parties.caller.uses_ice and self.parties.callee.uses_ice
 
     @property
     def on_hold(self) -> bool:
-        return self.parties[CALLER].on_hold or self.parties[CALLEE].on_hold
+        return self.parties.caller.on_hold or self.parties.callee.on_hold
 
     def all_sides(self) -> list[Side]:
         return [*self.rtp.sides, *self.rtcp.sides]

@@ -52,8 +52,9 @@ def _damage_is_value_error(read: Callable[P, T]) -> Callable[P, T]:
     return reading
 
 
-def session_key(session: Session) -> str:
-    return f"{session.call_id} {session.caller_tag}"
+def key_text(key: tuple[str, str]) -> str:
+    """A session's key (call_id, caller's tag) as the kept state's files name it."""
+    return f"{key[0]} {key[1]}"
 
 
 def dump_session(session: Session) -> list:
@@ -78,8 +79,8 @@ def _dump_stream(stream: Stream) -> list:
         *[getattr(stream, name) for name in _STREAM_FIELDS],
         [stream.caller_port, stream.callee_port],
         stream.local_ips,
-        [getattr(parties[CALLER], name) for name in _PARTY_FIELDS],
-        [getattr(parties[CALLEE], name) for name in _PARTY_FIELDS],
+        [getattr(parties.caller, name) for name in _PARTY_FIELDS],
+        [getattr(parties.callee, name) for name in _PARTY_FIELDS],
         _dump_substream(stream.rtp),
         _dump_substream(stream.rtcp),
     ]

@@ -665,6 +665,11 @@ def test_ports_are_handed_out_at_random_and_cool_down_after_release():
         pool.release(port)
     again = {pool.allocate(lambda port: port)[0] for _ in range(150)}
     assert not again & set(first)  # 180 younger pairs than these were free; they wait
+    assert len(pool.in_use) == 150 and all(port in pool.in_use for port in again)
+    assert not any(port in pool.in_use for port in (*first, 40001, 39998, 40400, next(iter(again)) + 1))
+    pool.release(next(iter(again)))
+    pool.release(next(iter(again)))  # twice: nothing more happens
+    assert len(pool.in_use) == 149 and next(iter(again)) not in pool.in_use
 
 
 def test_listing_pages_from_a_serial_and_finds_one_calls_sessions():

@@ -16,6 +16,9 @@ class IEndpoint(Interface):
     def send(data: bytes, destination: tuple[str, int]) -> None:  # noqa: N805 - zope.interface declarations have no self
         """Send one datagram; a failure loses this one packet, as UDP would."""
 
+    def deliver(data: bytes, source: tuple[str, int]) -> None:  # noqa: N805
+        """A datagram for this socket that another process read: to the receiver, as if read here."""
+
     def close() -> None:  # noqa: N805
         """Close the socket; nothing more is received."""
 

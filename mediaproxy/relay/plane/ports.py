@@ -24,6 +24,43 @@ class PortsExhausted(Exception):
     pass
 
 
+class PairsInUse:
+    """The pairs in use: a byte per pair of the range (a set of ports took some 65 bytes a port)."""
+
+    __slots__ = ("start", "flags", "count")
+
+    def __init__(self, port_range: PortRange) -> None:
+        self.start = port_range.start
+        self.flags = bytearray((port_range.end - port_range.start) // 2 + 1)
+        self.count = 0
+
+    def _index(self, port: int) -> int | None:
+        index, odd = divmod(port - self.start, 2)
+        return index if not odd and 0 <= index < len(self.flags) else None
+
+    def __contains__(self, port: int) -> bool:
+        index = self._index(port)
+        return index is not None and self.flags[index] == 1
+
+    def __len__(self) -> int:
+        return self.count
+
+    def add(self, port: int) -> None:
+        index = self._index(port)
+        if index is None:
+            raise ValueError(f"port {port} is not a pair of the range")
+        if not self.flags[index]:
+            self.flags[index] = 1
+            self.count += 1
+
+    def remove(self, port: int) -> None:
+        index = self._index(port)
+        if index is None or not self.flags[index]:
+            raise KeyError(port)
+        self.flags[index] = 0
+        self.count -= 1
+
+
 @implementer(IPortPool)
 class PortPool:
     def __init__(self, port_range: PortRange, rng: random.Random | None = None) -> None:
@@ -31,7 +68,7 @@ class PortPool:
         self.free: list[int] = list(range(port_range.end - 2, port_range.start - 2, -2))
         self.cooling: deque[int] = deque()
         self.bad: deque[int] = deque()
-        self.in_use: set[int] = set()
+        self.in_use = PairsInUse(port_range)
         self.reserved: set[int] = set()  # for the sessions being taken back at start
         self.total = len(self.free)
         self.rng = rng or random.SystemRandom()

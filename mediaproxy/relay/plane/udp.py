@@ -36,6 +36,7 @@ class SocketPoller:
         # by descriptor number, so a socket costs one list slot here (descriptors are small and dense)
         self.endpoints: list[UDPEndpoint | None] = []
         self.count = 0  # sockets in the set: the poller is a reader in the reactor while there are any
+        self.sink = lambda owner: None  # told of what a packet changed beyond forwarding (the binder's sink)
 
     def add(self, endpoint: UDPEndpoint, fd: int) -> None:
         endpoints = self.endpoints
@@ -84,16 +85,15 @@ class SocketPoller:
 class UDPEndpoint:
     """A relay socket: hands packets to ``receiver.received(data, source)`` and sends for the other side.
 
-    The receiver returns what a packet changed beyond forwarding (rarely), handed to ``sink``.
+    The receiver returns what a packet changed beyond forwarding (rarely), handed to the poller's ``sink``.
     """
 
-    __slots__ = ("poller", "socket", "receiver", "sink")
+    __slots__ = ("poller", "socket", "receiver")
 
-    def __init__(self, poller: SocketPoller, sock: socket.socket, sink) -> None:  # noqa: ANN001
+    def __init__(self, poller: SocketPoller, sock: socket.socket) -> None:
         self.poller = poller
         self.socket = sock
         self.receiver = None
-        self.sink = sink
 
     def fileno(self) -> int:
         return self.socket.fileno()  # -1 once closed
@@ -111,7 +111,15 @@ class UDPEndpoint:
             if receiver is not None:
                 touched = receiver.received(data, source)
                 if touched is not None:
-                    self.sink(touched)
+                    self.poller.sink(touched)
+
+    def deliver(self, data: bytes, source: tuple[str, int]) -> None:
+        """A datagram for this socket that was read elsewhere (a worker's stray): as if read here."""
+        receiver = self.receiver
+        if receiver is not None:
+            touched = receiver.received(data, source)
+            if touched is not None:
+                self.poller.sink(touched)
 
     def send(self, data: bytes, destination: tuple[str, int]) -> None:
         try:
@@ -150,7 +158,15 @@ class UDPBinder:
     def __init__(self, reactor, mark: int | None = None) -> None:  # noqa: ANN001
         self.poller = SocketPoller(reactor)
         self.mark = mark
-        self.sink = lambda owner: None  # the session manager's, once it takes this binder
+
+    @property
+    def sink(self):  # noqa: ANN201 - callable(owner)
+        """The session manager's, once it takes this binder."""
+        return self.poller.sink
+
+    @sink.setter
+    def sink(self, sink) -> None:  # noqa: ANN001
+        self.poller.sink = sink
 
     def __call__(self, ip: str, port: int) -> tuple[UDPEndpoint, UDPEndpoint]:
         rtp = self._bind(ip, port)
@@ -171,6 +187,6 @@ class UDPBinder:
         except OSError as error:
             sock.close()
             raise OSError(f"cannot bind {ip}:{port}: {error.strerror or error}") from None
-        endpoint = UDPEndpoint(self.poller, sock, self.sink)
+        endpoint = UDPEndpoint(self.poller, sock)
         self.poller.add(endpoint, sock.fileno())
         return endpoint

@@ -238,12 +238,7 @@ class WorkerForwarder:
         endpoints = handover.endpoints if handover is not None and handover.token == token else self.retired.get((slot, token))
         if endpoints is None or side not in (0, 1) or endpoints[side].fileno() < 0:
             return
-        endpoint = endpoints[side]
-        receiver = endpoint.receiver
-        if receiver is not None:
-            touched = receiver.received(data, source)
-            if touched is not None:
-                endpoint.sink(touched)
+        endpoints[side].deliver(data, source)
 
     def worker_died(self, link: WorkerLink) -> None:
         code = link.process.poll() if link.process is not None else None

@@ -65,12 +65,13 @@ class SessionManager:
         self.refusals = Refusals(clock)
         self._forwarder = None
         self.forwarder = forwarder or NoKernelForwarding()
-        self.bind_addresses = bind_addresses or (lambda signaling: (relay_ip, relay_ip))
+        both = (relay_ip, relay_ip)  # one tuple for every stream
+        self.bind_addresses = bind_addresses or (lambda signaling: both)
         self.deadlines = Deadlines(clock, self._deadline_due)
         self.sessions: dict[tuple[str, str], Session] = {}  # in creation order: ascending serials
         # for the dispatchers' listings: pages start at a serial, lookups name a call
         self._serials: list[int] = []  # ascending
-        self._by_serial: dict[int, Session] = {}
+        self._ordered: list[Session] = []  # the sessions of _serials, in the same order
         # call_id → its session, or for the rare call with several (forked), a dict of them by key:
         # a dict for every call would cost a few hundred bytes each
         self._by_call: dict[str, Session | dict[tuple[str, str], Session]] = {}
@@ -176,7 +177,7 @@ class SessionManager:
             self._unregister(replaced)
         self.sessions[session.key] = session
         self._serials.append(session.serial)  # serials only grow: the list stays sorted
-        self._by_serial[session.serial] = session
+        self._ordered.append(session)
         of_call = self._by_call.get(session.call_id)
         if of_call is None:
             self._by_call[session.call_id] = session
@@ -190,7 +191,7 @@ class SessionManager:
             return
         index = bisect.bisect_left(self._serials, session.serial)
         del self._serials[index]
-        del self._by_serial[session.serial]
+        del self._ordered[index]
         of_call = self._by_call[session.call_id]
         if not isinstance(of_call, dict):
             del self._by_call[session.call_id]
@@ -207,7 +208,7 @@ class SessionManager:
             found = [] if of_call is None else of_call.values() if isinstance(of_call, dict) else [of_call]
             return (session for session in found if session.serial >= position)
         start = bisect.bisect_left(self._serials, position)
-        return (self._by_serial[self._serials[index]] for index in range(start, len(self._serials)))
+        return itertools.islice(self._ordered, start, None)
 
     def _close(self, session: Session, reason: str) -> dict:
         session.end(reason)
@@ -243,7 +244,8 @@ class SessionManager:
             self.session_expired(session, records.RELAY_SHUTDOWN)
 
     def _open_stream(self, session: Session, media_type: str) -> Stream:
-        caller_ip, callee_ip = self.bind_addresses(session.signaling)
+        local_ips = self.bind_addresses(session.signaling)
+        caller_ip, callee_ip = local_ips
         try:
             caller = self.pool.allocate(lambda port: self.binder(caller_ip, port))
             try:
@@ -255,7 +257,7 @@ class SessionManager:
                 raise
         except PortsExhausted as error:
             raise NoPorts(str(error)) from None
-        stream = Stream(session, media_type, (caller[0], callee[0]), (caller_ip, callee_ip), self.policy, self.clock)
+        stream = Stream(session, media_type, (caller[0], callee[0]), local_ips, self.policy, self.clock)
         stream.attach(caller[1], callee[1])
         return stream
 

@@ -143,7 +143,11 @@ class Side:
         return self.substream.received(self, self.other, data, source)
 
     def start_timer(self, now: float, seconds: int, reason: str) -> None:
-        self.deadline = now + seconds
+        self.set_timer(now + seconds, seconds, reason)
+
+    def set_timer(self, deadline: float, seconds: int, reason: str) -> None:
+        """Time out at ``deadline`` (the sides of a stream share one: a float object each is 24 bytes)."""
+        self.deadline = deadline
         self.timer_reason, self.timer_seconds = reason, seconds
 
     def cancel_timer(self) -> None:
@@ -444,8 +448,9 @@ class Stream:
         self.local_ips = local_ips
         self.rtp = Substream(self, "rtp")
         self.rtcp = Substream(self, "rtcp")
+        deadline = self.create_time + policy.stream_timeout
         for side in self.all_sides():
-            side.start_timer(self.create_time, policy.stream_timeout, NO_TRAFFIC)
+            side.set_timer(deadline, policy.stream_timeout, NO_TRAFFIC)
 
     def __str__(self) -> str:
         return f"{self.media_type} stream of {self.session.call_id} ({self.caller_port}/{self.callee_port})"
@@ -522,8 +527,9 @@ class Stream:
         now = self.clock.seconds()
         if self.on_hold:
             self.status = "on hold"
+            deadline = now + self.policy.on_hold_timeout
             for side in self.all_sides():
-                side.start_timer(now, self.policy.on_hold_timeout, ON_HOLD_TIMEOUT)
+                side.set_timer(deadline, self.policy.on_hold_timeout, ON_HOLD_TIMEOUT)
         else:
             self.status = "active"
             for side in self.all_sides():

@@ -44,11 +44,25 @@ def main(argv: list[str] | None = None) -> int:
                 opened += 1
             time.sleep(args.settle)  # idle sessions, as a relay holds them most of their life
             rows.append((opened, rss_kib(stack.dispatcher_pid), rss_kib(stack.relay_pid)))
-        print(f"{'sessions':>8} {'dispatcher MiB':>15} {'relay MiB':>10} {'relay KiB/session':>18} {'KiB/stream socket':>18}")
-        base_relay = rows[0][2]
+        # per session two ways: from the idle start (with what the first sessions cost once: code
+        # paths first run, the first statistics pull's working set) and from the step before (what
+        # one more session costs)
+        print(
+            f"{'sessions':>8} {'dispatcher MiB':>15} {'relay MiB':>10} {'relay KiB/session':>18} {'(from previous step)':>21}"
+            f" {'dispatcher KiB/call':>20} {'(from previous step)':>21}"
+        )
+        previous = rows[0]
         for sessions, dispatcher, relay in rows:
-            per_session = (relay - base_relay) / sessions if sessions else 0
-            print(f"{sessions:>8} {dispatcher / 1024:>15.1f} {relay / 1024:>10.1f} {per_session:>18.2f} {per_session / 4:>18.2f}")
+            if not sessions:
+                print(f"{sessions:>8} {dispatcher / 1024:>15.1f} {relay / 1024:>10.1f}")
+                continue
+            added = sessions - previous[0]
+            print(
+                f"{sessions:>8} {dispatcher / 1024:>15.1f} {relay / 1024:>10.1f}"
+                f" {(relay - rows[0][2]) / sessions:>18.2f} {(relay - previous[2]) / added:>21.2f}"
+                f" {(dispatcher - rows[0][1]) / sessions:>20.2f} {(dispatcher - previous[1]) / added:>21.2f}"
+            )
+            previous = (sessions, dispatcher, relay)
         return 0
 
 

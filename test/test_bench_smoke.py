@@ -31,8 +31,9 @@ def test_setup_rate_benchmark_runs():
 
 
 def test_memory_benchmark_runs():
-    output = bench("memory.py", "--sessions", "10", "--settle", "0")
-    assert "      10 " in output
+    output = bench("memory.py", "--sessions", "5,10", "--settle", "0")
+    rows = [line.split() for line in output.splitlines() if line.split() and line.split()[0] in ("5", "10")]
+    assert [row[0] for row in rows] == ["5", "10"] and all(len(row) == 7 for row in rows)  # both ways, both programs
 
 
 def test_fuzzer_runs_and_finds_nothing():

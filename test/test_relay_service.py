@@ -15,7 +15,7 @@ from twisted.logger import formatEvent, globalLogPublisher
 from twisted.names import dns
 from twisted.python.failure import Failure
 
-from mediaproxy import certgen
+from mediaproxy import certgen, heap
 from mediaproxy.configuration import Configuration, RelayConfig
 from mediaproxy.datatypes import endpoint_list
 from mediaproxy.relay import service as service_module
@@ -202,6 +202,26 @@ def test_sessions_come_in_pages_that_mark_the_asking_dispatchers_own(monkeypatch
     first_transport.clear()
     first.dataReceived(b"sessions 9\r\npage: 0\r\ncall_id: c3\r\ncall_id: c4\r\n\r\nsessions 10\r\ncall_id: c3\r\n\r\n")
     assert first_transport.value() == b"9 error\r\n10 error\r\n"
+
+
+def test_the_memory_of_a_listing_goes_back_once_its_pages_have_left(monkeypatch):
+    relay, reactor = make_relay()
+    relay.startService()
+    link, transport = connect_link(relay, ("127.0.0.1", 25060))
+    link.dataReceived(UPDATE_C1)
+    trims = []
+    monkeypatch.setattr(heap, "give_back", lambda: trims.append(reactor.seconds()))
+    for seq in (1, 2, 3):  # the pages of one listing: one give-back, after the last
+        link.dataReceived(f"sessions {seq}\r\npage: 0\r\n\r\n".encode())
+        reactor.advance(0.5)
+    reactor.advance(1.0)
+    assert trims == []  # 2.5 s after the first page, 1.5 s after the last
+    reactor.advance(0.5)
+    assert trims == [1.0 + service_module.LISTING_GIVE_BACK_DELAY]
+    link.dataReceived(b"sessions 4\r\npage: 0\r\n\r\n")  # the next listing: the next give-back
+    relay.stopService()
+    reactor.advance(service_module.LISTING_GIVE_BACK_DELAY)
+    assert len(trims) == 1  # stopped: nothing is left to run
 
 
 def test_dispatcher_names_use_srv_then_a():

@@ -136,6 +136,7 @@ class DispatcherLink(BoundedLineReceiver):
         except ValueError as error:
             raise UpdateError(str(error)) from None
         manager = self.connector.relay.sessions
+        self.connector.relay.listed()
         if request.position is None:
             return json.dumps(manager.statistics())
         page: list[str] = []

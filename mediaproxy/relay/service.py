@@ -14,7 +14,7 @@ from twisted.names import client as dns_client
 from twisted.names import dns
 from zope.interface import implementer
 
-from mediaproxy import __version__, statefile
+from mediaproxy import __version__, heap, statefile
 from mediaproxy.datatypes import Endpoint
 from mediaproxy.guard import DescriptorBudget, GuardedFactory, Limits
 from mediaproxy.log import Logger
@@ -38,6 +38,8 @@ SESSIONS_FILE = "relay_sessions"
 HELD_FILE = "relay_held_expiries"
 # expiries held for a dispatcher that is away; far more than calls end in a reconnect delay
 MAX_HELD_EXPIRED = 10_000
+# seconds after a page of sessions was sent before its memory is given back (time for it to leave)
+LISTING_GIVE_BACK_DELAY = 2
 
 
 def local_address_towards(ip: str) -> str:
@@ -287,6 +289,7 @@ class RelayService(service.MultiService):
             MAX_HELD_EXPIRED,
         )
         self._ready: defer.Deferred | None = None
+        self._giving_back = None  # the call that gives a listing's memory back, once it has left
         self._resolved_once = False
         service.MultiService.__init__(self)
         for job in (
@@ -349,8 +352,19 @@ class RelayService(service.MultiService):
         state = "draining, " if self.sessions.halting and not self.stopping else ""
         return f"{state}connected to {connected} of {len(self.connectors)} dispatchers; {len(self.sessions.sessions)} sessions"
 
+    def listed(self) -> None:
+        """A dispatcher was sent a page of sessions (half a MiB of text, and as much again in its
+        TLS records): once it has left, the allocator's pages it took go back to the system, not
+        to stay in RSS until the minute's trim."""
+        if self._giving_back is not None and self._giving_back.active():
+            self._giving_back.reset(LISTING_GIVE_BACK_DELAY)  # after the listing's last page: once
+        else:
+            self._giving_back = self.reactor.callLater(LISTING_GIVE_BACK_DELAY, heap.give_back)
+
     def stopService(self) -> defer.Deferred:  # noqa: N802
         """Stop the periodic jobs, then the sessions (see :meth:`shutdown`) and the links."""
+        if self._giving_back is not None and self._giving_back.active():
+            self._giving_back.cancel()
         jobs = service.MultiService.stopService(self)
         return defer.gatherResults([jobs, self.shutdown()])
 

@@ -82,24 +82,25 @@ class SocketPoller:
 
 
 @implementer(IEndpoint)
-class UDPEndpoint:
+class UDPEndpoint(socket.socket):
     """A relay socket: hands packets to ``receiver.received(data, source)`` and sends for the other side.
 
     The receiver returns what a packet changed beyond forwarding (rarely), handed to the poller's ``sink``.
+
+    The endpoint is the socket itself, not an object holding one: a relay has four per stream,
+    and a second object each cost 64 bytes. So ``send`` and ``close`` are the endpoint's
+    (``IEndpoint``), not the stream socket's; nothing calls the socket's own for a relay port.
     """
 
-    __slots__ = ("poller", "socket", "receiver")
+    __slots__ = ("poller", "receiver")
 
-    def __init__(self, poller: SocketPoller, sock: socket.socket) -> None:
+    def __init__(self, poller: SocketPoller) -> None:
+        super().__init__(socket.AF_INET, socket.SOCK_DGRAM)
         self.poller = poller
-        self.socket = sock
         self.receiver = None
 
-    def fileno(self) -> int:
-        return self.socket.fileno()  # -1 once closed
-
     def doRead(self) -> None:  # noqa: N802
-        recvfrom = self.socket.recvfrom
+        recvfrom = self.recvfrom
         for _ in range(READS_PER_WAKEUP):
             try:
                 data, source = recvfrom(MAX_DATAGRAM)
@@ -121,29 +122,29 @@ class UDPEndpoint:
             if touched is not None:
                 self.poller.sink(touched)
 
-    def send(self, data: bytes, destination: tuple[str, int]) -> None:
+    def send(self, data: bytes, destination: tuple[str, int]) -> None:  # the endpoint's, in place of the socket's
         try:
-            self.socket.sendto(data, destination)
+            self.sendto(data, destination)
         except OSError:
             pass  # a full socket buffer or an unreachable peer loses this one packet, as UDP would
 
     def pause(self) -> None:
         """Stop reading: a worker process reads this socket now."""
-        fd = self.socket.fileno()
+        fd = self.fileno()
         if fd != -1:
             self.poller.remove(fd)
 
     def resume(self) -> None:
-        fd = self.socket.fileno()
+        fd = self.fileno()
         if fd != -1:
             self.poller.add(self, fd)
 
     def close(self) -> None:
         self.receiver = None
-        fd = self.socket.fileno()
+        fd = self.fileno()
         if fd != -1:
             self.poller.remove(fd)
-            self.socket.close()
+            super().close()
 
 
 @implementer(IBinder)
@@ -178,15 +179,14 @@ class UDPBinder:
         return rtp, rtcp
 
     def _bind(self, ip: str, port: int) -> UDPEndpoint:
-        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        endpoint = UDPEndpoint(self.poller)
         try:
-            sock.setblocking(False)
-            sock.bind((ip, port))
+            endpoint.setblocking(False)
+            endpoint.bind((ip, port))
             if self.mark is not None:
-                sock.setsockopt(socket.SOL_SOCKET, SO_MARK, self.mark)
+                endpoint.setsockopt(socket.SOL_SOCKET, SO_MARK, self.mark)
         except OSError as error:
-            sock.close()
+            endpoint.close()
             raise OSError(f"cannot bind {ip}:{port}: {error.strerror or error}") from None
-        endpoint = UDPEndpoint(self.poller, sock)
-        self.poller.add(endpoint, sock.fileno())
+        self.poller.add(endpoint, endpoint.fileno())
         return endpoint

@@ -265,8 +265,7 @@ class SessionManager:
 
     def drain(self, session: Session) -> None:
         """Carry out the events the model queued for ``session``, in order."""
-        while session.outbox:
-            queued, session.outbox = session.outbox, []
+        while queued := session.take_events():
             for event in queued:
                 self._handlers[type(event)](event)
 

@@ -47,7 +47,7 @@ class Session:
     __slots__ = (
         "policy", "clock", "dispatcher", "call_id", "caller_tag", "from_uri", "to_uri", "to_tag", "caller_ua", "callee_ua",
         "signaling", "created", "start_time", "end_time", "ended", "end_reason", "streams", "offers", "pair", "previous_pair",
-        "serial", "dialog_id", "outbox", "key", "kept_packets",
+        "serial", "dialog_id", "_outbox", "key", "kept_packets",
     )  # fmt: skip
 
     def __init__(self, headers: dict, dispatcher: object, serial: int, policy: MediaPolicy, clock) -> None:  # noqa: ANN001
@@ -73,13 +73,31 @@ class Session:
         self.end_reason: str | None = None
         self.serial = serial  # creation order, where a page of sessions starts
         self.dialog_id: str | None = headers.get("dialog_id")  # for a dispatcher that lost its call table
-        self.outbox: list = []  # events for the session manager (see model.events)
+        self._outbox: list | None = None  # events for the session manager (see model.events)
         # made once: the manager's tables all hold this one tuple (thousands of sessions)
         self.key: tuple[str, str] = (self.call_id, self.caller_tag)
         self.kept_packets = -1  # the userspace packets when the session was last kept (-1: never)
 
     def __str__(self) -> str:
         return self.call_id
+
+    @property
+    def outbox(self) -> list:
+        """The events queued for the session manager (see model.events); the list is made when the
+        first is queued, as most sessions are idle with none (an empty list is 56 bytes)."""
+        queued = self._outbox
+        if queued is None:
+            queued = self._outbox = []
+        return queued
+
+    @outbox.setter
+    def outbox(self, queued: list) -> None:
+        self._outbox = queued
+
+    def take_events(self) -> list:
+        """The events queued so far, in order; the outbox is empty after."""
+        queued, self._outbox = self._outbox, None
+        return queued or []
 
     def update(self, headers: dict, open_stream: OpenStream) -> str:
         """Apply an offer or answer; returns the reply line (relay IP and ports, or ``None``)."""

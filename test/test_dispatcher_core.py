@@ -466,3 +466,20 @@ def test_records_name_the_relay_and_the_user(tmp_path):
     usernames = [(done["call_id"], done["username"], done["relay"]) for done in dispatcher.recorder.records]
     assert usernames == [("from-uri", "alice", "192.0.2.1"), ("said", "bob@example.net", "192.0.2.1")]
     dispatcher.stop()
+
+
+def test_an_unreadable_kept_record_costs_only_its_own_call():
+    import zlib  # noqa: PLC0415
+
+    from mediaproxy.dispatcher.lastknown import LastKnown  # noqa: PLC0415
+
+    last_known = LastKnown()
+    report = last_known.start("192.0.2.1")
+    page = [record("a", duration=3), {"call_id": "b", "from_tag": "ft", "duration": "long"}]
+    report.pages.append((zlib.compress(json.dumps(page).encode()), 50.0))
+    last_known.finish("192.0.2.1", report)
+    with logged() as logs:
+        found = last_known.take("192.0.2.1", {"a": CallEntry("192.0.2.1"), "b": CallEntry("192.0.2.1")})
+    assert list(found) == ["a"] and (found["a"].duration, found["a"].statistics_at) == (3, 50.0)
+    (error,) = logs.at(LogLevel.error)
+    assert "unreadable" in error and "duration" in error

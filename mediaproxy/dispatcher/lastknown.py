@@ -15,7 +15,10 @@ import zlib
 from collections.abc import Iterable, Mapping
 
 from mediaproxy.dispatcher.sessions import CallEntry
+from mediaproxy.log import Logger
 from mediaproxy.wire import statistics
+
+log = Logger(namespace="dispatcher.lastknown")
 
 
 class Report:
@@ -70,7 +73,11 @@ class LastKnown:
             return found
         for page, at in report.pages:
             for value in json.loads(zlib.decompress(page)):
-                record = statistics.SessionRecord.from_json(value)
+                try:
+                    record = statistics.SessionRecord.from_json(value)
+                except ValueError as error:  # cannot be, as it was one when kept: never lose the others for it
+                    log.error("A kept statistics record of relay {ip} is unreadable: {error}", ip=ip, error=error)
+                    continue
                 entry = calls.get(record.call_id)
                 if entry is not None and entry.report < report.number:
                     record.statistics_at = at  # the record is as of then, not of the call's end

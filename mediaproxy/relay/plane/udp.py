@@ -108,6 +108,7 @@ class UDPEndpoint(socket.socket):
                 return
             except OSError:
                 return  # e.g. ICMP port unreachable reported on the socket: nothing to read
+            # what deliver() does, written out: a call less for every packet relayed in userspace
             receiver = self.receiver
             if receiver is not None:
                 touched = receiver.received(data, source)

@@ -227,7 +227,12 @@ class Call:
                     return True
             return False
 
-        wait_until(check, f"{what} ({self.name})", timeout=30)
+        try:
+            wait_until(check, f"{what} ({self.name})", timeout=30)
+        except AssertionError as error:
+            # what the caller's sipp sent and got, and the programs' logs: what a rare miss needs
+            trace = self.caller_trace.read_text()[-3000:] if self.caller_trace.exists() else "(none)"
+            raise AssertionError(f"{error}\n--- caller's SIP messages:\n{trace}{self.stack.context()}") from None
         return found
 
     def answered(self) -> dict:

@@ -380,7 +380,7 @@ def test_a_killed_relay_takes_back_what_it_had_written(tmp_path):
     again.startService()
     (session,) = again.sessions.sessions.values()
     assert session.streams[0].rtp.caller.remote == ("192.0.2.1", 6000)
-    assert session.streams[0].parties["callee"].port == 7000
+    assert session.streams[0].party("callee").port == 7000
 
 
 def test_keep_calls_on_stop_no_ends_them_as_a_relay_shutdown(tmp_path):
@@ -517,7 +517,7 @@ def test_sessions_kept_by_a_relay_before_the_positional_form_are_taken_back(tmp_
     again.startService()
     (session,) = again.sessions.sessions.values()
     assert session.call_id == "c1" and session.streams[0].caller_port == caller_port
-    assert session.streams[0].parties["callee"].port == 7000
+    assert session.streams[0].party("callee").port == 7000
 
 
 def _refuse(relay, key):

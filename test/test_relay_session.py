@@ -850,7 +850,7 @@ def test_a_kept_session_names_every_field_the_models_have():
     state = serialize.named(json.loads(json.dumps(serialize.dump_session(session))))
     assert set(state["signaling"]) == {field.name for field in dataclasses.fields(SignalingInfo)}
     stream = session.streams[0]
-    assert set(state["streams"][0]["parties"]["caller"]) == set(type(stream.parties["caller"]).__slots__)
+    assert set(state["streams"][0]["parties"]["caller"]) == set(type(stream.party("caller")).__slots__)
     side = state["streams"][0]["rtp"]["caller"]
     assert side["remote"] is None and side["timer_reason"] == "no-traffic timeout" and side["codec"] is None
     assert state["streams"][0]["ports"] == [stream.caller_port, stream.callee_port]

@@ -257,7 +257,7 @@ class SessionManager:
                 raise
         except PortsExhausted as error:
             raise NoPorts(str(error)) from None
-        stream = Stream(session, media_type, (caller[0], callee[0]), local_ips, self.policy, self.clock)
+        stream = Stream(session, media_type, (caller[0], callee[0]), local_ips)
         stream.attach(caller[1], callee[1])
         return stream
 

@@ -33,6 +33,24 @@ def _no_kernel(substream: Substream) -> None:
     return None
 
 
+_NO_LATCH = (0, 0.0)
+_NO_COUNTS = (0, 0)
+_NO_TIMER = ("", 0)
+# (reason, seconds) of side timers: a few reasons times the configured timeouts, each held once
+_TIMERS: dict[tuple[str, int], tuple[str, int]] = {}
+MAX_TIMERS = 64  # bounds the table should kept state bring odd values
+
+
+def _timer(reason: str, seconds: int) -> tuple[str, int]:
+    timer = (reason, seconds)
+    held = _TIMERS.get(timer)
+    if held is None:
+        if len(_TIMERS) >= MAX_TIMERS:
+            return timer
+        held = _TIMERS[timer] = timer
+    return held
+
+
 class Party:
     """What one party's latest SDP said about a stream."""
 
@@ -70,53 +88,36 @@ class Party:
         return 1 if ip == self.signaling_ip else 0
 
 
-class Parties:
-    """A stream's two parties, by name (a dict per stream cost 184 bytes)."""
-
-    __slots__ = ("caller", "callee")
-
-    def __init__(self) -> None:
-        self.caller = Party()
-        self.callee = Party()
-
-    def __getitem__(self, party: str) -> Party:
-        if party == CALLER:
-            return self.caller
-        if party == CALLEE:
-            return self.callee
-        raise KeyError(party)
-
-
 class Side:
-    """One party's view of one substream: the relay socket facing it and what was learnt from it."""
+    """One party's view of one substream: the relay socket facing it and what was learnt from it.
+
+    A relay holds four per stream, so what is set rarely and always together (a timer's reason
+    and length, a latch's level and time, a gone kernel entry's counts) is one shared tuple per
+    side, not two slots each, and the party is told by the substream: 32 bytes a side.
+    """
 
     __slots__ = (
         "substream",
-        "party",
         "endpoint",
         "remote",
         "in_use",
         "got_rtp",
         "got_stun_probing",
         "deadline",
-        "timer_reason",
-        "timer_seconds",
+        "timer",
         "packets",
         "bytes",
         "send_counter",
         "stun_queue",
-        "latch_level",
-        "latched_at",
-        "kernel_packets",
-        "kernel_bytes",
+        "latch",
+        "kernel",
         "codec",
         "asymmetric",
         "other",
     )
 
-    def __init__(self, substream: Substream, party: str) -> None:
+    def __init__(self, substream: Substream) -> None:
         self.substream = substream
-        self.party = party
         self.other: Side | None = None  # the side facing the other party, where its packets go out
         self.endpoint = None  # a plane.interfaces.IEndpoint, attached by whoever binds the port
         self.remote: tuple[str, int] | None = None
@@ -124,18 +125,70 @@ class Side:
         self.got_rtp = False
         self.got_stun_probing = False
         self.deadline: float | None = None  # when this side's no-traffic / on-hold timeout fires
-        self.timer_reason = ""
-        self.timer_seconds = 0
+        self.timer = _NO_TIMER  # (reason, seconds) of the timer that sets the deadline
         self.packets = 0  # relayed in userspace
         self.bytes = 0
         self.send_counter = 0
         self.stun_queue: list[bytes] | None = None  # STUN waiting for this side's address; rare, so made on demand
-        self.latch_level = 0  # how well the latched source fits the party's signalling (Party.match)
-        self.latched_at = 0.0
-        self.kernel_packets = 0  # what the kernel relayed from this side in entries now gone
-        self.kernel_bytes = 0
+        # (level, time) of the latch: how well the latched source fits the party's signalling (Party.match)
+        self.latch = _NO_LATCH
+        self.kernel = _NO_COUNTS  # (packets, bytes) the kernel relayed from this side in entries now gone
         self.codec: str | None = None
         self.asymmetric = False  # its party's: packets to it go to the SDP address, not to the latched one
+
+    @property
+    def party(self) -> str:
+        return CALLER if self.substream.caller is self else CALLEE
+
+    # the fields of the shared tuples by name, as the kept state has them
+
+    @property
+    def timer_reason(self) -> str:
+        return self.timer[0]
+
+    @timer_reason.setter
+    def timer_reason(self, reason: str) -> None:
+        self.timer = _timer(reason, self.timer[1])
+
+    @property
+    def timer_seconds(self) -> int:
+        return self.timer[1]
+
+    @timer_seconds.setter
+    def timer_seconds(self, seconds: int) -> None:
+        self.timer = _timer(self.timer[0], seconds)
+
+    @property
+    def latch_level(self) -> int:
+        return self.latch[0]
+
+    @latch_level.setter
+    def latch_level(self, level: int) -> None:
+        self.latch = (level, self.latch[1])
+
+    @property
+    def latched_at(self) -> float:
+        return self.latch[1]
+
+    @latched_at.setter
+    def latched_at(self, at: float) -> None:
+        self.latch = (self.latch[0], at)
+
+    @property
+    def kernel_packets(self) -> int:
+        return self.kernel[0]
+
+    @kernel_packets.setter
+    def kernel_packets(self, packets: int) -> None:
+        self.kernel = (packets, self.kernel[1])
+
+    @property
+    def kernel_bytes(self) -> int:
+        return self.kernel[1]
+
+    @kernel_bytes.setter
+    def kernel_bytes(self, bytes_: int) -> None:
+        self.kernel = (self.kernel[0], bytes_)
 
     def received(self, data: bytes, source: tuple[str, int]):  # noqa: ANN201 - Session | None
         """A packet from ``source`` reached this side's socket (its endpoint's receiver is the side
@@ -148,7 +201,7 @@ class Side:
     def set_timer(self, deadline: float, seconds: int, reason: str) -> None:
         """Time out at ``deadline`` (the sides of a stream share one: a float object each is 24 bytes)."""
         self.deadline = deadline
-        self.timer_reason, self.timer_seconds = reason, seconds
+        self.timer = _timer(reason, seconds)
 
     def cancel_timer(self) -> None:
         self.deadline = None
@@ -188,8 +241,8 @@ class Substream:
     def __init__(self, stream: Stream, kind: str) -> None:
         self.stream = stream
         self.kind = kind
-        self.caller = Side(self, CALLER)
-        self.callee = Side(self, CALLEE)
+        self.caller = Side(self)
+        self.callee = Side(self)
         self.caller.other, self.callee.other = self.callee, self.caller
         self.path = LEARNING
         self.activity = 0  # packets seen in userspace, for the idle check
@@ -280,8 +333,9 @@ class Substream:
         party that sprays relay ports cannot keep a stream unless it spoofs the party's address.
         """
         stream = self.stream
-        level = stream.parties[side.party].match(source, self.kind == "rtcp")
-        if level > side.latch_level and (side.latch_level == 0 or stream.clock.seconds() - side.latched_at <= stream.policy.latch_window):
+        level = stream.party(side.party).match(source, self.kind == "rtcp")
+        latch_level, latched_at = side.latch
+        if level > latch_level and (latch_level == 0 or stream.clock.seconds() - latched_at <= stream.policy.latch_window):
             self._unload(LEARNING)
             side.got_rtp = False
             side.send_counter = 0
@@ -294,8 +348,7 @@ class Substream:
         replaced = side.remote if side.in_use else None
         side.remote = source
         side.in_use = True
-        side.latch_level = stream.parties[side.party].match(source, self.kind == "rtcp")
-        side.latched_at = stream.clock.seconds()
+        side.latch = (stream.party(side.party).match(source, self.kind == "rtcp"), stream.clock.seconds())
         stream.session.outbox += (events.Changed(stream.session), events.Learnt(self, side.party, source, replaced))
         if side.stun_queue:
             # connectivity checks that waited for this party can go now, not at its next check
@@ -321,14 +374,14 @@ class Substream:
 
     def destination(self, side: Side) -> tuple[str, int] | None:
         if side.asymmetric:
-            party = self.stream.parties[side.party]
+            party = self.stream.party(side.party)
             if party.ip is None or party.ip == "0.0.0.0" or not party.port:
                 return None
             return party.ip, party.port + (self.kind == "rtcp")
         if side.in_use:
             return side.remote
         if self.kind == "rtp":
-            party = self.stream.parties[side.party]
+            party = self.stream.party(side.party)
             if party.ip is not None and party.port and self.stream.policy.routable(party.ip):
                 return party.ip, party.port
         return None
@@ -356,10 +409,9 @@ class Substream:
 
     def add_kernel_counts(self, caller_packets: int, caller_bytes: int, callee_packets: int, callee_bytes: int) -> None:
         """The last counters of a kernel entry that is gone: the kernel's part of the totals."""
-        self.caller.kernel_packets += caller_packets
-        self.caller.kernel_bytes += caller_bytes
-        self.callee.kernel_packets += callee_packets
-        self.callee.kernel_bytes += callee_bytes
+        caller, callee = self.caller, self.callee
+        caller.kernel = (caller.kernel[0] + caller_packets, caller.kernel[1] + caller_bytes)
+        callee.kernel = (callee.kernel[0] + callee_packets, callee.kernel[1] + callee_bytes)
 
     def kernel_entry_gone(self, counts: tuple[int, int, int, int], timeout_wait: int) -> None:
         """The kernel dropped the entry after ``timeout_wait`` seconds without packets."""
@@ -371,7 +423,8 @@ class Substream:
     def counters(self, party: str, live: LiveCounters = _no_kernel) -> tuple[int, int]:
         """(packets, bytes) received from ``party`` and relayed, over both paths."""
         side = self.side(party)
-        packets_, bytes_ = side.packets + side.kernel_packets, side.bytes + side.kernel_bytes
+        kernel_packets, kernel_bytes = side.kernel
+        packets_, bytes_ = side.packets + kernel_packets, side.bytes + kernel_bytes
         if self.path == KERNEL:
             counts = live(self)
             if counts is not None:
@@ -428,19 +481,19 @@ class Substream:
 
 class Stream:
     __slots__ = (
-        "session", "policy", "clock", "media_type", "parties", "status", "timeout_wait", "create_time", "start_time",
+        "session", "media_type", "caller", "callee", "status", "timeout_wait", "create_time", "start_time",
         "end_time", "first_media_time", "caller_port", "callee_port", "local_ips", "rtp", "rtcp",
     )  # fmt: skip
 
-    def __init__(self, session, media_type: str, ports: tuple[int, int], local_ips: tuple[str, str], policy: MediaPolicy, clock) -> None:  # noqa: ANN001, PLR0913
-        self.session = session
-        self.policy = policy
-        self.clock = clock
+    def __init__(self, session, media_type: str, ports: tuple[int, int], local_ips: tuple[str, str]) -> None:  # noqa: ANN001 - a Session
+        self.session = session  # whose policy and clock are the stream's: thousands of streams, two slots less each
         self.media_type = media_type
-        self.parties = Parties()
+        # what each party's SDP said (slots of the stream's own: an object holding the two cost 48 bytes)
+        self.caller = Party()
+        self.callee = Party()
         self.status = "active"
         self.timeout_wait = 0
-        self.create_time = clock.seconds()
+        self.create_time = session.clock.seconds()
         self.start_time: float | None = None
         self.end_time: float | None = None
         self.first_media_time: float | None = None
@@ -448,12 +501,29 @@ class Stream:
         self.local_ips = local_ips
         self.rtp = Substream(self, "rtp")
         self.rtcp = Substream(self, "rtcp")
+        policy = session.policy
         deadline = self.create_time + policy.stream_timeout
         for side in self.all_sides():
             side.set_timer(deadline, policy.stream_timeout, NO_TRAFFIC)
 
     def __str__(self) -> str:
         return f"{self.media_type} stream of {self.session.call_id} ({self.caller_port}/{self.callee_port})"
+
+    @property
+    def policy(self) -> MediaPolicy:
+        return self.session.policy
+
+    @property
+    def clock(self):  # noqa: ANN201 - an IReactorTime
+        return self.session.clock
+
+    def party(self, party: str) -> Party:
+        """What ``party``'s SDP said (CALLER or CALLEE)."""
+        if party == CALLER:
+            return self.caller
+        if party == CALLEE:
+            return self.callee
+        raise KeyError(party)
 
     def attach(self, caller_endpoints: tuple, callee_endpoints: tuple) -> None:
         """Give the stream its sockets (RTP, RTCP) facing each party; their packets come in here."""
@@ -478,15 +548,15 @@ class Stream:
         for side in self.all_sides():
             if side.deadline is not None and side.deadline <= now:
                 side.deadline = None
-                side.substream.lapse(side.timer_reason, side.timer_seconds)
+                side.substream.lapse(*side.timer)
 
     @property
     def uses_ice(self) -> bool:
-        return self.parties.caller.uses_ice and self.parties.callee.uses_ice
+        return self.caller.uses_ice and self.callee.uses_ice
 
     @property
     def on_hold(self) -> bool:
-        return self.parties.caller.on_hold or self.parties.callee.on_hold
+        return self.caller.on_hold or self.callee.on_hold
 
     def all_sides(self) -> list[Side]:
         return [*self.rtp.sides, *self.rtcp.sides]
@@ -498,7 +568,7 @@ class Stream:
         return self.local_ips[1], self.callee_port
 
     def matches(self, party: str, entry) -> bool:  # noqa: ANN001
-        sdp = self.parties[party].sdp
+        sdp = self.party(party).sdp
         if sdp is None or entry.media_type != self.media_type:
             return False
         ip, port = sdp
@@ -510,7 +580,7 @@ class Stream:
 
     def describe_party(self, party: str, entry, signaling_ip: str | None = None) -> None:  # noqa: ANN001
         was_on_hold = self.on_hold
-        self.parties[party].describe(entry, signaling_ip)
+        self.party(party).describe(entry, signaling_ip)
         self.set_asymmetric(party, entry.asymmetric)
         self._hold_changed(was_on_hold)
 
@@ -540,7 +610,7 @@ class Stream:
 
     def answer(self, party: str, entry, signaling_ip: str | None = None) -> None:  # noqa: ANN001
         """Apply the answering party's SDP for this stream."""
-        old = self.parties[party].sdp
+        old = self.party(party).sdp
         self.describe_party(party, entry, signaling_ip)
         if old is None or old[0] == "0.0.0.0":
             return

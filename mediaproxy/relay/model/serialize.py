@@ -16,7 +16,7 @@ from typing import ParamSpec, TypeVar
 
 from mediaproxy.relay.model.media import ALIVE, CALLEE, CALLER, KERNEL, LAPSED, LEARNING, PATHS, Side, Stream, Substream
 from mediaproxy.relay.model.policy import MediaPolicy
-from mediaproxy.relay.model.session import Session, shared_text
+from mediaproxy.relay.model.session import Session, shared_pair, shared_text
 from mediaproxy.wire.headers import SignalingInfo
 
 P = ParamSpec("P")
@@ -68,19 +68,18 @@ def dump_session(session: Session) -> list:
         list(dispatcher) if isinstance(dispatcher, tuple) else dispatcher,
         session.pair,
         session.previous_pair,
-        [[pair[0], pair[1], [index[id(stream)] for stream in offered]] for pair, offered in session.offers.items()],
+        [[pair[0], pair[1], [index[id(stream)] for stream in offered]] for pair, offered in session.offers],
         [_dump_stream(stream) for stream in streams],
     ]
 
 
 def _dump_stream(stream: Stream) -> list:
-    parties = stream.parties
     return [
         *[getattr(stream, name) for name in _STREAM_FIELDS],
         [stream.caller_port, stream.callee_port],
         stream.local_ips,
-        [getattr(parties.caller, name) for name in _PARTY_FIELDS],
-        [getattr(parties.callee, name) for name in _PARTY_FIELDS],
+        [getattr(stream.caller, name) for name in _PARTY_FIELDS],
+        [getattr(stream.callee, name) for name in _PARTY_FIELDS],
         _dump_substream(stream.rtp),
         _dump_substream(stream.rtcp),
     ]
@@ -190,23 +189,25 @@ def load_session(state: dict | list, serial: int, policy: MediaPolicy, clock) ->
     for name in _SESSION_FIELDS:
         setattr(session, name, state[name])
     session.caller_ua, session.callee_ua = shared_text(session.caller_ua), shared_text(session.callee_ua)
-    session.pair = tuple(state["pair"])
-    session.previous_pair = tuple(state["previous_pair"]) if state["previous_pair"] is not None else None
-    session.streams = [_load_stream(session, saved, policy, clock) for saved in state["streams"]]
-    session.offers = {(caller, callee): [session.streams[number] for number in numbers] for caller, callee, numbers in state["offers"]}
+    session.pair = shared_pair(tuple(state["pair"]))
+    session.previous_pair = shared_pair(tuple(state["previous_pair"])) if state["previous_pair"] is not None else None
+    session.streams = tuple(_load_stream(session, saved) for saved in state["streams"])
+    session.offers = tuple(
+        (shared_pair((caller, callee)), tuple(session.streams[number] for number in numbers)) for caller, callee, numbers in state["offers"]
+    )
     return session
 
 
-def _load_stream(session: Session, saved: dict, policy: MediaPolicy, clock) -> Stream:  # noqa: ANN001
+def _load_stream(session: Session, saved: dict) -> Stream:
     caller_ip, callee_ip = saved["local_ips"]
     caller_port, callee_port = saved["ports"]
-    stream = Stream(session, saved["media_type"], (int(caller_port), int(callee_port)), (caller_ip, callee_ip), policy, clock)
+    stream = Stream(session, saved["media_type"], (int(caller_port), int(callee_port)), (caller_ip, callee_ip))
     for name in _STREAM_FIELDS:
         setattr(stream, name, saved[name])
     for party in (CALLER, CALLEE):
         for name, value in saved["parties"][party].items():
             if name in _PARTY_FIELDS:
-                setattr(stream.parties[party], name, value)
+                setattr(stream.party(party), name, value)
     for kind in ("rtp", "rtcp"):
         substream = getattr(stream, kind)
         substream.path = _path(saved[kind])
@@ -216,7 +217,7 @@ def _load_stream(session: Session, saved: dict, policy: MediaPolicy, clock) -> S
             side.remote = tuple(values["remote"]) if values["remote"] is not None else None
             for name in _SIDE_FIELDS:
                 setattr(side, name, values[name])
-            side.asymmetric = bool(stream.parties[party].asymmetric)
+            side.asymmetric = bool(stream.party(party).asymmetric)
     return stream
 
 

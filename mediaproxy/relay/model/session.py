@@ -39,6 +39,14 @@ def shared_text(text: str | None) -> str | None:
     return held
 
 
+# the (caller cseq, callee cseq) pairs of offers: most calls' are small numbers, each such pair held once
+_SHARED_PAIRS = {(caller, callee): (caller, callee) for caller in range(16) for callee in range(16)}
+
+
+def shared_pair(pair: tuple[int, int]) -> tuple[int, int]:
+    return _SHARED_PAIRS.get(pair, pair)
+
+
 # opens a stream of a media type for a session: its ports bound and its sockets attached
 OpenStream = Callable[["Session", str], Stream]
 
@@ -67,8 +75,11 @@ class Session:
         self.end_time: float | None = None
         self.pair = (0, 0)
         self.previous_pair: tuple[int, int] | None = None
-        self.offers: dict[tuple[int, int], list[Stream]] = {}
-        self.streams: list[Stream] = []
+        # ((pair, its streams), ...) oldest first, and every stream ever opened: tuples, not a dict
+        # and lists (224 and 112 bytes a session), as most calls make one offer in their life and
+        # its streams are then all the session's (the same tuple)
+        self.offers: tuple[tuple[tuple[int, int], tuple[Stream, ...]], ...] = ()
+        self.streams: tuple[Stream, ...] = ()
         self.ended = False
         self.end_reason: str | None = None
         self.serial = serial  # creation order, where a page of sessions starts
@@ -130,7 +141,7 @@ class Session:
         return self._reply(0 if is_caller else 1, cseq, downstream, media is not None)
 
     def _offer(self, pair: tuple[int, int], party: str, media: list, source_ip: str | None, open_stream: OpenStream) -> None:
-        current = [stream for stream in self.offers.get(self.pair, []) if stream.alive]
+        current = [stream for stream in self.offered(self.pair) if stream.alive]
         offered: list[Stream] = []
         created: list[Stream] = []
         try:
@@ -147,18 +158,27 @@ class Session:
             for stream in created:
                 stream.close("closed")
             raise UpdateError(f"cannot relay call {self.call_id}: {error}") from None
-        self.streams.extend(created)
-        for stream in self.offers.get(self.previous_pair, []) if self.previous_pair is not None else []:
+        kept = tuple(offered)
+        if created:
+            self.streams = kept if not self.streams and len(created) == len(kept) else (*self.streams, *created)
+        for stream in self.offered(self.previous_pair) if self.previous_pair is not None else ():
             if stream not in current and stream not in offered:
                 stream.close("closed")
-        self.previous_pair, self.pair = self.pair, pair
-        self.offers[pair] = offered
+        self.previous_pair, self.pair = self.pair, shared_pair(pair)
+        self.offers += ((self.pair, kept),)
+
+    def offered(self, pair: tuple[int, int]) -> tuple[Stream, ...]:
+        """The streams of the offer made at ``pair`` (none when there was no such offer)."""
+        for known, streams in reversed(self.offers):
+            if known == pair:
+                return streams
+        return ()
 
     def _answer(self, party: str, media: list | None, source_ip: str | None) -> None:
         now = self.clock.seconds()
         if self.start_time is None:
             self.start_time = now
-        offered = self.offers.get(self.pair, [])
+        offered = self.offered(self.pair)
         for stream in offered:
             if stream.start_time is None:
                 stream.start_time = now
@@ -177,15 +197,15 @@ class Session:
             else:
                 stream.answer(party, entry, source_ip)
         if self.previous_pair is not None:
-            for stream in self.offers.get(self.previous_pair, []):
+            for stream in self.offered(self.previous_pair):
                 if stream not in offered:
                     stream.close("closed")
 
     def _reply(self, position: int, cseq: int, downstream: bool, has_media: bool) -> str:
         streams = None
-        for pair in reversed(self.offers):
+        for pair, offered in reversed(self.offers):
             if pair[position] == cseq:
-                streams = self.offers[pair]
+                streams = offered
                 break
         if not streams:
             if has_media:
@@ -197,7 +217,7 @@ class Session:
 
     def alive_streams(self) -> list[Stream]:
         pairs = [self.pair] if self.previous_pair is None else [self.pair, self.previous_pair]
-        return [stream for pair in pairs for stream in self.offers.get(pair, []) if stream.alive]
+        return [stream for pair in pairs for stream in self.offered(pair) if stream.alive]
 
     def stream_expired(self, stream: Stream) -> None:
         if not self.alive_streams():

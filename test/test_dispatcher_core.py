@@ -473,7 +473,9 @@ def test_an_unreadable_kept_record_costs_only_its_own_call():
 
     last_known = LastKnown()
     report = last_known.start("192.0.2.1")
-    report.keep([record("a", duration=3), {"call_id": "b", "from_tag": "ft", "duration": "long"}], 50.0)
+    report.add_json(record("a", duration=3))
+    report.add_json({"call_id": "b", "from_tag": "ft", "duration": "long"})
+    report.page_end(50.0)
     last_known.finish("192.0.2.1", report)
     with logged() as logs:
         found = last_known.take("192.0.2.1", {"a": CallEntry("192.0.2.1"), "b": CallEntry("192.0.2.1")})

@@ -246,3 +246,59 @@ def test_a_damaged_kept_session_loads_or_raises_what_the_relay_skips(path, junk)
         serialize.load_session(state, 1, manager.policy, manager.clock)
     except KEPT_ERRORS:
         pass
+
+
+def _sessions_read_whole(text: str) -> statistics.SessionList:
+    """A ``sessions`` answer decoded in one piece: what :func:`statistics.parse_sessions` reads
+    record by record must come out the same."""
+    value = jsontext.loads(text, statistics.MAX_DEPTH + 2)
+    if isinstance(value, list):
+        return statistics.SessionList([statistics.SessionRecord.from_json(item) for item in value])
+    if not isinstance(value, dict) or not isinstance(value.get("sessions"), list):
+        raise ValueError("neither")
+    following = value.get("next")
+    if following is not None and (isinstance(following, bool) or not isinstance(following, int) or following < 0):
+        raise ValueError("next")
+    return statistics.SessionList([statistics.SessionRecord.from_json(item) for item in value["sessions"]], following)
+
+
+RECORDISH = st.one_of(
+    st.fixed_dictionaries(
+        {"call_id": st.text(max_size=4), "from_tag": st.sampled_from(["f", 1])},
+        optional={
+            "duration": st.one_of(st.integers(0, 9), st.just("x")),
+            "streams": st.lists(st.dictionaries(st.sampled_from(["status", "extra"]), JSONISH, max_size=2), max_size=2),
+        },
+    ),
+    JSONISH,
+)
+SPACE = st.sampled_from(["", " ", "\n", "\r\n\t "])
+
+
+@BOUNDED
+@given(
+    st.lists(RECORDISH, max_size=4),
+    st.one_of(st.none(), st.integers(-1, 99), st.just(True), st.just("3"), JSONISH),
+    st.sampled_from(["page", "next first", "list", "no sessions", "extra key"]),
+    st.lists(SPACE, min_size=8, max_size=8),
+)
+def test_sessions_read_record_by_record_as_when_read_whole(records, following, shape, spaces):
+    s = spaces
+    items = f"{s[0]},{s[1]}".join(json.dumps(record) for record in records)
+    listed = f"[{s[2]}{items}{s[3]}]"
+    text = {
+        "page": f'{s[4]}{{{s[5]}"sessions"{s[6]}:{listed},"next":{s[7]}{json.dumps(following)}}}{s[0]}',
+        "next first": f'{{"next"{s[4]}:{s[5]}{json.dumps(following)}{s[6]},{s[7]}"sessions":{listed}}}',
+        "list": f"{s[4]}{listed}{s[5]}",
+        "no sessions": f'{{"next":{json.dumps(following)}}}',
+        "extra key": f'{{"sessions":{listed},"more":{json.dumps(following)}{s[4]}}}',
+    }[shape]
+    try:
+        expected: object = _sessions_read_whole(text)
+    except ValueError:
+        expected = ValueError
+    try:
+        got: object = statistics.parse_sessions(text)
+    except ValueError:
+        got = ValueError
+    assert got == expected

@@ -357,7 +357,9 @@ class Dispatcher:
         if adopted:
             log.warn("Took back {count} calls from relay {ip} that the call table had lost", count=adopted, ip=ip)
         report = self.last_known.start(ip)
-        self._remember(report, listing.records)
+        for record in listing.records:
+            self._remember(report, record)
+        report.page_end(self.clock.seconds())
         self.last_known.finish(ip, report)
 
     def _reconcile_failed(self, failure, ip: str) -> None:  # noqa: ANN001
@@ -441,38 +443,41 @@ class Dispatcher:
         return defer.DeferredList([self._pull(link) for link in links], consumeErrors=True).addCallback(_give_back)
 
     def _pull(self, link: RelayLink) -> defer.Deferred:
-        live = {call_id: entry for call_id, entry in self.table.of_relay(link.ip) if entry.removal is None and entry.expire_time is None}
-        present: set[str] = set()
+        # our live calls on the relay; each it lists is taken out, and what is left it no longer has
+        unlisted = {
+            call_id: entry for call_id, entry in self.table.of_relay(link.ip) if entry.removal is None and entry.expire_time is None
+        }
         report = self.last_known.start(link.ip)
 
-        def page(records: list[statistics.SessionRecord]) -> None:
-            present.update(record.call_id for record in records)
-            self._remember(report, records)
+        def listed(record: statistics.SessionRecord) -> None:
+            unlisted.pop(record.call_id, None)
+            self._remember(report, record)
 
         def failed(failure: Failure) -> Failure:
             self.last_known.abandon(link.ip, report)
             return failure
 
-        pulled = link.fetch_sessions(each_page=page).addCallbacks(lambda _: self.last_known.finish(link.ip, report), failed)
-        return pulled.addCallback(lambda _: self._pulled(present, link.ip, live))
+        pulled = link.fetch_sessions(each_record=listed, each_page=lambda: report.page_end(self.clock.seconds()))
+        pulled.addCallbacks(lambda _: self.last_known.finish(link.ip, report), failed)
+        return pulled.addCallback(lambda _: self._pulled(unlisted, link.ip))
 
-    def _pulled(self, present: set[str], ip: str, live: dict[str, CallEntry]) -> None:
+    def _remember(self, report: Report, record: statistics.SessionRecord) -> None:
+        """Keep in ``report`` a record that is of a call of ours, answered."""
+        if record.call_id in self.table and record.start_time is not None:
+            report.add(record)
+
+    def _pulled(self, unlisted: dict[str, CallEntry], ip: str) -> None:
         """A live call of ours that its relay no longer has, with no expiry from it (which would
         have come first on the link), was removed through another proxy's dispatcher, which
         accounted it: forget it here."""
         gone = [
             call_id
-            for call_id, entry in live.items()
-            if call_id not in present and self.table.get(call_id) is entry and entry.removal is None and entry.expire_time is None
+            for call_id, entry in unlisted.items()
+            if self.table.get(call_id) is entry and entry.removal is None and entry.expire_time is None
         ]
         for call_id in gone:
             self.table.pop(call_id)
             log.info("Call {call_id} is no longer on relay {ip}: it was removed through another dispatcher", call_id=call_id, ip=ip)
-
-    def _remember(self, report: Report, records: list[statistics.SessionRecord]) -> None:
-        """Keep in ``report`` the records of a page that are of calls of ours, answered."""
-        table = self.table
-        report.add((record for record in records if record.call_id in table and record.start_time is not None), self.clock.seconds())
 
     # -- control (the management interface's commands)
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import struct
 import zlib
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 
 from mediaproxy.dispatcher.sessions import CallEntry
 from mediaproxy.log import Logger
@@ -31,26 +31,38 @@ _PAGE_HEADER = struct.Struct("<dI")
 class Report:
     """One relay's report: the deflated pages of its calls' records, each with when it came."""
 
-    __slots__ = ("number", "data")
+    __slots__ = ("number", "data", "_page", "_deflater")
 
     def __init__(self, number: int) -> None:
         self.number = number
         self.data = bytearray()  # each page's header, then the page; made before the pull's objects
+        self._page: bytearray | None = None  # the page being read, deflated so far
+        self._deflater = None
 
-    def add(self, records: Iterable[statistics.SessionRecord], now: float) -> None:
-        """Keep a page of records (``yours`` left out: it is the relay's word, not the call's)."""
-        values = []
-        for record in records:
-            record.yours = None
-            values.append(record.as_json())
-        self.keep(values, now)
+    def add(self, record: statistics.SessionRecord) -> None:
+        """Keep a record of the page being read (``yours`` left out: it is the relay's word, not the call's)."""
+        record.yours = None
+        self.add_json(record.as_json())
 
-    def keep(self, values: list, now: float) -> None:
-        """Keep a page of records in their JSON form, as of ``now``."""
-        if values:
-            page = zlib.compress(json.dumps(values, separators=(",", ":")).encode(), 1)
-            self.data += _PAGE_HEADER.pack(now, len(page))
-            self.data += page
+    def add_json(self, value: dict) -> None:
+        """Keep a record, in its JSON form, of the page being read."""
+        text = json.dumps(value, separators=(",", ":")).encode()
+        if self._page is None:
+            self._deflater = zlib.compressobj(1)
+            self._page = bytearray(self._deflater.compress(b"[" + text))
+        else:
+            self._page += self._deflater.compress(b"," + text)
+
+    def page_end(self, now: float) -> None:
+        """The page being read is complete, as of ``now``: what it had is kept."""
+        page, self._page = self._page, None
+        if page is None:
+            return  # nothing of it to keep
+        page += self._deflater.compress(b"]")
+        page += self._deflater.flush()
+        self._deflater = None
+        self.data += _PAGE_HEADER.pack(now, len(page))
+        self.data += page
 
     def pages(self) -> Iterator[tuple[list, float]]:
         """Each page's records in their JSON form, and when the page came."""

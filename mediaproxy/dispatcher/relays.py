@@ -113,26 +113,27 @@ class RelayLink(BoundedLineReceiver):
         return deferred
 
     @defer.inlineCallbacks
-    def fetch_sessions(self, call_id: str | None = None, each_page=None):  # noqa: ANN001, ANN201 - a Deferred firing with a statistics.SessionList
+    def fetch_sessions(self, call_id: str | None = None, each_record=None, each_page=None):  # noqa: ANN001, ANN201 - a Deferred firing with a statistics.SessionList
         """All the relay's sessions, or those of call ``call_id``: page by page from a relay of
         ours, in one answer from the original (which lists everything; filtered here). With
-        ``each_page``, each page's records go to it as they come and the listing stays empty, so
-        a listing of every call is never in memory at once."""
+        ``each_record``, each record goes to it as it is read, ``each_page()`` is called at the
+        end of each page, and the listing stays empty: a listing of every call, or even a page of
+        it, is never in memory at once (see statistics.scan_sessions)."""
         listing = statistics.SessionList()
+        take = each_record if each_record is not None else listing.records.append
+        if call_id is not None:
+            wanted, take = take, lambda record: record.call_id == call_id and wanted(record)
         position = 0
         for _ in range(MAX_PAGES):
             request = relaylink.SessionsRequest(position, call_id)
-            page = statistics.parse_sessions((yield self.send_command("sessions", request.header_block())))
-            records = page.records if call_id is None else [r for r in page.records if r.call_id == call_id]
+            following = statistics.scan_sessions((yield self.send_command("sessions", request.header_block())), take)
             if each_page is not None:
-                each_page(records)
-            else:
-                listing.records.extend(records)
-            if page.next is None:
+                each_page()
+            if following is None:
                 return listing
-            if page.next <= position:
-                raise RelayError(f"the relay's pages of sessions go back from {position} to {page.next}")
-            position = page.next
+            if following <= position:
+                raise RelayError(f"the relay's pages of sessions go back from {position} to {following}")
+            position = following
         raise RelayError(f"the relay's sessions took more than {MAX_PAGES} pages")
 
     def _reply(self, message: relaylink.Reply) -> None:

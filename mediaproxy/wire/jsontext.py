@@ -38,6 +38,21 @@ def loads(text: str | bytes, max_depth: int = MAX_DEPTH) -> object:
     return value
 
 
+_DECODER = json.JSONDecoder()
+
+
+def decode_at(text: str, index: int, max_depth: int = MAX_DEPTH) -> tuple[object, int]:
+    """The JSON value that starts at ``text[index]`` (no whitespace before it), and the index
+    after it: a long text read one value at a time. ValueError as :func:`loads`."""
+    try:
+        value, end = _DECODER.raw_decode(text, index)
+    except RecursionError:
+        raise ValueError(f"JSON nested deeper than {max_depth} levels") from None
+    if text.count("[", index, end) + text.count("{", index, end) > max_depth and nesting_depth(value) > max_depth:
+        raise ValueError(f"JSON nested deeper than {max_depth} levels")
+    return value, end
+
+
 def number(value: object) -> float:
     """A JSON number as a float, 0 for anything else (a peer's summary may lack a field)."""
     return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else 0.0

@@ -8,6 +8,7 @@ is refused as a whole with a :class:`ValueError` naming the field, never half us
 from __future__ import annotations
 
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from mediaproxy.wire import jsontext
@@ -226,15 +227,84 @@ PAGE_BYTES = 512 * 1024
 def parse_sessions(text: str) -> SessionList:
     """A relay's ``sessions`` answer: the original's JSON list of records (all of them), or a page
     ``{"sessions": [...], "next": n | null}``."""
-    value = jsontext.loads(text, MAX_DEPTH + 2)
-    if isinstance(value, list):
-        return SessionList([SessionRecord.from_json(item) for item in value])
-    if not isinstance(value, dict) or not isinstance(value.get("sessions"), list):
-        raise ValueError("the sessions answer is neither a JSON list nor a page of sessions")
-    following = value.get("next")
+    records: list[SessionRecord] = []
+    following = scan_sessions(text, records.append)
+    return SessionList(records, following)
+
+
+_WHITESPACE = " \t\r\n"
+_NEITHER = "the sessions answer is neither a JSON list nor a page of sessions"
+
+
+def scan_sessions(text: str, each: Callable[[SessionRecord], object]) -> int | None:
+    """Read a ``sessions`` answer (as :func:`parse_sessions`) one record at a time, each handed to
+    ``each`` as it is read; returns where the next page starts (None: this was the last).
+
+    A page of a few thousand calls parsed whole is megabytes of small objects at once, and the
+    interpreter's allocator keeps an arena of them (1 MiB) for as long as anything made meanwhile
+    lives in it; read record by record, what a pull allocates stays in the arenas it has. A record
+    that is not one raises ValueError, after ``each`` has had the records before it."""
+    index = _skip(text, 0)
+    if text.startswith("[", index):  # the original's answer: every record, in one list
+        index = _skip(text, _scan_records(text, index, 1, each))
+        if index != len(text):
+            raise ValueError(_NEITHER)
+        return None
+    if not text.startswith("{", index):
+        raise ValueError(_NEITHER)
+    following = None
+    listed = False
+    index = _skip(text, index + 1)
+    while not text.startswith("}", index):
+        name, index = jsontext.decode_at(text, index, 0)
+        index = _skip(text, index)
+        if not isinstance(name, str) or not text.startswith(":", index):
+            raise ValueError(_NEITHER)
+        index = _skip(text, index + 1)
+        if name == "sessions":
+            if listed or not text.startswith("[", index):
+                raise ValueError(_NEITHER)
+            index = _scan_records(text, index, 2, each)
+            listed = True
+        else:
+            value, index = jsontext.decode_at(text, index, MAX_DEPTH + 1)
+            if name == "next":
+                following = value
+        index = _skip(text, index)
+        if text.startswith(",", index):
+            index = _skip(text, index + 1)
+            if text.startswith("}", index):
+                raise ValueError(_NEITHER)  # a trailing comma
+        elif not text.startswith("}", index):
+            raise ValueError(_NEITHER)
+    if not listed or _skip(text, index + 1) != len(text):
+        raise ValueError(_NEITHER)
     if following is not None and (isinstance(following, bool) or not isinstance(following, int) or following < 0):
         raise ValueError("the next page of sessions is not a position")
-    return SessionList([SessionRecord.from_json(item) for item in value["sessions"]], following)
+    return following
+
+
+def _skip(text: str, index: int) -> int:
+    while index < len(text) and text[index] in _WHITESPACE:
+        index += 1
+    return index
+
+
+def _scan_records(text: str, index: int, level: int, each: Callable[[SessionRecord], object]) -> int:
+    """The JSON list of records at ``text[index]``, nested ``level`` deep in the answer: each
+    record to ``each``; returns the index after the list."""
+    index = _skip(text, index + 1)
+    if text.startswith("]", index):
+        return index + 1
+    while True:
+        value, index = jsontext.decode_at(text, index, MAX_DEPTH + 2 - level)
+        each(SessionRecord.from_json(value))
+        index = _skip(text, index)
+        if text.startswith("]", index):
+            return index + 1
+        if not text.startswith(",", index):
+            raise ValueError(_NEITHER)
+        index = _skip(text, index + 1)
 
 
 def format_page(records: list[str], following: int | None) -> str:

@@ -63,12 +63,13 @@ def open_fds(pid: int) -> int:
 
 
 @contextlib.contextmanager
-def one_stack(name: str, port_range: str):  # noqa: ANN201
-    """A network with one of our stacks (userspace forwarding) in it, both gone afterwards."""
+def one_stack(name: str, port_range: str, extra: str = ""):  # noqa: ANN201
+    """A network with one of our stacks (userspace forwarding) in it, both gone afterwards;
+    ``extra``: more ``[Relay]`` options."""
     net = network()
     stack = None
     try:
-        stack = OurStack(net, "userspace", port_range, name=name)
+        stack = OurStack(net, "userspace", port_range, name=name, extra=extra)
         yield stack
     finally:
         if stack is not None:

@@ -2,7 +2,10 @@
 """Memory benchmark: RSS of the dispatcher and the relay with 0 and then more established sessions.
 
 Sessions are offered and answered through the proxy protocol (no media), so each holds its four
-relay sockets. The relay needs 4 file descriptors per session: on a machine whose hard
+relay sockets; the relay's ``stream_timeout`` is set to outlast the run, as a call whose media
+flows through the kernel is never timed out by the relay process (with the stacks' usual 60 s, every
+session would have ended before a settle of a minute was over), and each reading checks that the
+relay still holds every session's sockets. The relay needs 4 file descriptors per session: on a machine whose hard
 RLIMIT_NOFILE is lower than 4 x sessions the largest step cannot be reached, and the script says
 so. Run as root:
 
@@ -15,7 +18,7 @@ import argparse
 import resource
 import time
 
-from common import one_stack, rss_kib
+from common import one_stack, open_fds, rss_kib
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -32,7 +35,10 @@ def main(argv: list[str] | None = None) -> int:
     hard_limit = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
     # the relay needs a descriptor per port: fit the range under the machine's hard limit
     ports = min(40000, (hard_limit - 2000) // 2 * 2)
-    with one_stack("memory", f"20000:{20000 + ports}") as stack:
+    # no session may time out while the sessions are set up and settle
+    timeout = int(max(steps) / 50 + args.settle * len(steps)) + 600
+    with one_stack("memory", f"20000:{20000 + ports}", f"stream_timeout = {timeout}\n") as stack:
+        idle_fds = open_fds(stack.relay_pid)
         rows = [(0, rss_kib(stack.dispatcher_pid), rss_kib(stack.relay_pid))]
         opened = 0
         for target in steps:
@@ -44,6 +50,9 @@ def main(argv: list[str] | None = None) -> int:
                 opened += 1
             time.sleep(args.settle)  # idle sessions, as a relay holds them most of their life
             rows.append((opened, rss_kib(stack.dispatcher_pid), rss_kib(stack.relay_pid)))
+            held = open_fds(stack.relay_pid) - idle_fds
+            if held < 4 * opened:
+                raise SystemExit(f"the relay holds {held} sockets for {opened} sessions: sessions ended during the run")
         # per session two ways: from the idle start (with what the first sessions cost once: code
         # paths first run, the first statistics pull's working set) and from the step before (what
         # one more session costs)

@@ -216,6 +216,23 @@ def test_statistics_records_are_checked_field_by_field():
         statistics.parse_sessions(json.dumps({"call_id": "c"}))
 
 
+def test_a_page_of_sessions_is_read_one_record_at_a_time():
+    records = [{"call_id": f"c{number}", "from_tag": "f"} for number in range(3)]
+    page = ' { "next" : 9 ,\n "sessions" : [ ' + " , ".join(json.dumps(record) for record in records) + " ] } "
+    seen: list[str] = []
+    assert statistics.scan_sessions(page, lambda record: seen.append(record.call_id)) == 9
+    assert seen == ["c0", "c1", "c2"]
+    # each record goes on as it is read: the ones before a bad record were had, and the page fails
+    seen.clear()
+    bad = statistics.format_page([json.dumps(records[0]), '{"call_id": 1, "from_tag": "f"}', json.dumps(records[2])], None)
+    with pytest.raises(ValueError, match="call_id"):
+        statistics.scan_sessions(bad, lambda record: seen.append(record.call_id))
+    assert seen == ["c0"]
+    for broken in ('{"sessions": [], "sessions": []}', '{"sessions": [],}', '{"sessions": [{}] ', '{"sessions": []} []', "[] x"):
+        with pytest.raises(ValueError):
+            statistics.scan_sessions(broken, seen.append)
+
+
 def test_overlong_head_is_the_same_whichever_way_the_line_arrives():
     # found by test_properties: with a limit under 64 bytes the head took in the terminator
     line = b"\x00" * 18 + b"\n"

@@ -854,6 +854,14 @@ def test_a_kept_session_names_every_field_the_models_have():
     side = state["streams"][0]["rtp"]["caller"]
     assert side["remote"] is None and side["timer_reason"] == "no-traffic timeout" and side["codec"] is None
     assert state["streams"][0]["ports"] == [stream.caller_port, stream.callee_port]
+    # every side field is kept under its own name, each a different value here
+    model = stream.rtcp.callee
+    model.remote, model.in_use, model.got_rtp, model.got_stun_probing, model.codec = ("192.0.2.7", 7001), True, True, True, "PCMU"
+    model.set_timer(123.5, 30, "on hold timeout")
+    model.packets, model.bytes, model.latch, model.kernel = 5, 6, (2, 99.5), (7, 8)
+    kept = serialize.named(json.loads(json.dumps(serialize.dump_session(session))))["streams"][0]["rtcp"]["callee"]
+    assert kept == {"remote": ["192.0.2.7", 7001], **{name: getattr(model, name) for name in serialize._SIDE_FIELDS}}
+    assert len({json.dumps(value) for value in kept.values()}) == len(kept) - 2  # only the flags repeat (True)
 
 
 def test_the_allocator_can_be_asked_to_give_memory_back():

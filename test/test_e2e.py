@@ -431,10 +431,14 @@ def test_hold_and_unhold_in_both_styles(stack):
         ],
     )
     call.media(packets=10)
-    for held in (True, False, True, False):
+    call.caller_sent("CSeq: 1 ACK")
+    for cseq, held in enumerate((True, False, True, False), start=2):
         call.next()
         expected = "on hold" if held else "active"
         session = call.session(lambda s, expected=expected: s["streams"][-1]["status"] == expected, f"status {expected}")
+        # the relay applies a re-INVITE's offer when it passes: the caller's sipp must also have
+        # had the 200 and sent its ACK before the next trigger, which it would take as unexpected
+        call.caller_sent(f"CSeq: {cseq} ACK")
         if not held:
             call.media(packets=5, session=session)
     call.next()

@@ -870,3 +870,14 @@ def test_the_allocator_can_be_asked_to_give_memory_back():
 
     assert heap._trim is not None
     heap.give_back()
+
+
+def test_shared_values_are_held_once_and_the_table_is_bounded():
+    from mediaproxy.relay.model.shared import SharedValues  # noqa: PLC0415
+
+    shared = SharedValues(2)
+    first = "".join(["user-", "agent"])  # equal texts that are different objects
+    assert shared(first) is first and shared("".join(["user", "-agent"])) is first
+    assert shared((1, 2)) == (1, 2) and len(shared) == 2
+    late = "".join(["la", "te"])
+    assert shared(late) is late and shared("".join(["l", "ate"])) is not late and len(shared) == 2  # full: not shared

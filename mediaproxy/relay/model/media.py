@@ -13,6 +13,7 @@ from collections.abc import Callable
 
 from mediaproxy.relay.model import events, packets
 from mediaproxy.relay.model.policy import MediaPolicy
+from mediaproxy.relay.model.shared import SharedValues
 from mediaproxy.wire.statistics import UNSELECTED_ICE, StreamRecord
 
 CALLER, CALLEE = "caller", "callee"
@@ -36,19 +37,13 @@ def _no_kernel(substream: Substream) -> None:
 _NO_LATCH = (0, 0.0)
 _NO_COUNTS = (0, 0)
 _NO_TIMER = ("", 0)
-# (reason, seconds) of side timers: a few reasons times the configured timeouts, each held once
-_TIMERS: dict[tuple[str, int], tuple[str, int]] = {}
-MAX_TIMERS = 64  # bounds the table should kept state bring odd values
+# (reason, seconds) of side timers: a few reasons times the configured timeouts (bounded should
+# kept state bring odd values)
+_TIMERS = SharedValues(64)
 
 
 def _timer(reason: str, seconds: int) -> tuple[str, int]:
-    timer = (reason, seconds)
-    held = _TIMERS.get(timer)
-    if held is None:
-        if len(_TIMERS) >= MAX_TIMERS:
-            return timer
-        held = _TIMERS[timer] = timer
-    return held
+    return _TIMERS((reason, seconds))
 
 
 class Party:

@@ -7,6 +7,7 @@ from collections.abc import Callable
 from mediaproxy.relay.model import events
 from mediaproxy.relay.model.media import ALIVE, CALLEE, CALLER, LiveCounters, Stream, _no_kernel
 from mediaproxy.relay.model.policy import MediaPolicy
+from mediaproxy.relay.model.shared import SharedValues
 from mediaproxy.wire import statistics as records
 from mediaproxy.wire.headers import SignalingInfo, parse_signaling_ip
 from mediaproxy.wire.update import UpdateReply
@@ -20,10 +21,8 @@ class NoPorts(Exception):
     """No stream can be opened: the relay's ports are all in use (raised by ``open_stream``)."""
 
 
-# user agents repeat from call to call (a network has a few phone models): each distinct text is
-# held once, as long as it is short and the table has room, so no proxy can make it grow unbounded
-_SHARED_TEXTS: dict[str, str] = {}
-MAX_SHARED_TEXTS = 4096
+# user agents repeat from call to call (a network has a few phone models): each distinct short text is held once
+_SHARED_TEXTS = SharedValues(4096)
 MAX_SHARED_LENGTH = 200
 
 
@@ -31,20 +30,16 @@ def shared_text(text: str | None) -> str | None:
     """``text``, or the equal string already held for another session."""
     if text is None or len(text) > MAX_SHARED_LENGTH:
         return text
-    held = _SHARED_TEXTS.get(text)
-    if held is None:
-        if len(_SHARED_TEXTS) >= MAX_SHARED_TEXTS:
-            return text
-        held = _SHARED_TEXTS[text] = text
-    return held
+    return _SHARED_TEXTS(text)
 
 
-# the (caller cseq, callee cseq) pairs of offers: most calls' are small numbers, each such pair held once
-_SHARED_PAIRS = {(caller, callee): (caller, callee) for caller in range(16) for callee in range(16)}
+# the (caller cseq, callee cseq) pairs of offers: many calls' are small numbers, each such pair held once
+SHARED_CSEQS = 16
+_SHARED_PAIRS = SharedValues(SHARED_CSEQS * SHARED_CSEQS)
 
 
 def shared_pair(pair: tuple[int, int]) -> tuple[int, int]:
-    return _SHARED_PAIRS.get(pair, pair)
+    return _SHARED_PAIRS(pair) if pair[0] < SHARED_CSEQS and pair[1] < SHARED_CSEQS else pair
 
 
 # opens a stream of a media type for a session: its ports bound and its sockets attached

@@ -46,6 +46,27 @@ def _timer(reason: str, seconds: int) -> tuple[str, int]:
     return _TIMERS((reason, seconds))
 
 
+class TuplePart:
+    """A field that an object keeps as one place of a tuple in another attribute, read and set by
+    name (the kept state's loader sets fields by name); ``share`` holds the new tuples once."""
+
+    __slots__ = ("attribute", "index", "share")
+
+    def __init__(self, attribute: str, index: int, share: SharedValues | None = None) -> None:
+        self.attribute, self.index, self.share = attribute, index, share
+
+    def __get__(self, owner: object, kind: type | None = None):  # noqa: ANN204 - the part's value
+        if owner is None:
+            return self
+        return getattr(owner, self.attribute)[self.index]
+
+    def __set__(self, owner: object, value: object) -> None:
+        parts = list(getattr(owner, self.attribute))
+        parts[self.index] = value
+        whole = tuple(parts)
+        setattr(owner, self.attribute, whole if self.share is None else self.share(whole))
+
+
 class Party:
     """What one party's latest SDP said about a stream."""
 
@@ -136,54 +157,12 @@ class Side:
         return CALLER if self.substream.caller is self else CALLEE
 
     # the fields of the shared tuples by name, as the kept state has them
-
-    @property
-    def timer_reason(self) -> str:
-        return self.timer[0]
-
-    @timer_reason.setter
-    def timer_reason(self, reason: str) -> None:
-        self.timer = _timer(reason, self.timer[1])
-
-    @property
-    def timer_seconds(self) -> int:
-        return self.timer[1]
-
-    @timer_seconds.setter
-    def timer_seconds(self, seconds: int) -> None:
-        self.timer = _timer(self.timer[0], seconds)
-
-    @property
-    def latch_level(self) -> int:
-        return self.latch[0]
-
-    @latch_level.setter
-    def latch_level(self, level: int) -> None:
-        self.latch = (level, self.latch[1])
-
-    @property
-    def latched_at(self) -> float:
-        return self.latch[1]
-
-    @latched_at.setter
-    def latched_at(self, at: float) -> None:
-        self.latch = (self.latch[0], at)
-
-    @property
-    def kernel_packets(self) -> int:
-        return self.kernel[0]
-
-    @kernel_packets.setter
-    def kernel_packets(self, packets: int) -> None:
-        self.kernel = (packets, self.kernel[1])
-
-    @property
-    def kernel_bytes(self) -> int:
-        return self.kernel[1]
-
-    @kernel_bytes.setter
-    def kernel_bytes(self, bytes_: int) -> None:
-        self.kernel = (self.kernel[0], bytes_)
+    timer_reason = TuplePart("timer", 0, _TIMERS)
+    timer_seconds = TuplePart("timer", 1, _TIMERS)
+    latch_level = TuplePart("latch", 0)
+    latched_at = TuplePart("latch", 1)
+    kernel_packets = TuplePart("kernel", 0)
+    kernel_bytes = TuplePart("kernel", 1)
 
     def received(self, data: bytes, source: tuple[str, int]):  # noqa: ANN201 - Session | None
         """A packet from ``source`` reached this side's socket (its endpoint's receiver is the side

@@ -259,19 +259,19 @@ class Call:
             assert caller.recvfrom(2048) == (_rtp(sequence, 8), caller_side), self.stack.context()
         return entry[f"{caller_key}_local"], entry[f"{callee_key}_local"]
 
-    def caller_sent(self, text: str) -> None:
-        """Wait until the caller's sipp has sent a message holding ``text`` (e.g. ``CSeq: 3 ACK``):
-        it is then past that step and waits for the test's next move."""
+    def caller_sent(self, text: str, direction: str = "sent") -> None:
+        """Wait until the caller's sipp has sent (or with ``direction`` "received", got) a message
+        holding ``text`` (e.g. ``CSeq: 3 ACK``): it is then past that step and waits for the test's next move."""
 
-        def sent() -> bool:
+        def logged() -> bool:
             try:
                 records = self.caller_trace.read_text(errors="replace").split("-----------------------------------------------")
             except FileNotFoundError:
                 return False
             # a record is the separator's date line, then "UDP message sent (...)" or "... received ..."
-            return any("message sent" in record.partition("\n")[2].partition("\n")[0] and text in record for record in records)
+            return any(f"message {direction}" in record.partition("\n")[2].partition("\n")[0] and text in record for record in records)
 
-        wait_until(sent, f"the caller to send {text!r} ({self.name})", timeout=30)
+        wait_until(logged, f"the caller to have {direction} {text!r} ({self.name})", timeout=30)
 
     def next(self) -> None:
         """Let the caller's sipp go past its next wait()."""
@@ -529,6 +529,7 @@ def test_callee_reinvite_keeps_the_media_going(stack):
     )
     # the caller's sipp checks that the callee's re-INVITE reaches it with the relay in the SDP
     call.media(packets=10)
+    call.caller_sent("CSeq: 1 ACK", direction="received")  # the callee's ACK of its re-INVITE: the caller waits now
     call.next()
     call.finish()
     record = call.record()
@@ -545,7 +546,8 @@ def test_200_without_sdp_after_183_with_sdp(stack):
         [*caller.invite(sdp(CALLER_IP, ("audio", AUDIO[0]))), *caller.answered(early=True), *caller.ack(), *wait(), *caller.bye()],
         [*callee.answer(None, early=sdp(CALLEE_IP, ("audio", AUDIO[1]))), *callee.hangup()],
     )
-    call.media(packets=10)
+    call.media(packets=10)  # from the 183's answer: the 200 may not have reached the caller yet
+    call.caller_sent("CSeq: 1 ACK")
     call.next()
     call.finish()
     record = call.record()

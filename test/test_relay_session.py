@@ -15,11 +15,13 @@ from mediaproxy.configuration import RelayConfig
 from mediaproxy.datatypes import PortRange, network_range_list
 from mediaproxy.relay.model import serialize
 from mediaproxy.relay.model.packets import codec_name, is_stun
+from mediaproxy.relay.model.session import MAX_OFFERS
 from mediaproxy.relay.plane.interfaces import IForwarder
 from mediaproxy.relay.plane.ports import PortPool
 from mediaproxy.relay.sessions import Halting, SessionManager, UpdateError
 from mediaproxy.testing import FakeBinder, InOrder, headers
 from mediaproxy.wire.headers import SignalingInfo
+from mediaproxy.wire.update import UpdateReply
 
 RELAY = "203.0.113.5"
 CALLER_SDP = ("192.0.2.10", 6000)
@@ -881,3 +883,19 @@ def test_shared_values_are_held_once_and_the_table_is_bounded():
     assert shared((1, 2)) == (1, 2) and len(shared) == 2
     late = "".join(["la", "te"])
     assert shared(late) is late and shared("".join(["l", "ate"])) is not late and len(shared) == 2  # full: not shared
+
+
+def test_a_call_keeps_only_its_latest_offers():
+    """A re-INVITE adds an offer: a dialog that never stops re-inviting must not grow without end."""
+    relay = Relay()
+    relay.call()
+    for cseq in range(2, 3 * MAX_OFFERS):
+        assert relay.update(cseq=cseq) == f"{RELAY} 40002"
+        relay.update(kind="reply", cseq=cseq, to_tag="tt", media="audio:198.51.100.20:7000:sendrecv:ice=no")
+    (session,) = relay.manager.sessions.values()
+    assert len(session.offers) == MAX_OFFERS and session.offers[-1][0] == (3 * MAX_OFFERS - 1, 0)
+    assert len(session.streams) == 1 and session.streams[0].alive  # one stream, offered again each time
+    # a reply to an offer long gone has nothing to answer for
+    assert relay.update(kind="reply", cseq=2, to_tag="tt", media=None) == UpdateReply(None).format()
+    with pytest.raises(UpdateError, match="no offer"):
+        relay.update(kind="reply", cseq=2, to_tag="tt", media="audio:198.51.100.20:7000:sendrecv:ice=no")

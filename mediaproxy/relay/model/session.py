@@ -42,6 +42,10 @@ def shared_pair(pair: tuple[int, int]) -> tuple[int, int]:
     return _SHARED_PAIRS(pair) if pair[0] < SHARED_CSEQS and pair[1] < SHARED_CSEQS else pair
 
 
+# the offers a session remembers, the latest: a reply names the CSeq of its offer, which is one of
+# the last few; a dialog that re-invites for ever (session timers, or a peer) must not grow without end
+MAX_OFFERS = 16
+
 # opens a stream of a media type for a session: its ports bound and its sockets attached
 OpenStream = Callable[["Session", str], Stream]
 
@@ -160,7 +164,7 @@ class Session:
             if stream not in current and stream not in offered:
                 stream.close("closed")
         self.previous_pair, self.pair = self.pair, shared_pair(pair)
-        self.offers += ((self.pair, kept),)
+        self.offers = (*self.offers[1 - MAX_OFFERS :], (self.pair, kept))
 
     def offered(self, pair: tuple[int, int]) -> tuple[Stream, ...]:
         """The streams of the offer made at ``pair`` (none when there was no such offer)."""

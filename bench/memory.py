@@ -2,12 +2,12 @@
 """Memory benchmark: RSS of the dispatcher and the relay with 0 and then more established sessions.
 
 Sessions are offered and answered through the proxy protocol (no media), so each holds its four
-relay sockets; the relay's ``stream_timeout`` is set to outlast the run, as a call whose media
-flows through the kernel is never timed out by the relay process (with the stacks' usual 60 s, every
-session would have ended before a settle of a minute was over), and each reading checks that the
-relay still holds every session's sockets. The relay needs 4 file descriptors per session: on a machine whose hard
-RLIMIT_NOFILE is lower than 4 x sessions the largest step cannot be reached, and the script says
-so. Run as root:
+relay sockets. The relay's ``stream_timeout`` is set to outlast the run, as a call whose media
+flows through the kernel is never timed out by the relay process (with the stacks' usual 60 s,
+every session would have ended before a settle of a minute was over), and each reading checks
+that the relay still holds every session's sockets. The relay needs 4 file descriptors per
+session: on a machine whose hard RLIMIT_NOFILE is lower than 4 x sessions the largest step
+cannot be reached, and the script says so. Run as root:
 
     python3 bench/memory.py [--sessions 1000,5000]
 """

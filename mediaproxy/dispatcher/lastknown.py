@@ -6,9 +6,11 @@ deflated JSON list, about 110 bytes a call (a call deflated on its own took 430,
 objects more), and a report's pages are one buffer. A pull parses thousands of records into
 small objects, which fill arenas of the interpreter's allocator (1 MiB each) that are given back
 once empty: a page kept as a tuple and a float made during the pull would pin the arena it
-landed in, and a pull of 4,000 calls left 2 MiB behind that way. Reports are numbered: a call set up after a report began (its ``CallEntry.report``
-is that number or more) is never given a record from it, which may be of an earlier call that
-had the same Call-ID.
+landed in, and a pull of 4,000 calls left 2 MiB behind that way.
+
+Reports are numbered: a call set up after a report began (its ``CallEntry.report`` is that
+number or more) is never given a record from it, which may be of an earlier call that had the
+same Call-ID.
 """
 
 from __future__ import annotations

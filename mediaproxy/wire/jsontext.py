@@ -31,11 +31,16 @@ def loads(text: str | bytes, max_depth: int = MAX_DEPTH) -> object:
         value = json.loads(text)
     except RecursionError:
         raise ValueError(f"JSON nested deeper than {max_depth} levels") from None
+    _check_depth(value, text, 0, len(text), max_depth)
+    return value
+
+
+def _check_depth(value: object, text: str, start: int, end: int, max_depth: int) -> None:
+    """ValueError when ``value``, decoded from ``text[start:end]``, nests deeper than ``max_depth``."""
     # counting brackets (a few hundred ns) spares the walk for the usual shallow record; brackets
     # in strings only make the count larger, never smaller
-    if text.count("[") + text.count("{") > max_depth and nesting_depth(value) > max_depth:
+    if text.count("[", start, end) + text.count("{", start, end) > max_depth and nesting_depth(value) > max_depth:
         raise ValueError(f"JSON nested deeper than {max_depth} levels")
-    return value
 
 
 _DECODER = json.JSONDecoder()
@@ -48,8 +53,7 @@ def decode_at(text: str, index: int, max_depth: int = MAX_DEPTH) -> tuple[object
         value, end = _DECODER.raw_decode(text, index)
     except RecursionError:
         raise ValueError(f"JSON nested deeper than {max_depth} levels") from None
-    if text.count("[", index, end) + text.count("{", index, end) > max_depth and nesting_depth(value) > max_depth:
-        raise ValueError(f"JSON nested deeper than {max_depth} levels")
+    _check_depth(value, text, index, end, max_depth)
     return value, end
 
 

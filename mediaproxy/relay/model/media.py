@@ -42,10 +42,6 @@ _NO_TIMER = ("", 0)
 _TIMERS = SharedValues(64)
 
 
-def _timer(reason: str, seconds: int) -> tuple[str, int]:
-    return _TIMERS((reason, seconds))
-
-
 class TuplePart:
     """A field that an object keeps as one place of a tuple in another attribute, read and set by
     name (the kept state's loader sets fields by name); ``share`` holds the new tuples once."""
@@ -175,7 +171,7 @@ class Side:
     def set_timer(self, deadline: float, seconds: int, reason: str) -> None:
         """Time out at ``deadline`` (the sides of a stream share one: a float object each is 24 bytes)."""
         self.deadline = deadline
-        self.timer = _timer(reason, seconds)
+        self.timer = _TIMERS((reason, seconds))
 
     def cancel_timer(self) -> None:
         self.deadline = None

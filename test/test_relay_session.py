@@ -15,7 +15,7 @@ from mediaproxy.configuration import RelayConfig
 from mediaproxy.datatypes import PortRange, network_range_list
 from mediaproxy.relay.model import serialize
 from mediaproxy.relay.model.packets import codec_name, is_stun
-from mediaproxy.relay.model.session import MAX_OFFERS
+from mediaproxy.relay.model.session import MAX_OFFERS, MAX_STREAMS
 from mediaproxy.relay.plane.interfaces import IForwarder
 from mediaproxy.relay.plane.ports import PortPool
 from mediaproxy.relay.sessions import Halting, SessionManager, UpdateError
@@ -899,3 +899,43 @@ def test_a_call_keeps_only_its_latest_offers():
     assert relay.update(kind="reply", cseq=2, to_tag="tt", media=None) == UpdateReply(None).format()
     with pytest.raises(UpdateError, match="no offer"):
         relay.update(kind="reply", cseq=2, to_tag="tt", media="audio:198.51.100.20:7000:sendrecv:ice=no")
+
+
+def test_a_call_that_keeps_moving_its_media_is_refused_new_streams_past_the_bound():
+    """Each answered stream stays for the record, so a dialog re-inviting to new ports for ever is
+    refused a new stream past MAX_STREAMS: the update is an error, the call goes on, no port leaks."""
+    relay = Relay()
+    relay.call()
+    for cseq in range(2, MAX_STREAMS + 1):
+        relay.update(cseq=cseq, media=f"audio:192.0.2.10:{6000 + 2 * cseq}:sendrecv:ice=no")
+        relay.update(kind="reply", cseq=cseq, to_tag="tt", media="audio:198.51.100.20:7000:sendrecv:ice=no")
+    (session,) = relay.manager.sessions.values()
+    assert len(session.streams) == MAX_STREAMS and all(stream.start_time is not None for stream in session.streams)
+    free = relay.free_pairs
+    with pytest.raises(UpdateError, match=f"opened {MAX_STREAMS} streams"):
+        relay.update(cseq=MAX_STREAMS + 1, media="audio:192.0.2.10:5000:sendrecv:ice=no")
+    assert relay.free_pairs == free and len(session.streams) == MAX_STREAMS
+    # the media it has is still relayed and offered again as it stands
+    (alive,) = session.alive_streams()
+    port = alive.local("callee")[1]  # what the callee is told
+    assert relay.update(cseq=MAX_STREAMS + 2, media=f"audio:192.0.2.10:{6000 + 2 * MAX_STREAMS}:sendrecv:ice=no") == f"{RELAY} {port}"
+    assert len(relay.remove()["streams"]) == MAX_STREAMS  # every answered one in the record
+
+
+def test_streams_of_offers_never_answered_are_let_go_once_forgotten():
+    """A re-INVITE that is never answered opens a stream no record shows: once its offer is out of
+    the remembered ones, the session holds it no longer (a peer re-offering new ports without end)."""
+    relay = Relay()
+    relay.call()
+    for cseq in range(2, 4 * MAX_OFFERS):
+        relay.update(cseq=cseq, media=f"audio:192.0.2.10:{6000 + 2 * cseq}:sendrecv:ice=no")
+    (session,) = relay.manager.sessions.values()
+    assert len(session.offers) == MAX_OFFERS
+    named = {id(stream) for _, streams in session.offers for stream in streams}
+    assert {id(stream) for stream in session.streams} == named | {id(session.streams[0])}
+    assert session.streams[0].start_time is not None  # the answered one stays, for the record
+    assert len(session.streams) == MAX_OFFERS + 1
+    # what is kept still loads: every offer's streams are among the session's
+    kept = json.loads(json.dumps(serialize.dump_session(session)))
+    restored = serialize.load_session(kept, 2, session.streams[0].policy, relay.clock)
+    assert len(restored.streams) == len(session.streams) and len(restored.offers) == MAX_OFFERS

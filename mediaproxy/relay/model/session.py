@@ -21,6 +21,10 @@ class NoPorts(Exception):
     """No stream can be opened: the relay's ports are all in use (raised by ``open_stream``)."""
 
 
+class TooManyStreams(Exception):
+    """The call has opened as many streams as a call may (``MAX_STREAMS``)."""
+
+
 # user agents repeat from call to call (a network has a few phone models): each distinct short text is held once
 _SHARED_TEXTS = SharedValues(4096)
 MAX_SHARED_LENGTH = 200
@@ -45,6 +49,11 @@ def shared_pair(pair: tuple[int, int]) -> tuple[int, int]:
 # the offers a session remembers, the latest: a reply names the CSeq of its offer, which is one of
 # the last few; a dialog that re-invites for ever (session timers, or a peer) must not grow without end
 MAX_OFFERS = 16
+# the streams a session holds: each answered one stays for its accounting record, so a dialog whose
+# re-INVITEs keep moving its media to new ports is refused a new stream past this many (a long call
+# refreshed by session timers offers the same ports again and opens none); a stream never answered
+# goes once no remembered offer names it, as no record or reply can show it
+MAX_STREAMS = 128
 
 # opens a stream of a media type for a session: its ports bound and its sockets attached
 OpenStream = Callable[["Session", str], Stream]
@@ -147,13 +156,15 @@ class Session:
             for entry in media:
                 stream = next((s for s in current if s not in offered and s.matches(party, entry)), None)
                 if stream is None:
+                    if len(self.streams) + len(created) >= MAX_STREAMS:
+                        raise TooManyStreams(f"call {self.call_id} has opened {MAX_STREAMS} streams, the most a call may")
                     stream = open_stream(self, entry.media_type)
                     created.append(stream)
                 stream.describe_party(party, entry, source_ip)
                 if entry.port == 0:
                     stream.close("closed")
                 offered.append(stream)
-        except NoPorts as error:
+        except (NoPorts, TooManyStreams) as error:
             for stream in created:
                 stream.close("closed")
             raise UpdateError(f"cannot relay call {self.call_id}: {error}") from None
@@ -164,7 +175,17 @@ class Session:
             if stream not in current and stream not in offered:
                 stream.close("closed")
         self.previous_pair, self.pair = self.pair, shared_pair(pair)
+        if len(self.offers) >= MAX_OFFERS:
+            self._forget(self.offers[0][1], (*self.offers[1:], (self.pair, kept)))
         self.offers = (*self.offers[1 - MAX_OFFERS :], (self.pair, kept))
+
+    def _forget(self, dropped: tuple[Stream, ...], remembered: tuple) -> None:
+        """Let go of the streams of an offer that drops out of memory that were never answered and
+        that no remembered offer names: no reply, record or answer can reach them any more."""
+        named = {id(stream) for _, streams in remembered for stream in streams}
+        gone = {id(stream) for stream in dropped if stream.start_time is None and not stream.alive and id(stream) not in named}
+        if gone:
+            self.streams = tuple(stream for stream in self.streams if id(stream) not in gone)
 
     def offered(self, pair: tuple[int, int]) -> tuple[Stream, ...]:
         """The streams of the offer made at ``pair`` (none when there was no such offer)."""

@@ -2,7 +2,9 @@
 
 Every change is appended to the journal as it happens, so a process killed at any moment loses
 nothing: the kernel keeps what was written even when the process dies at once, and an fsync
-follows within ``SYNC_DELAY`` for the machine going down. The journal is folded into the
+follows within ``SYNC_DELAY`` for the machine going down. With ``sync_in`` that fsync runs in a
+thread, on a descriptor of its own: on a busy or slow disk it takes milliseconds (tens on a
+loaded one), and the reactor serving every proxy and relay must not wait for it. The journal is folded into the
 snapshot (written atomically) when it grows past a few times the table, and at a clean stop.
 
 The snapshot is ``{"version": n, <section>: {key: value}}``; journal lines are
@@ -24,6 +26,10 @@ import json
 import os
 import zlib
 from collections.abc import Callable, Hashable
+
+from twisted.internet import threads
+from twisted.internet.defer import Deferred
+from twisted.python.failure import Failure
 
 from mediaproxy.log import Logger
 
@@ -49,9 +55,12 @@ class StateFile:
         what: str,
         keep_encoded: bool = False,
         key_text: Callable[[Hashable], str] = str,
+        sync_in: Callable[[Callable[[], None]], Deferred] | None = None,
     ) -> None:
         """``key_text`` writes a key as the file's text: the table's own keys (a relay's are
-        tuples) are what it holds, so it keeps no second string of each."""
+        tuples) are what it holds, so it keeps no second string of each. ``sync_in`` runs a
+        blocking call off the reactor (``threads.deferToThread``); without it the journal's
+        fsync runs in place."""
         self.path = path
         self.journal_path = path + JOURNAL_SUFFIX
         self.section = section
@@ -64,6 +73,9 @@ class StateFile:
         self.count: Callable[[], int] = lambda: 0  # how many keys it has, cheaply
         self._sync = None
         self._retry = None
+        self.sync_in = sync_in
+        self._syncing = False  # an fsync is running in a thread
+        self._sync_again = False  # and more was written since it started
         self.failed = False
         self.keep_encoded = keep_encoded
         self.key_text = key_text
@@ -173,11 +185,38 @@ class StateFile:
 
     def sync(self) -> None:
         self._sync = None
-        if self.fd is not None:
+        if self.fd is None:
+            return
+        if self.sync_in is None:
             try:
                 os.fsync(self.fd)
             except OSError as error:
                 self._failed(error)
+            return
+        if self._syncing:
+            self._sync_again = True  # one fsync at a time; the next follows this one
+            return
+        try:
+            # a descriptor of its own: a fold may close and replace the journal's meanwhile
+            fd = os.dup(self.fd)
+        except OSError as error:
+            self._failed(error)
+            return
+        self._syncing = True
+        self.sync_in(lambda: _sync_and_close(fd)).addCallbacks(self._synced, self._sync_failed)
+
+    def _synced(self, _: object = None) -> None:
+        self._syncing = False
+        if self._sync_again:
+            self._sync_again = False
+            self.sync()
+
+    def _sync_failed(self, failure: Failure) -> None:
+        if failure.check(OSError):
+            self._failed(failure.value)
+        else:
+            log.failure("Syncing {what} failed", failure, what=self.what)
+        self._synced()
 
     def compact(self) -> None:
         """Write the whole state atomically, then start the journal afresh (replaying the old one
@@ -250,6 +289,22 @@ class StateFile:
 # is 10x slower on a big state); the values are plain data the program built, which cannot hold
 # themselves, so the cycle check (a dict of every container met) is skipped: 20% of an encode
 _encode = json.JSONEncoder(separators=(",", ":"), check_circular=False).encode
+
+
+def in_threads(reactor) -> Callable[[Callable[[], None]], Deferred] | None:  # noqa: ANN001
+    """What runs a StateFile's fsync in ``reactor``'s thread pool; None for a clock without one
+    (a test's ``Clock``), where it runs in place."""
+    pool = getattr(reactor, "getThreadPool", None)
+    if pool is None:
+        return None
+    return lambda work: threads.deferToThreadPool(reactor, pool(), work)
+
+
+def _sync_and_close(fd: int) -> None:
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _deflate(text: str, dictionary: bytes) -> bytes:

@@ -1,10 +1,15 @@
 """The snapshot-and-journal state file, with and without the values kept encoded."""
 
+import errno
 import json
+import os
 
 import pytest
+from twisted.internet import defer
 from twisted.internet.task import Clock
+from twisted.logger import LogLevel
 
+from harness import logged
 from mediaproxy import statefile
 
 
@@ -81,3 +86,87 @@ def test_the_journal_is_folded_as_it_grows(tmp_path):
     last = statefile.MIN_COMPACT_LINES // 10
     assert state_file(tmp_path, keep_encoded=True).load() == {key: last for key in table}
     state.close()
+
+
+class Runner:
+    """Stands in for a thread pool: holds each job until the test runs it."""
+
+    def __init__(self):
+        self.jobs = []
+
+    def __call__(self, work):
+        done = defer.Deferred()
+        self.jobs.append((work, done))
+        return done
+
+    def run_next(self):
+        work, done = self.jobs.pop(0)
+        try:
+            work()
+        except OSError as error:
+            done.errback(error)
+        else:
+            done.callback(None)
+
+
+def test_the_journal_is_synced_off_the_reactor_one_fsync_at_a_time(tmp_path, monkeypatch):
+    clock, runner = Clock(), Runner()
+    state = statefile.StateFile(str(tmp_path / "state"), "things", 3, clock, "the things", sync_in=runner)
+    state.load()
+    table = {"a": 1}
+    state.open(lambda: dict(table), lambda: len(table))
+    synced = []
+    real_fsync = statefile.os.fsync
+    monkeypatch.setattr(statefile.os, "fsync", lambda fd: (synced.append(fd), real_fsync(fd)))
+    state.set("a", 2)
+    clock.advance(statefile.SYNC_DELAY)
+    assert synced == [] and len(runner.jobs) == 1  # nothing synced in place: it waits for the pool
+    state.set("a", 3)
+    clock.advance(statefile.SYNC_DELAY)
+    assert len(runner.jobs) == 1  # one at a time: the next follows
+    state.compact()  # a fold closes the journal's descriptor while the sync is under way
+    state.set("a", 4)
+    synced.clear()  # the fold's own (its snapshot is written in place)
+    runner.run_next()
+    (first,) = synced
+    assert first != state.fd
+    with pytest.raises(OSError):
+        os.fstat(first)  # its own descriptor, closed once synced
+    assert len(runner.jobs) == 1  # what was written meanwhile is synced next
+    runner.run_next()
+    assert len(synced) == 2 and not runner.jobs and not state.failed
+    clock.advance(statefile.SYNC_DELAY)  # the timer the last write set
+    runner.run_next()
+    clock.advance(statefile.SYNC_DELAY)
+    assert not runner.jobs and len(synced) == 3  # nothing new was written
+    assert statefile.StateFile(str(tmp_path / "state"), "things", 3, Clock(), "the things").load() == {"a": 4}
+
+
+def test_a_failed_sync_in_the_pool_is_said_and_the_state_written_again(tmp_path, monkeypatch):
+    clock, runner = Clock(), Runner()
+    state = statefile.StateFile(str(tmp_path / "state"), "things", 3, clock, "the things", sync_in=runner)
+    state.load()
+    table = {"a": 1}
+    state.open(lambda: dict(table), lambda: len(table))
+    state.set("a", 2)
+    clock.advance(statefile.SYNC_DELAY)
+
+    def broken(fd):
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(statefile.os, "fsync", broken)
+    with logged() as events:
+        runner.run_next()
+    assert state.failed and any("Input/output error" in line for line in events.at(LogLevel.critical))
+    monkeypatch.undo()
+    table["a"] = 2
+    clock.advance(statefile.RETRY_DELAY)  # the whole state again
+    assert not state.failed
+    assert json.loads((tmp_path / "state").read_text())["things"] == {"a": 2}
+
+
+def test_only_a_reactor_runs_the_sync_in_threads():
+    from twisted.internet import reactor  # noqa: PLC0415
+
+    assert statefile.in_threads(Clock()) is None
+    assert callable(statefile.in_threads(reactor))

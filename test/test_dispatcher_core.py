@@ -287,6 +287,44 @@ def test_timed_out_relay_recovers_on_ping_or_is_dropped(tmp_path):
     dispatcher.stop()
 
 
+def test_each_command_times_out_at_its_own_deadline_with_one_timer(tmp_path):
+    """Commands share one timer for the oldest deadline; an answered one is not timed out, a later
+    one is at its own time, and one sent from a timed-out one's callback gets its full time."""
+    clock, registry, dispatcher = make(tmp_path, relay_timeout=4, relay_recover_interval=300)
+    link, transport = link_from(registry, "192.0.2.9")
+    ((_, listing, _),) = commands(transport)
+    answer(link, listing, statistics.format_page([], None))  # the listing asked for on connect
+    outcome = {}
+
+    def send(name):
+        deferred = link.send_command("summary")
+        deferred.addCallbacks(lambda payload: outcome.__setitem__(name, payload), lambda failure: outcome.__setitem__(name, failure.type))
+        return deferred
+
+    send("first")
+    clock.advance(1)
+    send("second").addCallback(lambda _: send("fifth") and None)  # sent from its callback, once timed out
+    (_, first_seq, _), (_, second_seq, _) = commands(transport)
+    clock.advance(1)
+    send("third")
+    answer(link, first_seq, "{}")
+    assert outcome == {"first": "{}"}
+    clock.advance(2)  # the first's deadline: it was answered
+    assert outcome == {"first": "{}"} and len(clock.getDelayedCalls()) >= 1
+    send("fourth").addErrback(lambda _: None)
+    clock.advance(1)  # the second's deadline; the third's is a second later
+    assert outcome["second"] is RelayTimeout and "third" not in outcome
+    clock.advance(1)  # the third's deadline is not put off by the fifth's
+    assert outcome["third"] is RelayTimeout and "fourth" not in outcome
+    link.lineReceived(b"ping")  # recovered
+    clock.advance(2)
+    assert outcome["fourth"] is RelayTimeout and "fifth" not in outcome
+    clock.advance(1)
+    assert outcome["fifth"] is RelayTimeout and not link.pending
+    assert not [call for call in clock.getDelayedCalls() if call.func == link._expire]  # nothing left to time out
+    dispatcher.stop()
+
+
 def _journal_lines(tmp_path):
     with open(os.path.join(tmp_path, "dispatcher_state.journal")) as stream:
         return stream.read().splitlines()

@@ -44,8 +44,10 @@ class RelayLink(BoundedLineReceiver):
         self.registry = registry
         self.ip: str | None = None
         self.seq = 0
-        # seq → (its Deferred, its timeout, when it went out)
-        self.pending: dict[int, tuple[defer.Deferred, object, float]] = {}
+        # seq → (its Deferred, when it times out, when it went out): in the order sent, which is
+        # the order of the deadlines (one timeout for all), so one timer serves every command
+        self.pending: dict[int, tuple[defer.Deferred, float, float]] = {}
+        self._expiry = None  # the timer for the oldest command's deadline
         self.round_trip: float | None = None  # seconds from command to answer, the latest
         self.halting = False
         self.timedout = False
@@ -68,8 +70,10 @@ class RelayLink(BoundedLineReceiver):
         self.registry.verifier.forget(self.transport)
         self._cancel_recover_timer()
         pending, self.pending = self.pending, {}
-        for deferred, timer, _ in pending.values():
-            timer.cancel()
+        if self._expiry is not None and self._expiry.active():
+            self._expiry.cancel()
+        self._expiry = None
+        for deferred, _, _ in pending.values():
             deferred.errback(RelayDisconnected("relay disconnected"))
         if self.accepted:
             self.registry.relay_lost(self)
@@ -84,9 +88,7 @@ class RelayLink(BoundedLineReceiver):
             "Relay {ip} sent a line longer than {limit} bytes ({head!r}...); skipped it", ip=self.ip, limit=line.limit, head=head[:40]
         )
         if entry is not None:
-            deferred, timer, _ = entry
-            timer.cancel()
-            deferred.errback(RelayError(f"the answer was longer than {line.limit} bytes"))
+            entry[0].errback(RelayError(f"the answer was longer than {line.limit} bytes"))
 
     def lineReceived(self, raw: bytes) -> None:  # noqa: N802
         if not self.accepted:
@@ -107,8 +109,10 @@ class RelayLink(BoundedLineReceiver):
         seq = self.seq
         self.seq += 1
         deferred = defer.Deferred()
-        timer = self.registry.clock.callLater(self.registry.relay_timeout, self._timeout, seq)
-        self.pending[seq] = (deferred, timer, time.perf_counter())
+        clock, timeout = self.registry.clock, self.registry.relay_timeout
+        self.pending[seq] = (deferred, clock.seconds() + timeout, time.perf_counter())
+        if self._expiry is None:
+            self._expiry = clock.callLater(timeout, self._expire)
         self.transport.write(relaylink.format_command(command, seq, header_block))
         return deferred
 
@@ -141,8 +145,7 @@ class RelayLink(BoundedLineReceiver):
         if entry is None:
             log.warn("Relay {ip} answered unknown sequence number {seq}", ip=self.ip, seq=message.seq)
             return
-        deferred, timer, sent = entry
-        timer.cancel()
+        deferred, _, sent = entry
         self.round_trip = time.perf_counter() - sent
         if message.payload == "error":
             deferred.errback(RelayError("relay answered error"))
@@ -153,6 +156,26 @@ class RelayLink(BoundedLineReceiver):
             deferred.errback(RelayHalting("relay is halting"))
         else:
             deferred.callback(message.payload)
+
+    def _expire(self) -> None:
+        """Time out the commands past their deadline (the oldest first), then wait for the next."""
+        self._expiry = None
+        clock = self.registry.clock
+        now = clock.seconds()
+        due = []
+        for seq, (_, deadline, _) in self.pending.items():
+            if deadline > now:
+                break
+            due.append(seq)
+        for seq in due:
+            if seq in self.pending:
+                self._timeout(seq)  # its callbacks may send more: the table is not walked now
+        if self._expiry is not None:  # set for a command sent from a callback: the oldest may be due sooner
+            self._expiry.cancel()
+            self._expiry = None
+        if self.pending:
+            oldest = next(iter(self.pending.values()))[1]
+            self._expiry = clock.callLater(max(0.0, oldest - now), self._expire)
 
     def _timeout(self, seq: int) -> None:
         deferred, _, _ = self.pending.pop(seq)

@@ -29,9 +29,16 @@ class FakeEndpoint:
         self.sent: list[tuple[bytes, tuple[str, int]]] = []
         self.closed = False
         self.binder = binder
+        self.peer: tuple[str, int] | None = None
 
     def send(self, data: bytes, destination: tuple[str, int]) -> None:
         self.sent.append((data, destination))
+
+    def fix(self, peer: tuple[str, int]) -> None:
+        self.peer = peer
+
+    def unfix(self) -> None:
+        self.peer = None
 
     def close(self) -> None:
         self.closed = True
@@ -40,6 +47,8 @@ class FakeEndpoint:
     def deliver(self, data: bytes, source: tuple[str, int]) -> None:
         """A packet arrives at this relay socket from ``source``."""
         assert not self.closed, f"packet for closed socket {self.local}"
+        if self.peer is not None and source != self.peer:
+            return  # a fixed socket's: the kernel drops what comes from elsewhere
         touched = self.receiver.received(data, source)
         if touched is not None:
             self.binder.sink(touched)

@@ -244,6 +244,32 @@ def test_reinvite_moving_a_port_resets_the_party():
     assert relay.manager.statistics()[0]["streams"][0]["callee_remote"] == "198.51.100.99:31002"
 
 
+def test_a_settled_side_opens_again_when_its_party_moves_or_its_rtcp_is_learnt_afresh():
+    relay = Relay(stream_timeout=90)
+    relay.call()
+    caller_side, callee_side = relay.socket(40000), relay.socket(40002)
+    caller_side.deliver(rtp(), CALLER_SDP)
+    callee_side.deliver(rtp(), CALLEE_SDP)
+    assert caller_side.peer == CALLER_SDP and callee_side.peer == CALLEE_SDP  # exact fits are final at once
+    relay.update(cseq=2)
+    relay.update(kind="reply", cseq=2, to_tag="tt", media="audio:198.51.100.20:7002:sendrecv:ice=no")
+    assert callee_side.peer is None and caller_side.peer == CALLER_SDP  # the callee moved: learnt afresh
+    callee_side.deliver(rtp(), ("198.51.100.20", 7002))
+    assert caller_side.sent[-1] == (rtp(), CALLER_SDP) and callee_side.peer == ("198.51.100.20", 7002)
+    # RTCP that goes quiet is learnt afresh, from anywhere again
+    caller_rtcp, callee_rtcp = relay.socket(40001), relay.socket(40003)
+    caller_rtcp.deliver(rtp(200), ("192.0.2.10", 6001))
+    callee_rtcp.deliver(rtp(200), ("198.51.100.20", 7003))
+    assert caller_rtcp.peer == ("192.0.2.10", 6001) and callee_rtcp.peer == ("198.51.100.20", 7003)
+    for _ in range(3):
+        relay.clock.advance(relay.manager.idle_timeout)
+        caller_side.deliver(rtp(), CALLER_SDP)  # RTP goes on
+        callee_side.deliver(rtp(), ("198.51.100.20", 7002))
+        relay.manager.check_idle()
+    assert caller_rtcp.peer is None and callee_rtcp.peer is None
+    assert relay.manager.statistics()[0]["streams"][0]["status"] == "active"
+
+
 def test_reinvite_that_moves_without_new_media_times_out():
     relay = Relay(stream_timeout=90)
     relay.call()
@@ -589,9 +615,10 @@ def test_a_source_that_fits_the_sdp_takes_a_stream_back_from_an_earlier_stranger
     assert callee_side.sent[-1] == (rtp(0), CALLEE_SDP)
     callee_side.deliver(rtp(8), CALLEE_SDP)
     assert caller_side.sent[-1] == (rtp(8), CALLER_SDP)
+    # an exact fit is final: the socket takes the caller's packets alone, the kernel drops the rest
+    assert caller_side.peer == CALLER_SDP and callee_side.peer == CALLEE_SDP
     caller_side.deliver(rtp(0), ATTACKER)
     assert len(callee_side.sent) == 1
-    assert relay.manager.refusals.counts["latch_refused"] == 1
     assert relay.manager.statistics()[0]["streams"][0]["caller_remote"] == "192.0.2.10:6000"
 
 
@@ -604,11 +631,16 @@ def test_a_natted_party_is_recognised_by_its_signalling_address():
     caller_side.deliver(rtp(0), CALLER_NAT)  # same IP as the caller's SIP, another port: level 1
     callee_side.deliver(rtp(8), CALLEE_NAT)
     assert caller_side.sent == [(rtp(8), CALLER_NAT)]
-    # later strangers never win; a better fit (its SDP address) only within latch_window
+    # later strangers never win (refused and counted); a better fit (its SDP address) only within latch_window
+    caller_side.deliver(rtp(0), ATTACKER)
+    assert relay.manager.refusals.counts["latch_refused"] == 1 and caller_side.peer is None
     relay.clock.advance(relay.manager.policy.latch_window + 1)
+    relay.manager.check_idle()  # past the window the latches are final: each socket takes its party alone
+    assert caller_side.peer == CALLER_NAT and callee_side.peer == CALLEE_NAT
     caller_side.deliver(rtp(0), ATTACKER)
     caller_side.deliver(rtp(0), ("10.0.0.5", 6000))
     assert relay.manager.statistics()[0]["streams"][0]["caller_remote"] == "192.0.2.99:30000"
+    assert relay.manager.refusals.counts["latch_refused"] == 1  # the kernel dropped them: nothing to refuse
 
 
 def test_a_stranger_among_strangers_keeps_first_come_rules():
@@ -619,6 +651,9 @@ def test_a_stranger_among_strangers_keeps_first_come_rules():
     caller_side.deliver(rtp(0), ATTACKER)
     callee_side.deliver(rtp(8), CALLEE_NAT)
     assert caller_side.sent == [(rtp(8), CALLER_NAT)]
+    relay.clock.advance(relay.manager.policy.latch_window + 1)
+    relay.manager.check_idle()
+    assert caller_side.peer is None  # never final: a source that fits may still take it
 
 
 def test_takeover_moves_the_kernel_entry_to_the_real_party():

@@ -289,11 +289,15 @@ class SessionManager:
         return max(1, min(5, self.idle_timeout // 4))
 
     def check_idle(self) -> None:
-        """Expire substreams forwarded in userspace that stopped, as the kernel does for its entries."""
+        """Expire substreams forwarded in userspace that stopped, as the kernel does for its entries;
+        settle the sides whose latch is final (Side.settle)."""
         now = self.clock.seconds()
         for session in list(self.sessions.values()):
             for stream in list(session.streams):
                 if stream.alive:
+                    # and settle the latches that are past their window (and those a restart reopened)
+                    stream.rtp.settle(now)
+                    stream.rtcp.settle(now)
                     stream.rtcp.check_idle(now, self.idle_timeout)
                     stream.rtp.check_idle(now, self.idle_timeout)
             self.drain(session)

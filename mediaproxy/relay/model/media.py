@@ -25,6 +25,8 @@ LEARNING, USERSPACE, KERNEL, LAPSED = "learning", "userspace", "kernel", "lapsed
 PATHS = (LEARNING, USERSPACE, KERNEL, LAPSED)
 # conntrack counts whole IP packets; userspace counts the same way so both paths report alike
 IP_UDP_OVERHEAD = 28
+# how well a source fits what signalling says about a party (Party.match): a latch's level
+NO_FIT, IP_FIT, EXACT_FIT = 0, 1, 2
 
 # (caller packets, caller bytes, callee packets, callee bytes) of a substream's live kernel entry
 LiveCounters = Callable[["Substream"], "tuple[int, int, int, int] | None"]
@@ -96,8 +98,8 @@ class Party:
         and port, 1 for its SDP or signalling IP, 0 for anything else (see :meth:`Substream.received`)."""
         ip = source[0]
         if ip == self.ip:
-            return 2 if source[1] == self.port + rtcp else 1
-        return 1 if ip == self.signaling_ip else 0
+            return EXACT_FIT if source[1] == self.port + rtcp else IP_FIT
+        return IP_FIT if ip == self.signaling_ip else NO_FIT
 
 
 class Side:
@@ -176,8 +178,28 @@ class Side:
     def cancel_timer(self) -> None:
         self.deadline = None
 
+    def settle(self, now: float, latch_window: int) -> None:
+        """Once no other source can take this side over (see Substream._takes_over: an exact fit,
+        or a fit of the IP past ``latch_window``), its socket takes packets from the latched
+        source alone. The kernel then drops the rest before they cost the relay a read, and a
+        packet sent to the party skips the route lookup (a fifth of what forwarding a packet costs
+        in userspace). What the party's signalling changes later unsettles it (reset, forget)."""
+        endpoint = self.endpoint
+        if endpoint is None or not self.in_use or endpoint.peer is self.remote:
+            return
+        level, latched_at = self.latch
+        if level == EXACT_FIT or (level == IP_FIT and now - latched_at > latch_window):
+            endpoint.fix(self.remote)
+
+    def unsettle(self) -> None:
+        """Packets from anywhere reach the socket again: the side is to be learnt afresh."""
+        endpoint = self.endpoint
+        if endpoint is not None and endpoint.peer is not None:
+            endpoint.unfix()
+
     def reset(self, now: float, stream_timeout: int) -> None:
         """The party announced a new address: ignore the old one and wait for media again."""
+        self.unsettle()
         self.start_timer(now, stream_timeout, NO_TRAFFIC)
         self.in_use = False
         self.got_rtp = False
@@ -186,6 +208,7 @@ class Side:
         self.stun_queue = None
 
     def forget(self) -> None:
+        self.unsettle()
         self.remote = None
         self.in_use = False
         self.got_rtp = False
@@ -316,9 +339,12 @@ class Substream:
     def _latch(self, side: Side, source: tuple[str, int]) -> None:
         stream = self.stream
         replaced = side.remote if side.in_use else None
+        side.unsettle()  # (a side that is settled takes no other source; this is not for the usual case)
         side.remote = source
         side.in_use = True
-        side.latch = (stream.party(side.party).match(source, self.kind == "rtcp"), stream.clock.seconds())
+        now = stream.clock.seconds()
+        side.latch = (stream.party(side.party).match(source, self.kind == "rtcp"), now)
+        side.settle(now, stream.policy.latch_window)
         stream.session.outbox += (events.Changed(stream.session), events.Learnt(self, side.party, source, replaced))
         if side.stun_queue:
             # connectivity checks that waited for this party can go now, not at its next check
@@ -357,6 +383,12 @@ class Substream:
         return None
 
     # -- the path, as the kernel forwarder reports it
+
+    def settle(self, now: float) -> None:
+        """Settle each side whose latch nobody can take any more (Side.settle)."""
+        window = self.stream.policy.latch_window
+        self.caller.settle(now, window)
+        self.callee.settle(now, window)
 
     def set_path(self, path: str) -> None:
         if path != self.path:

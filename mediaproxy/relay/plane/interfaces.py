@@ -13,8 +13,17 @@ class IEndpoint(Interface):
         "``outbox`` when the packet queued events, which the endpoint then hands to its binder's ``sink``"
     )
 
+    peer = Attribute("the address the socket takes datagrams from alone (``fix``), or None: from anywhere")
+
     def send(data: bytes, destination: tuple[str, int]) -> None:  # noqa: N805 - zope.interface declarations have no self
         """Send one datagram; a failure loses this one packet, as UDP would."""
+
+    def fix(peer: tuple[str, int]) -> None:  # noqa: N805
+        """Take datagrams from ``peer`` alone (the kernel drops the rest); where that cannot be
+        done (no route), nothing changes."""
+
+    def unfix() -> None:  # noqa: N805
+        """Take datagrams from anywhere again."""
 
     def deliver(data: bytes, source: tuple[str, int]) -> None:  # noqa: N805
         """A datagram for this socket that another process read: to the receiver, as if read here."""

@@ -10,6 +10,8 @@ which is itself a single reader in the reactor: a wake-up reads every socket tha
 from __future__ import annotations
 
 import _socket
+import ctypes
+import ctypes.util
 import select
 import socket
 
@@ -22,6 +24,11 @@ from mediaproxy.relay.plane.interfaces import IBinder, IEndpoint
 log = Logger(namespace="relay.forwarding")
 
 SO_MARK = getattr(socket, "SO_MARK", 36)
+_send = _socket.socket.send  # the socket's own, which the endpoint's send shadows
+_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+# connect(2) to an AF_UNSPEC address ends a UDP socket's association (Python's connect cannot
+# say AF_UNSPEC on an AF_INET socket); a port bound by number stays bound
+_UNSPECIFIED = (ctypes.c_ubyte * 16)()
 MAX_DATAGRAM = 65535  # the largest UDP payload; a datagram is forwarded whole, never cut
 READS_PER_WAKEUP = 64  # bounded, so one flooded socket cannot starve the others
 READY_PER_WAKEUP = 1024  # sockets served per wake-up; the rest stay ready for the next (level-triggered)
@@ -95,12 +102,13 @@ class UDPEndpoint(_socket.socket):
     from a socket and weak references, neither used here) cost 24 bytes a socket.
     """
 
-    __slots__ = ("poller", "receiver")
+    __slots__ = ("poller", "receiver", "peer")
 
     def __init__(self, poller: SocketPoller) -> None:
         super().__init__(socket.AF_INET, socket.SOCK_DGRAM)
         self.poller = poller
         self.receiver = None
+        self.peer: tuple[str, int] | None = None  # connected to it (fix): the kernel drops what others send
 
     def doRead(self) -> None:  # noqa: N802
         recvfrom = self.recvfrom
@@ -109,8 +117,10 @@ class UDPEndpoint(_socket.socket):
                 data, source = recvfrom(MAX_DATAGRAM)
             except BlockingIOError:
                 return
+            except ConnectionRefusedError:
+                continue  # an ICMP error for a fixed socket's earlier packet, reported instead of the next one
             except OSError:
-                return  # e.g. ICMP port unreachable reported on the socket: nothing to read
+                return
             # what deliver() does, written out: a call less for every packet relayed in userspace
             receiver = self.receiver
             if receiver is not None:
@@ -128,9 +138,41 @@ class UDPEndpoint(_socket.socket):
 
     def send(self, data: bytes, destination: tuple[str, int]) -> None:  # the endpoint's, in place of the socket's
         try:
-            self.sendto(data, destination)
+            if destination is self.peer:
+                _send(self, data)  # connected: no address to read, no route to look up
+            else:
+                self.sendto(data, destination)
+        except ConnectionRefusedError:
+            # a fixed socket reports an ICMP error for an earlier packet at the next send, which
+            # it then did not send: this one goes again
+            try:
+                self.sendto(data, destination)
+            except OSError:
+                pass
         except OSError:
             pass  # a full socket buffer or an unreachable peer loses this one packet, as UDP would
+
+    def fix(self, peer: tuple[str, int]) -> None:
+        if peer == self.peer:
+            self.peer = peer  # the same address as another object: the one the side now sends to
+            return
+        try:
+            self.connect(peer)
+        except OSError as error:
+            log.debug("Relay socket {local} stays open to every source: {error}", local=self.getsockname(), error=error)
+            self.unfix()  # (connected to an earlier peer, if it was)
+            return
+        self.peer = peer
+
+    def unfix(self) -> None:
+        if self.peer is not None:
+            self.peer = None
+            if _libc.connect(self.fileno(), _UNSPECIFIED, ctypes.sizeof(_UNSPECIFIED)) != 0:
+                log.warn(
+                    "Relay socket {local} cannot be opened to every source again: errno {errno}",
+                    local=self.getsockname(),
+                    errno=ctypes.get_errno(),
+                )
 
     def pause(self) -> None:
         """Stop reading: a worker process reads this socket now."""
@@ -145,6 +187,7 @@ class UDPEndpoint(_socket.socket):
 
     def close(self) -> None:
         self.receiver = None
+        self.peer = None
         fd = self.fileno()
         if fd != -1:
             self.poller.remove(fd)

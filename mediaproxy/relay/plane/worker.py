@@ -99,6 +99,8 @@ class Worker:
                 data, sender = recvfrom(MAX_DATAGRAM)
             except BlockingIOError:
                 break
+            except ConnectionRefusedError:
+                continue  # an ICMP error reported instead of the next datagram (a fixed socket's)
             except OSError:
                 break
             if sender != source:
@@ -106,6 +108,13 @@ class Worker:
                 continue
             try:
                 sendto(data, destination)
+            except ConnectionRefusedError:
+                # the main process fixed the socket to its party (connected): an ICMP error for an
+                # earlier packet is reported at this send, which it then did not send
+                try:
+                    sendto(data, destination)
+                except OSError:
+                    pass
             except OSError:
                 pass  # a full buffer loses this one packet, as UDP would
             packets += 1

@@ -1,0 +1,102 @@
+"""The relay's UDP sockets on loopback: fixed to the latched party (connected) and opened again."""
+
+import select
+import socket
+
+import pytest
+
+from mediaproxy.relay.plane.udp import UDPBinder
+
+
+class Reactor:
+    """The reactor as the socket poller sees it: a reader is added and removed."""
+
+    def addReader(self, reader):  # noqa: N802
+        pass
+
+    def removeReader(self, reader):  # noqa: N802
+        pass
+
+
+class Receiver:
+    def __init__(self):
+        self.packets = []
+
+    def received(self, data, source):
+        self.packets.append((data, source))
+
+
+def plain_socket():
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind(("127.0.0.1", 0))
+    sock.settimeout(2)
+    return sock
+
+
+def free_even_port():
+    for _ in range(50):
+        probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1] & ~1
+        probe.close()
+        try:
+            return port, UDPBinder(Reactor())("127.0.0.1", port)
+        except OSError:
+            continue
+    pytest.fail("no free port pair on loopback")
+
+
+def read(endpoint, until):
+    """Read what is waiting (the poller's work) until ``until`` packets came, or a second passed."""
+    poller = select.poll()
+    poller.register(endpoint.fileno(), select.POLLIN)
+    while len(endpoint.receiver.packets) < until and poller.poll(1000):
+        endpoint.doRead()
+    return endpoint.receiver.packets
+
+
+def test_a_fixed_socket_takes_its_party_alone_and_every_source_once_open_again():
+    port, (rtp, rtcp) = free_even_port()
+    rtp.receiver = Receiver()
+    party, stranger = plain_socket(), plain_socket()
+    try:
+        rtp.fix(party.getsockname())
+        assert rtp.peer == party.getsockname()
+        stranger.sendto(b"stray", ("127.0.0.1", port))
+        party.sendto(b"media", ("127.0.0.1", port))
+        assert read(rtp, 1) == [(b"media", party.getsockname())]
+        rtp.send(b"out", rtp.peer)  # connected: sent without an address
+        assert party.recvfrom(100) == (b"out", ("127.0.0.1", port))
+        rtp.send(b"elsewhere", stranger.getsockname())  # an address of its own still goes there
+        assert stranger.recvfrom(100) == (b"elsewhere", ("127.0.0.1", port))
+        rtp.unfix()
+        assert rtp.peer is None and rtp.getsockname() == ("127.0.0.1", port)  # still bound to its port
+        stranger.sendto(b"again", ("127.0.0.1", port))
+        assert read(rtp, 2)[1] == (b"again", stranger.getsockname())
+    finally:
+        for sock in (rtp, rtcp, party, stranger):
+            sock.close()
+
+
+def test_a_packet_is_not_lost_to_an_icmp_error_reported_for_an_earlier_one():
+    """A connected socket reports a port unreachable at its next send, which it then does not
+    send: the endpoint sends that packet again."""
+    port, (rtp, rtcp) = free_even_port()
+    gone = plain_socket()
+    address = gone.getsockname()
+    gone.close()
+    try:
+        rtp.fix(address)
+        rtp.send(b"first", rtp.peer)  # nobody there: the kernel answers port unreachable
+        poller = select.poll()
+        poller.register(rtp.fileno(), select.POLLERR)
+        assert poller.poll(1000), "no ICMP error reported"
+        back = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        back.bind(address)  # the party listens again
+        back.settimeout(2)
+        rtp.send(b"second", rtp.peer)
+        assert back.recvfrom(100) == (b"second", ("127.0.0.1", port))
+        back.close()
+    finally:
+        rtp.close()
+        rtcp.close()

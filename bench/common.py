@@ -30,7 +30,13 @@ from mediaproxy.testing import remove, update  # noqa: E402
 
 GENERATOR_IP = "192.0.2.2"
 RELAY_NET = "192.0.2.1/24"
-ADDRESSES = {"userspace": "192.0.2.11", "kernel": "192.0.2.12", "rtpengine": "192.0.2.13", "userspace-1": "192.0.2.14"}
+ADDRESSES = {
+    "userspace": "192.0.2.11",
+    "kernel": "192.0.2.12",
+    "rtpengine": "192.0.2.13",
+    "userspace-1": "192.0.2.14",
+    "against": "192.0.2.15",
+}
 PAYLOAD = 172  # G.711 20 ms: 160 bytes of audio and a 12-byte RTP header
 
 

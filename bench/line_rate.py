@@ -16,7 +16,9 @@ offered), and its cost per packet is that over the packets it relayed. Run as ro
     bench/line_rate.py [--streams 1000] [--rates 50000,100000,150000,200000,250000] [--seconds 5]
 
 Our userspace path runs as configured by default (worker processes, one per core) and, as
-"userspace-1", with everything in the relay process (``userspace_workers = 0``).
+"userspace-1", with everything in the relay process (``userspace_workers = 0``). With
+``--against REV`` that in-process path of another git revision (checked out aside) runs too, in
+the same rounds, and the ratios of the two are printed.
 """
 
 from __future__ import annotations
@@ -33,6 +35,8 @@ import time
 from pathlib import Path
 
 from common import ADDRESSES, GENERATOR_IP, PAYLOAD, OurStack, Rtpengine, cpu_seconds, network
+
+import harness
 
 LOSS_LIMIT = 0.001
 BLACKHOLE = "192.0.2.99"
@@ -141,6 +145,29 @@ def run(system, net, binary: str, flows_file: str, counters: Counters, rate: flo
     }
 
 
+def compare(results: list[dict], ours: str, other: str) -> None:
+    """The two in-process paths' CPU per relayed packet at each rate where both lost < 0.1%, and
+    their maxima at < 0.1% loss."""
+    by_rate: dict[float, dict[str, dict]] = {}
+    for row in results:
+        by_rate.setdefault(row["rate"], {})[row["system"]] = row
+    ratios = []
+    for rate, rows in by_rate.items():
+        if ours in rows and other in rows and all(rows[name]["loss"] < LOSS_LIMIT and rows[name]["relayed_pps"] for name in (ours, other)):
+            ratio = rows[ours]["us_per_packet"] / rows[other]["us_per_packet"]
+            ratios.append(ratio)
+            offered = f"{rate:.0f} pps" if rate else "as fast as it can"
+            print(f"offered {offered}: CPU per relayed packet {ours} / {other}: {ratio:.2f}x")
+    maxima = [
+        max((row["relayed_pps"] for row in results if row["system"] == name and row["loss"] < LOSS_LIMIT), default=0)
+        for name in (ours, other)
+    ]
+    if maxima[1]:
+        print(f"max relayed at < 0.1% loss, {ours} / {other}: {maxima[0] / maxima[1]:.2f}x")
+    if ratios:
+        print(f"CPU per relayed packet, {ours} / {other}, median over the rates: {sorted(ratios)[len(ratios) // 2]:.2f}x")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--streams", type=int, default=1000, help="streams (two flows each) per system (default: %(default)s)")
@@ -153,6 +180,7 @@ def main(argv: list[str] | None = None) -> int:
         default="kernel,userspace,userspace-1,rtpengine",
         help="which relays (default: %(default)s; userspace-1: our userspace path without worker processes)",
     )
+    parser.add_argument("--against", help="a git revision whose userspace-1 runs in the same rounds, for the ratios")
     args = parser.parse_args(argv)
     rates = [float(value) for value in args.rates.split(",")]
     wanted = args.systems.split(",")
@@ -161,6 +189,7 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit("too many streams for the descriptor limit")
     net = network()
     systems: list = []
+    trees: list[str] = []
     directory = tempfile.mkdtemp(prefix="mp-bench-line-")
     try:
         binary = build_generator(directory)
@@ -176,6 +205,17 @@ def main(argv: list[str] | None = None) -> int:
             forwarding, extra = ours[name]
             stack = OurStack(net, forwarding, f"{low}:{low + 4 * streams + 100}", name=name, extra=extra)
             stack.source = ADDRESSES[name]
+            systems.append(stack)
+        if args.against:
+            tree = os.path.join(directory, "against")
+            subprocess.run(["git", "-C", harness.ROOT, "worktree", "add", "--detach", "-q", tree, args.against], check=True)
+            trees.append(tree)
+            harness.ROOT = tree  # where its programs start from
+            try:
+                stack = OurStack(net, "userspace", f"{15000}:{15000 + 4 * streams + 100}", name="against", extra="userspace_workers = 0\n")
+            finally:
+                harness.ROOT = str(HERE.parent)
+            stack.name, stack.source = args.against[:10], ADDRESSES["against"]
             systems.append(stack)
         if "rtpengine" in wanted:
             engine = Rtpengine(net, 50000, 65534)
@@ -206,6 +246,7 @@ def main(argv: list[str] | None = None) -> int:
             generator_per_packet = hole["machine_cores"] / hole["offered_pps"] if hole["offered_pps"] else 0.0
             for system in systems:
                 row = rows[system.name]
+                row["rate"] = rate
                 own = row["machine_cores"] - generator_per_packet * row["offered_pps"]
                 row["us_per_packet"] = own / row["relayed_pps"] * 1e6 if row["relayed_pps"] else 0.0
                 results.append(row)
@@ -224,10 +265,14 @@ def main(argv: list[str] | None = None) -> int:
                 f"{system.name}: max relayed at < 0.1% loss: {best['relayed_pps'] if best else 0:.0f} pps; "
                 f"CPU per relayed packet (median over clean runs): {costs[len(costs) // 2]:.2f} µs"
             )
+        if args.against:
+            compare(results, "userspace-1", args.against[:10])
         return 0
     finally:
         for system in systems:
             system.stop()
+        for tree in trees:
+            subprocess.run(["git", "-C", harness.ROOT, "worktree", "remove", "--force", tree], check=False)
         net.remove()
         shutil.rmtree(directory, ignore_errors=True)
 

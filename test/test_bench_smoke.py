@@ -60,10 +60,11 @@ def test_accounting_queries_benchmark_runs_on_all_three_databases():
 def test_line_rate_benchmark_measures_every_path():
     if shutil.which("rtpengine") is None:
         pytest.fail("rtpengine is missing: apt-get install rtpengine-daemon (.ci/run does this)", pytrace=False)
-    output = bench("line_rate.py", "--streams", "5", "--rates", "2000", "--seconds", "1")
-    for system in ("kernel", "userspace", "rtpengine"):
+    output = bench("line_rate.py", "--streams", "5", "--rates", "2000", "--seconds", "1", "--against", "HEAD")
+    for system in ("kernel", "userspace", "rtpengine", "HEAD"):
         assert f"{system}: max relayed at < 0.1% loss: " in output, output
     assert "(generator)" in output
+    assert "CPU per relayed packet, userspace-1 / HEAD, median over the rates: " in output, output
 
 
 def test_setup_rate_benchmark_runs_side_by_side_with_another_revision():

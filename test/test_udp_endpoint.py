@@ -78,6 +78,36 @@ def test_a_fixed_socket_takes_its_party_alone_and_every_source_once_open_again()
             sock.close()
 
 
+def test_what_was_queued_before_the_socket_was_fixed_is_read_with_its_own_source():
+    """Connecting does not empty the socket: what a stranger sent before is still there and must
+    not pass for the party's; once read to the end, the rest is the party's alone."""
+    port, (rtp, rtcp) = free_even_port()
+    rtp.receiver = Receiver()
+    party, stranger = plain_socket(), plain_socket()
+    try:
+        stranger.sendto(b"early stray", ("127.0.0.1", port))
+        party.sendto(b"early media", ("127.0.0.1", port))
+        poller = select.poll()
+        poller.register(rtp.fileno(), select.POLLIN)
+        assert poller.poll(1000)
+        rtp.fix(party.getsockname())
+        assert rtp.source is None  # not yet: something may be queued from before
+        party.sendto(b"media", ("127.0.0.1", port))
+        assert read(rtp, 3) == [
+            (b"early stray", stranger.getsockname()),
+            (b"early media", party.getsockname()),
+            (b"media", party.getsockname()),
+        ]
+        rtp.doRead()  # nothing more: read to the end
+        assert rtp.source == party.getsockname()
+        stranger.sendto(b"stray", ("127.0.0.1", port))
+        party.sendto(b"more", ("127.0.0.1", port))
+        assert read(rtp, 4)[3] == (b"more", party.getsockname())
+    finally:
+        for sock in (rtp, rtcp, party, stranger):
+            sock.close()
+
+
 def test_a_packet_is_not_lost_to_an_icmp_error_reported_for_an_earlier_one():
     """A connected socket reports a port unreachable at its next send, which it then does not
     send: the endpoint sends that packet again."""

@@ -102,20 +102,27 @@ class UDPEndpoint(_socket.socket):
     from a socket and weak references, neither used here) cost 24 bytes a socket.
     """
 
-    __slots__ = ("poller", "receiver", "peer")
+    __slots__ = ("poller", "receiver", "peer", "source")
 
     def __init__(self, poller: SocketPoller) -> None:
         super().__init__(socket.AF_INET, socket.SOCK_DGRAM)
         self.poller = poller
         self.receiver = None
         self.peer: tuple[str, int] | None = None  # connected to it (fix): the kernel drops what others send
+        # the peer, once what was queued before the socket was fixed has been read: every datagram
+        # since is the peer's, so it is read without its address (a tuple and a string less each)
+        self.source: tuple[str, int] | None = None
 
     def doRead(self) -> None:  # noqa: N802
+        if self.source is not None:
+            self._read_from_peer(self.source)
+            return
         recvfrom = self.recvfrom
         for _ in range(READS_PER_WAKEUP):
             try:
                 data, source = recvfrom(MAX_DATAGRAM)
             except BlockingIOError:
+                self.source = self.peer  # all read: what comes from now on is the peer's, if fixed
                 return
             except ConnectionRefusedError:
                 continue  # an ICMP error for a fixed socket's earlier packet, reported instead of the next one
@@ -127,6 +134,25 @@ class UDPEndpoint(_socket.socket):
                 touched = receiver.received(data, source)
                 if touched is not None:
                     self.poller.sink(touched)
+
+    def _read_from_peer(self, source: tuple[str, int]) -> None:
+        recv = self.recv
+        for _ in range(READS_PER_WAKEUP):
+            try:
+                data = recv(MAX_DATAGRAM)
+            except BlockingIOError:
+                return
+            except ConnectionRefusedError:
+                continue
+            except OSError:
+                return
+            receiver = self.receiver
+            if receiver is not None:
+                touched = receiver.received(data, source)
+                if touched is not None:
+                    self.poller.sink(touched)
+                    if self.source is not source:
+                        return  # opened again (the party moved): whose the next ones are is to be read
 
     def deliver(self, data: bytes, source: tuple[str, int]) -> None:
         """A datagram for this socket that was read elsewhere (a worker's stray): as if read here."""
@@ -155,7 +181,10 @@ class UDPEndpoint(_socket.socket):
     def fix(self, peer: tuple[str, int]) -> None:
         if peer == self.peer:
             self.peer = peer  # the same address as another object: the one the side now sends to
+            if self.source is not None:
+                self.source = peer
             return
+        self.source = None  # until what came before is read
         try:
             self.connect(peer)
         except OSError as error:
@@ -166,7 +195,7 @@ class UDPEndpoint(_socket.socket):
 
     def unfix(self) -> None:
         if self.peer is not None:
-            self.peer = None
+            self.peer = self.source = None
             if _libc.connect(self.fileno(), _UNSPECIFIED, ctypes.sizeof(_UNSPECIFIED)) != 0:
                 log.warn(
                     "Relay socket {local} cannot be opened to every source again: errno {errno}",
@@ -187,7 +216,7 @@ class UDPEndpoint(_socket.socket):
 
     def close(self) -> None:
         self.receiver = None
-        self.peer = None
+        self.peer = self.source = None
         fd = self.fileno()
         if fd != -1:
             self.poller.remove(fd)

@@ -10,16 +10,13 @@ is done).
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 
-_trim = None
-try:
-    _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-    _trim = _libc.malloc_trim
+from mediaproxy.libc import libc
+
+_trim = getattr(libc, "malloc_trim", None)
+if _trim is not None:
     _trim.argtypes = [ctypes.c_size_t]
     _trim.restype = ctypes.c_int
-except (OSError, AttributeError):
-    pass
 
 
 def give_back() -> None:

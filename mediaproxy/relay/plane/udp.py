@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import _socket
 import ctypes
-import ctypes.util
 import select
 import socket
 
 from twisted.internet.interfaces import IReadDescriptor
 from zope.interface import implementer
 
+from mediaproxy.libc import libc
 from mediaproxy.log import Logger
 from mediaproxy.relay.plane.interfaces import IBinder, IEndpoint
 
@@ -25,9 +25,10 @@ log = Logger(namespace="relay.forwarding")
 
 SO_MARK = getattr(socket, "SO_MARK", 36)
 _send = _socket.socket.send  # the socket's own, which the endpoint's send shadows
-_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
 # connect(2) to an AF_UNSPEC address ends a UDP socket's association (Python's connect cannot
-# say AF_UNSPEC on an AF_INET socket); a port bound by number stays bound
+# say AF_UNSPEC on an AF_INET socket); a port bound by number stays bound. Without it a socket
+# is never fixed: one that could not be opened again would keep a party that moved out.
+_connect = getattr(libc, "connect", None)
 _UNSPECIFIED = (ctypes.c_ubyte * 16)()
 MAX_DATAGRAM = 65535  # the largest UDP payload; a datagram is forwarded whole, never cut
 READS_PER_WAKEUP = 64  # bounded, so one flooded socket cannot starve the others
@@ -179,6 +180,8 @@ class UDPEndpoint(_socket.socket):
             pass  # a full socket buffer or an unreachable peer loses this one packet, as UDP would
 
     def fix(self, peer: tuple[str, int]) -> None:
+        if _connect is None:
+            return
         if peer == self.peer:
             self.peer = peer  # the same address as another object: the one the side now sends to
             if self.source is not None:
@@ -196,7 +199,7 @@ class UDPEndpoint(_socket.socket):
     def unfix(self) -> None:
         if self.peer is not None:
             self.peer = self.source = None
-            if _libc.connect(self.fileno(), _UNSPECIFIED, ctypes.sizeof(_UNSPECIFIED)) != 0:
+            if _connect(self.fileno(), _UNSPECIFIED, ctypes.sizeof(_UNSPECIFIED)) != 0:
                 log.warn(
                     "Relay socket {local} cannot be opened to every source again: errno {errno}",
                     local=self.getsockname(),

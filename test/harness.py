@@ -50,6 +50,14 @@ class LogCollector:
         return "\n".join(formatEvent(event) for event in self.events)
 
 
+def loopback_socket() -> socket.socket:
+    """A UDP socket on a free loopback port, blocking with a 2 s timeout (a peer in a test)."""
+    endpoint = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    endpoint.bind(("127.0.0.1", 0))
+    endpoint.settimeout(2)
+    return endpoint
+
+
 @contextlib.contextmanager
 def logged():  # noqa: ANN201 - a context giving the LogCollector of what was logged inside it
     collector = LogCollector()

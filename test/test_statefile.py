@@ -109,12 +109,17 @@ class Runner:
             done.callback(None)
 
 
-def test_the_journal_is_synced_off_the_reactor_one_fsync_at_a_time(tmp_path, monkeypatch):
+def synced_in_a_pool(tmp_path, table):
+    """A state file of ``table`` whose fsyncs wait in a Runner; (clock, runner, state)."""
     clock, runner = Clock(), Runner()
     state = statefile.StateFile(str(tmp_path / "state"), "things", 3, clock, "the things", sync_in=runner)
     state.load()
-    table = {"a": 1}
     state.open(lambda: dict(table), lambda: len(table))
+    return clock, runner, state
+
+
+def test_the_journal_is_synced_off_the_reactor_one_fsync_at_a_time(tmp_path, monkeypatch):
+    clock, runner, state = synced_in_a_pool(tmp_path, {"a": 1})
     synced = []
     real_fsync = statefile.os.fsync
     monkeypatch.setattr(statefile.os, "fsync", lambda fd: (synced.append(fd), real_fsync(fd)))
@@ -143,11 +148,8 @@ def test_the_journal_is_synced_off_the_reactor_one_fsync_at_a_time(tmp_path, mon
 
 
 def test_a_failed_sync_in_the_pool_is_said_and_the_state_written_again(tmp_path, monkeypatch):
-    clock, runner = Clock(), Runner()
-    state = statefile.StateFile(str(tmp_path / "state"), "things", 3, clock, "the things", sync_in=runner)
-    state.load()
     table = {"a": 1}
-    state.open(lambda: dict(table), lambda: len(table))
+    clock, runner, state = synced_in_a_pool(tmp_path, table)
     state.set("a", 2)
     clock.advance(statefile.SYNC_DELAY)
 

@@ -5,6 +5,7 @@ import socket
 
 import pytest
 
+from harness import loopback_socket
 from mediaproxy.relay.plane.udp import UDPBinder
 
 
@@ -24,13 +25,6 @@ class Receiver:
 
     def received(self, data, source):
         self.packets.append((data, source))
-
-
-def plain_socket():
-    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    sock.bind(("127.0.0.1", 0))
-    sock.settimeout(2)
-    return sock
 
 
 def free_even_port():
@@ -58,7 +52,7 @@ def read(endpoint, until):
 def test_a_fixed_socket_takes_its_party_alone_and_every_source_once_open_again():
     port, (rtp, rtcp) = free_even_port()
     rtp.receiver = Receiver()
-    party, stranger = plain_socket(), plain_socket()
+    party, stranger = loopback_socket(), loopback_socket()
     try:
         rtp.fix(party.getsockname())
         assert rtp.peer == party.getsockname()
@@ -83,7 +77,7 @@ def test_what_was_queued_before_the_socket_was_fixed_is_read_with_its_own_source
     not pass for the party's; once read to the end, the rest is the party's alone."""
     port, (rtp, rtcp) = free_even_port()
     rtp.receiver = Receiver()
-    party, stranger = plain_socket(), plain_socket()
+    party, stranger = loopback_socket(), loopback_socket()
     try:
         stranger.sendto(b"early stray", ("127.0.0.1", port))
         party.sendto(b"early media", ("127.0.0.1", port))
@@ -112,7 +106,7 @@ def test_a_packet_is_not_lost_to_an_icmp_error_reported_for_an_earlier_one():
     """A connected socket reports a port unreachable at its next send, which it then does not
     send: the endpoint sends that packet again."""
     port, (rtp, rtcp) = free_even_port()
-    gone = plain_socket()
+    gone = loopback_socket()
     address = gone.getsockname()
     gone.close()
     try:

@@ -10,6 +10,7 @@ import time
 
 from deployment import Deployment, call, establish, exchange, stream_of, udp_endpoint, wait_until
 
+from harness import loopback_socket
 from mediaproxy.relay.plane import worker as worker_module
 from mediaproxy.relay.plane.worker import ADD, COUNTERS, SLOT, STRAY, STRAY_HEAD, Worker
 
@@ -19,18 +20,11 @@ def arrived(endpoint):
     assert select.select([endpoint], [], [], 2)[0], "nothing arrived"
 
 
-def bound():
-    endpoint = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    endpoint.bind(("127.0.0.1", 0))
-    endpoint.settimeout(2)
-    return endpoint
-
-
 def test_worker_forwards_counts_passes_strays_on_and_reports_idleness():
-    relay_caller_side, relay_callee_side = bound(), bound()
+    relay_caller_side, relay_callee_side = loopback_socket(), loopback_socket()
     for endpoint in (relay_caller_side, relay_callee_side):
         endpoint.setblocking(False)
-    caller, callee, stranger = bound(), bound(), bound()
+    caller, callee, stranger = loopback_socket(), loopback_socket(), loopback_socket()
     main, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     main.settimeout(2)
     counters = memoryview(bytearray(8 * COUNTERS * 8)).cast("Q")

@@ -115,15 +115,17 @@ class UDPEndpoint(_socket.socket):
         self.source: tuple[str, int] | None = None
 
     def doRead(self) -> None:  # noqa: N802
-        if self.source is not None:
-            self._read_from_peer(self.source)
-            return
-        recvfrom = self.recvfrom
+        recv, recvfrom = self.recv, self.recvfrom
         for _ in range(READS_PER_WAKEUP):
+            source = self.source  # read again each time: a packet may have opened the socket again
             try:
-                data, source = recvfrom(MAX_DATAGRAM)
+                if source is not None:
+                    data = recv(MAX_DATAGRAM)
+                else:
+                    data, source = recvfrom(MAX_DATAGRAM)
             except BlockingIOError:
-                self.source = self.peer  # all read: what comes from now on is the peer's, if fixed
+                if self.source is None:
+                    self.source = self.peer  # all read: what comes from now on is the peer's, if fixed
                 return
             except ConnectionRefusedError:
                 continue  # an ICMP error for a fixed socket's earlier packet, reported instead of the next one
@@ -135,25 +137,6 @@ class UDPEndpoint(_socket.socket):
                 touched = receiver.received(data, source)
                 if touched is not None:
                     self.poller.sink(touched)
-
-    def _read_from_peer(self, source: tuple[str, int]) -> None:
-        recv = self.recv
-        for _ in range(READS_PER_WAKEUP):
-            try:
-                data = recv(MAX_DATAGRAM)
-            except BlockingIOError:
-                return
-            except ConnectionRefusedError:
-                continue
-            except OSError:
-                return
-            receiver = self.receiver
-            if receiver is not None:
-                touched = receiver.received(data, source)
-                if touched is not None:
-                    self.poller.sink(touched)
-                    if self.source is not source:
-                        return  # opened again (the party moved): whose the next ones are is to be read
 
     def deliver(self, data: bytes, source: tuple[str, int]) -> None:
         """A datagram for this socket that was read elsewhere (a worker's stray): as if read here."""

@@ -214,8 +214,27 @@ def test_a_third_party_spraying_every_port_hijacks_no_call(tmp_path, workers):
         except BlockingIOError:
             pass
         assert stale == 0  # no caller packet after the first went to the attacker
+        # each party's packets came from its SDP address: the RTP latches are final and the sockets
+        # connected, so sprayed packets are dropped by the kernel before the relay reads them
+        refused = counters(programs)["relays"]["127.0.0.1"].get("latch_refused", 0)
+        unclaimed = _udp_no_ports()
+        for port in range(43000, 43998, 2):
+            attacker.sendto(rtp_packet(0, 18), ("127.0.0.1", port))
+        assert _udp_no_ports() - unclaimed >= 2 * len(calls)  # both RTP sockets of every call
+        for caller, callee, caller_facing, _ in calls:
+            caller.sendto(rtp_packet(9, 0), ("127.0.0.1", caller_facing))
+            while callee.recvfrom(2048)[0][2:4] != b"\x00\x09":  # and the calls go on (a timeout fails)
+                pass
+        assert counters(programs)["relays"]["127.0.0.1"].get("latch_refused", 0) == refused
     finally:
         programs.kill()
+
+
+def _udp_no_ports() -> int:
+    """The kernel's count of UDP datagrams that no socket took (this network namespace's)."""
+    with open("/proc/net/snmp") as snmp:
+        names, values = [line.split() for line in snmp if line.startswith("Udp:")][:2]
+    return int(values[names.index("NoPorts")])
 
 
 def _latched_to_attacker(programs: Deployment) -> int:

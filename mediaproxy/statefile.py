@@ -4,8 +4,9 @@ Every change is appended to the journal as it happens, so a process killed at an
 nothing: the kernel keeps what was written even when the process dies at once, and an fsync
 follows within ``SYNC_DELAY`` for the machine going down. With ``sync_in`` that fsync runs in a
 thread, on a descriptor of its own: on a busy or slow disk it takes milliseconds (tens on a
-loaded one), and the reactor serving every proxy and relay must not wait for it. The journal is folded into the
-snapshot (written atomically) when it grows past a few times the table, and at a clean stop.
+loaded one), and the reactor serving every proxy and relay must not wait for it. The journal is
+folded into the snapshot (written atomically) when it grows past a few times the table, and at a
+clean stop.
 
 The snapshot is ``{"version": n, <section>: {key: value}}``; journal lines are
 ``{"set": key, "value": value}`` or ``{"pop": key}``; values are plain JSON.

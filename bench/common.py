@@ -36,6 +36,7 @@ ADDRESSES = {
     "rtpengine": "192.0.2.13",
     "userspace-1": "192.0.2.14",
     "against": "192.0.2.15",
+    "userspace-2": "192.0.2.16",
 }
 PAYLOAD = 172  # G.711 20 ms: 160 bytes of audio and a 12-byte RTP header
 

@@ -199,6 +199,7 @@ def main(argv: list[str] | None = None) -> int:
             "kernel": ("kernel", ""),
             "userspace": ("userspace", ""),  # worker processes, one per core (the default)
             "userspace-1": ("userspace", "userspace_workers = 0\n"),  # everything in the relay process
+            "userspace-2": ("userspace", "userspace_workers = 2\n"),  # two worker processes, whatever the cores
         }
         for index, name in enumerate(name for name in ours if name in wanted):
             low = 20000 + index * 10000

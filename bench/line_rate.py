@@ -205,8 +205,8 @@ def main(argv: list[str] | None = None) -> int:
             low = 20000 + index * 10000
             forwarding, extra = ours[name]
             stack = OurStack(net, forwarding, f"{low}:{low + 4 * streams + 100}", name=name, extra=extra)
+            systems.append(stack)  # at once: whatever fails next, the finally below stops its programs
             stack.source = ADDRESSES[name]
-            systems.append(stack)
         if args.against:
             tree = os.path.join(directory, "against")
             subprocess.run(["git", "-C", harness.ROOT, "worktree", "add", "--detach", "-q", tree, args.against], check=True)
@@ -216,8 +216,8 @@ def main(argv: list[str] | None = None) -> int:
                 stack = OurStack(net, "userspace", f"{15000}:{15000 + 4 * streams + 100}", name="against", extra="userspace_workers = 0\n")
             finally:
                 harness.ROOT = str(HERE.parent)
-            stack.name, stack.source = args.against[:10], ADDRESSES["against"]
             systems.append(stack)
+            stack.name, stack.source = args.against[:10], ADDRESSES["against"]
         if "rtpengine" in wanted:
             engine = Rtpengine(net, 50000, 65534)
             engine.name, engine.source = "rtpengine", ADDRESSES["rtpengine"]

@@ -60,8 +60,8 @@ class StateFile:
     ) -> None:
         """``key_text`` writes a key as the file's text: the table's own keys (a relay's are
         tuples) are what it holds, so it keeps no second string of each. ``sync_in`` runs a
-        blocking call off the reactor (``threads.deferToThread``); without it the journal's
-        fsync runs in place."""
+        blocking call off the reactor; by default the clock's thread pool (``in_threads``), and
+        with a clock that has none (a test's ``Clock``) the journal's fsync runs in place."""
         self.path = path
         self.journal_path = path + JOURNAL_SUFFIX
         self.section = section
@@ -74,7 +74,7 @@ class StateFile:
         self.count: Callable[[], int] = lambda: 0  # how many keys it has, cheaply
         self._sync = None
         self._retry = None
-        self.sync_in = sync_in
+        self.sync_in = sync_in if sync_in is not None else in_threads(clock)
         self._syncing = False  # an fsync is running in a thread
         self._sync_again = False  # and more was written since it started
         self.failed = False

@@ -172,3 +172,6 @@ def test_only_a_reactor_runs_the_sync_in_threads():
 
     assert statefile.in_threads(Clock()) is None
     assert callable(statefile.in_threads(reactor))
+    # and a state file takes its clock's: the programs' (a reactor) sync in threads, tests in place
+    assert statefile.StateFile("unused", "things", 3, reactor, "the things").sync_in is not None
+    assert statefile.StateFile("unused", "things", 3, Clock(), "the things").sync_in is None

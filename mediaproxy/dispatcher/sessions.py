@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 from mediaproxy.dialogs import Dialog, DialogTags
 from mediaproxy.log import Logger
-from mediaproxy.statefile import StateFile, in_threads
+from mediaproxy.statefile import StateFile
 
 log = Logger(namespace="dispatcher.sessions")
 
@@ -132,4 +132,4 @@ class CallTable:
 
 
 def call_table_file(runtime_dir: str, clock) -> StateFile:  # noqa: ANN001
-    return StateFile(os.path.join(runtime_dir, STATE_FILE), "sessions", STATE_VERSION, clock, "the call table", sync_in=in_threads(clock))
+    return StateFile(os.path.join(runtime_dir, STATE_FILE), "sessions", STATE_VERSION, clock, "the call table")

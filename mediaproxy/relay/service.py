@@ -277,21 +277,13 @@ class RelayService(service.MultiService):
                 "the relay's sessions",
                 keep_encoded=True,
                 key_text=serialize.key_text,
-                sync_in=statefile.in_threads(reactor),
             )
             if state_dir
             else None
         )
         # statistics of sessions that expired while their dispatcher was away (kept like the sessions)
         self.held = HeldExpiries(
-            statefile.StateFile(
-                os.path.join(state_dir, HELD_FILE),
-                "expired",
-                1,
-                reactor,
-                "the expiries held for absent dispatchers",
-                sync_in=statefile.in_threads(reactor),
-            )
+            statefile.StateFile(os.path.join(state_dir, HELD_FILE), "expired", 1, reactor, "the expiries held for absent dispatchers")
             if state_dir
             else None,
             MAX_HELD_EXPIRED,

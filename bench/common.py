@@ -70,6 +70,19 @@ def open_fds(pid: int) -> int:
 
 
 @contextlib.contextmanager
+def checked_out(revision: str):  # noqa: ANN201
+    """Another git revision of this checkout, in a worktree of its own that is removed
+    afterwards; yields its path (programs started with ``harness.ROOT`` set to it run its code)."""
+    with tempfile.TemporaryDirectory(prefix="mp-bench-") as scratch:
+        tree = os.path.join(scratch, "tree")
+        subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", "-q", tree, revision], check=True)
+        try:
+            yield tree
+        finally:
+            subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", tree], check=False)
+
+
+@contextlib.contextmanager
 def one_stack(name: str, port_range: str, extra: str = ""):  # noqa: ANN201
     """A network with one of our stacks (userspace forwarding) in it, both gone afterwards;
     ``extra``: more ``[Relay]`` options."""

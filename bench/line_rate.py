@@ -24,6 +24,7 @@ the same rounds, and the ratios of the two are printed.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import re
@@ -34,7 +35,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import ADDRESSES, GENERATOR_IP, PAYLOAD, OurStack, Rtpengine, cpu_seconds, network
+from common import ADDRESSES, GENERATOR_IP, PAYLOAD, OurStack, Rtpengine, checked_out, cpu_seconds, network
 
 import harness
 
@@ -189,7 +190,7 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit("too many streams for the descriptor limit")
     net = network()
     systems: list = []
-    trees: list[str] = []
+    aside = contextlib.ExitStack()  # revisions checked out aside, removed once their programs stopped
     directory = tempfile.mkdtemp(prefix="mp-bench-line-")
     try:
         binary = build_generator(directory)
@@ -208,12 +209,9 @@ def main(argv: list[str] | None = None) -> int:
             systems.append(stack)  # at once: whatever fails next, the finally below stops its programs
             stack.source = ADDRESSES[name]
         if args.against:
-            tree = os.path.join(directory, "against")
-            subprocess.run(["git", "-C", harness.ROOT, "worktree", "add", "--detach", "-q", tree, args.against], check=True)
-            trees.append(tree)
-            harness.ROOT = tree  # where its programs start from
+            harness.ROOT = aside.enter_context(checked_out(args.against))  # where its programs start from
             try:
-                stack = OurStack(net, "userspace", f"{15000}:{15000 + 4 * streams + 100}", name="against", extra="userspace_workers = 0\n")
+                stack = OurStack(net, "userspace", f"15000:{15000 + 4 * streams + 100}", name="against", extra=ours["userspace-1"][1])
             finally:
                 harness.ROOT = str(HERE.parent)
             systems.append(stack)
@@ -272,8 +270,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         for system in systems:
             system.stop()
-        for tree in trees:
-            subprocess.run(["git", "-C", harness.ROOT, "worktree", "remove", "--force", tree], check=False)
+        aside.close()
         net.remove()
         shutil.rmtree(directory, ignore_errors=True)
 

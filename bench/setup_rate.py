@@ -15,14 +15,11 @@ from __future__ import annotations
 
 import argparse
 import multiprocessing
-import os
 import resource
 import statistics
-import subprocess
-import tempfile
 import time
 
-from common import cpu_seconds, one_stack, open_fds, rss_kib
+from common import checked_out, cpu_seconds, one_stack, open_fds, rss_kib
 
 import harness
 from mediaproxy.testing import remove, update
@@ -123,9 +120,7 @@ def measure(args: argparse.Namespace, quiet: bool = False) -> dict:
 def side_by_side(args: argparse.Namespace) -> int:
     """This checkout and ``args.against`` (a git revision, checked out aside) in alternating rounds."""
     trees = {"this checkout": harness.ROOT}
-    with tempfile.TemporaryDirectory(prefix="mp-bench-") as scratch:
-        other = os.path.join(scratch, "tree")
-        subprocess.run(["git", "-C", harness.ROOT, "worktree", "add", "--detach", "-q", other, args.against], check=True)
+    with checked_out(args.against) as other:
         trees[args.against] = other
         results: dict[str, list[dict]] = {name: [] for name in trees}
         try:
@@ -135,7 +130,6 @@ def side_by_side(args: argparse.Namespace) -> int:
                     results[name].append(measure(args, quiet=True))
         finally:
             harness.ROOT = trees["this checkout"]
-            subprocess.run(["git", "-C", harness.ROOT, "worktree", "remove", "--force", other], check=False)
     print(f"{args.calls} calls over {args.connections} connections, {args.rounds} alternating rounds (medians):")
     print(f"{'code':>16} {'set-ups/s':>10} {'relay µs':>9} {'dispatcher µs':>14} {'p99 ms':>7}  set-ups/s each round")
     medians = {}

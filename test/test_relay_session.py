@@ -228,14 +228,26 @@ def test_callee_reinvite_with_swapped_tags_and_own_cseq():
     assert relay.remove(from_tag="tt", to_tag="ft")["call_id"] == "c1"
 
 
-def test_reinvite_moving_a_port_resets_the_party():
+def talking_call(caller_from, callee_from):
+    """A call whose parties each sent a first packet from the given addresses: (relay, the
+    caller-facing RTP socket, the callee-facing one)."""
     relay = Relay(stream_timeout=90)
     relay.call()
     caller_side, callee_side = relay.socket(40000), relay.socket(40002)
-    caller_side.deliver(rtp(), CALLER_NAT)
-    callee_side.deliver(rtp(), CALLEE_NAT)
+    caller_side.deliver(rtp(), caller_from)
+    callee_side.deliver(rtp(), callee_from)
+    return relay, caller_side, callee_side
+
+
+def reinvite_moving_the_callee(relay):
+    """A caller re-INVITE whose answer moves the callee's audio to port 7002."""
     relay.update(cseq=2)
     relay.update(kind="reply", cseq=2, to_tag="tt", media="audio:198.51.100.20:7002:sendrecv:ice=no")
+
+
+def test_reinvite_moving_a_port_resets_the_party():
+    relay, caller_side, callee_side = talking_call(CALLER_NAT, CALLEE_NAT)
+    reinvite_moving_the_callee(relay)
     # the old callee address is obsolete now; the new one is learnt from its first packet
     callee_side.deliver(rtp(), CALLEE_NAT)
     assert len(caller_side.sent) == 1
@@ -245,14 +257,9 @@ def test_reinvite_moving_a_port_resets_the_party():
 
 
 def test_a_settled_side_opens_again_when_its_party_moves_or_its_rtcp_is_learnt_afresh():
-    relay = Relay(stream_timeout=90)
-    relay.call()
-    caller_side, callee_side = relay.socket(40000), relay.socket(40002)
-    caller_side.deliver(rtp(), CALLER_SDP)
-    callee_side.deliver(rtp(), CALLEE_SDP)
+    relay, caller_side, callee_side = talking_call(CALLER_SDP, CALLEE_SDP)
     assert caller_side.peer == CALLER_SDP and callee_side.peer == CALLEE_SDP  # exact fits are final at once
-    relay.update(cseq=2)
-    relay.update(kind="reply", cseq=2, to_tag="tt", media="audio:198.51.100.20:7002:sendrecv:ice=no")
+    reinvite_moving_the_callee(relay)
     assert callee_side.peer is None and caller_side.peer == CALLER_SDP  # the callee moved: learnt afresh
     callee_side.deliver(rtp(), ("198.51.100.20", 7002))
     assert caller_side.sent[-1] == (rtp(), CALLER_SDP) and callee_side.peer == ("198.51.100.20", 7002)
@@ -271,12 +278,8 @@ def test_a_settled_side_opens_again_when_its_party_moves_or_its_rtcp_is_learnt_a
 
 
 def test_reinvite_that_moves_without_new_media_times_out():
-    relay = Relay(stream_timeout=90)
-    relay.call()
-    relay.socket(40000).deliver(rtp(), CALLER_NAT)
-    relay.socket(40002).deliver(rtp(), CALLEE_NAT)
-    relay.update(cseq=2)
-    relay.update(kind="reply", cseq=2, to_tag="tt", media="audio:198.51.100.20:7002:sendrecv:ice=no")
+    relay, _, _ = talking_call(CALLER_NAT, CALLEE_NAT)
+    reinvite_moving_the_callee(relay)
     relay.clock.advance(91)
     assert [s["status"] for s in relay.expired[0]["streams"]] == ["no-traffic timeout"]
 

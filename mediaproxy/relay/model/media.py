@@ -351,6 +351,12 @@ class Substream:
             # connectivity checks that waited for this party can go now, not at its next check
             self._flush_stun(side, source)
 
+    def settle(self, now: float) -> None:
+        """Settle each side whose latch nobody can take any more (Side.settle)."""
+        window = self.stream.policy.latch_window
+        self.caller.settle(now, window)
+        self.callee.settle(now, window)
+
     @staticmethod
     def _flush_stun(side: Side, destination: tuple[str, int]) -> None:
         queue, side.stun_queue = side.stun_queue or (), None
@@ -384,12 +390,6 @@ class Substream:
         return None
 
     # -- the path, as the kernel forwarder reports it
-
-    def settle(self, now: float) -> None:
-        """Settle each side whose latch nobody can take any more (Side.settle)."""
-        window = self.stream.policy.latch_window
-        self.caller.settle(now, window)
-        self.callee.settle(now, window)
 
     def set_path(self, path: str) -> None:
         if path != self.path:

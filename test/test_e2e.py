@@ -259,9 +259,9 @@ class Call:
             assert caller.recvfrom(2048) == (_rtp(sequence, 8), caller_side), self.stack.context()
         return entry[f"{caller_key}_local"], entry[f"{callee_key}_local"]
 
-    def caller_sent(self, text: str, direction: str = "sent") -> None:
-        """Wait until the caller's sipp has sent (or with ``direction`` "received", got) a message
-        holding ``text`` (e.g. ``CSeq: 3 ACK``): it is then past that step and waits for the test's next move."""
+    def caller_passed(self, text: str, direction: str = "sent") -> None:
+        """Wait until the caller's sipp is past a message holding ``text`` (e.g. ``CSeq: 3 ACK``)
+        that it sent (or with ``direction`` "received", got): it then waits for the test's next move."""
 
         def logged() -> bool:
             try:
@@ -431,14 +431,14 @@ def test_hold_and_unhold_in_both_styles(stack):
         ],
     )
     call.media(packets=10)
-    call.caller_sent("CSeq: 1 ACK")
+    call.caller_passed("CSeq: 1 ACK")
     for cseq, held in enumerate((True, False, True, False), start=2):
         call.next()
         expected = "on hold" if held else "active"
         session = call.session(lambda s, expected=expected: s["streams"][-1]["status"] == expected, f"status {expected}")
         # the relay applies a re-INVITE's offer when it passes: the caller's sipp must also have
         # had the 200 and sent its ACK before the next trigger, which it would take as unexpected
-        call.caller_sent(f"CSeq: {cseq} ACK")
+        call.caller_passed(f"CSeq: {cseq} ACK")
         if not held:
             call.media(packets=5, session=session)
     call.next()
@@ -529,7 +529,7 @@ def test_callee_reinvite_keeps_the_media_going(stack):
     )
     # the caller's sipp checks that the callee's re-INVITE reaches it with the relay in the SDP
     call.media(packets=10)
-    call.caller_sent("CSeq: 1 ACK", direction="received")  # the callee's ACK of its re-INVITE: the caller waits now
+    call.caller_passed("CSeq: 1 ACK", direction="received")  # the callee's ACK of its re-INVITE: the caller waits now
     call.next()
     call.finish()
     record = call.record()
@@ -547,7 +547,7 @@ def test_200_without_sdp_after_183_with_sdp(stack):
         [*callee.answer(None, early=sdp(CALLEE_IP, ("audio", AUDIO[1]))), *callee.hangup()],
     )
     call.media(packets=10)  # from the 183's answer: the 200 may not have reached the caller yet
-    call.caller_sent("CSeq: 1 ACK")
+    call.caller_passed("CSeq: 1 ACK")
     call.next()
     call.finish()
     record = call.record()

@@ -136,7 +136,7 @@ def test_hold_and_unhold(stack, style):
     first = call.media(packets=10)
     for cseq, held in ((2, True), (3, False), (4, True), (5, False)):
         call.next()
-        call.caller_sent(f"CSeq: {cseq} ACK")
+        call.caller_passed(f"CSeq: {cseq} ACK")
         if not held:
             assert call.media(packets=5) == first
     call.next()

@@ -37,6 +37,7 @@ ADDRESSES = {
     "userspace-1": "192.0.2.14",
     "against": "192.0.2.15",
     "userspace-2": "192.0.2.16",
+    "rtpengine-1": "192.0.2.17",
 }
 PAYLOAD = 172  # G.711 20 ms: 160 bytes of audio and a 12-byte RTP header
 
@@ -145,16 +146,18 @@ class OurStack:
 class Rtpengine:
     """Debian's rtpengine-daemon in userspace mode, driven over its ng protocol (bencode over UDP)."""
 
-    def __init__(self, net: Topology, port_min: int, port_max: int) -> None:
+    def __init__(self, net: Topology, port_min: int, port_max: int, threads: int = 2, name: str = "rtpengine") -> None:
         if shutil.which("rtpengine") is None:
             raise SystemExit("rtpengine is not installed: apt-get install rtpengine-daemon")
         self.net = net
-        self.control_port = 22223
-        self.log = tempfile.NamedTemporaryFile(prefix="mp-bench-rtpengine-", suffix=".log", delete=False)  # noqa: SIM115
-        ip = ADDRESSES["rtpengine"]
+        # listening ports of its own (Debian's rtpengine.conf names fixed ones): several run at once
+        self.control_port = 22223 + list(ADDRESSES).index(name)
+        self.log = tempfile.NamedTemporaryFile(prefix=f"mp-bench-{name}-", suffix=".log", delete=False)  # noqa: SIM115
+        ip = ADDRESSES[name]
         command = ["ip", "netns", "exec", net.name("relay"), "rtpengine", "--foreground", "--log-stderr", "--table=-1"]
-        command += [f"--interface={ip}", f"--listen-ng=127.0.0.1:{self.control_port}", f"--port-min={port_min}", f"--port-max={port_max}"]
-        command += ["--log-level=3", "--num-threads=2", "--delete-delay=0"]
+        command += [f"--interface={ip}", f"--listen-ng=127.0.0.1:{self.control_port}", f"--listen-cli=127.0.0.1:{self.control_port + 1000}"]
+        command += [f"--listen-http=127.0.0.1:{self.control_port + 2000}"]
+        command += [f"--port-min={port_min}", f"--port-max={port_max}", "--log-level=3", f"--num-threads={threads}", "--delete-delay=0"]
         self.process = subprocess.Popen(command, stdout=self.log, stderr=subprocess.STDOUT)
         self.control = in_namespace(net.name("relay"), _udp_client)
         self.cookie = 0

@@ -8,7 +8,8 @@ where what comes back is counted and dropped before any socket: no receiver in t
 
 Each round offers one rate to each system in turn (alternating order): a blackhole (an address
 of the relay namespace that drops what it gets: the generator's and the veth's own cost), our
-relay's kernel path, our relay's userspace path, rtpengine in userspace. The whole machine's
+relay's kernel path, our relay's userspace path, rtpengine in userspace (two threads; on request
+"rtpengine-1", one thread, which leaves the generator a core of its own). The whole machine's
 CPU (every core, softirq included, from /proc/stat) is read around each run; a system's cost is
 the machine's less what the generator costs at that rate (the blackhole's cost per packet
 offered), and its cost per packet is that over the packets it relayed. Run as root:
@@ -179,7 +180,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--systems",
         default="kernel,userspace,userspace-1,rtpengine",
-        help="which relays (default: %(default)s; userspace-1: our userspace path without worker processes)",
+        help="which relays (default: %(default)s; userspace-1: our userspace path without worker processes; "
+        "rtpengine-1, on request: rtpengine with one thread)",
     )
     parser.add_argument("--against", help="a git revision whose userspace-1 runs in the same rounds, for the ratios")
     args = parser.parse_args(argv)
@@ -216,10 +218,12 @@ def main(argv: list[str] | None = None) -> int:
                 harness.ROOT = str(HERE.parent)
             systems.append(stack)
             stack.name, stack.source = args.against[:10], ADDRESSES["against"]
-        if "rtpengine" in wanted:
-            engine = Rtpengine(net, 50000, 65534)
-            engine.name, engine.source = "rtpengine", ADDRESSES["rtpengine"]
-            systems.append(engine)
+        # each binds its own address, so both may use the same ports
+        for name, threads in (("rtpengine", 2), ("rtpengine-1", 1)):
+            if name in wanted:
+                engine = Rtpengine(net, 50000, 65534, threads=threads, name=name)
+                systems.append(engine)
+                engine.name, engine.source = name, ADDRESSES[name]
         counters = Counters(net, [system.source for system in systems if system.source])
         files = {}
         for system in systems:

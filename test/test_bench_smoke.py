@@ -60,8 +60,9 @@ def test_accounting_queries_benchmark_runs_on_all_three_databases():
 def test_line_rate_benchmark_measures_every_path():
     if shutil.which("rtpengine") is None:
         pytest.fail("rtpengine is missing: apt-get install rtpengine-daemon (.ci/run does this)", pytrace=False)
-    output = bench("line_rate.py", "--streams", "5", "--rates", "2000", "--seconds", "1", "--against", "HEAD")
-    for system in ("kernel", "userspace", "rtpengine", "HEAD"):
+    systems = "kernel,userspace,userspace-1,rtpengine,rtpengine-1"
+    output = bench("line_rate.py", "--streams", "5", "--rates", "2000", "--seconds", "1", "--systems", systems, "--against", "HEAD")
+    for system in ("kernel", "userspace", "rtpengine", "rtpengine-1", "HEAD"):
         assert f"{system}: max relayed at < 0.1% loss: " in output, output
     assert "(generator)" in output
     assert "CPU per relayed packet, userspace-1 / HEAD, median over the rates: " in output, output

@@ -101,13 +101,15 @@ def one_stack(name: str, port_range: str, extra: str = ""):  # noqa: ANN201
 class OurStack:
     """media-dispatcher and media-relay processes in the relay namespace."""
 
-    def __init__(self, net: Topology, forwarding: str, port_range: str, name: str | None = None, extra: str = "") -> None:
+    def __init__(
+        self, net: Topology, forwarding: str, port_range: str, name: str | None = None, extra: str = "", stream_timeout: int = 60
+    ) -> None:
         self.name = name or forwarding
         self.directory = Path(tempfile.mkdtemp(prefix=f"mp-bench-{self.name}-"))
         ip = ADDRESSES.get(self.name, ADDRESSES.get(forwarding, ADDRESSES["userspace"]))
         self.deployment = Deployment(
             self.directory,
-            f"[Relay]\nrelay_ip = {ip}\nforwarding = {forwarding}\nport_range = {port_range}\nstream_timeout = 60\n"
+            f"[Relay]\nrelay_ip = {ip}\nforwarding = {forwarding}\nport_range = {port_range}\nstream_timeout = {stream_timeout}\n"
             f"traffic_sampling_period = 0\nconntrack_mark = {0x4D60 + len(self.name)}\n{extra}",
             namespace=net.name("relay"),
         )
@@ -146,7 +148,7 @@ class OurStack:
 class Rtpengine:
     """Debian's rtpengine-daemon in userspace mode, driven over its ng protocol (bencode over UDP)."""
 
-    def __init__(self, net: Topology, port_min: int, port_max: int, threads: int = 2, name: str = "rtpengine") -> None:
+    def __init__(self, net: Topology, port_min: int, port_max: int, threads: int = 2, name: str = "rtpengine", timeout: int = 60) -> None:
         if shutil.which("rtpengine") is None:
             raise SystemExit("rtpengine is not installed: apt-get install rtpengine-daemon")
         self.net = net
@@ -158,6 +160,7 @@ class Rtpengine:
         command += [f"--interface={ip}", f"--listen-ng=127.0.0.1:{self.control_port}", f"--listen-cli=127.0.0.1:{self.control_port + 1000}"]
         command += [f"--listen-http=127.0.0.1:{self.control_port + 2000}"]
         command += [f"--port-min={port_min}", f"--port-max={port_max}", "--log-level=3", f"--num-threads={threads}", "--delete-delay=0"]
+        command += [f"--timeout={timeout}", f"--silent-timeout={timeout}"]  # a call without media is ended after that
         self.process = subprocess.Popen(command, stdout=self.log, stderr=subprocess.STDOUT)
         self.control = in_namespace(net.name("relay"), _udp_client)
         self.cookie = 0

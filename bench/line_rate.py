@@ -204,16 +204,26 @@ def main(argv: list[str] | None = None) -> int:
             "userspace-1": ("userspace", "userspace_workers = 0\n"),  # everything in the relay process
             "userspace-2": ("userspace", "userspace_workers = 2\n"),  # two worker processes, whatever the cores
         }
+        # a system is idle while the others run (up to two rounds' worth of them between its own
+        # runs): no call may end for want of media before the last round
+        outlast = int(len(rates) * (len(wanted) + 2) * (args.seconds + 5)) + 600
         for index, name in enumerate(name for name in ours if name in wanted):
             low = 20000 + index * 10000
             forwarding, extra = ours[name]
-            stack = OurStack(net, forwarding, f"{low}:{low + 4 * streams + 100}", name=name, extra=extra)
+            stack = OurStack(net, forwarding, f"{low}:{low + 4 * streams + 100}", name=name, extra=extra, stream_timeout=outlast)
             systems.append(stack)  # at once: whatever fails next, the finally below stops its programs
             stack.source = ADDRESSES[name]
         if args.against:
             harness.ROOT = aside.enter_context(checked_out(args.against))  # where its programs start from
             try:
-                stack = OurStack(net, "userspace", f"15000:{15000 + 4 * streams + 100}", name="against", extra=ours["userspace-1"][1])
+                stack = OurStack(
+                    net,
+                    "userspace",
+                    f"15000:{15000 + 4 * streams + 100}",
+                    name="against",
+                    extra=ours["userspace-1"][1],
+                    stream_timeout=outlast,
+                )
             finally:
                 harness.ROOT = str(HERE.parent)
             systems.append(stack)
@@ -221,7 +231,7 @@ def main(argv: list[str] | None = None) -> int:
         # each binds its own address, so both may use the same ports
         for name, threads in (("rtpengine", 2), ("rtpengine-1", 1)):
             if name in wanted:
-                engine = Rtpengine(net, 50000, 65534, threads=threads, name=name)
+                engine = Rtpengine(net, 50000, 65534, threads=threads, name=name, timeout=outlast)
                 systems.append(engine)
                 engine.name, engine.source = name, ADDRESSES[name]
         counters = Counters(net, [system.source for system in systems if system.source])

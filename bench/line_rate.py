@@ -155,7 +155,12 @@ def compare(results: list[dict], ours: str, other: str) -> None:
         by_rate.setdefault(row["rate"], {})[row["system"]] = row
     ratios = []
     for rate, rows in by_rate.items():
-        if ours in rows and other in rows and all(rows[name]["loss"] < LOSS_LIMIT and rows[name]["relayed_pps"] for name in (ours, other)):
+        # a cost of zero or less is under what /proc/stat's clock ticks resolve (a short, slow run)
+        if (
+            ours in rows
+            and other in rows
+            and all(rows[name]["loss"] < LOSS_LIMIT and rows[name]["us_per_packet"] > 0 for name in (ours, other))
+        ):
             ratio = rows[ours]["us_per_packet"] / rows[other]["us_per_packet"]
             ratios.append(ratio)
             offered = f"{rate:.0f} pps" if rate else "as fast as it can"
@@ -168,6 +173,8 @@ def compare(results: list[dict], ours: str, other: str) -> None:
         print(f"max relayed at < 0.1% loss, {ours} / {other}: {maxima[0] / maxima[1]:.2f}x")
     if ratios:
         print(f"CPU per relayed packet, {ours} / {other}, median over the rates: {sorted(ratios)[len(ratios) // 2]:.2f}x")
+    else:
+        print(f"CPU per relayed packet, {ours} / {other}: no rate that both carried clean at a cost the CPU readings resolve")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -141,7 +141,9 @@ def side_by_side(args: argparse.Namespace) -> int:
         medians[name] = (rate, relay + dispatcher)
         print(f"{name:>16} {rate:>10.0f} {relay:>9.0f} {dispatcher:>14.0f} {p99:>7.2f}  {[round(r['rate']) for r in rounds]}")
     (rate, cpu), (other_rate, other_cpu) = medians["this checkout"], medians[args.against]
-    print(f"this checkout / {args.against}: set-ups/s {rate / other_rate:.2f}x, CPU per set-up (relay + dispatcher) {cpu / other_cpu:.2f}x")
+    # a tiny run may take less CPU than one of /proc's clock ticks: then there is no ratio to give
+    cpu_ratio = f"{cpu / other_cpu:.2f}x" if other_cpu else "not resolved (no clock tick measured)"
+    print(f"this checkout / {args.against}: set-ups/s {rate / other_rate:.2f}x, CPU per set-up (relay + dispatcher) {cpu_ratio}")
     return 1 if any(r["errors"] for rounds in results.values() for r in rounds) else 0
 
 

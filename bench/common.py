@@ -84,13 +84,12 @@ def checked_out(revision: str):  # noqa: ANN201
 
 
 @contextlib.contextmanager
-def one_stack(name: str, port_range: str, extra: str = ""):  # noqa: ANN201
-    """A network with one of our stacks (userspace forwarding) in it, both gone afterwards;
-    ``extra``: more ``[Relay]`` options."""
+def one_stack(name: str, port_range: str, stream_timeout: int = 60):  # noqa: ANN201
+    """A network with one of our stacks (userspace forwarding) in it, both gone afterwards."""
     net = network()
     stack = None
     try:
-        stack = OurStack(net, "userspace", port_range, name=name, extra=extra)
+        stack = OurStack(net, "userspace", port_range, name=name, stream_timeout=stream_timeout)
         yield stack
     finally:
         if stack is not None:

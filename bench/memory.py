@@ -37,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
     ports = min(40000, (hard_limit - 2000) // 2 * 2)
     # no session may time out while the sessions are set up and settle
     timeout = int(max(steps) / 50 + args.settle * len(steps)) + 600
-    with one_stack("memory", f"20000:{20000 + ports}", f"stream_timeout = {timeout}\n") as stack:
+    with one_stack("memory", f"20000:{20000 + ports}", stream_timeout=timeout) as stack:
         idle_fds = open_fds(stack.relay_pid)
         rows = [(0, rss_kib(stack.dispatcher_pid), rss_kib(stack.relay_pid))]
         opened = 0

@@ -147,6 +147,16 @@ def run(system, net, binary: str, flows_file: str, counters: Counters, rate: flo
     }
 
 
+def clean(results: list[dict], name: str) -> list[dict]:
+    """A system's runs that lost < 0.1%."""
+    return [row for row in results if row["system"] == name and row["loss"] < LOSS_LIMIT]
+
+
+def maximum(results: list[dict], name: str) -> float:
+    """The most a system relayed in a clean run (0 if it had none)."""
+    return max((row["relayed_pps"] for row in clean(results, name)), default=0)
+
+
 def compare(results: list[dict], ours: str, other: str) -> None:
     """The two in-process paths' CPU per relayed packet at each rate where both lost < 0.1%, and
     their maxima at < 0.1% loss."""
@@ -165,10 +175,7 @@ def compare(results: list[dict], ours: str, other: str) -> None:
             ratios.append(ratio)
             offered = f"{rate:.0f} pps" if rate else "as fast as it can"
             print(f"offered {offered}: CPU per relayed packet {ours} / {other}: {ratio:.2f}x")
-    maxima = [
-        max((row["relayed_pps"] for row in results if row["system"] == name and row["loss"] < LOSS_LIMIT), default=0)
-        for name in (ours, other)
-    ]
+    maxima = [maximum(results, name) for name in (ours, other)]
     if maxima[1]:
         print(f"max relayed at < 0.1% loss, {ours} / {other}: {maxima[0] / maxima[1]:.2f}x")
     if ratios:
@@ -278,11 +285,9 @@ def main(argv: list[str] | None = None) -> int:
                 )
             print()
         for system in systems[1:]:
-            clean = [row for row in results if row["system"] == system.name and row["loss"] < LOSS_LIMIT]
-            best = max(clean, key=lambda row: row["relayed_pps"], default=None)
-            costs = sorted(row["us_per_packet"] for row in clean) if clean else [0.0]
+            costs = sorted(row["us_per_packet"] for row in clean(results, system.name)) or [0.0]
             print(
-                f"{system.name}: max relayed at < 0.1% loss: {best['relayed_pps'] if best else 0:.0f} pps; "
+                f"{system.name}: max relayed at < 0.1% loss: {maximum(results, system.name):.0f} pps; "
                 f"CPU per relayed packet (median over clean runs): {costs[len(costs) // 2]:.2f} µs"
             )
         if args.against:

@@ -1,8 +1,12 @@
-"""What every connection a peer opens is held to: a slot within the listener's limits, a TLS
-handshake within a deadline, and one log line (rate-limited per address) when it is refused.
+"""What every connection a peer opens is held to: a slot within the listener's limits and the
+descriptor budget, a TLS handshake within a deadline, and one log line (rate-limited per
+address) when it is refused.
 
-``GuardedFactory`` wraps the factory of a listener (or of an outgoing TLS link); its protocols
-sit between the transport and ours, so the limits apply the same way to every listener.
+``GuardedFactory`` wraps a listener's factory *outside* TLS: a refused connection is closed by
+the port before any TLS state exists for it (a factory inside Twisted's TLS wrapper cannot
+refuse; the wrapper would keep the socket open with no protocol). With ``tls`` given it builds
+the TLS layer itself, and a ``HandshakeGuard`` inside it watches the handshake. An outgoing TLS
+link has no admission to make: ``HandshakeGuard`` alone wraps its factory.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from dataclasses import dataclass
 
 from twisted.internet.interfaces import IHandshakeListener
 from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
+from twisted.protocols.tls import TLSMemoryBIOFactory
 from zope.interface import implementer
 
 from mediaproxy.log import Logger
@@ -23,11 +28,46 @@ log = Logger(namespace="guard")
 
 class DescriptorBudget:
     """Descriptors that accepted connections may take: the open-file limit less a reserve kept
-    for what must never fail for want of one (the call table, the spool, database links)."""
+    for what must never fail for want of one (the call table, the spool, database links).
+
+    Half of the budget is shared out evenly as each listener's own share, which no other
+    listener's connections can take; the other half is common to all. A flood on one listener
+    therefore never leaves another (the proxy socket above all) without descriptors.
+    """
 
     def __init__(self, reserve: int, limit: int) -> None:
         self.total = max(limit - reserve, 8)
         self.used = 0
+        self.by_listener: Counter[str] = Counter()
+        self.listeners: list[str] = []
+
+    def register(self, listener: str) -> None:
+        if listener not in self.listeners:
+            self.listeners.append(listener)
+
+    @property
+    def share(self) -> int:
+        """Each listener's own descriptors."""
+        return self.total // (2 * max(len(self.listeners), 1))
+
+    def _common_used(self) -> int:
+        share = self.share
+        return sum(max(used - share, 0) for used in self.by_listener.values())
+
+    def admits(self, listener: str) -> bool:
+        if self.used >= self.total:
+            return False
+        if self.by_listener[listener] < self.share:
+            return True
+        return self._common_used() < self.total - self.share * len(self.listeners)
+
+    def take(self, listener: str) -> None:
+        self.used += 1
+        self.by_listener[listener] += 1
+
+    def give_back(self, listener: str) -> None:
+        self.used -= 1
+        self.by_listener[listener] -= 1
 
 
 def raise_descriptor_limit() -> int:
@@ -50,9 +90,18 @@ class Limits:
     handshake_timeout: float | None  # None: not a TLS listener
 
 
+def peer_of(addr) -> str:  # noqa: ANN001 - an IAddress
+    return getattr(addr, "host", None) or "local"
+
+
+# -- the TLS handshake, watched from inside the TLS layer
+
+
 @implementer(IHandshakeListener)
-class GuardedProtocol(ProtocolWrapper):
-    def __init__(self, factory: GuardedFactory, wrapped, peer: str) -> None:  # noqa: ANN001
+class HandshakeWatch(ProtocolWrapper):
+    """Aborts a connection whose TLS handshake is not done within the deadline; logs a failed one."""
+
+    def __init__(self, factory: HandshakeGuard, wrapped, peer: str) -> None:  # noqa: ANN001
         ProtocolWrapper.__init__(self, factory, wrapped)
         self.peer = peer
         self.handshake_done = False
@@ -60,17 +109,13 @@ class GuardedProtocol(ProtocolWrapper):
         self._timer = None
 
     def makeConnection(self, transport) -> None:  # noqa: N802, ANN001
-        timeout = self.factory.limits.handshake_timeout
-        if timeout is not None:
-            self._timer = self.factory.clock.callLater(timeout, self._handshake_overdue)
+        self._timer = self.factory.clock.callLater(self.factory.timeout, self._handshake_overdue)
         ProtocolWrapper.makeConnection(self, transport)
 
     def _handshake_overdue(self) -> None:
         self._timer = None
         self.timed_out = True
-        self.factory.refuse(
-            "tls_handshake_timeout", self.peer, "no TLS handshake within {timeout}s", timeout=self.factory.limits.handshake_timeout
-        )
+        self.factory.refuse("tls_handshake_timeout", self.peer, "no TLS handshake within {timeout}s", timeout=self.factory.timeout)
         self.transport.abortConnection()
 
     def handshakeCompleted(self) -> None:  # noqa: N802
@@ -84,15 +129,32 @@ class GuardedProtocol(ProtocolWrapper):
 
     def connectionLost(self, reason) -> None:  # noqa: N802, ANN001
         self._cancel_timer()
-        if self.factory.limits.handshake_timeout is not None and not self.handshake_done and not self.timed_out:
+        if not self.handshake_done and not self.timed_out:
             self.factory.refuse("tls_failed", self.peer, "TLS handshake failed: {reason}", reason=tls_failure_text(reason))
-        self.factory.release(self.peer)
         ProtocolWrapper.connectionLost(self, reason)
 
     def _cancel_timer(self) -> None:
         if self._timer is not None and self._timer.active():
             self._timer.cancel()
         self._timer = None
+
+
+class HandshakeGuard(WrappingFactory):
+    """Wraps the factory that TLS wraps, so each connection's handshake has a deadline."""
+
+    protocol = HandshakeWatch
+    noisy = False
+
+    def __init__(self, wrapped, name: str, timeout: float, refusals: Refusals, clock) -> None:  # noqa: ANN001
+        WrappingFactory.__init__(self, wrapped)
+        self.name, self.timeout, self.refusals, self.clock = name, timeout, refusals, clock
+
+    def buildProtocol(self, addr) -> HandshakeWatch | None:  # noqa: N802, ANN001
+        wrapped = self.wrappedFactory.buildProtocol(addr)
+        return None if wrapped is None else self.protocol(self, wrapped, peer_of(addr))
+
+    def refuse(self, kind: str, peer: str, text: str, **fields: object) -> None:
+        self.refusals.refuse(kind, peer, log, "{listener}: connection from {peer} " + text, listener=self.name, **fields)
 
 
 def tls_failure_text(reason) -> str:  # noqa: ANN001 - a Failure
@@ -104,13 +166,33 @@ def tls_failure_text(reason) -> str:  # noqa: ANN001 - a Failure
     return ", ".join(parts) if parts else reason.getErrorMessage()
 
 
-class GuardedFactory(WrappingFactory):
-    """Admits a connection if the listener, its source address and the descriptor budget have room."""
+# -- admission, outside TLS
 
-    protocol = GuardedProtocol
+
+class AdmittedProtocol(ProtocolWrapper):
+    """An admitted connection: it gives its slot back when it closes."""
+
+    def __init__(self, factory: GuardedFactory, wrapped, peer: str) -> None:  # noqa: ANN001
+        ProtocolWrapper.__init__(self, factory, wrapped)
+        self.peer = peer
+
+    def connectionLost(self, reason) -> None:  # noqa: N802, ANN001
+        self.factory.release(self.peer)
+        ProtocolWrapper.connectionLost(self, reason)
+
+
+class GuardedFactory(WrappingFactory):
+    """Admits a connection if the listener, its source address and the descriptor budget have
+    room; refused, ``buildProtocol`` answers None and the port closes the socket at once."""
+
+    protocol = AdmittedProtocol
     noisy = False
 
-    def __init__(self, wrapped, name: str, limits: Limits, budget: DescriptorBudget, refusals: Refusals, clock) -> None:  # noqa: ANN001, PLR0913
+    def __init__(self, wrapped, name: str, limits: Limits, budget: DescriptorBudget, refusals: Refusals, clock, tls=None) -> None:  # noqa: ANN001, PLR0913
+        if tls is not None:
+            if limits.handshake_timeout is None:
+                raise ValueError(f"{name}: a TLS listener needs a handshake timeout")
+            wrapped = TLSMemoryBIOFactory(tls, False, HandshakeGuard(wrapped, name, limits.handshake_timeout, refusals, clock))
         WrappingFactory.__init__(self, wrapped)
         self.name = name
         self.limits = limits
@@ -119,11 +201,14 @@ class GuardedFactory(WrappingFactory):
         self.clock = clock
         self.count = 0
         self.by_peer: Counter[str] = Counter()
+        budget.register(name)
 
-    def buildProtocol(self, addr):  # noqa: N802, ANN001, ANN201
-        peer = getattr(addr, "host", None) or "local"
-        if self.budget.used >= self.budget.total:
-            self.refuse("descriptor_budget", peer, "refused: {used} connections use the descriptors not reserved", used=self.budget.used)
+    def buildProtocol(self, addr) -> AdmittedProtocol | None:  # noqa: N802, ANN001
+        peer = peer_of(addr)
+        if not self.budget.admits(self.name):
+            self.refuse(
+                "descriptor_budget", peer, "refused: {used} connections use the descriptors this listener may have", used=self.budget.used
+            )
             return None
         if self.count >= self.limits.max_connections:
             self.refuse("listener_full", peer, "refused: the listener has {count} connections", count=self.count)
@@ -136,12 +221,12 @@ class GuardedFactory(WrappingFactory):
             return None
         self.count += 1
         self.by_peer[peer] += 1
-        self.budget.used += 1
+        self.budget.take(self.name)
         return self.protocol(self, wrapped, peer)
 
     def release(self, peer: str) -> None:
         self.count -= 1
-        self.budget.used -= 1
+        self.budget.give_back(self.name)
         self.by_peer[peer] -= 1
         if self.by_peer[peer] <= 0:
             del self.by_peer[peer]

@@ -6,11 +6,13 @@ from __future__ import annotations
 import json
 import os
 import resource
+import select
 import socket
 import sqlite3
 import ssl
 import struct
 import time
+from functools import partial
 
 import pytest
 from deployment import Deployment, call, management, rss, rtp_packet, udp_endpoint, wait_until
@@ -100,6 +102,57 @@ def test_idle_connection_floods_leave_the_proxy_and_accounting_working(tmp_path)
         for connection in idle:
             connection.close()
         programs.kill()
+
+
+@pytest.mark.parametrize("listener", ["relay", "management"])
+def test_refused_tls_connections_are_closed_and_leave_the_proxy_socket_working(tmp_path, listener):
+    # the dispatcher at 1,024 descriptors; 1,500 connections from one address to a TLS listener,
+    # none of them handshaking: each past max_connections_per_ip is closed at once
+    _raise_own_file_limit(8192)
+    database = tmp_path / "accounting.sqlite"
+    extra = f"[Dispatcher]\naccounting = database\nmanagement_use_tls = yes\n[Database]\ndburi = sqlite://{database}\n"
+    programs = Deployment(tmp_path, extra, stream_timeout=60, files=1024).start()
+    idle: list[socket.socket] = []
+    try:
+        proxy = programs.proxy()
+        assert proxy.request(update("before", "ft", media="audio:127.0.0.1:9:sendrecv")) != "error"
+        port = programs.relay_port if listener == "relay" else programs.management_port
+        # in bursts the listen backlog holds (beyond it the kernel drops SYNs and the client sends
+        # them again seconds later): every connection past the 50 admitted is closed by the dispatcher
+        while len(idle) < 1500:
+            idle += _open_idle(port, 25)
+            wait_until(partial(_all_refused_closed, list(idle), 50), f"{len(idle) - 50} refused connections closed", timeout=10)
+            assert _descriptors(programs) < 1024 - 128
+        started = time.monotonic()
+        fresh = programs.proxy()
+        reply = fresh.request(update("during", "ft", media="audio:127.0.0.1:9:sendrecv"))
+        assert time.monotonic() - started < 0.1 and reply.split()[0] == "127.0.0.1", reply
+        assert proxy.request(update("before", "ft", "tt", kind="reply", media="audio:127.0.0.1:11:sendrecv")) != "error"
+        assert proxy.request(remove("before", "ft", "tt")) == "removed"
+        wait_until(lambda: _call_ids(database) == ["before"], "the accounting record of the call that ended", timeout=10)
+        output = programs.dispatcher.output()
+        assert "Unhandled Error" not in output and "Traceback" not in output, output[-3000:]
+        # one line for the address (rate-limited), however many were refused
+        assert output.count("connections from this address already") == 1
+    finally:
+        for connection in idle:
+            connection.close()
+        programs.kill()
+
+
+def _all_refused_closed(sockets: list[socket.socket], admitted: int) -> bool:
+    return _closed_by_peer(sockets) >= len(sockets) - admitted
+
+
+def _closed_by_peer(sockets: list[socket.socket]) -> int:
+    poller = select.poll()
+    for connection in sockets:
+        poller.register(connection, select.POLLIN | select.POLLHUP | select.POLLERR)
+    return len(poller.poll(0))
+
+
+def _descriptors(programs: Deployment) -> int:
+    return len(os.listdir(f"/proc/{programs.dispatcher.process.pid}/fd"))
 
 
 def _management_answers(programs: Deployment) -> bool:

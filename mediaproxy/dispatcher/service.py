@@ -36,7 +36,9 @@ class PluginContext:
     runtime_dir: str
     socket_mode: int = 0o660
     socket_gid: int | None = None
-    guard: Callable[[object, str, bool], GuardedFactory] | None = None  # (factory, name, tls) → limited factory
+    # (factory, name, TLS context factory or None) → the limited factory to listen with (over TCP
+    # even for TLS: the guard builds the TLS layer inside itself)
+    guard: Callable[[object, str, object], GuardedFactory] | None = None
     refusals: Refusals | None = None
 
 
@@ -67,11 +69,12 @@ class DispatcherService(service.Service):
         self.relay_port = None
         self.rtpproxy_port = None
 
-    def guard(self, factory, name: str, tls: bool) -> GuardedFactory:  # noqa: ANN001
-        """``factory`` held to the connection limits of config.ini (and a TLS handshake deadline)."""
+    def guard(self, factory, name: str, tls=None) -> GuardedFactory:  # noqa: ANN001
+        """``factory`` held to the connection limits of config.ini; with ``tls`` (a context factory)
+        it is served over TLS, with a handshake deadline. Listen on the result with listenTCP."""
         config = self.config
-        limits = Limits(config.max_connections, config.max_connections_per_ip, config.tls_handshake_timeout if tls else None)
-        return GuardedFactory(factory, name, limits, self.budget, self.refusals, self.reactor)
+        limits = Limits(config.max_connections, config.max_connections_per_ip, config.tls_handshake_timeout if tls is not None else None)
+        return GuardedFactory(factory, name, limits, self.budget, self.refusals, self.reactor, tls)
 
     @property
     def socket_path(self) -> str:
@@ -89,14 +92,13 @@ class DispatcherService(service.Service):
             os.unlink(path)
         try:
             self.control_port = self.reactor.listenUNIX(
-                path, self.guard(self.control_factory, "proxy socket", False), mode=self.config.socket_mode
+                path, self.guard(self.control_factory, "proxy socket"), mode=self.config.socket_mode
             )
             unixsocket.give_group(path, self.socket_gid)
             address = self.config.listen
-            self.relay_port = self.reactor.listenSSL(
+            self.relay_port = self.reactor.listenTCP(
                 address.port,
-                self.guard(RelayFactory(self.registry), "relay listener", True),
-                ContextFactory(self.credentials),
+                self.guard(RelayFactory(self.registry), "relay listener", ContextFactory(self.credentials)),
                 interface=address.host,
             )
             log.info("Listening for the proxy on {path} and for relays on {address} (TLS)", path=path, address=str(address))
@@ -116,7 +118,7 @@ class DispatcherService(service.Service):
             path = os.path.join(self.runtime_dir, where.host)
             if os.path.exists(path):
                 os.unlink(path)
-            factory = self.guard(RtpproxyStreamFactory(front), "rtpproxy socket", False)
+            factory = self.guard(RtpproxyStreamFactory(front), "rtpproxy socket")
             self.rtpproxy_port = self.reactor.listenUNIX(path, factory, mode=self.config.socket_mode)
             unixsocket.give_group(path, self.socket_gid)
             log.info("Listening for the rtpproxy module on unix:{path}", path=path)

@@ -223,14 +223,16 @@ class ManagementPlugin(PluginBase):
     def start(self) -> None:
         address = self.config.listen_management
         factory = ManagementFactory(self)
-        if self.context.guard is not None:
-            factory = self.context.guard(factory, "management", self.verifier is not None)
+        tls = ContextFactory(self.context.credentials) if self.verifier is not None else None
         reactor = self.context.reactor
-        if self.verifier is not None:
-            self.port = reactor.listenSSL(address.port, factory, ContextFactory(self.context.credentials), interface=address.host)
-            self.verifier.start()
+        if self.context.guard is not None:
+            self.port = reactor.listenTCP(address.port, self.context.guard(factory, "management", tls), interface=address.host)
+        elif tls is not None:
+            self.port = reactor.listenSSL(address.port, factory, tls, interface=address.host)
         else:
             self.port = reactor.listenTCP(address.port, factory, interface=address.host)
+        if self.verifier is not None:
+            self.verifier.start()
         log.info("Management interface listening on {address} ({kind})", address=str(address), kind="TLS" if self.verifier else "plain TCP")
 
     def stop(self) -> defer.Deferred | None:

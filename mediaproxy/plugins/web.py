@@ -230,14 +230,15 @@ class WebPlugin(PluginBase):
         if self.verifier is not None:
             # Site builds each connection's channel from this class (instead of its HTTP/2-capable one)
             site.protocol = type("Channel", (VerifiedChannel,), {"verifier": self.verifier})
-        guarded = site if self.context.guard is None else self.context.guard(site, "web page", self.verifier is not None)
-        if self.verifier is not None:
-            self.port = self.reactor.listenSSL(
-                self.address.port, guarded, ContextFactory(self.context.credentials), interface=self.address.host
-            )
-            self.verifier.start()
+        tls = ContextFactory(self.context.credentials) if self.verifier is not None else None
+        if self.context.guard is not None:
+            self.port = self.reactor.listenTCP(self.address.port, self.context.guard(site, "web page", tls), interface=self.address.host)
+        elif tls is not None:
+            self.port = self.reactor.listenSSL(self.address.port, site, tls, interface=self.address.host)
         else:
-            self.port = self.reactor.listenTCP(self.address.port, guarded, interface=self.address.host)
+            self.port = self.reactor.listenTCP(self.address.port, site, interface=self.address.host)
+        if self.verifier is not None:
+            self.verifier.start()
         scheme = "https" if self.verifier is not None else "http"
         log.info("Live sessions page at {scheme}://{address}/", scheme=scheme, address=str(self.address))
 

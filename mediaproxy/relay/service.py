@@ -16,7 +16,7 @@ from zope.interface import implementer
 
 from mediaproxy import __version__, heap, statefile
 from mediaproxy.datatypes import Endpoint
-from mediaproxy.guard import DescriptorBudget, GuardedFactory, Limits
+from mediaproxy.guard import HandshakeGuard
 from mediaproxy.log import Logger
 from mediaproxy.process import StartupError
 from mediaproxy.relay.held import HeldExpiries
@@ -255,9 +255,6 @@ class RelayService(service.MultiService):
         self.verifier = PeerVerifier(
             credentials, self.config.passport, configuration.tls.verify_interval, reactor, "dispatcher", self.refusals
         )
-        # one link per dispatcher, nothing accepted: only the handshake deadline and the failure log matter
-        self._link_limits = Limits(max_connections=1, max_per_address=1, handshake_timeout=TLS_HANDSHAKE_TIMEOUT)
-        self._link_budget = DescriptorBudget(0, 1 << 20)
         self.connectors: dict[tuple[str, int], DispatcherConnector] = {}
         self._wanted: frozenset = frozenset()  # dispatchers in the latest resolved list
         self.stopping = False
@@ -303,8 +300,9 @@ class RelayService(service.MultiService):
         if self.config.metrics_listen is not None:
             MetricsListener(self.config.metrics_listen, self.summary, reactor, self.refusals).setServiceParent(self)
 
-    def guard(self, factory) -> GuardedFactory:  # noqa: ANN001
-        return GuardedFactory(factory, "dispatcher link", self._link_limits, self._link_budget, self.refusals, self.reactor)
+    def guard(self, factory) -> HandshakeGuard:  # noqa: ANN001
+        # one link per dispatcher, nothing accepted: only the handshake deadline and the failure log matter
+        return HandshakeGuard(factory, "dispatcher link", TLS_HANDSHAKE_TIMEOUT, self.refusals, self.reactor)
 
     # -- start and stop
 

@@ -12,7 +12,6 @@ import json
 from twisted.internet import defer, protocol
 from twisted.internet.interfaces import IHandshakeListener
 from twisted.plugin import IPlugin
-from twisted.protocols.basic import LineOnlyReceiver
 from twisted.protocols.policies import TimeoutMixin
 from zope.interface import implementer, provider
 
@@ -22,6 +21,7 @@ from mediaproxy.log import Logger, level_name, set_level
 from mediaproxy.plugin import IDispatcherPlugin, IDispatcherPluginFactory, PluginBase
 from mediaproxy.ratelimit import Refusals
 from mediaproxy.tls import ContextFactory, PeerVerifier
+from mediaproxy.wire.lines import LineSplitter, OverlongLine
 from mediaproxy.wire.management import CONTROL
 
 log = Logger(namespace="management")
@@ -32,15 +32,21 @@ def _dump(value: object) -> str:
 
 
 MAX_BACKLOG = 16
+QUIT = ("quit", "exit")
 
 
 @implementer(IHandshakeListener)
-class ManagementProtocol(LineOnlyReceiver, TimeoutMixin):
+class ManagementProtocol(protocol.Protocol, TimeoutMixin):
     delimiter = b"\r\n"
     MAX_LENGTH = 1024
 
     def __init__(self, plugin: ManagementPlugin) -> None:
         self.plugin = plugin
+        # the same lines whatever the segmentation: a line of MAX_LENGTH bytes is taken, one byte
+        # more is refused, however its CR and LF arrive
+        self.lines = LineSplitter(self.MAX_LENGTH)
+        self.closing = False  # closed by us: nothing more is answered
+        self.quitting = False  # quit read: nothing after it is read (it closes once what came before is answered)
         self.accepted = plugin.verifier is None
         self.busy = False
         self.output_full = False  # the transport asked us to stop producing
@@ -73,9 +79,28 @@ class ManagementProtocol(LineOnlyReceiver, TimeoutMixin):
         self.transport.abortConnection()
 
     def close(self) -> None:
+        self.closing = True
+        self.backlog.clear()
         # a transport with a producer registered would wait for it before closing
         self.transport.unregisterProducer()
         self.transport.loseConnection()
+
+    def sendLine(self, line: bytes) -> None:  # noqa: N802
+        self.transport.write(line + self.delimiter)
+
+    def dataReceived(self, data: bytes) -> None:  # noqa: N802
+        if self.closing or self.quitting:
+            return
+        for line in self.lines.feed(data):
+            if isinstance(line, OverlongLine):
+                self.lineLengthExceeded(line.head)
+                return
+            self.lineReceived(line)
+            if self.closing or self.quitting:
+                return
+        if self.lines.discarding:
+            # refused as soon as it is over the limit, not when (if ever) its LF comes
+            self.lineLengthExceeded(b"")
 
     # the transport's producer interface: it calls these as its unread output grows and drains
 
@@ -90,6 +115,8 @@ class ManagementProtocol(LineOnlyReceiver, TimeoutMixin):
         self.backlog.clear()
 
     def lineLengthExceeded(self, line: bytes) -> None:  # noqa: N802
+        if self.closing:
+            return
         log.warn(
             "Management client {peer} sent a line longer than {limit} bytes; closing",
             peer=self.transport.getPeer().host,
@@ -99,8 +126,12 @@ class ManagementProtocol(LineOnlyReceiver, TimeoutMixin):
         self.close()
 
     def lineReceived(self, raw: bytes) -> None:  # noqa: N802
+        if self.closing or self.quitting:
+            return
         self.resetTimeout()
-        self.backlog.append(raw.decode("utf-8", "replace").strip())
+        command = raw.decode("utf-8", "replace").strip()
+        self.quitting = command in QUIT
+        self.backlog.append(command)
         if len(self.backlog) >= MAX_BACKLOG and self.reading:
             self.reading = False
             self.transport.pauseProducing()  # its commands wait in its own socket, not in our memory
@@ -110,9 +141,8 @@ class ManagementProtocol(LineOnlyReceiver, TimeoutMixin):
     def _drain_backlog(self) -> None:
         while self.backlog and not self.busy and not self.output_full and self.connected:
             command = self.backlog.pop(0)
-            if command in ("quit", "exit"):
+            if command in QUIT:
                 self.close()
-                self.backlog.clear()
                 return
             self.busy = True
             defer.maybeDeferred(self._run, command).addErrback(self._failed, command).addCallback(self._reply)
@@ -182,7 +212,7 @@ class ManagementProtocol(LineOnlyReceiver, TimeoutMixin):
 
     def _reply(self, line: str) -> None:
         self.busy = False
-        if self.transport is not None and self.connected:
+        if self.transport is not None and self.connected and not self.closing:
             self.resetTimeout()
             self.sendLine(line.encode())
             self._drain_backlog()

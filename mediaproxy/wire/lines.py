@@ -30,6 +30,11 @@ class LineSplitter:
         self._discarding: bytes | None = None  # the head of the over-long line being skipped
 
     @property
+    def discarding(self) -> bool:
+        """An over-long line is being skipped (it is known to be over the limit already)."""
+        return self._discarding is not None
+
+    @property
     def pending(self) -> bool:
         return bool(self._buffer) or self._discarding is not None
 

@@ -6,7 +6,7 @@ import pytest
 
 from mediaproxy.wire import jsontext, relaylink, statistics
 from mediaproxy.wire.control import ProxyRequest, RequestError, RequestFramer
-from mediaproxy.wire.headers import HeaderError, parse_media, parse_signaling_ip
+from mediaproxy.wire.headers import HeaderError, SignalingInfo, parse_media, parse_signaling_ip
 from mediaproxy.wire.lines import LineSplitter, OverlongLine
 from mediaproxy.wire.statistics import SessionRecord, StreamRecord
 from mediaproxy.wire.update import UpdateReply, parse_update_reply
@@ -48,7 +48,8 @@ def test_values_containing_colon_space_split_at_the_first_one():
         UPDATE.replace(b"call_id: c1", b"call_id: x: y").replace(b"signaling_ip: 127.0.0.1", b'signaling_ip: {"a": 1}')
     )
     assert request.headers["call_id"] == "x: y"
-    assert request.headers["signaling_ip"] == '{"a": 1}'
+    # decoded once here; the relay is sent the very same line
+    assert request.headers["signaling_ip"] == SignalingInfo(None) and 'signaling_ip: {"a": 1}' in request.lines
 
 
 @pytest.mark.parametrize(
@@ -135,7 +136,28 @@ def test_signaling_ip_forms():
     assert (both.caller_ip, both.destination_ip) == ("192.0.2.10", "198.51.100.20")
     json_form = parse_signaling_ip('{"signaling_ip": "192.0.2.10", "destination_ip": "198.51.100.20", "username": "alice@example.com"}')
     assert (json_form.caller_ip, json_form.destination_ip, json_form.username) == ("192.0.2.10", "198.51.100.20", "alice@example.com")
-    assert parse_signaling_ip("[1, 2]").caller_ip == "[1, 2]"  # JSON that is not an object is not an error
+    assert parse_signaling_ip("2001:db8::1").caller_ip == "2001:db8::1"
+    assert parse_signaling_ip('{"username": "bob"}') == SignalingInfo(None, None, "bob")  # every key is optional
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "[[[[",
+        "[1, 2]",
+        "proxy.example.com",
+        "192.0.2.300",
+        "192.0.2.10_",
+        "192.0.2.10_nowhere",
+        "a_b",
+        '{"signaling_ip": "here"}',
+        '{"signaling_ip": "192.0.2.10", "destination_ip": "198.51.100"}',
+        '{"signaling_ip": 3232235521}',
+    ],
+)
+def test_signaling_ip_that_names_no_ip_address_is_refused(value):
+    with pytest.raises(HeaderError, match="is not an IP address"):
+        parse_signaling_ip(value)
 
 
 def test_relay_lines():
@@ -278,3 +300,12 @@ def test_session_records_are_what_the_checker_accepts():
     typed.timed_out, typed.end_reason = True, "no-traffic timeout"
     assert statistics.parse_record(json.dumps(typed.as_json())) == typed
     assert typed.as_json()["timed_out"] is True
+
+
+def test_an_update_whose_signaling_ip_is_no_address_is_one_error_for_the_proxy():
+    from mediaproxy.testing import update
+
+    (refused,) = RequestFramer().feed(update("c", "ft", media="audio:192.0.2.1:4000:sendrecv", signaling_ip="[[[["))
+    assert isinstance(refused, RequestError) and "signaling_ip '[[[[' is not an IP address" in str(refused)
+    (taken,) = RequestFramer().feed(update("c", "ft", media="audio:192.0.2.1:4000:sendrecv", signaling_ip="192.0.2.1_198.51.100.2"))
+    assert taken.headers["signaling_ip"] == SignalingInfo("192.0.2.1", "198.51.100.2")

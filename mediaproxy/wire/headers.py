@@ -8,6 +8,7 @@ differently (a duplicate header, say, is an error on both, never "first wins" on
 
 from __future__ import annotations
 
+import ipaddress
 from dataclasses import dataclass, field
 
 from mediaproxy.datatypes import ascii_decimal
@@ -105,7 +106,8 @@ class SignalingInfo:
 
 
 def parse_signaling_ip(value: str) -> SignalingInfo:
-    """The three forms of ``signaling_ip``: a JSON object, ``SRC_DST``, or a plain IP."""
+    """The three forms of ``signaling_ip``: a JSON object, ``SRC_DST``, or a plain IP. Every
+    address in it must be an IP address (the relay trusts media from it, see latching)."""
     if value.startswith("{"):
         try:
             decoded = jsontext.loads(value, max_depth=2)
@@ -113,11 +115,26 @@ def parse_signaling_ip(value: str) -> SignalingInfo:
             raise HeaderError(f"signaling_ip {_show(value)} is not valid JSON: {error}") from None
         if not isinstance(decoded, dict):
             raise HeaderError(f"signaling_ip {_show(value)} is not a JSON object")
-        return SignalingInfo(_string(decoded.get("signaling_ip")), _string(decoded.get("destination_ip")), _string(decoded.get("username")))
+        return SignalingInfo(
+            _address(decoded.get("signaling_ip"), "signaling_ip"),
+            _address(decoded.get("destination_ip"), "destination_ip"),
+            _string(decoded.get("username")),
+        )
     parts = value.split("_")
     if len(parts) == 2:
-        return SignalingInfo(parts[0], parts[1])
-    return SignalingInfo(value)
+        return SignalingInfo(_address(parts[0], "signaling_ip"), _address(parts[1], "signaling_ip"))
+    return SignalingInfo(_address(value, "signaling_ip"))
+
+
+def _address(value: object, what: str) -> str | None:
+    """An IPv4 or IPv6 address in its usual text (``None`` stays None: the key is optional)."""
+    if value is None:
+        return None
+    text = _string(value)
+    try:
+        return str(ipaddress.ip_address(text))
+    except ValueError:
+        raise HeaderError(f"{what} {_show(text)} is not an IP address") from None
 
 
 def _string(value: object) -> str | None:
@@ -138,9 +155,8 @@ def parse_type(value: str) -> str:
     return value
 
 
-DECODERS = {"media": parse_media, "cseq": parse_cseq, "type": parse_type}
-# checked for form, handed on as text (the relay parses it into a SignalingInfo)
-VALIDATORS = {"signaling_ip": parse_signaling_ip}
+# each decoded once, where the request is read: the model takes the typed values
+DECODERS = {"media": parse_media, "cseq": parse_cseq, "type": parse_type, "signaling_ip": parse_signaling_ip}
 
 
 def split(lines: list[str]) -> dict[str, str]:
@@ -169,12 +185,9 @@ def decode(command: str, lines: list[str]) -> dict:
 
 
 def typed(headers: dict[str, str]) -> dict:
-    """The typed headers decoded (media, cseq, type) and the others checked for form."""
+    """The typed headers decoded (media, cseq, type, signaling_ip), the others as text."""
     headers = dict(headers)
     for name, decoder in DECODERS.items():
         if name in headers:
             headers[name] = decoder(headers[name])
-    for name, validator in VALIDATORS.items():
-        if name in headers:
-            validator(headers[name])
     return headers

@@ -187,13 +187,12 @@ def load_session(state: dict | list, serial: int, policy: MediaPolicy, clock) ->
     headers = {"call_id": state["call_id"], "from_tag": state["caller_tag"], "from_uri": state["from_uri"], "to_uri": state["to_uri"]}
     dispatcher = state["dispatcher"]
     session = Session(
-        {**headers, "signaling_ip": signaling.caller_ip or ""},
+        {**headers, "signaling_ip": signaling},
         tuple(dispatcher) if isinstance(dispatcher, list) else dispatcher,
         serial,
         policy,
         clock,
     )
-    session.signaling = signaling
     for name in _SESSION_FIELDS:
         setattr(session, name, state[name])
     session.caller_ua, session.callee_ua = shared_text(session.caller_ua), shared_text(session.callee_ua)

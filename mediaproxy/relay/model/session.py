@@ -9,7 +9,7 @@ from mediaproxy.relay.model.media import ALIVE, CALLEE, CALLER, LiveCounters, St
 from mediaproxy.relay.model.policy import MediaPolicy
 from mediaproxy.relay.model.shared import SharedValues
 from mediaproxy.wire import statistics as records
-from mediaproxy.wire.headers import SignalingInfo, parse_signaling_ip
+from mediaproxy.wire.headers import SignalingInfo
 from mediaproxy.wire.update import UpdateReply
 
 
@@ -77,7 +77,7 @@ class Session:
         self.to_tag: str | None = None
         self.caller_ua: str | None = None
         self.callee_ua: str | None = None
-        self.signaling: SignalingInfo = parse_signaling_ip(headers["signaling_ip"])
+        self.signaling: SignalingInfo = headers["signaling_ip"]  # decoded by the wire
         self.created = clock.seconds()
         self.start_time: float | None = None
         self.end_time: float | None = None
@@ -138,7 +138,7 @@ class Session:
         pair = (cseq, self.pair[1]) if is_caller else (self.pair[0], cseq)
         media = headers.get("media")
         # where this message came from: the party's address as the proxy saw it, for latching
-        source_ip = parse_signaling_ip(headers["signaling_ip"]).caller_ip
+        source_ip = headers["signaling_ip"].caller_ip
         if pair > self.pair:
             if media is not None:
                 self._offer(pair, party, media, source_ip, open_stream)

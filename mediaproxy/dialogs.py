@@ -23,3 +23,12 @@ class DialogTags:
 
 # what end_dialog is given: the proxy's dialog id, or the tags of a call without one
 Dialog = str | DialogTags
+
+
+@dataclass(frozen=True)
+class DialogEnding:
+    """What came of asking the proxy to end a dialog: ``ended``, and the proxy's answer (or why
+    there was none) in words for a log line and the operator."""
+
+    ended: bool
+    answer: str

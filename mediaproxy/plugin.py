@@ -31,10 +31,12 @@ class IDispatcherPlugin(Interface):
     def session_ended(record: SessionRecord) -> None:
         """A call's statistics after remove or expiry (with dialog_id, end_reason, timed_out[, all_streams_ice])."""
 
-    def end_dialog(call_id: str, dialog: Dialog) -> None:
-        """Ask the SIP proxy to end this dialog (its media expired): ``dialog`` is the proxy's
-        dialog id, or the parties' tags (:class:`mediaproxy.dialogs.DialogTags`) of a call the
-        rtpproxy module set up."""
+    def end_dialog(call_id: str, dialog: Dialog) -> defer.Deferred | None:
+        """Ask the SIP proxy to end this dialog (its media expired, or the operator ends it):
+        ``dialog`` is the proxy's dialog id, or the parties' tags
+        (:class:`mediaproxy.dialogs.DialogTags`) of a call the rtpproxy module set up. A plugin
+        that ends dialogs answers a Deferred of the :class:`mediaproxy.dialogs.DialogEnding`
+        (cancelling it gives up); the others answer None."""
 
 
 class IDispatcherPluginFactory(IPlugin):
@@ -58,8 +60,8 @@ class PluginBase:
     def session_ended(self, record: SessionRecord) -> None:
         pass
 
-    def end_dialog(self, call_id: str, dialog: Dialog) -> None:
-        pass
+    def end_dialog(self, call_id: str, dialog: Dialog) -> defer.Deferred | None:
+        return None
 
 
 def discover() -> list:
@@ -82,18 +84,26 @@ class PluginSet:
     def __init__(self, plugins: list) -> None:
         self.plugins = plugins
 
-    def _each(self, method: str, *args: object) -> None:
+    def _each(self, method: str, *args: object) -> list:
+        """Each plugin's answer that is not None."""
+        answers = []
         for plugin in self.plugins:
             try:
-                getattr(plugin, method)(*args)
+                answer = getattr(plugin, method)(*args)
             except Exception:  # noqa: BLE001 - one plugin's bug must not hurt the others
                 log.failure("Plugin {plugin} failed in {method}", plugin=plugin.name, method=method)
+            else:
+                if answer is not None:
+                    answers.append(answer)
+        return answers
 
     def session_ended(self, record: SessionRecord) -> None:
         self._each("session_ended", record)
 
-    def end_dialog(self, call_id: str, dialog: Dialog) -> None:
-        self._each("end_dialog", call_id, dialog)
+    def end_dialog(self, call_id: str, dialog: Dialog) -> defer.Deferred | None:
+        """The outcome of the (first) plugin that ends dialogs; None when no plugin does."""
+        endings = [answer for answer in self._each("end_dialog", call_id, dialog) if isinstance(answer, defer.Deferred)]
+        return endings[0] if endings else None
 
     def accounting_status(self) -> list[dict]:
         """The spool backlog of each accounting plugin (those that have one)."""

@@ -3,12 +3,14 @@
 import json
 import os
 
+from twisted.internet import defer
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.logger import LogLevel
 
 from harness import logged
 from mediaproxy.configuration import DispatcherConfig
+from mediaproxy.dialogs import DialogEnding
 from mediaproxy.dispatcher.core import Dispatcher
 from mediaproxy.dispatcher.relays import RelayLink, RelayRegistry, RelayTimeout
 from mediaproxy.dispatcher.sessions import CallEntry
@@ -32,12 +34,14 @@ class Recorder(PluginBase):
     def __init__(self):
         self.records = []
         self.ended = []
+        self.proxy_answers = None  # what the proxy makes of end_dialog: ended at once unless a test says otherwise
 
     def session_ended(self, record):
         self.records.append(record.as_json())  # as accounting stores it
 
     def end_dialog(self, call_id, dialog_id):
         self.ended.append((call_id, dialog_id))
+        return defer.succeed(DialogEnding(True, "OK")) if self.proxy_answers is None else self.proxy_answers
 
 
 def make(tmp_path, **options):
@@ -476,21 +480,66 @@ def test_terminate_ends_the_dialog_or_removes_the_session_with_its_tags(tmp_path
     set_up_call(dispatcher, link, transport, "without")
     done = []
     dispatcher.terminate("with-dialog").addCallback(done.append)
-    assert done == ["dialog ended through the proxy"] and dispatcher.recorder.ended == [("with-dialog", "7:8")]
+    assert done == [{"done": "dialog ended through the proxy", "proxy": "OK"}] and dispatcher.recorder.ended == [("with-dialog", "7:8")]
     assert commands(transport) == []  # the proxy's BYEs and remove follow; nothing goes to the relay now
     dispatcher.terminate("without").addCallback(done.append)
     ((name, seq, lines),) = commands(transport)
     assert (name, lines) == ("sessions", ["page: 0", "call_id: without"])
     answer(link, seq, statistics.format_page([json.dumps(record("without", to_tag="tt"))], None))
-    assert done[-1] == "session removed"
+    assert done[-1] == {"done": "session removed"}
     ((name, seq, lines),) = commands(transport)
     assert (name, lines) == ("remove", ["call_id: without", "from_tag: ft", "to_tag: tt"])
     answer(link, seq, json.dumps(record("without", to_tag="tt")))
     (accounted,) = dispatcher.recorder.records
-    assert (accounted["call_id"], accounted["end_reason"]) == ("without", "bye") and "without" not in dispatcher.table
+    assert (accounted["call_id"], accounted["end_reason"]) == ("without", "terminated") and "without" not in dispatcher.table
     failed = []
     dispatcher.terminate("nobody").addErrback(failed.append)
     assert failed and failed[0].check(ValueError)
+    dispatcher.stop()
+
+
+def terminate_through_a_proxy_that(dispatcher, link, transport, answers):
+    """terminate of a call with a dialog whose proxy ``answers`` (a Deferred); returns what
+    terminate answered once its session was removed on the relay, and the record."""
+    dispatcher.recorder.proxy_answers = answers
+    set_up_call(dispatcher, link, transport, "stuck", "7:8")
+    done = []
+    dispatcher.terminate("stuck").addCallback(done.append)
+    return done
+
+
+def test_terminate_removes_the_session_when_the_proxy_refuses(tmp_path):
+    dispatcher, link, transport = with_relay(tmp_path)
+    done = terminate_through_a_proxy_that(
+        dispatcher, link, transport, defer.succeed(DialogEnding(False, "the proxy answered 404 Not found"))
+    )
+    ((name, seq, lines),) = commands(transport)
+    assert (name, lines) == ("sessions", ["page: 0", "call_id: stuck"])
+    answer(link, seq, statistics.format_page([json.dumps(record("stuck", to_tag="tt"))], None))
+    assert done == [{"done": "session removed", "proxy": "the proxy answered 404 Not found"}]
+    ((name, seq, lines),) = commands(transport)
+    assert name == "remove"
+    answer(link, seq, json.dumps(record("stuck", to_tag="tt")))
+    (accounted,) = dispatcher.recorder.records
+    assert accounted["end_reason"] == "terminated" and "stuck" not in dispatcher.table
+    dispatcher.stop()
+
+
+def test_terminate_gives_a_silent_proxy_two_seconds(tmp_path):
+    clock, registry, dispatcher = make(tmp_path)
+    link, transport = link_from(registry, "192.0.2.1")
+    commands(transport)
+    gave_up = []
+    silent = defer.Deferred(lambda waiting: gave_up.append(True))
+    done = terminate_through_a_proxy_that(dispatcher, link, transport, silent)
+    clock.advance(1.9)
+    assert commands(transport) == [] and done == [] and not gave_up
+    clock.advance(0.1)
+    ((name, seq, _),) = commands(transport)
+    assert name == "sessions" and gave_up == [True]  # the plugin was told to stop trying
+    answer(link, seq, statistics.format_page([json.dumps(record("stuck", to_tag="tt"))], None))
+    (outcome,) = done
+    assert outcome["done"] == "session removed" and "no answer within 2s" in outcome["proxy"]
     dispatcher.stop()
 
 

@@ -387,3 +387,28 @@ def test_a_relay_refuses_a_dispatcher_presenting_a_relay_certificate(tmp_path):
         relay.process.kill()
         relay.process.wait()
         fake.close()
+
+
+def test_terminate_with_no_proxy_listening_removes_the_session_and_says_so(tmp_path):
+    database = tmp_path / "accounting.sqlite"
+    extra = f"[Dispatcher]\naccounting = database\n[Database]\ndburi = sqlite://{database}\n[OpenSIPS]\nsocket_path = {tmp_path}/no-proxy.sock\n"
+    programs = Deployment(tmp_path, extra, stream_timeout=60).start()
+    try:
+        proxy = programs.proxy()
+        assert proxy.request(update("stuck", "ft", media="audio:127.0.0.1:9:sendrecv", dialog_id="12:34")) != "error"
+        assert proxy.request(update("stuck", "ft", "tt", kind="reply", media="audio:127.0.0.1:11:sendrecv", dialog_id="12:34")) != "error"
+        started = time.monotonic()
+        answer = json.loads(programs.management(b"terminate stuck"))
+        assert time.monotonic() - started < 3
+        assert answer["done"] == "session removed" and "the proxy could not be reached" in answer["proxy"], answer
+        wait_until(lambda: "stuck" not in programs.management(b"sessions"), "the session gone", timeout=2)
+        wait_until(lambda: _end_reasons(database) == [("stuck", "terminated")], "the call accounted", timeout=10)
+    finally:
+        programs.kill()
+
+
+def _end_reasons(database) -> list[tuple[str, str]]:  # noqa: ANN001
+    try:
+        return list(sqlite3.connect(database).execute("SELECT call_id, end_reason FROM media_sessions"))
+    except sqlite3.OperationalError:
+        return []

@@ -263,7 +263,9 @@ def web_password(user: str, out: TextIO) -> int:
 def done_line(command: str, answer: dict) -> str:
     """What a control command did, in words."""
     if command == "terminate":
-        return f"call {answer.get('call_id')}: {answer.get('done')}"
+        # why the proxy did not end it, where it was asked and the session was removed instead
+        said = f" ({answer['proxy']})" if answer.get("proxy") and answer.get("done") == "session removed" else ""
+        return f"call {answer.get('call_id')}: {answer.get('done')}{said}"
     if command == "loglevel":
         if "relay" in answer:
             return f"relay {answer['relay']}: log level {answer.get('level')}"

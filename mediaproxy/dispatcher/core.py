@@ -9,6 +9,7 @@ from twisted.internet import defer
 from twisted.python.failure import Failure
 
 from mediaproxy import heap
+from mediaproxy.dialogs import Dialog, DialogEnding
 from mediaproxy.dispatcher.lastknown import LastKnown, Report
 from mediaproxy.dispatcher.relays import RelayDisconnected, RelayError, RelayLink, RelayRegistry, RelayTimeout
 from mediaproxy.dispatcher.sessions import CallEntry, CallTable, call_table_file
@@ -23,6 +24,8 @@ from mediaproxy.wire.update import parse_update_reply
 log = Logger(namespace="dispatcher")
 
 EXPIRED_CHECK_INTERVAL = 600
+# how long the operator's terminate waits for the proxy to end a dialog before removing the session itself
+TERMINATE_DEADLINE = 2.0
 # how long an rtpproxy call whose dialog the proxy was asked to end waits for a D (see cleanup)
 RTPPROXY_EXPIRED_KEPT = 60
 
@@ -300,7 +303,7 @@ class Dispatcher:
         except ValueError as error:
             log.error("Relay {ip} sent undecodable statistics for call {call_id}: {error}", ip=entry.relay_ip, call_id=call_id, error=error)
             return
-        self._account(record, entry, statistics.BYE)
+        self._account(record, entry, entry.end_reason or statistics.BYE)
 
     def _account(self, record: statistics.SessionRecord, entry: CallEntry, end_reason: str) -> None:
         record.dialog_id = entry.dialog_id or record.dialog_id
@@ -484,18 +487,27 @@ class Dispatcher:
     @defer.inlineCallbacks
     def terminate(self, call_id: str):  # noqa: ANN201 - a Deferred firing with what was done
         """End a call now: through the proxy when it has a dialog (both parties get a BYE and the
-        proxy's remove accounts it), else by removing its session on the relay, accounted as a
-        remove. ValueError when there is nothing to end."""
-        entry = self.table.get(call_id)
-        if entry is None or entry.expire_time is not None:
-            raise ValueError(f"no call {call_id}")
-        if entry.removal is not None:
-            raise ValueError(f"call {call_id} is being removed already")
+        proxy's remove accounts it). Where it has none, or the proxy does not end it within
+        TERMINATE_DEADLINE (refused, no answer, not reachable), its session on the relay is
+        removed and accounted as "terminated". Fires with a dict: ``done``, and ``proxy`` (what
+        the proxy answered) where it was asked. ValueError when there is nothing to end."""
+        entry = self._live_entry(call_id)
         dialog = entry.dialog()
+        answer = None
         if dialog:
             log.info("Call {call_id} terminated by the operator: its dialog {dialog} is ended", call_id=call_id, dialog=str(dialog))
-            self.plugins.end_dialog(call_id, dialog)
-            return "dialog ended through the proxy"
+            ending = yield self._end_dialog_within(call_id, dialog, TERMINATE_DEADLINE)
+            if ending.ended:
+                return {"done": "dialog ended through the proxy", "proxy": ending.answer}
+            answer = ending.answer
+            log.warn(
+                "Call {call_id}: the proxy did not end dialog {dialog} ({answer}); removing its session on relay {ip}",
+                call_id=call_id,
+                dialog=str(dialog),
+                answer=answer,
+                ip=entry.relay_ip,
+            )
+            entry = self._live_entry(call_id)
         link = self.registry.get(entry.relay_ip)
         if link is None:
             raise ValueError(f"the relay of call {call_id}, {entry.relay_ip}, is not connected")
@@ -505,9 +517,27 @@ class Dispatcher:
         record = listing.records[0]
         log.info("Call {call_id} terminated by the operator: its session on relay {ip} is removed", call_id=call_id, ip=entry.relay_ip)
         entry.removal = [f"call_id: {call_id}", f"from_tag: {record.from_tag}", f"to_tag: {record.to_tag or ''}"]
+        entry.end_reason = statistics.TERMINATED
         self.table.set(call_id, entry)
         self._send_remove(call_id, entry)
-        return "session removed"
+        done = {"done": "session removed"}
+        return done if answer is None else {**done, "proxy": answer}
+
+    def _live_entry(self, call_id: str) -> CallEntry:
+        entry = self.table.get(call_id)
+        if entry is None or entry.expire_time is not None:
+            raise ValueError(f"no call {call_id}")
+        if entry.removal is not None:
+            raise ValueError(f"call {call_id} is being removed already")
+        return entry
+
+    def _end_dialog_within(self, call_id: str, dialog: Dialog, deadline: float) -> defer.Deferred:
+        """The proxy's DialogEnding, given up (the plugin told so) after ``deadline`` seconds."""
+        ending = self.plugins.end_dialog(call_id, dialog)
+        if ending is None:
+            return defer.succeed(DialogEnding(False, "no plugin here ends dialogs"))
+        ending.addTimeout(deadline, self.clock)
+        return ending.addErrback(lambda failure: DialogEnding(False, f"no answer within {deadline:g}s ({failure.getErrorMessage()})"))
 
     def drain(self, ip: str, on: bool = True) -> None:
         """Give relay ``ip`` no new calls (its calls go on), or new calls again."""

@@ -26,6 +26,7 @@ class CallEntry:
     expire_time: float | None = None
     removal: list[str] | None = None  # the header lines of a remove answered but not yet done by the relay
     rtpproxy: dict | None = None  # what the rtpproxy front end keeps of a call it set up (its CallMedia)
+    end_reason: str | None = None  # of a removal the dispatcher made itself (operator's terminate), else bye
     # the number of the relay reports begun when it was set up (lastknown): not kept, as reports are not
     report: int = field(default=0, compare=False)
 
@@ -35,6 +36,8 @@ class CallEntry:
         item = {"relay_ip": self.relay_ip, "dialog_id": self.dialog_id, "expire_time": self.expire_time, "removal": self.removal}
         if self.rtpproxy is not None:
             item["rtpproxy"] = self.rtpproxy
+        if self.end_reason is not None:
+            item["end_reason"] = self.end_reason
         return item
 
     def dialog(self) -> Dialog | None:
@@ -56,6 +59,7 @@ class CallEntry:
             _number_or_none(item.get("expire_time")),
             [str(line) for line in removal] if isinstance(removal, list) else None,
             item.get("rtpproxy") if isinstance(item.get("rtpproxy"), dict) else None,
+            _text_or_none(item.get("end_reason")),
         )
 
 

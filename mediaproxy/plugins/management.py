@@ -180,7 +180,7 @@ class ManagementProtocol(protocol.Protocol, TimeoutMixin):
             if name == "terminate":
                 (call_id,) = arguments
                 log.info("Management client {peer} terminates call {call_id}", peer=peer, call_id=call_id)
-                done = dispatcher.terminate(call_id).addCallback(lambda done: _dump({"call_id": call_id, "done": done}))
+                done = dispatcher.terminate(call_id).addCallback(lambda outcome: _dump({"call_id": call_id, **outcome}))
                 return done.addErrback(self._refused, name, peer)
             if name == "loglevel":
                 if len(arguments) == 1:

@@ -21,6 +21,7 @@ CONNTRACK = "conntrack timeout"
 RELAY_SHUTDOWN = "relay shutdown"
 RELAY_LOST = "relay lost"
 UNSELECTED_ICE = "unselected ICE candidate"  # also the status of a stream whose ICE candidate was not chosen
+TERMINATED = "terminated"  # by the operator (management terminate), where the proxy did not end the dialog
 END_REASONS = (BYE, NO_TRAFFIC, ON_HOLD, CONNTRACK, RELAY_SHUTDOWN, RELAY_LOST, UNSELECTED_ICE)
 MEDIA_TIMEOUTS = (NO_TRAFFIC, ON_HOLD, CONNTRACK)
 # a stream's status as the relay reports it (the original's words) → the call's end reason

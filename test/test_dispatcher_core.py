@@ -474,6 +474,32 @@ def test_one_info_line_per_call_event_and_requests_at_debug(tmp_path):
     dispatcher.stop()
 
 
+def test_a_re_invite_gets_its_own_line_and_a_183_then_200_one(tmp_path):
+    dispatcher, link, transport = with_relay(tmp_path)
+    set_up_call(dispatcher, link, transport, "a", "3:4")
+
+    def relayed(text):
+        reply = handled(dispatcher, text)
+        ((_, seq, _),) = commands(transport)
+        answer(link, seq, "192.0.2.1 40002")
+        assert reply == ["192.0.2.1 40002"]
+
+    with logged() as logs:
+        for _ in range(2):  # 183 with SDP, then 200 with SDP: one answer
+            relayed(update("a", "ft", "tt", kind="reply", media="audio:198.51.100.20:7000:sendrecv"))
+        relayed(update("a", "ft", "tt", cseq=2, media="audio:192.0.2.10:6000:sendonly"))
+        relayed(update("a", "ft", "tt", kind="reply", cseq=2, media="audio:198.51.100.20:7000:recvonly"))
+        # the callee's re-INVITE: its own tag and CSeq
+        relayed(update("a", "tt", "ft", cseq=1, media="audio:198.51.100.20:7000:sendrecv"))
+        relayed(update("a", "tt", "ft", kind="reply", cseq=1, media="audio:192.0.2.10:6000:sendrecv"))
+    assert logs.at(LogLevel.info) == [
+        "Call a answered (relay 192.0.2.1)",
+        "Call a: re-INVITE answered (relay 192.0.2.1)",
+        "Call a: re-INVITE answered (relay 192.0.2.1)",
+    ]
+    dispatcher.stop()
+
+
 def test_terminate_ends_the_dialog_or_removes_the_session_with_its_tags(tmp_path):
     dispatcher, link, transport = with_relay(tmp_path)
     set_up_call(dispatcher, link, transport, "with-dialog", "7:8")

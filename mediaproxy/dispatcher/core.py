@@ -109,7 +109,7 @@ class Dispatcher:
             if request.command == "remove":
                 return self._remove(request, entry)
             if request.headers.get("type") == "reply" and request.headers.get("media") is not None:
-                log.info("Call {call_id} answered (relay {ip})", call_id=call_id, ip=entry.relay_ip)
+                self._log_answer(request, entry)
             return self._to_known_relay(request, entry)
         if request.command == "update":
             if request.headers.get("to_tag") is not None:
@@ -121,6 +121,17 @@ class Dispatcher:
             log.info("Call {call_id} removed after its dialog was ended", call_id=call_id)
             return "removed"
         return self._locate_and_remove(request)
+
+    @staticmethod
+    def _log_answer(request: ProxyRequest, entry: CallEntry) -> None:
+        invite = (request.headers["from_tag"], request.headers["cseq"])
+        if entry.answered == invite:
+            return  # the 200 after a 183 with SDP: the same answer
+        if entry.answered is None:
+            log.info("Call {call_id} answered (relay {ip})", call_id=request.call_id, ip=entry.relay_ip)
+        else:
+            log.info("Call {call_id}: re-INVITE answered (relay {ip})", call_id=request.call_id, ip=entry.relay_ip)
+        entry.answered = invite
 
     @defer.inlineCallbacks
     def _to_known_relay(self, request: ProxyRequest, entry: CallEntry):  # noqa: ANN202

@@ -29,6 +29,9 @@ class CallEntry:
     end_reason: str | None = None  # of a removal the dispatcher made itself (operator's terminate), else bye
     # the number of the relay reports begun when it was set up (lastknown): not kept, as reports are not
     report: int = field(default=0, compare=False)
+    # the (from_tag, cseq) of the INVITE whose answer was last logged: its 183 and 200 are one answer,
+    # another INVITE's (a re-INVITE) gets a line of its own; not kept either
+    answered: tuple[str, int] | None = field(default=None, compare=False)
 
     def as_json(self) -> dict:
         """As journalled: a call of the mediaproxy module's in the format of earlier versions."""

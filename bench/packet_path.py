@@ -44,11 +44,16 @@ def measure(streams: int, packets: int) -> float:
     rtp = bytes([0x80, 0]) + b"\x00" * 170
     pairs = []
     for number in range(streams):
-        common = (
-            f"call_id: c{number}\nfrom_tag: ft\nfrom_uri: a@example.com\nto_uri: b@example.com\nuser_agent: ua\nsignaling_ip: 127.0.0.1\n"
+        common = f"call_id: c{number}\nfrom_tag: ft\nfrom_uri: a@example.com\nto_uri: b@example.com\nuser_agent: ua\n"
+        # each party behind a NAT whose address the proxy saw its SIP come from (the usual case)
+        offer = manager.update(
+            headers(f"type: request\ncseq: 1\nto_tag: \n{common}signaling_ip: 192.0.2.99\nmedia: audio:192.0.2.10:6000:sendrecv:ice=no")
         )
-        offer = manager.update(headers(f"type: request\ncseq: 1\nto_tag: \n{common}media: audio:192.0.2.10:6000:sendrecv:ice=no"))
-        answer = manager.update(headers(f"type: reply\ncseq: 1\nto_tag: tt\n{common}media: audio:198.51.100.20:7000:sendrecv:ice=no"))
+        answer = manager.update(
+            headers(
+                f"type: reply\ncseq: 1\nto_tag: tt\n{common}signaling_ip: 198.51.100.99\nmedia: audio:198.51.100.20:7000:sendrecv:ice=no"
+            )
+        )
         caller, callee = binder.by_port[int(answer.split()[1])], binder.by_port[int(offer.split()[1])]
         caller_address, callee_address = ("192.0.2.99", 30000 + number), ("198.51.100.99", 30000 + number)
         caller.deliver(rtp, caller_address)

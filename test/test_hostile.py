@@ -226,8 +226,9 @@ def test_command_injection_is_refused_and_the_relay_link_stays_healthy(tmp_path)
 
 @pytest.mark.parametrize("workers", [0, 2])
 def test_a_third_party_spraying_every_port_hijacks_no_call(tmp_path, workers):
-    """Also with userspace workers, which get a substream as soon as both sides are latched (to the
-    sprayer, here): the parties take their latches back through them."""
+    """A blind attacker sprays every port of the range before the parties speak: it hijacks no
+    call and receives no media at all (RTP Bleed), as a stranger's latch is provisional. Also
+    with userspace workers, which get a substream only once both sides are trusted."""
     programs = Deployment(tmp_path, f"[Relay]\nuserspace_workers = {workers}\n", stream_timeout=30).start()
     try:
         proxy = programs.proxy()
@@ -236,12 +237,13 @@ def test_a_third_party_spraying_every_port_hijacks_no_call(tmp_path, workers):
             caller, callee = udp_endpoint(), udp_endpoint()
             calls.append((caller, callee, *call(proxy, f"spray-{number}", caller, callee)))
         attacker = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        attacker.bind(("127.0.0.66", 0))
+        attacker.bind(("127.0.0.2", 0))
         attacker.setblocking(False)
         for port in range(43000, 43998):
             attacker.sendto(rtp_packet(0, 18), ("127.0.0.1", port))
         # every relay port has seen the attacker first; wait until the relay has read them all
         wait_until(lambda: _latched_to_attacker(programs) >= 80, "the attacker's packets to reach the relay", timeout=10)
+        assert _ports_in_order(programs) < 10  # random ports: the next call's cannot be told from this one's
         hijacked = 0
         for caller, callee, caller_facing, callee_facing in calls:
             callee.sendto(rtp_packet(0, 8), ("127.0.0.1", callee_facing))
@@ -258,15 +260,20 @@ def test_a_third_party_spraying_every_port_hijacks_no_call(tmp_path, workers):
             except TimeoutError:
                 pass
             hijacked += len(received) < 5
+            # and the caller hears the callee
+            callee.sendto(rtp_packet(1, 8), ("127.0.0.1", callee_facing))
+            caller.settimeout(1)
+            while caller.recvfrom(2048)[0][:4] != rtp_packet(1, 8)[:4]:
+                pass
         assert hijacked == 0
-        stale = 0
+        leaked = 0
         try:
             while True:
                 data, _ = attacker.recvfrom(2048)
-                stale += data[1] == 0 and data[2:4] != b"\x00\x00"
+                leaked += data[1] in (0, 8)  # the parties' payload types (the attacker sends 18)
         except BlockingIOError:
             pass
-        assert stale == 0  # no caller packet after the first went to the attacker
+        assert leaked == 0  # not one media packet went to the attacker
         # each party's packets came from its SDP address: the RTP latches are final and the sockets
         # connected, so sprayed packets are dropped by the kernel before the relay reads them
         refused = counters(programs)["relays"]["127.0.0.1"].get("latch_refused", 0)
@@ -283,6 +290,13 @@ def test_a_third_party_spraying_every_port_hijacks_no_call(tmp_path, workers):
         programs.kill()
 
 
+def _ports_in_order(programs: Deployment) -> int:
+    """How many calls' caller-facing ports come next after the call before's (sorted by set-up)."""
+    sessions = json.loads(programs.management(b"sessions"))
+    ports = [int(session["streams"][0]["caller_local"].rsplit(":", 1)[1]) for session in sessions]
+    return sum(later - earlier in (2, 4) for earlier, later in zip(ports, ports[1:]))
+
+
 def _udp_no_ports() -> int:
     """The kernel's count of UDP datagrams that no socket took (this network namespace's)."""
     with open("/proc/net/snmp") as snmp:
@@ -297,7 +311,7 @@ def _latched_to_attacker(programs: Deployment) -> int:
         for session in sessions
         for stream in session["streams"]
         for key in ("caller_remote", "callee_remote")
-        if stream[key].startswith("127.0.0.66")
+        if stream[key].startswith("127.0.0.2:")
     )
 
 

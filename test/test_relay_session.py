@@ -51,11 +51,18 @@ def make_update(
         f"from_tag: {from_tag}",
         f"to_tag: {to_tag}",
         f"user_agent: {ua}",
-        f"signaling_ip: {extra.get('signaling_ip', '127.0.0.1')}",
+        f"signaling_ip: {extra.get('signaling_ip', _nat_of(kind, from_tag))}",
     ]
     if media is not None:
         lines.append(f"media: {media}")
     return headers("\n".join(lines))
+
+
+def _nat_of(kind, from_tag):
+    """Where the proxy saw the message come from: the NAT of the party that sent it (a NATed
+    phone's media comes from its NAT's address too, so the relay trusts it at once)."""
+    from_caller = (from_tag == "ft") == (kind == "request")
+    return (CALLER_NAT if from_caller else CALLEE_NAT)[0]
 
 
 class Relay:
@@ -608,10 +615,12 @@ def test_a_source_that_fits_the_sdp_takes_a_stream_back_from_an_earlier_stranger
     relay = Relay()
     relay.call()
     caller_side, callee_side = relay.socket(40000), relay.socket(40002)
-    # the attacker sprays the port before the caller speaks and is latched first
+    # the attacker sprays the port before the caller speaks and is latched first, provisionally:
+    # it fits nothing signalling said, so it is sent nothing (the caller's TEST-NET SDP address is
+    # not routable either, so the callee's packet is dropped)
     caller_side.deliver(rtp(0), ATTACKER)
     callee_side.deliver(rtp(8), CALLEE_SDP)
-    assert caller_side.sent == [(rtp(8), ATTACKER)]
+    assert caller_side.sent == []
     # the caller's packets come from its SDP address: they take the latch over for good
     relay.clock.advance(30)
     caller_side.deliver(rtp(0), CALLER_SDP)
@@ -646,29 +655,38 @@ def test_a_natted_party_is_recognised_by_its_signalling_address():
     assert relay.manager.refusals.counts["latch_refused"] == 1  # the kernel dropped them: nothing to refuse
 
 
-def test_a_stranger_among_strangers_keeps_first_come_rules():
+def test_a_stranger_among_strangers_keeps_first_come_rules_and_is_heard_after_latch_window():
     relay = Relay()
-    relay.call()
+    # the proxy saw both parties' SIP from elsewhere (an SBC, say): their media fits nothing
+    relay.update(media="audio:192.0.2.10:6000:sendrecv", signaling_ip="127.0.0.1")
+    relay.update(kind="reply", to_tag="tt", media="audio:198.51.100.20:7000:sendrecv", signaling_ip="127.0.0.1")
     caller_side, callee_side = relay.socket(40000), relay.socket(40002)
     caller_side.deliver(rtp(0), CALLER_NAT)  # fits nothing signalling said, like the attacker
     caller_side.deliver(rtp(0), ATTACKER)
+    assert relay.manager.refusals.counts["latch_refused"] == 1
     callee_side.deliver(rtp(8), CALLEE_NAT)
-    assert caller_side.sent == [(rtp(8), CALLER_NAT)]
+    # provisional: nothing goes to the caller's NAT (nor to its unroutable SDP address) yet
+    assert caller_side.sent == [] and callee_side.sent == []
     relay.clock.advance(relay.manager.policy.latch_window + 1)
     relay.manager.check_idle()
     assert caller_side.peer is None  # never final: a source that fits may still take it
+    # no better source came within latch_window: each is its party, and hears the other
+    callee_side.deliver(rtp(8), CALLEE_NAT)
+    caller_side.deliver(rtp(0), CALLER_NAT)
+    assert caller_side.sent == [(rtp(8), CALLER_NAT)] and callee_side.sent == [(rtp(0), CALLEE_NAT)]
 
 
-def test_takeover_moves_the_kernel_entry_to_the_real_party():
+def test_the_kernel_entry_waits_for_the_real_party_after_a_stranger():
     relay = Relay()
     forwarder = RecordingForwarder()
     relay.manager.forwarder = forwarder
     relay.call()
     relay.socket(40000).deliver(rtp(0), ATTACKER)
     relay.socket(40002).deliver(rtp(8), CALLEE_SDP)
-    assert len(forwarder.offloaded) == 1
+    # a provisional latch never reaches the kernel: its entry would forward to the stranger
+    assert forwarder.offloaded == []
     relay.socket(40000).deliver(rtp(0), CALLER_SDP)
-    assert forwarder.removed == ["rtp"] and forwarder.offloaded == ["rtp", "rtp"]
+    assert forwarder.removed == [] and forwarder.offloaded == ["rtp"]
     assert relay.manager.statistics()[0]["streams"][0]["caller_remote"] == "192.0.2.10:6000"
 
 

@@ -167,6 +167,13 @@ class Side:
         itself: thousands of sides, so no bound method each)."""
         return self.substream.received(self, self.other, data, source)
 
+    def trusted(self, now: float, latch_window: int) -> bool:
+        """Whether media may go to the latched source: at once for one that fits the party's
+        SDP or signalling address, else (a stranger, perhaps) only once ``latch_window`` seconds
+        passed without a better one taking the side (RTP Bleed: a blind sprayer gets nothing)."""
+        level, latched_at = self.latch
+        return level != NO_FIT or now - latched_at > latch_window
+
     def start_timer(self, now: float, seconds: int, reason: str) -> None:
         self.set_timer(now + seconds, seconds, reason)
 
@@ -268,6 +275,7 @@ class Substream:
             if (
                 side.got_rtp
                 and other.in_use
+                and other.latch[0]  # NO_FIT (0): a provisional latch, see Side.trusted
                 and self.every_packet
                 and self.path is not LAPSED
                 and not other.asymmetric
@@ -300,6 +308,11 @@ class Substream:
             offload = self._first_media(side, data)
         elif self.path == LAPSED and self.caller.in_use and self.callee.in_use:
             offload = True
+        elif self.path is LEARNING and self.caller.got_rtp and self.callee.got_rtp and self.caller.in_use and self.callee.in_use:
+            offload = True  # a provisional latch held it back (below) and may have matured since
+        if offload and not self._both_trusted():
+            # the kernel (or a worker) would forward to the latched addresses: not to a stranger's
+            offload = False
         if offload and (side.asymmetric or other.asymmetric):
             # a kernel entry forwards between two learnt addresses; an asymmetric party receives
             # elsewhere than it sends from, so its streams stay in userspace
@@ -337,6 +350,10 @@ class Substream:
         stream.session.outbox.append(events.Refused("latch_refused", source[0], self, side.party))
         return False
 
+    def _both_trusted(self) -> bool:
+        now, window = self.stream.clock.seconds(), self.stream.policy.latch_window
+        return self.caller.trusted(now, window) and self.callee.trusted(now, window)
+
     def _latch(self, side: Side, source: tuple[str, int]) -> None:
         stream = self.stream
         replaced = side.remote if side.in_use else None
@@ -347,7 +364,7 @@ class Substream:
         side.latch = (stream.party(side.party).match(source, self.kind == "rtcp"), now)
         side.settle(now, stream.policy.latch_window)
         stream.session.outbox += (events.Changed(stream.session), events.Learnt(self, side.party, source, replaced))
-        if side.stun_queue:
+        if side.stun_queue and side.latch[0] != NO_FIT:
             # connectivity checks that waited for this party can go now, not at its next check
             self._flush_stun(side, source)
 
@@ -381,8 +398,10 @@ class Substream:
             if party.ip is None or party.ip == "0.0.0.0" or not party.port:
                 return None
             return party.ip, party.port + (self.kind == "rtcp")
-        if side.in_use:
+        if side.in_use and (side.latch[0] != NO_FIT or side.trusted(self.stream.clock.seconds(), self.stream.policy.latch_window)):
             return side.remote
+        # not learnt, or held provisional: the SDP address where it is reachable (a stranger
+        # there would be the party itself), else nothing
         if self.kind == "rtp":
             party = self.stream.party(side.party)
             if party.ip is not None and party.port and self.stream.policy.routable(party.ip):

@@ -353,6 +353,57 @@ def test_radius_client_config_errors(tmp_path, overrides, message):
         radius.read_client_config(write_client_config(tmp_path, **overrides))
 
 
+def test_radcli_server_forms_and_client_server_pairs(tmp_path):
+    forms = {
+        "127.0.0.1:11813:inline": ("127.0.0.1", 11813, "inline"),
+        "[::1]:1900:v6secret, 192.0.2.1": ("::1", 1900, "v6secret"),
+        "[::1]::empty-port": ("::1", 1813, "empty-port"),
+        "localhost, 192.0.2.9:1813": ("localhost", 1813, "other"),
+    }
+    for acctserver, (host, port, secret) in forms.items():
+        config = radius.read_client_config(write_client_config(tmp_path, acctserver=acctserver))
+        assert (config.server, config.port) == (host, port)
+        if secret is not None:
+            assert config.secret == secret
+    path = write_client_config(tmp_path, acctserver="radius.example.com")
+    (tmp_path / "servers").write_text("## Client/Server pair   Key\nnas.example.com/radius.example.com pair-secret\n")
+    assert radius.read_client_config(path).secret == "pair-secret"
+    with pytest.raises(radius.RadiusConfigError, match="without its"):
+        radius.read_client_config(write_client_config(tmp_path, acctserver="[::1:1813"))
+
+
+RADCLI_DICTIONARY = os.path.join(os.path.dirname(__file__), "data", "radcli", "dictionary")
+OUR_DICTIONARY = os.path.join(os.path.dirname(os.path.dirname(__file__)), "accounting", "radius", "dictionary")
+
+
+def test_radclis_own_dictionary_loads_with_its_types_translated():
+    dictionary = radius.load_dictionary(RADCLI_DICTIONARY, OUR_DICTIONARY)
+    for name in radius.ATTRIBUTES:
+        assert name in dictionary.attributes, name
+    assert dictionary.attributes["NAS-IP-Address"].type == "ipaddr"  # ipv4addr there
+    assert dictionary.attributes["Framed-IPv6-Prefix"].type == "ipv6prefix"
+    assert dictionary.attributes["Expiration"].type == "date"
+    assert dictionary.attributes["Sip-From-Tag"].code == 105 and dictionary.attributes["Sip-To-Tag"].code == 104
+    assert dictionary.attributes["Acct-Status-Type"].values.HasForward("Update")  # radcli names 3 "Alive"; ours adds Update
+
+
+def test_dictionary_includes_are_followed_bounded_and_named(tmp_path):
+    from mediaproxy.accounting.radius_dictionary import DictionaryError, translated
+
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "main").write_text("ATTRIBUTE\tUser-Name\t1\tstring # the user\n$INCLUDE sub/more\n$INCLUDE- absent\n")
+    (tmp_path / "sub" / "more").write_text("ATTRIBUTE\tCounter\t200\tinteger64\nATTRIBUTE\tWhere\t201\tipv4addr\n")
+    assert translated(str(tmp_path / "main")).read() == (
+        "ATTRIBUTE\tUser-Name\t1\tstring\nATTRIBUTE\tCounter\t200\toctets\nATTRIBUTE\tWhere\t201\tipaddr\n"
+    )
+    (tmp_path / "loop").write_text("$INCLUDE loop\n")
+    with pytest.raises(DictionaryError, match="nested more than"):
+        translated(str(tmp_path / "loop"))
+    (tmp_path / "broken").write_text("$INCLUDE nowhere\n")
+    with pytest.raises(DictionaryError, match=r"cannot read .*nowhere \(included from .*broken:1\)"):
+        translated(str(tmp_path / "broken"))
+
+
 def test_radius_dictionary_must_define_every_attribute(tmp_path):
     # Acct-Status-Type is there: pyrad 2.1 refuses our dictionary's VALUEs for it otherwise
     (tmp_path / "dictionary").write_text("ATTRIBUTE\tUser-Name\t1\tstring\nATTRIBUTE\tAcct-Status-Type\t40\tinteger\n")

@@ -168,13 +168,43 @@ def test_database_row_matches_the_statistics(tmp_path, database):
 
 def test_radius_request_matches_the_statistics(tmp_path, freeradius):
     client_conf = freeradius.client_config(str(tmp_path / "radius"))
+    assert_radius_record_matches(tmp_path, freeradius, client_conf, "radius-1@example.com")
+
+
+RADCLI = "/etc/radcli"
+
+
+def test_radius_with_debians_radcli_client_files(tmp_path, freeradius):
+    """[Radius] config_file is Debian's radcli radiusclient.conf as it stands but for the server
+    and its secret: its dictionary (/etc/radcli/dictionary, radcli's types) is read where it is."""
+    if not os.path.exists(os.path.join(RADCLI, "radiusclient.conf")):
+        pytest.fail("Debian's radcli files are not installed: apt-get install libradcli4 (.ci/run does this)", pytrace=False)
+    shipped = open(os.path.join(RADCLI, "radiusclient.conf")).read()
+    lines = []
+    for line in shipped.splitlines():
+        key = line.split(None, 1)[0] if line.strip() else ""
+        if key == "acctserver":
+            line = f"acctserver\t127.0.0.1:{freeradius.port}"
+        elif key == "servers":
+            line = f"servers\t\t{tmp_path}/servers"
+        lines.append(line)
+    (tmp_path / "servers").write_text(open(os.path.join(RADCLI, "servers")).read() + f"127.0.0.1\t{freeradius.secret}\n")
+    client_conf = tmp_path / "radiusclient.conf"
+    client_conf.write_text("\n".join(lines) + "\n")
+    changed = [(old, new) for old, new in zip(shipped.splitlines(), lines) if old != new]
+    assert [old.split()[0] for old, _ in changed] == ["acctserver", "servers"]  # nothing else touched
+    assert ["dictionary", "/etc/radcli/dictionary"] in [line.split() for line in shipped.splitlines()]
+    assert_radius_record_matches(tmp_path, freeradius, str(client_conf), "radcli-1@example.com")
+
+
+def assert_radius_record_matches(tmp_path, freeradius, client_conf, call_id):
+    """A call through the real programs reaches FreeRADIUS with every attribute, as its statistics say."""
     programs = Deployment(tmp_path, f"[Dispatcher]\naccounting = radius\n[Radius]\nconfig_file = {client_conf}\n")
     (programs.config / "radius").mkdir()
     (programs.config / "radius" / "dictionary").write_text(open(OUR_DICTIONARY).read())
     before = len(freeradius.records())
     try:
         programs.start()
-        call_id = "radius-1@example.com"
         live = media_call(programs, call_id)
         wait_until(lambda: len(freeradius.records()) == before + 1, "the RADIUS accounting record")
         stored = freeradius.records()[-1]

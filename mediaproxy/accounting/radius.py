@@ -6,10 +6,12 @@ same server with the same secret and dictionary as OpenSIPS/Kamailio do.
 
 from __future__ import annotations
 
+import io
 import os
 from dataclasses import dataclass
 
 from mediaproxy.accounting.delivery import BackendUnavailable, RecordRejected
+from mediaproxy.accounting.radius_dictionary import translated
 from mediaproxy.log import Logger
 from mediaproxy.process import StartupError
 from mediaproxy.wire.statistics import SessionRecord
@@ -82,13 +84,10 @@ def read_client_config(path: str) -> ClientConfig:
         except ValueError:
             raise RadiusConfigError(f"{path}: {key} must be an integer, not {settings[key]!r}") from None
 
-    server, _, port_text = required("acctserver").partition(":")
-    try:
-        port = int(port_text) if port_text else DEFAULT_ACCT_PORT
-    except ValueError:
-        raise RadiusConfigError(f"{path}: bad port in acctserver {settings['acctserver']!r}") from None
+    server, port, secret = _server(required("acctserver"), path)
     servers = os.path.join(base, required("servers"))
-    secret = _secret_for(servers, server)
+    if secret is None:
+        secret = _secret_for(servers, server)
     bindaddr = settings.get("bindaddr")
     return ClientConfig(
         server=server,
@@ -101,12 +100,36 @@ def read_client_config(path: str) -> ClientConfig:
     )
 
 
+def _server(value: str, path: str) -> tuple[str, int, str | None]:
+    """The first server of ``acctserver``: ``host[:port[:secret]]``, ``[IPv6][:port[:secret]]``
+    (radcli), in a comma-separated list; radcli takes the others only when the first fails."""
+    first = value.split(",")[0].strip()
+    if first.startswith("["):
+        host, bracket, rest = first[1:].partition("]")
+        if not bracket:
+            raise RadiusConfigError(f"{path}: acctserver {value!r} has a '[' without its ']'")
+        rest = rest[1:] if rest.startswith(":") else rest
+    else:
+        host, _, rest = first.partition(":")
+    port_text, _, secret = rest.partition(":")
+    try:
+        port = int(port_text) if port_text else DEFAULT_ACCT_PORT
+    except ValueError:
+        raise RadiusConfigError(f"{path}: bad port in acctserver {value!r}") from None
+    if not host:
+        raise RadiusConfigError(f"{path}: acctserver {value!r} names no host")
+    return host, port, secret or None
+
+
 def _secret_for(servers: str, host: str) -> str:
     try:
         with open(servers, encoding="utf-8") as file:
             for line in file:
                 fields = line.split()
-                if len(fields) >= 2 and not fields[0].startswith("#") and fields[0] == host:
+                if len(fields) < 2 or fields[0].startswith("#"):
+                    continue
+                # "server secret", or radcli's "client/server secret"
+                if fields[0] == host or fields[0].rpartition("/")[2] == host:
                     return fields[1]
     except OSError as error:
         raise RadiusConfigError(f"cannot read the servers file {servers}: {error.strerror}") from None
@@ -153,11 +176,22 @@ def attributes(record: SessionRecord) -> list[tuple[str, object]]:
     return values
 
 
+# OpenSIPS's numbers for the dialog tags (radiusclient-ng's and radcli's dictionary.sip), for a
+# main dictionary that leaves them out (radcli's own does not include dictionary.sip)
+SIP_TAGS = "ATTRIBUTE\tSip-To-Tag\t104\tstring\nATTRIBUTE\tSip-From-Tag\t105\tstring\n"
+
+
 def load_dictionary(main: str, additional: str):  # noqa: ANN201
+    """pyrad's Dictionary of the client's main dictionary and ours, whatever radiusclient,
+    radcli or FreeRADIUS wrote them for (radius_dictionary translates their types)."""
     from pyrad.dictionary import Dictionary  # noqa: PLC0415 - pyrad is only needed with RADIUS accounting
 
     try:
-        dictionary = Dictionary(main, additional)
+        dictionary = Dictionary(translated(main))
+        if not all(name in dictionary.attributes for name in ("Sip-From-Tag", "Sip-To-Tag")):
+            log.info("The RADIUS dictionary {main} has no Sip-From-Tag/Sip-To-Tag: using 105 and 104, as OpenSIPS does", main=main)
+            dictionary.ReadDictionary(io.StringIO(SIP_TAGS))
+        dictionary.ReadDictionary(translated(additional))
     except (OSError, ValueError) as error:
         raise RadiusConfigError(f"cannot load the RADIUS dictionaries {main} and {additional}: {error}") from None
     except Exception as error:  # noqa: BLE001 - pyrad's ParseError is not an OSError/ValueError

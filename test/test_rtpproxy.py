@@ -492,7 +492,7 @@ def test_the_operators_terminate_ends_an_rtpproxy_call_through_the_proxy(tmp_pat
     stack.execute("Lc0 c7 198.51.100.20 7000 a;1 b;1")
     done = []
     stack.dispatcher.terminate("c7").addCallback(done.append)
-    assert done == ["dialog ended through the proxy"]
+    assert done == [{"done": "dialog ended through the proxy", "proxy": "OK"}]
     assert stack.dispatcher.recorder.ended == [("c7", DialogTags("a", "b"))]
 
 

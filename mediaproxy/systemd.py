@@ -11,9 +11,8 @@ import os
 import socket
 from collections.abc import Mapping
 
-from twisted.internet import task
-
 from mediaproxy.log import Logger
+from mediaproxy.timers import Periodic
 
 log = Logger(namespace="process")
 
@@ -28,7 +27,7 @@ class Notifier:
         self.watchdog_interval = _watchdog_interval(environ)
         self._socket: socket.socket | None = None
         self._status: str | None = None
-        self._loop: task.LoopingCall | None = None
+        self._loop: Periodic | None = None
         self._failed_logged = False
 
     def send(self, **fields: str) -> None:
@@ -71,13 +70,12 @@ class Notifier:
             if status_of is not None:
                 self.status(status_of())
 
-        self._loop = task.LoopingCall(tick)
-        self._loop.clock = reactor
-        self._loop.start(interval, now=True)
+        self._loop = Periodic("service manager notifications", interval, tick, reactor, now=True)
+        self._loop.startService()
 
     def stop_watchdog(self) -> None:
         if self._loop is not None and self._loop.running:
-            self._loop.stop()
+            self._loop.stopService()
         self._loop = None
 
 

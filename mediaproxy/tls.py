@@ -12,13 +12,13 @@ from cryptography.x509.oid import NameOID
 from OpenSSL import SSL, crypto
 from service_identity import CertificateError, VerificationError
 from service_identity.cryptography import verify_certificate_hostname
-from twisted.internet import task
 from twisted.internet.interfaces import IOpenSSLContextFactory
 from zope.interface import implementer
 
 from mediaproxy.datatypes import Passport
 from mediaproxy.log import Logger
 from mediaproxy.ratelimit import Refusals
+from mediaproxy.timers import Periodic
 
 log = Logger(namespace="tls")
 
@@ -273,9 +273,8 @@ class PeerVerifier:
         self.role = ROLE_OF_PEER.get(what, what)
         self.refusals = refusals or Refusals(reactor)
         self.peers: dict = {}
-        self._loop = task.LoopingCall(self.verify_all)
-        self._loop.clock = reactor
         self.interval = interval
+        self._loop = Periodic(f"{what} certificate checks", interval, self.verify_all, reactor)
 
     @property
     def checks_roles(self) -> bool:
@@ -290,11 +289,11 @@ class PeerVerifier:
                 what=self.what,
             )
         if not self._loop.running:
-            self._loop.start(self.interval, now=False)
+            self._loop.startService()
 
     def stop(self) -> None:
         if self._loop.running:
-            self._loop.stop()
+            self._loop.stopService()
 
     def accept(self, transport, name: str | None = None) -> bool:  # noqa: ANN001
         """Called when a handshake completed; returns False (and drops the peer) on a wrong role or

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import json
 
-from twisted.internet import protocol, task
+from twisted.internet import protocol
 from twisted.internet.interfaces import IHandshakeListener
 from zope.interface import implementer
 
 from mediaproxy.lineprotocol import BoundedLineReceiver
 from mediaproxy.log import Logger, set_level
 from mediaproxy.relay.sessions import Halting, UpdateError
+from mediaproxy.timers import Periodic
 from mediaproxy.wire import headers as wire_headers
 from mediaproxy.wire import relaylink, statistics
 from mediaproxy.wire.lines import OverlongLine
@@ -36,15 +37,15 @@ class DispatcherLink(BoundedLineReceiver):
         if not relay.verifier.accept(self.transport, self.connector.name_to_verify):
             return
         self.accepted = True
-        self._keepalive = task.LoopingCall(self._ping)
-        self._keepalive.clock = self.connector.relay.reactor
-        self._keepalive.start(self.connector.relay.config.keepalive_interval, now=False)
+        relay = self.connector.relay
+        self._keepalive = Periodic("dispatcher keepalive", relay.config.keepalive_interval, self._ping, relay.reactor)
+        self._keepalive.startService()
         self.connector.link_up(self)
 
     def connectionLost(self, reason) -> None:  # noqa: N802, ANN001
         self.connector.relay.verifier.forget(self.transport)
         if self._keepalive is not None and self._keepalive.running:
-            self._keepalive.stop()
+            self._keepalive.stopService()
         self.connector.link_down(self, reason)
 
     def _ping(self) -> None:

@@ -11,6 +11,7 @@ from twisted.application import service
 from twisted.internet import defer, error
 
 from mediaproxy import __version__, plugin, unixsocket
+from mediaproxy.dispatcher.children import Listener, PluginService, start_in_order, stop_in_reverse
 from mediaproxy.dispatcher.control import ControlFactory
 from mediaproxy.dispatcher.core import Dispatcher
 from mediaproxy.dispatcher.relays import RelayFactory, RelayRegistry
@@ -42,7 +43,7 @@ class PluginContext:
     refusals: Refusals | None = None
 
 
-class DispatcherService(service.Service):
+class DispatcherService(service.MultiService):
     def __init__(self, configuration, credentials: Credentials, runtime_dir: str, reactor, plugin_factories: list | None = None) -> None:  # noqa: ANN001
         self.configuration = configuration
         self.config = configuration.dispatcher
@@ -61,13 +62,23 @@ class DispatcherService(service.Service):
             self.dispatcher, reactor, credentials, runtime_dir, self.config.socket_mode, self.socket_gid, self.guard, self.refusals
         )
         factories = plugin.discover() if plugin_factories is None else plugin_factories
+        service.MultiService.__init__(self)
+        # children, started in this order and stopped in the reverse: the plugins (accounting
+        # ready before the first call, and there until the last is answered), then the relays'
+        # listener, then the proxies' sockets (closed first, and drained, at a stop)
         for factory in factories:
             instance = factory.create(configuration, context)
             if instance is not None:
                 self.plugins.plugins.append(instance)
-        self.control_port = None
-        self.relay_port = None
-        self.rtpproxy_port = None
+                PluginService(instance).setServiceParent(self)
+        self._relays = Listener("relay listener", self._listen_relays)
+        self._relays.setServiceParent(self)
+        self._rtpproxy = None
+        if self.config.rtpproxy_listen is not None:
+            self._rtpproxy = Listener("rtpproxy socket", self._listen_rtpproxy)
+            self._rtpproxy.setServiceParent(self)
+        self._proxies = Listener("proxy socket", self._listen_proxies, after_close=self.control_factory.drain)
+        self._proxies.setServiceParent(self)
 
     def guard(self, factory, name: str, tls=None) -> GuardedFactory:  # noqa: ANN001
         """``factory`` held to the connection limits of config.ini; with ``tls`` (a context factory)
@@ -81,51 +92,50 @@ class DispatcherService(service.Service):
         return os.path.join(self.runtime_dir, self.config.socket_path)
 
     @defer.inlineCallbacks
-    def startService(self):  # noqa: N802, ANN201
+    def startService(self) -> defer.Deferred:  # noqa: N802
         service.Service.startService(self)
         log.info(
             "MediaProxy dispatcher {version} starting; own certificate {subject}", version=__version__, subject=self.credentials.describe()
         )
         self.dispatcher.start()
+        try:
+            yield start_in_order(self)
+        except error.CannotListenError as failure:
+            raise StartupError(f"Failed to create the listening socket {failure.interface}:{failure.port}: {failure.socketError}") from None
+        self.verifier.start()
+        log.info("Dispatcher started")
+
+    def _listen_proxies(self) -> object:
         path = self.socket_path
         if os.path.exists(path):
             os.unlink(path)
-        try:
-            self.control_port = self.reactor.listenUNIX(
-                path, self.guard(self.control_factory, "proxy socket"), mode=self.config.socket_mode
-            )
-            unixsocket.give_group(path, self.socket_gid)
-            address = self.config.listen
-            self.relay_port = self.reactor.listenTCP(
-                address.port,
-                self.guard(RelayFactory(self.registry), "relay listener", ContextFactory(self.credentials)),
-                interface=address.host,
-            )
-            log.info("Listening for the proxy on {path} and for relays on {address} (TLS)", path=path, address=str(address))
-            self._listen_rtpproxy()
-            self.verifier.start()
-            yield self.plugins.start()
-        except error.CannotListenError as failure:
-            raise StartupError(f"Failed to create the listening socket {failure.interface}:{failure.port}: {failure.socketError}") from None
-        log.info("Dispatcher started")
+        port = self.reactor.listenUNIX(path, self.guard(self.control_factory, "proxy socket"), mode=self.config.socket_mode)
+        unixsocket.give_group(path, self.socket_gid)
+        log.info("Listening for the proxy on {path}", path=path)
+        return port
 
-    def _listen_rtpproxy(self) -> None:
+    def _listen_relays(self) -> object:
+        address = self.config.listen
+        factory = self.guard(RelayFactory(self.registry), "relay listener", ContextFactory(self.credentials))
+        port = self.reactor.listenTCP(address.port, factory, interface=address.host)
+        log.info("Listening for relays on {address} (TLS)", address=str(address))
+        return port
+
+    def _listen_rtpproxy(self) -> object:
         where = self.config.rtpproxy_listen
-        if where is None:
-            return
         front = RtpproxyFrontEnd(self.dispatcher, self.refusals)
         if where.kind == "unix":
             path = os.path.join(self.runtime_dir, where.host)
             if os.path.exists(path):
                 os.unlink(path)
             factory = self.guard(RtpproxyStreamFactory(front), "rtpproxy socket")
-            self.rtpproxy_port = self.reactor.listenUNIX(path, factory, mode=self.config.socket_mode)
+            port = self.reactor.listenUNIX(path, factory, mode=self.config.socket_mode)
             unixsocket.give_group(path, self.socket_gid)
             log.info("Listening for the rtpproxy module on unix:{path}", path=path)
-            return
+            return port
         allowed = self.config.rtpproxy_allow
         datagrams = RtpproxyDatagram(front, self.reactor, self.refusals, allowed)
-        self.rtpproxy_port = self.reactor.listenUDP(where.port, datagrams, interface=where.host)
+        port = self.reactor.listenUDP(where.port, datagrams, interface=where.host)
         log.info(
             "Listening for the rtpproxy module on {where} (commands from {allowed})",
             where=str(where),
@@ -137,20 +147,32 @@ class DispatcherService(service.Service):
                 "loopback networks: add the SIP proxies' addresses to it",
                 where=str(where),
             )
+        return port
+
+    # the ports, as tests and the relay link ask for them
+    @property
+    def control_port(self) -> object:
+        return self._proxies.port
+
+    @property
+    def relay_port(self) -> object:
+        return self._relays.port
+
+    @property
+    def rtpproxy_port(self) -> object:
+        return None if self._rtpproxy is None else self._rtpproxy.port
 
     def status_line(self) -> str:
         """For the service manager's STATUS (``systemctl status``)."""
         return f"{len(self.registry.relays)} relays connected; {len(self.dispatcher.table)} calls"
 
     @defer.inlineCallbacks
-    def stopService(self):  # noqa: N802, ANN201
+    def stopService(self) -> defer.Deferred:  # noqa: N802
         service.Service.stopService(self)
         log.info("Dispatcher stopping")
-        for port in (self.control_port, self.rtpproxy_port, self.relay_port):
-            if port is not None:
-                yield port.stopListening()
-        yield self.control_factory.drain()
-        yield self.plugins.stop()
+        # the proxy sockets close first and drain (what they are answering is accounted by the
+        # plugins, which stop after them), then the relay listener, then the plugins, last first
+        yield stop_in_reverse(self)
         self.verifier.stop()
         self.registry.disconnect_all()
         self.dispatcher.stop()

@@ -39,6 +39,44 @@ class IDispatcherPlugin(Interface):
         (cancelling it gives up); the others answer None."""
 
 
+class IAccountingPlugin(IDispatcherPlugin):
+    """A plugin that delivers accounting records, and says how far it is behind."""
+
+    def accounting_status() -> dict:
+        """Its backend, state, spooled and held records, delivered and rejected counts, the
+        oldest record's age (the management ``accounting`` command, metrics)."""
+
+
+class IDispatcherView(Interface):
+    """What plugins may read and ask of the dispatcher core (``PluginContext.dispatcher``)."""
+
+    request_stats = Attribute("the proxy requests counted: ``requests`` by (command, result), ``latency`` histograms by command")
+
+    def call_count() -> int:
+        """Calls in the call table."""
+
+    def connected_relays() -> list:
+        """The relays connected and accepted now, each with ``ip`` and ``round_trip`` (seconds or None)."""
+
+    def accounting_status() -> list[dict]:
+        """Each accounting plugin's status (IAccountingPlugin.accounting_status)."""
+
+    def relay_summaries() -> defer.Deferred:
+        """Each connected relay's summary (a dict; ``{"ip", "status": "error"}`` for one that failed)."""
+
+    def relay_sessions() -> defer.Deferred:
+        """Every connected relay's sessions (SessionRecords)."""
+
+    def terminate(call_id: str) -> defer.Deferred:
+        """End a call now; fires with what was done (``done``, and ``proxy``: what the proxy answered)."""
+
+    def relay_log_level(ip: str, level: str) -> defer.Deferred:
+        """Set relay ``ip``'s log level; fires with the level it took."""
+
+    def drain(ip: str, on: bool = True) -> None:
+        """Give relay ``ip`` no new calls, or new calls again."""
+
+
 class IDispatcherPluginFactory(IPlugin):
     name = Attribute("plugin name")
 
@@ -107,7 +145,7 @@ class PluginSet:
 
     def accounting_status(self) -> list[dict]:
         """The spool backlog of each accounting plugin (those that have one)."""
-        return [plugin.accounting_status() for plugin in self.plugins if hasattr(plugin, "accounting_status")]
+        return [plugin.accounting_status() for plugin in self.plugins if IAccountingPlugin.providedBy(plugin)]
 
     @defer.inlineCallbacks
     def start(self):  # noqa: ANN201

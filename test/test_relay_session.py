@@ -489,6 +489,9 @@ class RecordingForwarder:
     def counters(self, owner):
         return (10, 2000, 10, 2000) if owner in self.entries else None
 
+    def checkpoint(self, owner):
+        return None
+
     def time_out(self, owner, timeout_wait=120):
         """The kernel drops the entry by itself (no packets for ``timeout_wait`` s)."""
         del self.entries[owner]

@@ -11,7 +11,7 @@ from zope.interface import implementer
 from mediaproxy.accounting.delivery import Backend, DeliveryQueue, ThreadRunner
 from mediaproxy.accounting.spool import Spool, SpoolError
 from mediaproxy.log import Logger
-from mediaproxy.plugin import IDispatcherPlugin, PluginBase
+from mediaproxy.plugin import IAccountingPlugin, PluginBase
 from mediaproxy.process import StartupError
 from mediaproxy.wire.statistics import SessionRecord
 
@@ -24,7 +24,7 @@ def spool_directory(configuration, runtime_dir: str, backend: str) -> str:  # no
     return os.path.join(runtime_dir, configuration.dispatcher.spool_dir, backend)
 
 
-@implementer(IDispatcherPlugin)
+@implementer(IAccountingPlugin)
 class AccountingPlugin(PluginBase):
     """Spools each ended call's record and hands it to its backend in a worker thread."""
 

@@ -7,6 +7,7 @@ import time
 from twisted.application import service
 from twisted.internet import defer
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
 from mediaproxy import heap
 from mediaproxy.dialogs import Dialog, DialogEnding
@@ -15,7 +16,7 @@ from mediaproxy.dispatcher.relays import RelayDisconnected, RelayError, RelayLin
 from mediaproxy.dispatcher.sessions import CallEntry, CallTable, call_table_file
 from mediaproxy.dispatcher.stats import RequestStats
 from mediaproxy.log import Logger
-from mediaproxy.plugin import PluginSet
+from mediaproxy.plugin import IDispatcherView, PluginSet
 from mediaproxy.timers import Periodic
 from mediaproxy.wire import relaylink, statistics
 from mediaproxy.wire.control import ProxyRequest, encode_lines
@@ -36,6 +37,7 @@ def _give_back(result: object) -> object:
     return result
 
 
+@implementer(IDispatcherView)
 class Dispatcher:
     def __init__(self, clock, registry: RelayRegistry, plugins: PluginSet, runtime_dir: str, config) -> None:  # noqa: ANN001
         self.clock = clock
@@ -549,6 +551,21 @@ class Dispatcher:
             return defer.succeed(DialogEnding(False, "no plugin here ends dialogs"))
         ending.addTimeout(deadline, self.clock)
         return ending.addErrback(lambda failure: DialogEnding(False, f"no answer within {deadline:g}s ({failure.getErrorMessage()})"))
+
+    # -- what plugins read (IDispatcherView)
+
+    @property
+    def request_stats(self) -> RequestStats:
+        return self.stats
+
+    def call_count(self) -> int:
+        return len(self.table)
+
+    def connected_relays(self) -> list[RelayLink]:
+        return self.registry.accepted()
+
+    def accounting_status(self) -> list[dict]:
+        return self.plugins.accounting_status()
 
     def drain(self, ip: str, on: bool = True) -> None:
         """Give relay ``ip`` no new calls (its calls go on), or new calls again."""

@@ -31,7 +31,7 @@ class PluginContext:
     """What a plugin may use: the dispatcher core, the reactor, TLS credentials, the runtime dir,
     and the mode and group its proxy-facing sockets get."""
 
-    dispatcher: Dispatcher
+    dispatcher: plugin.IDispatcherView  # the core, as plugins see it
     reactor: object
     credentials: Credentials
     runtime_dir: str

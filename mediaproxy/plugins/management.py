@@ -159,7 +159,7 @@ class ManagementProtocol(protocol.Protocol, TimeoutMixin):
         if command == "version":
             return __version__
         if command == "accounting":
-            return _dump(dispatcher.plugins.accounting_status())
+            return _dump(dispatcher.accounting_status())
         if command == "counters":
             return dispatcher.relay_summaries().addCallback(self._counters)
         name, _, argument = command.partition(" ")

@@ -37,20 +37,21 @@ class DispatcherCollector:
         yield from metrics.relay_families(self.summaries)
 
         calls = GaugeMetricFamily("mediaproxy_calls", "Calls in the dispatcher's call table")
-        calls.add_metric([], len(dispatcher.table))
+        calls.add_metric([], dispatcher.call_count())
         yield calls
-        relays = GaugeMetricFamily("mediaproxy_relays_connected", "Relays connected to the dispatcher")
-        relays.add_metric([], len(dispatcher.registry.accepted()))
-        yield relays
+        connected = GaugeMetricFamily("mediaproxy_relays_connected", "Relays connected to the dispatcher")
+        relays = dispatcher.connected_relays()
+        connected.add_metric([], len(relays))
+        yield connected
         round_trip = GaugeMetricFamily(
             "mediaproxy_relay_round_trip_seconds", "Time from a command to the relay's answer, the latest", labels=["relay"]
         )
-        for link in dispatcher.registry.accepted():
+        for link in relays:
             if link.round_trip is not None:
                 round_trip.add_metric([link.ip], link.round_trip)
         yield round_trip
 
-        stats = dispatcher.stats
+        stats = dispatcher.request_stats
         requests = CounterMetricFamily("mediaproxy_proxy_requests", "Proxy requests by command and result", labels=["command", "result"])
         for (command, result), count in sorted(stats.requests.items()):
             requests.add_metric([command, result], count)
@@ -72,7 +73,7 @@ class DispatcherCollector:
         available = GaugeMetricFamily("mediaproxy_accounting_available", "0 while the backend is unavailable", labels=["backend"])
         delivered = CounterMetricFamily("mediaproxy_accounting_delivered_records", "Records delivered", labels=["backend"])
         rejected = CounterMetricFamily("mediaproxy_accounting_rejected_records", "Records the backend refused for good", labels=["backend"])
-        for status in dispatcher.plugins.accounting_status():
+        for status in dispatcher.accounting_status():
             backend = str(status["backend"])
             backlog.add_metric([backend], status["spooled"])
             held.add_metric([backend], status.get("held_in_memory", 0))

@@ -416,9 +416,9 @@ class SessionManager:
         """Keep the userspace counters that moved (every COUNTERS_INTERVAL: not worth a write a packet)."""
         if self.state is None:
             return
-        checkpoint = getattr(self._forwarder, "checkpoint", None)
+        checkpoint = self._forwarder.checkpoint
         for session in self.sessions.values():
-            moved = checkpoint is not None and self._take_counts(session, checkpoint)
+            moved = self._take_counts(session, checkpoint)
             if moved or session.userspace_packets() != session.kept_packets:
                 self.keep(session)
         self.state.squeeze()  # what the last minute's commands kept, deflated off their path

@@ -40,6 +40,9 @@ class NoKernelForwarding:
     def counters(self, owner: object) -> None:
         return None
 
+    def checkpoint(self, owner: object) -> None:
+        return None
+
 
 def choose(config, reactor, idle_timeout: int, binder=None, changes: host.HostChanges | None = None, keep: frozenset = frozenset()):  # noqa: ANN001, ANN201, PLR0913
     """The forwarder to use; with ``auto`` a host that cannot do kernel forwarding gets userspace and one warning.

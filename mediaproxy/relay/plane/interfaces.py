@@ -88,3 +88,8 @@ class IForwarder(Interface):
 
     def counters(owner: object) -> tuple | None:  # noqa: N805
         """The live counters of ``owner``'s entry, or None."""
+
+    def checkpoint(owner: object) -> tuple | None:  # noqa: N805
+        """What was counted for ``owner`` since the last checkpoint, handed over for the relay to
+        keep (a forwarder whose counts end with the relay: workers), or None (the kernel's
+        entries outlive the relay and keep their own counts)."""

@@ -109,6 +109,8 @@ class Topology:
 NAT_RELAY_IP = "203.0.113.1"
 NAT_CALLER_IP = "10.0.0.2"
 NAT_CALLEE_IP = "198.51.100.2"
+# where the caller's packets (its SIP too) come from: the NAT's outside address, the proxy's signaling_ip
+NAT_PUBLIC_IP = "203.0.113.2"
 
 
 def relay_behind_nat(udp_stream_timeout: int | None = None) -> Topology:
@@ -121,7 +123,7 @@ def relay_behind_nat(udp_stream_timeout: int | None = None) -> Topology:
         for role in ("caller", "nat", "relay", "callee"):
             network.add(role)
         network.link("caller", f"{NAT_CALLER_IP}/24", "nat", "10.0.0.1/24")
-        _, public = network.link("relay", f"{NAT_RELAY_IP}/24", "nat", "203.0.113.2/24")
+        _, public = network.link("relay", f"{NAT_RELAY_IP}/24", "nat", f"{NAT_PUBLIC_IP}/24")
         network.link("relay", "198.51.100.1/24", "callee", f"{NAT_CALLEE_IP}/24")
         network.run("caller", "ip route add default via 10.0.0.1")
         network.run("callee", "ip route add default via 198.51.100.1")

@@ -24,7 +24,17 @@ import time
 
 import pytest
 from deployment import Proxy, wait_until
-from netns import NAT_CALLEE_IP, NAT_CALLER_IP, NAT_RELAY_IP, in_namespace, relay_behind_nat, require_root_and_tools, rtp, udp_socket
+from netns import (
+    NAT_CALLEE_IP,
+    NAT_CALLER_IP,
+    NAT_PUBLIC_IP,
+    NAT_RELAY_IP,
+    in_namespace,
+    relay_behind_nat,
+    require_root_and_tools,
+    rtp,
+    udp_socket,
+)
 from servers import FreeRADIUS
 
 from harness import INSTALLED, ROOT, free_port
@@ -456,7 +466,13 @@ def test_upgrade_keeps_kernel_forwarded_media_flowing(debs, upgrade_debs, tmp_pa
             for number, (caller, callee) in enumerate(parties):
                 call_id = f"upgrade-{number}@example.com"
                 offer = proxy.request(
-                    update(call_id, "ft", media=f"audio:{NAT_CALLER_IP}:{5100 + number}:sendrecv:ice=no", dialog_id=f"1:{number}")
+                    update(
+                        call_id,
+                        "ft",
+                        media=f"audio:{NAT_CALLER_IP}:{5100 + number}:sendrecv:ice=no",
+                        dialog_id=f"1:{number}",
+                        signaling_ip=NAT_PUBLIC_IP,
+                    )
                 )
                 answer = proxy.request(
                     update(
@@ -466,6 +482,7 @@ def test_upgrade_keeps_kernel_forwarded_media_flowing(debs, upgrade_debs, tmp_pa
                         kind="reply",
                         media=f"audio:{NAT_CALLEE_IP}:{7100 + number}:sendrecv:ice=no",
                         dialog_id=f"1:{number}",
+                        signaling_ip=NAT_CALLEE_IP,
                     )
                 )
                 to_caller_side, to_callee_side = (NAT_RELAY_IP, int(answer.split()[1])), (NAT_RELAY_IP, int(offer.split()[1]))

@@ -14,6 +14,7 @@ from deployment import Deployment, wait_until
 from netns import (
     NAT_CALLEE_IP,
     NAT_CALLER_IP,
+    NAT_PUBLIC_IP,
     NAT_RELAY_IP,
     Topology,
     in_namespace,
@@ -65,8 +66,12 @@ def run_call(tmp_path, topology, forwarding):
         programs.start()
         proxy = programs.proxy()
         call_id = f"kernel-{forwarding}@example.com"
-        offer = proxy.request(update(call_id, "ft", media=f"audio:{CALLER[0]}:{CALLER[1]}:sendrecv:ice=no", dialog_id="7:8"))
-        answer = proxy.request(update(call_id, "ft", "tt", kind="reply", media=f"audio:{CALLEE[0]}:{CALLEE[1]}:sendrecv:ice=no"))
+        offer = proxy.request(
+            update(call_id, "ft", media=f"audio:{CALLER[0]}:{CALLER[1]}:sendrecv:ice=no", dialog_id="7:8", signaling_ip=NAT_PUBLIC_IP)
+        )
+        answer = proxy.request(
+            update(call_id, "ft", "tt", kind="reply", media=f"audio:{CALLEE[0]}:{CALLEE[1]}:sendrecv:ice=no", signaling_ip=CALLEE[0])
+        )
         (relay_ip, callee_facing), (_, caller_facing) = offer.split(), answer.split()
         assert relay_ip == RELAY_IP
         to_caller_side, to_callee_side = (RELAY_IP, int(caller_facing)), (RELAY_IP, int(callee_facing))
@@ -196,8 +201,10 @@ def test_calls_survive_the_relay_killed_or_stopped_and_started_again(tmp_path, t
             call_id = f"survivor-{number}@example.com"
             caller_media = f"audio:{CALLER[0]}:{5100 + number}:sendrecv:ice=no"
             callee_media = f"audio:{CALLEE[0]}:{7100 + number}:sendrecv:ice=no"
-            offer = proxy.request(update(call_id, "ft", media=caller_media, dialog_id=f"1:{number}"))
-            answer = proxy.request(update(call_id, "ft", "tt", kind="reply", media=callee_media, dialog_id=f"1:{number}"))
+            offer = proxy.request(update(call_id, "ft", media=caller_media, dialog_id=f"1:{number}", signaling_ip=NAT_PUBLIC_IP))
+            answer = proxy.request(
+                update(call_id, "ft", "tt", kind="reply", media=callee_media, dialog_id=f"1:{number}", signaling_ip=NAT_CALLEE_IP)
+            )
             to_caller_side, to_callee_side = (RELAY_IP, int(answer.split()[1])), (RELAY_IP, int(offer.split()[1]))
             facing.append((to_caller_side, to_callee_side))
             callee.sendto(rtp(0, 8), to_callee_side)

@@ -120,7 +120,7 @@ def queries(kind: str) -> list[tuple[str, str]]:
 
 
 class Database:
-    def __init__(self, kind: str, dburi: str, connect, server=None) -> None:  # noqa: ANN001
+    def __init__(self, kind: str, dburi: str, connect, server=None) -> None:
         self.kind, self.dburi, self.connect, self.server = kind, dburi, connect, server
 
     def fill(self, count: int) -> None:
@@ -176,8 +176,8 @@ class Database:
 
 
 def open_databases(kinds: list[str], directory: str) -> list[Database]:
-    import psycopg2  # noqa: PLC0415 - only what the run needs
-    import pymysql  # noqa: PLC0415
+    import psycopg2  # only what the run needs
+    import pymysql
 
     opened = []
     for kind in kinds:

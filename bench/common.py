@@ -71,7 +71,7 @@ def open_fds(pid: int) -> int:
 
 
 @contextlib.contextmanager
-def checked_out(revision: str):  # noqa: ANN201
+def checked_out(revision: str):
     """Another git revision of this checkout, in a worktree of its own that is removed
     afterwards; yields its path (programs started with ``harness.ROOT`` set to it run its code)."""
     with tempfile.TemporaryDirectory(prefix="mp-bench-") as scratch:
@@ -84,7 +84,7 @@ def checked_out(revision: str):  # noqa: ANN201
 
 
 @contextlib.contextmanager
-def one_stack(name: str, port_range: str, stream_timeout: int = 60):  # noqa: ANN201
+def one_stack(name: str, port_range: str, stream_timeout: int = 60):
     """A network with one of our stacks (userspace forwarding) in it, both gone afterwards."""
     net = network()
     stack = None
@@ -153,7 +153,7 @@ class Rtpengine:
         self.net = net
         # listening ports of its own (Debian's rtpengine.conf names fixed ones): several run at once
         self.control_port = 22223 + list(ADDRESSES).index(name)
-        self.log = tempfile.NamedTemporaryFile(prefix=f"mp-bench-{name}-", suffix=".log", delete=False)  # noqa: SIM115
+        self.log = tempfile.NamedTemporaryFile(prefix=f"mp-bench-{name}-", suffix=".log", delete=False)
         ip = ADDRESSES[name]
         command = ["ip", "netns", "exec", net.name("relay"), "rtpengine", "--foreground", "--log-stderr", "--table=-1"]
         command += [f"--interface={ip}", f"--listen-ng=127.0.0.1:{self.control_port}", f"--listen-cli=127.0.0.1:{self.control_port + 1000}"]

@@ -22,7 +22,7 @@ PACKET_INTERVAL = 0.02
 LOSS_LIMIT = 0.001
 
 
-def run_round(system, net, streams: int, seconds: float, round_number: int, interval: float = PACKET_INTERVAL) -> dict:  # noqa: ANN001
+def run_round(system, net, streams: int, seconds: float, round_number: int, interval: float = PACKET_INTERVAL) -> dict:
     first_port = 20000 + (round_number % 4) * 4000
     callers = generator_sockets(net, streams, first_port)
     callees = generator_sockets(net, streams, first_port + 1)
@@ -76,7 +76,7 @@ def run_round(system, net, streams: int, seconds: float, round_number: int, inte
     }
 
 
-def _drain(poller, by_fd: dict, timeout: float) -> int:  # noqa: ANN001
+def _drain(poller, by_fd: dict, timeout: float) -> int:
     count = 0
     deadline = time.monotonic() + timeout
     while True:

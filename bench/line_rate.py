@@ -63,7 +63,7 @@ def machine_busy() -> float:
 class Counters:
     """nftables in the generator's namespace: per source address, what came back (then dropped)."""
 
-    def __init__(self, net, sources: list[str]) -> None:  # noqa: ANN001
+    def __init__(self, net, sources: list[str]) -> None:
         self.net = net
         rules = "".join(f"ip saddr {source} counter drop\n" for source in sources)
         script = (
@@ -99,7 +99,7 @@ class Blackhole:
     name = "blackhole"
     source = None
 
-    def __init__(self, net) -> None:  # noqa: ANN001
+    def __init__(self, net) -> None:
         net.run("relay", f"ip addr add {BLACKHOLE}/32 dev lo")
         net.run(
             "relay",
@@ -120,7 +120,7 @@ def write_flows(path: str, flows: list[tuple[tuple[str, int], tuple[str, int]]])
             stream.write(f"{source_ip} {source_port} {destination_ip} {destination_port}\n")
 
 
-def generate(net, binary: str, flows_file: str, rate: float, seconds: float) -> tuple[int, float]:  # noqa: ANN001
+def generate(net, binary: str, flows_file: str, rate: float, seconds: float) -> tuple[int, float]:
     done = net.run("gen", f"{binary} {flows_file} {rate:.0f} {seconds} {PAYLOAD}")
     match = re.search(r"sent (\d+) packets in ([\d.]+) seconds", done.stdout)
     if match is None:
@@ -128,7 +128,7 @@ def generate(net, binary: str, flows_file: str, rate: float, seconds: float) -> 
     return int(match.group(1)), float(match.group(2))
 
 
-def run(system, net, binary: str, flows_file: str, counters: Counters, rate: float, seconds: float) -> dict:  # noqa: ANN001
+def run(system, net, binary: str, flows_file: str, counters: Counters, rate: float, seconds: float) -> dict:
     pid = getattr(system, "relay_pid", None) or getattr(system, "pid", None)
     before = counters.read().get(system.source, 0) if system.source else 0
     busy, process = machine_busy(), cpu_seconds(pid) if pid else 0.0

@@ -26,16 +26,16 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def measure(streams: int, packets: int) -> float:
     """Nanoseconds per relayed packet with ``streams`` established calls."""
-    from twisted.internet.task import Clock  # noqa: PLC0415 - the code under test is on sys.path only now
+    from twisted.internet.task import Clock  # the code under test is on sys.path only now
 
-    from mediaproxy.configuration import RelayConfig  # noqa: PLC0415
-    from mediaproxy.datatypes import PortRange  # noqa: PLC0415
-    from mediaproxy.testing import FakeBinder, headers  # noqa: PLC0415
+    from mediaproxy.configuration import RelayConfig
+    from mediaproxy.datatypes import PortRange
+    from mediaproxy.testing import FakeBinder, headers
 
     try:
-        from mediaproxy.relay.sessions import SessionManager  # noqa: PLC0415
+        from mediaproxy.relay.sessions import SessionManager
     except ImportError:  # before the relay was split into model and plane
-        from mediaproxy.relay.session import SessionManager  # noqa: PLC0415
+        from mediaproxy.relay.session import SessionManager
 
     clock = Clock()
     binder = FakeBinder()

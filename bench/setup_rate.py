@@ -25,9 +25,9 @@ import harness
 from mediaproxy.testing import remove, update
 
 
-def worker(socket_path: str, number: int, calls: int, results) -> None:  # noqa: ANN001 - a multiprocessing Connection
+def worker(socket_path: str, number: int, calls: int, results) -> None:  # a multiprocessing Connection
     """One proxy process: its own connection, one call after another; its latencies and errors sent back."""
-    from deployment import Proxy  # noqa: PLC0415
+    from deployment import Proxy
 
     latencies: dict[str, list[float]] = {"offer": [], "answer": [], "remove": []}
     errors = []

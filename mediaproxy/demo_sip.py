@@ -168,7 +168,7 @@ def _wait(condition: Callable[[], bool], what: str, timeout: float) -> None:
 
 def call(
     directory: str, dispatcher_socket: str, sessions: Callable[[], list], seconds: float, endpoints, talk, user: str | None = None
-) -> dict:  # noqa: ANN001
+) -> dict:
     """Place the call, let the demo's RTP sockets talk through the relay, hang up; the call's statistics.
 
     With ``user``, Kamailio runs as that user (with its groups), as the Debian package runs it.

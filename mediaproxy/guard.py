@@ -90,7 +90,7 @@ class Limits:
     handshake_timeout: float | None  # None: not a TLS listener
 
 
-def peer_of(addr) -> str:  # noqa: ANN001 - an IAddress
+def peer_of(addr) -> str:  # an IAddress
     return getattr(addr, "host", None) or "local"
 
 
@@ -101,14 +101,14 @@ def peer_of(addr) -> str:  # noqa: ANN001 - an IAddress
 class HandshakeWatch(ProtocolWrapper):
     """Aborts a connection whose TLS handshake is not done within the deadline; logs a failed one."""
 
-    def __init__(self, factory: HandshakeGuard, wrapped, peer: str) -> None:  # noqa: ANN001
+    def __init__(self, factory: HandshakeGuard, wrapped, peer: str) -> None:
         ProtocolWrapper.__init__(self, factory, wrapped)
         self.peer = peer
         self.handshake_done = False
         self.timed_out = False
         self._timer = None
 
-    def makeConnection(self, transport) -> None:  # noqa: N802, ANN001
+    def makeConnection(self, transport) -> None:  # noqa: N802
         self._timer = self.factory.clock.callLater(self.factory.timeout, self._handshake_overdue)
         ProtocolWrapper.makeConnection(self, transport)
 
@@ -127,7 +127,7 @@ class HandshakeWatch(ProtocolWrapper):
         if completed is not None:
             completed()
 
-    def connectionLost(self, reason) -> None:  # noqa: N802, ANN001
+    def connectionLost(self, reason) -> None:  # noqa: N802
         self._cancel_timer()
         if not self.handshake_done and not self.timed_out:
             self.factory.refuse("tls_failed", self.peer, "TLS handshake failed: {reason}", reason=tls_failure_text(reason))
@@ -145,11 +145,11 @@ class HandshakeGuard(WrappingFactory):
     protocol = HandshakeWatch
     noisy = False
 
-    def __init__(self, wrapped, name: str, timeout: float, refusals: Refusals, clock) -> None:  # noqa: ANN001
+    def __init__(self, wrapped, name: str, timeout: float, refusals: Refusals, clock) -> None:
         WrappingFactory.__init__(self, wrapped)
         self.name, self.timeout, self.refusals, self.clock = name, timeout, refusals, clock
 
-    def buildProtocol(self, addr) -> HandshakeWatch | None:  # noqa: N802, ANN001
+    def buildProtocol(self, addr) -> HandshakeWatch | None:  # noqa: N802
         wrapped = self.wrappedFactory.buildProtocol(addr)
         return None if wrapped is None else self.protocol(self, wrapped, peer_of(addr))
 
@@ -157,7 +157,7 @@ class HandshakeGuard(WrappingFactory):
         self.refusals.refuse(kind, peer, log, "{listener}: connection from {peer} " + text, listener=self.name, **fields)
 
 
-def tls_failure_text(reason) -> str:  # noqa: ANN001 - a Failure
+def tls_failure_text(reason) -> str:  # a Failure
     """OpenSSL's reasons (``peer did not return a certificate``, ``unsupported protocol``,
     ``wrong version number``, ...) rather than the nested tuples pyOpenSSL raises."""
     args = getattr(reason.value, "args", ())
@@ -172,11 +172,11 @@ def tls_failure_text(reason) -> str:  # noqa: ANN001 - a Failure
 class AdmittedProtocol(ProtocolWrapper):
     """An admitted connection: it gives its slot back when it closes."""
 
-    def __init__(self, factory: GuardedFactory, wrapped, peer: str) -> None:  # noqa: ANN001
+    def __init__(self, factory: GuardedFactory, wrapped, peer: str) -> None:
         ProtocolWrapper.__init__(self, factory, wrapped)
         self.peer = peer
 
-    def connectionLost(self, reason) -> None:  # noqa: N802, ANN001
+    def connectionLost(self, reason) -> None:  # noqa: N802
         self.factory.release(self.peer)
         ProtocolWrapper.connectionLost(self, reason)
 
@@ -188,7 +188,7 @@ class GuardedFactory(WrappingFactory):
     protocol = AdmittedProtocol
     noisy = False
 
-    def __init__(self, wrapped, name: str, limits: Limits, budget: DescriptorBudget, refusals: Refusals, clock, tls=None) -> None:  # noqa: ANN001, PLR0913
+    def __init__(self, wrapped, name: str, limits: Limits, budget: DescriptorBudget, refusals: Refusals, clock, tls=None) -> None:
         if tls is not None:
             if limits.handshake_timeout is None:
                 raise ValueError(f"{name}: a TLS listener needs a handshake timeout")
@@ -203,7 +203,7 @@ class GuardedFactory(WrappingFactory):
         self.by_peer: Counter[str] = Counter()
         budget.register(name)
 
-    def buildProtocol(self, addr) -> AdmittedProtocol | None:  # noqa: N802, ANN001
+    def buildProtocol(self, addr) -> AdmittedProtocol | None:  # noqa: N802
         peer = peer_of(addr)
         if not self.budget.admits(self.name):
             self.refuse(

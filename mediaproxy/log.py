@@ -54,7 +54,7 @@ def _format(event: dict) -> str:
     if isinstance(template, str):
         try:
             return template.format_map(event)
-        except Exception:  # noqa: BLE001, S110 - any format problem: Twisted's formatter says it its way
+        except Exception:  # noqa: BLE001 - any format problem: Twisted's formatter says it its way
             pass
     return formatEvent(event)
 
@@ -109,7 +109,7 @@ class Logger(TwistedLogger):
     """Twisted's Logger, dropping an event below the process's level before it is built: a
     debug line a command would log costs a comparison, not an event through the observers."""
 
-    def emit(self, level: LogLevel, format: str | None = None, **kwargs: object) -> None:  # noqa: A002 - Twisted's name
+    def emit(self, level: LogLevel, format: str | None = None, **kwargs: object) -> None:  # Twisted's name
         rank = _RANK.get(level)
         if rank is None or "log_trace" in kwargs:
             super().emit(level, format, **kwargs)  # not a level (Twisted says so its way), or a traced event
@@ -176,11 +176,11 @@ class LogControl:
     def _apply(self, level: LogLevel) -> None:
         self.level = level
         if _active is self:
-            global _threshold  # noqa: PLW0603 - the level is the process's
+            global _threshold  # the level is the process's
             _threshold = _RANK[level]
 
     def start(self, ident: str, to_console: bool, journal: bool = False) -> None:
-        global _active  # noqa: PLW0603 - logging is the process's, and so is its level
+        global _active  # logging is the process's, and so is its level
         _active = self
         self._apply(self.level)
         observer = ConsoleObserver(sys.stderr, priorities=journal) if to_console or journal else SyslogObserver(ident)

@@ -61,12 +61,12 @@ class MetricsPage(resource.Resource):
 
     isLeaf = True
 
-    def __init__(self, registry, refresh: Callable[[], defer.Deferred]) -> None:  # noqa: ANN001
+    def __init__(self, registry, refresh: Callable[[], defer.Deferred]) -> None:
         super().__init__()
         self.registry = registry
         self.refresh = refresh
 
-    def render_GET(self, request):  # noqa: N802, ANN001, ANN201
+    def render_GET(self, request):  # noqa: N802
         from prometheus_client import CONTENT_TYPE_LATEST, generate_latest  # noqa: PLC0415
 
         def render(_: object) -> None:
@@ -76,7 +76,7 @@ class MetricsPage(resource.Resource):
             request.write(generate_latest(self.registry))
             request.finish()
 
-        def failed(failure) -> None:  # noqa: ANN001
+        def failed(failure) -> None:
             log.failure("Metrics scrape failed", failure)
             if not request.finished:
                 request.setResponseCode(500)
@@ -86,7 +86,7 @@ class MetricsPage(resource.Resource):
         return server.NOT_DONE_YET
 
 
-def registry(collector: object, process_namespace: str):  # noqa: ANN201 - a prometheus_client CollectorRegistry
+def registry(collector: object, process_namespace: str):  # a prometheus_client CollectorRegistry
     """A registry with ``collector`` and this process's own metrics (memory, CPU, open files)."""
     from prometheus_client import CollectorRegistry  # noqa: PLC0415
     from prometheus_client.process_collector import ProcessCollector  # noqa: PLC0415
@@ -97,7 +97,7 @@ def registry(collector: object, process_namespace: str):  # noqa: ANN201 - a pro
     return built
 
 
-def site(registry, refresh: Callable[[], defer.Deferred]) -> server.Site:  # noqa: ANN001
+def site(registry, refresh: Callable[[], defer.Deferred]) -> server.Site:
     """The site serving ``/metrics`` (and nothing else)."""
     root = resource.Resource()
     root.putChild(b"metrics", MetricsPage(registry, refresh))

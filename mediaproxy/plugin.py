@@ -148,7 +148,7 @@ class PluginSet:
         return [plugin.accounting_status() for plugin in self.plugins if IAccountingPlugin.providedBy(plugin)]
 
     @defer.inlineCallbacks
-    def start(self):  # noqa: ANN201
+    def start(self):
         for plugin in self.plugins:
             yield plugin.start()
             log.info("Plugin {plugin} started", plugin=plugin.name)

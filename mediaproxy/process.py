@@ -148,13 +148,13 @@ class Program:
             _remove_quietly(options.pid_file)
         return self.exit_status
 
-    def _started(self, reactor, root) -> None:  # noqa: ANN001
+    def _started(self, reactor, root) -> None:
         self._signal_ready()
         status_of = getattr(root, "status_line", None)
         self.notifier.ready(status_of() if status_of else "running")
         self.notifier.start_watchdog(reactor, status_of)
 
-    def _install_signals(self, reactor, handlers: dict) -> None:  # noqa: ANN001
+    def _install_signals(self, reactor, handlers: dict) -> None:
         def toggle_debug() -> None:
             # not "level": Logger.emit takes that name for itself
             log.info("Log level is now {name}", name=self.log_control.toggle_debug())
@@ -169,7 +169,7 @@ class Program:
         self._signal_ready(message)
         self.notifier.send(STATUS=f"start-up failed: {message}")
 
-    def _abort(self, reactor, message: str) -> None:  # noqa: ANN001
+    def _abort(self, reactor, message: str) -> None:
         self._report_failure(message)
         self.exit_status = EXIT_STARTUP_FAILED
         if reactor.running:

@@ -15,7 +15,7 @@ MAX_KEYS = 4096
 class Refusals:
     """Counts refusals by kind and decides which of them get a log line."""
 
-    def __init__(self, clock, interval: float = INTERVAL) -> None:  # noqa: ANN001
+    def __init__(self, clock, interval: float = INTERVAL) -> None:
         self.clock = clock
         self.interval = interval
         self.counts: Counter[str] = Counter()

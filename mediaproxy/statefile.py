@@ -47,12 +47,12 @@ DICTIONARY_BYTES = 2048
 
 
 class StateFile:
-    def __init__(  # noqa: PLR0913
+    def __init__(
         self,
         path: str,
         section: str,
         version: int,
-        clock,  # noqa: ANN001
+        clock,
         what: str,
         keep_encoded: bool = False,
         key_text: Callable[[Hashable], str] = str,
@@ -292,7 +292,7 @@ class StateFile:
 _encode = json.JSONEncoder(separators=(",", ":"), check_circular=False).encode
 
 
-def in_threads(reactor) -> Callable[[Callable[[], None]], Deferred] | None:  # noqa: ANN001
+def in_threads(reactor) -> Callable[[Callable[[], None]], Deferred] | None:
     """What runs a StateFile's fsync in ``reactor``'s thread pool; None for a clock without one
     (a test's ``Clock``), where it runs in place."""
     pool = getattr(reactor, "getThreadPool", None)

@@ -55,7 +55,7 @@ class Notifier:
     def stopping(self, status: str) -> None:
         self.send(STOPPING="1", STATUS=status)
 
-    def start_watchdog(self, reactor, status_of=None) -> None:  # noqa: ANN001
+    def start_watchdog(self, reactor, status_of=None) -> None:
         """Feed the watchdog from the reactor (a stuck reactor then gets the service restarted).
 
         ``status_of`` returns the current STATUS text, sent with each tick when it changed.

@@ -140,7 +140,7 @@ class _ProxyLine(LineOnlyReceiver):
         else:
             self.client.unsolicited.append(line.decode())
 
-    def connectionLost(self, reason) -> None:  # noqa: N802, ANN001
+    def connectionLost(self, reason) -> None:  # noqa: N802
         while self.client.waiting:
             self.client.waiting.popleft().errback(reason)
 
@@ -156,15 +156,15 @@ class ProxyClient(protocol.ClientFactory):
         self.connected = defer.Deferred()
         self.line: _ProxyLine | None = None
 
-    def buildProtocol(self, addr) -> _ProxyLine:  # noqa: N802, ANN001
+    def buildProtocol(self, addr) -> _ProxyLine:  # noqa: N802
         self.line = _ProxyLine(self)
         return self.line
 
-    def clientConnectionFailed(self, connector, reason) -> None:  # noqa: N802, ANN001
+    def clientConnectionFailed(self, connector, reason) -> None:  # noqa: N802
         self.connected.errback(reason)
 
     @classmethod
-    def connect(cls, reactor, path: str) -> defer.Deferred:  # noqa: ANN001
+    def connect(cls, reactor, path: str) -> defer.Deferred:
         client = cls()
         reactor.connectUNIX(path, client)
         return client.connected

@@ -16,7 +16,7 @@ class Periodic(service.Service):
     """Runs ``job`` every ``interval`` seconds while running: first after one interval, or at
     start with ``now`` (TimerService always runs at once, which a restart's first check must not)."""
 
-    def __init__(self, name: str, interval: float, job: Callable[[], object], clock, now: bool = False) -> None:  # noqa: ANN001
+    def __init__(self, name: str, interval: float, job: Callable[[], object], clock, now: bool = False) -> None:
         self.name = name
         self.interval = interval
         self.job = job
@@ -30,7 +30,7 @@ class Periodic(service.Service):
         self._loop.clock = self.clock
         self._loop.start(self.interval, now=self.now).addErrback(self._failed)
 
-    def _failed(self, failure) -> None:  # noqa: ANN001
+    def _failed(self, failure) -> None:
         log.failure("The periodic {name} stopped", failure, name=self.name)
 
     def stopService(self) -> None:  # noqa: N802

@@ -125,7 +125,7 @@ class Credentials:
         return None
 
 
-def _verify_callback(connection, certificate, errno, depth, ok):  # noqa: ANN001 - OpenSSL callback signature
+def _verify_callback(connection, certificate, errno, depth, ok):  # OpenSSL callback signature
     if not ok:
         subject = subject_of(certificate)
         log.warn(
@@ -190,7 +190,7 @@ def _load_certificate(path: str, what: str) -> x509.Certificate:
         raise TLSConfigurationError(f"{path} is not a PEM {what}") from None
 
 
-def _load_key(path: str):  # noqa: ANN202
+def _load_key(path: str):
     try:
         with open(path, "rb") as stream:
             return serialization.load_pem_private_key(stream.read(), password=None)
@@ -217,7 +217,7 @@ def _use_identity(context: SSL.Context, certificate: object, key: object) -> Non
         context.use_privatekey(crypto.PKey.from_cryptography_key(key))
 
 
-def subject_of(certificate) -> dict[str, str]:  # noqa: ANN001 - cryptography or pyOpenSSL certificate
+def subject_of(certificate) -> dict[str, str]:  # cryptography or pyOpenSSL certificate
     if isinstance(certificate, crypto.X509):
         certificate = certificate.to_cryptography()
     return {_SUBJECT_NAMES[attribute.oid]: str(attribute.value) for attribute in certificate.subject if attribute.oid in _SUBJECT_NAMES}
@@ -250,7 +250,7 @@ ROLES = ("dispatcher", "relay", "client")
 ROLE_OF_PEER = {"relay": "relay", "dispatcher": "dispatcher", "management client": "client"}
 
 
-def role_of(certificate) -> str | None:  # noqa: ANN001
+def role_of(certificate) -> str | None:
     unit = subject_of(certificate).get("OU")
     return unit if unit in ROLES else None
 
@@ -266,7 +266,7 @@ class PeerVerifier:
 
     def __init__(
         self, credentials: Credentials, passport: Passport | None, interval: int, reactor, what: str, refusals: Refusals | None = None
-    ) -> None:  # noqa: ANN001
+    ) -> None:
         self.credentials = credentials
         self.passport = passport
         self.what = what
@@ -295,7 +295,7 @@ class PeerVerifier:
         if self._loop.running:
             self._loop.stopService()
 
-    def accept(self, transport, name: str | None = None) -> bool:  # noqa: ANN001
+    def accept(self, transport, name: str | None = None) -> bool:
         """Called when a handshake completed; returns False (and drops the peer) on a wrong role or
         passport, or, when ``name`` is given, a certificate that is not for that DNS name."""
         certificate = transport.getPeerCertificate()
@@ -318,12 +318,12 @@ class PeerVerifier:
         self.peers[transport] = certificate
         return True
 
-    def _refuse(self, transport, kind: str, peer: str, reason: str) -> bool:  # noqa: ANN001
+    def _refuse(self, transport, kind: str, peer: str, reason: str) -> bool:
         self.refusals.refuse(kind, peer, log, "{what} {peer} refused: {reason}", what=self.what, reason=reason)
         transport.abortConnection()
         return False
 
-    def forget(self, transport) -> None:  # noqa: ANN001
+    def forget(self, transport) -> None:
         self.peers.pop(transport, None)
 
     def verify_all(self) -> None:
@@ -340,7 +340,7 @@ class PeerVerifier:
                 transport.abortConnection()
 
 
-def hostname_problem(certificate, name: str) -> str | None:  # noqa: ANN001
+def hostname_problem(certificate, name: str) -> str | None:
     """Why ``certificate`` is not one for the DNS ``name`` (RFC 6125, by service-identity), or None."""
     if isinstance(certificate, crypto.X509):
         certificate = certificate.to_cryptography()
@@ -357,11 +357,11 @@ def _format_subject(subject: dict[str, str]) -> str:
     return ", ".join(f"{name}:{value}" for name, value in subject.items())
 
 
-def _host(address) -> str:  # noqa: ANN001
+def _host(address) -> str:
     return getattr(address, "host", str(address))
 
 
-def load_credentials(configuration, role: str) -> Credentials:  # noqa: ANN001
+def load_credentials(configuration, role: str) -> Credentials:
     certs_path = configuration.tls.certs_path
     directory = configuration.find(certs_path)
     if directory is None or not os.path.isdir(directory):

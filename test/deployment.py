@@ -20,7 +20,7 @@ class Deployment:
     the programs run in that network namespace (the proxy's UNIX socket is reachable from anywhere).
     """
 
-    def __init__(self, tmp_path, extra: str = "", stream_timeout: int = 3, namespace: str | None = None, files: int | None = None) -> None:  # noqa: ANN001
+    def __init__(self, tmp_path, extra: str = "", stream_timeout: int = 3, namespace: str | None = None, files: int | None = None) -> None:
         self.tmp_path = tmp_path
         self.namespace = namespace
         self.files = files  # the dispatcher's open-file limit (soft and hard), when not the default
@@ -230,7 +230,7 @@ def stream_of(management_port: int, call_id: str) -> dict:
     return stream
 
 
-def wait_until(condition, what: str, timeout: float = 60.0, interval: float = 0.1) -> None:  # noqa: ANN001
+def wait_until(condition, what: str, timeout: float = 60.0, interval: float = 0.1) -> None:
     """Poll a condition on real processes until it holds; fail with ``what`` after ``timeout``."""
     deadline = time.monotonic() + timeout
     while not condition():

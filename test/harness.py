@@ -59,7 +59,7 @@ def loopback_socket() -> socket.socket:
 
 
 @contextlib.contextmanager
-def logged():  # noqa: ANN201 - a context giving the LogCollector of what was logged inside it
+def logged():  # a context giving the LogCollector of what was logged inside it
     collector = LogCollector()
     globalLogPublisher.addObserver(collector)
     try:
@@ -68,7 +68,7 @@ def logged():  # noqa: ANN201 - a context giving the LogCollector of what was lo
         globalLogPublisher.removeObserver(collector)
 
 
-def collect_logs(test) -> LogCollector:  # noqa: ANN001
+def collect_logs(test) -> LogCollector:
     collector = LogCollector()
     globalLogPublisher.addObserver(collector)
     test.addCleanup(globalLogPublisher.removeObserver, collector)
@@ -76,7 +76,7 @@ def collect_logs(test) -> LogCollector:  # noqa: ANN001
 
 
 @defer.inlineCallbacks
-def wait_for(condition, timeout: float = 10.0, what: str = "condition"):  # noqa: ANN001, ANN201
+def wait_for(condition, timeout: float = 10.0, what: str = "condition"):
     """Poll ``condition`` in the reactor until true; fails the test after ``timeout`` seconds."""
     deadline = reactor.seconds() + timeout
     while not condition():
@@ -86,7 +86,7 @@ def wait_for(condition, timeout: float = 10.0, what: str = "condition"):  # noqa
 
 
 class Stack:
-    def __init__(self, test, relay_ips=("127.0.0.1",), dispatcher_options=None, relay_options=None, plugin_factories=None) -> None:  # noqa: ANN001
+    def __init__(self, test, relay_ips=("127.0.0.1",), dispatcher_options=None, relay_options=None, plugin_factories=None) -> None:
         self.test = test
         self.directory = tempfile.mkdtemp(prefix="mp-test-")
         test.addCleanup(shutil.rmtree, self.directory, True)
@@ -112,7 +112,7 @@ class Stack:
         return Configuration(dispatcher=dispatcher, search_path=(self.directory,))
 
     @defer.inlineCallbacks
-    def start(self, relays: bool = True):  # noqa: ANN201
+    def start(self, relays: bool = True):
         self.dispatcher = DispatcherService(
             self.configuration, Credentials(self.certs, "dispatcher"), self.runtime, reactor, self.plugin_factories
         )
@@ -143,7 +143,7 @@ class Stack:
         return replace(base, **self.relay_options)
 
     @defer.inlineCallbacks
-    def start_relay(self, ip: str):  # noqa: ANN201
+    def start_relay(self, ip: str):
         configuration = Configuration(relay=self.relay_config(ip), search_path=(self.directory,))
         relay = RelayService(configuration, Credentials(self.certs, "relay"), reactor)
         relay.startService()
@@ -181,14 +181,14 @@ class FakeRelayLink(LineOnlyReceiver):
         self.relay = relay
         self.current: list[str] | None = None
 
-    def connectionMade(self) -> None:  # noqa: N802
+    def connectionMade(self) -> None:
         self.relay.link = self
 
-    def connectionLost(self, reason) -> None:  # noqa: N802, ANN001
+    def connectionLost(self, reason) -> None:
         if self.relay.link is self:
             self.relay.link = None
 
-    def lineReceived(self, raw: bytes) -> None:  # noqa: N802
+    def lineReceived(self, raw: bytes) -> None:
         line = raw.decode()
         if line == "pong":
             self.relay.pongs += 1
@@ -237,7 +237,7 @@ class FakeRelay(protocol.ClientFactory):
         self.statistics = SessionRecord(call_id="x", from_tag="ft", start_time=1.0).as_json()
         self.pongs = 0
 
-    def buildProtocol(self, addr) -> FakeRelayLink:  # noqa: N802, ANN001
+    def buildProtocol(self, addr) -> FakeRelayLink:
         return FakeRelayLink(self)
 
     def connect(self, stack: Stack) -> defer.Deferred:

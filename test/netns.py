@@ -38,7 +38,7 @@ def _setns(name: str) -> None:
         os.close(fd)
 
 
-def in_namespace(name: str, function, *args):  # noqa: ANN001, ANN201
+def in_namespace(name: str, function, *args):
     """Run ``function`` in a thread that has entered namespace ``name``; returns its result."""
     outcome: dict = {}
 

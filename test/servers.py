@@ -30,7 +30,7 @@ def require(program: str, package: str) -> str:
     return path
 
 
-def wait_until(condition, what: str, process: subprocess.Popen, log_path: str, timeout: float = READY_TIMEOUT) -> None:  # noqa: ANN001
+def wait_until(condition, what: str, process: subprocess.Popen, log_path: str, timeout: float = READY_TIMEOUT) -> None:
     deadline = time.monotonic() + timeout
     while not condition():
         if process.poll() is not None or time.monotonic() > deadline:
@@ -63,7 +63,7 @@ class Server:
         return {}
 
     def start(self) -> None:
-        log = open(self.log_path, "a")  # noqa: SIM115 - the child keeps writing to it
+        log = open(self.log_path, "a")  # the child keeps writing to it
         self.process = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT, **self.popen_options())
         log.close()
         wait_until(self.ready, self.name, self.process, self.log_path)

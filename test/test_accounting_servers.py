@@ -29,7 +29,7 @@ PASSWORD = "mp-pass"
 OUR_DICTIONARY = os.path.join(ROOT, "accounting", "radius", "dictionary")
 
 
-def running(server_class, account: bool = True):  # noqa: ANN001
+def running(server_class, account: bool = True):
     """A server for the whole module, with the dispatcher's database account when it is a database."""
     server = server_class()
     try:

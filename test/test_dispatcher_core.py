@@ -582,7 +582,7 @@ def test_records_name_the_relay_and_the_user(tmp_path):
 
 
 def test_an_unreadable_kept_record_costs_only_its_own_call():
-    from mediaproxy.dispatcher.lastknown import LastKnown  # noqa: PLC0415
+    from mediaproxy.dispatcher.lastknown import LastKnown
 
     last_known = LastKnown()
     report = last_known.start("192.0.2.1")

@@ -13,14 +13,14 @@ from deployment import Deployment, wait_until
 from mediaproxy.testing import remove, update
 
 
-def _call_ids(database) -> list[str]:  # noqa: ANN001
+def _call_ids(database) -> list[str]:
     try:
         return sorted(call_id for (call_id,) in sqlite3.connect(database).execute("SELECT call_id FROM media_sessions"))
     except sqlite3.OperationalError:
         return []
 
 
-def _answered(proxy, call_id: str) -> None:  # noqa: ANN001
+def _answered(proxy, call_id: str) -> None:
     assert proxy.request(update(call_id, "ft", media="audio:127.0.0.1:9:sendrecv:ice=no", dialog_id="2:3")) != "error"
     assert proxy.request(update(call_id, "ft", "tt", kind="reply", media="audio:127.0.0.1:11:sendrecv:ice=no")) != "error"
 

@@ -69,7 +69,7 @@ def network():
 class Stack:
     """Kamailio, the dispatcher and two relays in the core namespace."""
 
-    def __init__(self, network: Topology, tmp_path, kamailio_config: str = "e2e.cfg.in", dispatcher: str = "") -> None:  # noqa: ANN001
+    def __init__(self, network: Topology, tmp_path, kamailio_config: str = "e2e.cfg.in", dispatcher: str = "") -> None:
         self.network = network
         self.tmp = tmp_path
         self.namespace = network.name("core")
@@ -165,7 +165,7 @@ class Stack:
         return "".join(f"\n--- {name}:\n{text}" for name, text in parts)
 
 
-def started(running: Stack):  # noqa: ANN201 - a fixture's generator
+def started(running: Stack):  # a fixture's generator
     """The stack for a module's tests, stopped after them whatever happened."""
     try:
         running.start()
@@ -179,7 +179,7 @@ def running_stack(network, tmp_path_factory):
     yield from started(Stack(network, tmp_path_factory.mktemp("e2e")))
 
 
-def released(running: Stack):  # noqa: ANN201 - a fixture's generator
+def released(running: Stack):  # a fixture's generator
     """The stack for one test; what is left of its calls goes after it, so the next has the ports."""
     yield running
     while running.calls:
@@ -194,7 +194,7 @@ def stack(running_stack):
 class Call:
     """One sipp caller/callee pair on the test's scenarios, and the test's RTP sockets on the SDP ports."""
 
-    def __init__(self, stack: Stack, name: str, caller_steps: list[str], callee_steps: list[str], media=(AUDIO,), slot: int = 0) -> None:  # noqa: ANN001
+    def __init__(self, stack: Stack, name: str, caller_steps: list[str], callee_steps: list[str], media=(AUDIO,), slot: int = 0) -> None:
         self.stack, self.name = stack, name
         stack.calls.append(self)
         directory = stack.tmp / name
@@ -213,11 +213,11 @@ class Call:
         self.caller_trace = directory / f"uac_{self.uac.pid}_messages.log"  # sipp -trace_msg
 
     @staticmethod
-    def _sipp(namespace: str, directory, scenario_file: str, ip: str, port: int, extra: list[str]) -> subprocess.Popen:  # noqa: ANN001
+    def _sipp(namespace: str, directory, scenario_file: str, ip: str, port: int, extra: list[str]) -> subprocess.Popen:
         command = ["ip", "netns", "exec", namespace, "sipp", "-sf", str(directory / scenario_file), "-i", ip, "-p", str(port), *extra]
         return subprocess.Popen(command, cwd=directory, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
-    def session(self, condition=lambda session: True, what: str = "the call on a relay") -> dict:  # noqa: ANN001
+    def session(self, condition=lambda session: True, what: str = "the call on a relay") -> dict:
         found: dict = {}
 
         def check() -> bool:

@@ -162,7 +162,7 @@ def _management_answers(programs: Deployment) -> bool:
         return False
 
 
-def _call_ids(database) -> list[str]:  # noqa: ANN001
+def _call_ids(database) -> list[str]:
     try:
         return [call_id for (call_id,) in sqlite3.connect(database).execute("SELECT call_id FROM media_sessions")]
     except sqlite3.OperationalError:
@@ -315,7 +315,7 @@ def _latched_to_attacker(programs: Deployment) -> int:
     )
 
 
-def _tls_client(certs, role: str | None, **versions) -> ssl.SSLContext:  # noqa: ANN001
+def _tls_client(certs, role: str | None, **versions) -> ssl.SSLContext:
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     context.check_hostname = False
     context.load_verify_locations(str(certs / "ca.pem"))
@@ -421,7 +421,7 @@ def test_terminate_with_no_proxy_listening_removes_the_session_and_says_so(tmp_p
         programs.kill()
 
 
-def _end_reasons(database) -> list[tuple[str, str]]:  # noqa: ANN001
+def _end_reasons(database) -> list[tuple[str, str]]:
     try:
         return list(sqlite3.connect(database).execute("SELECT call_id, end_reason FROM media_sessions"))
     except sqlite3.OperationalError:

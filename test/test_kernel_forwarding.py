@@ -145,7 +145,7 @@ def test_kernel_forwards_counts_and_expires_like_userspace(tmp_path, topology):
 def test_relay_removes_stale_entries_and_its_own_at_stop(tmp_path, topology):
     """Entries with our mark left by a crashed relay go at start-up; a stopping relay removes its own."""
     namespace = topology.name("relay")
-    from mediaproxy.relay.plane.conntrack import Flow  # noqa: PLC0415
+    from mediaproxy.relay.plane.conntrack import Flow
 
     stale = Flow(("203.0.113.9", 4000), (RELAY_IP, 40090), ("198.51.100.9", 4002), (RELAY_IP, 40092))
     in_namespace(namespace, lambda: Conntrack(MARK).create(stale, 600))

@@ -26,7 +26,7 @@ class FakeNft:
         self.deleted = []
         self.others = list(others)
 
-    def __call__(self, command, input=None, **options):  # noqa: A002
+    def __call__(self, command, input=None, **options):
         if command[1:3] == ["list", "table"]:
             return subprocess.CompletedProcess(command, 0 if self.table else 1, self.table, "")
         if command[1:3] == ["list", "tables"]:

@@ -34,7 +34,7 @@ def test_journal_lines_carry_the_priority_on_every_line():
 
 
 def test_events_below_the_process_level_are_dropped_before_any_observer(monkeypatch):
-    from mediaproxy import log  # noqa: PLC0415
+    from mediaproxy import log
 
     seen = []
     logger = log.Logger(namespace="relay", observer=seen.append)
@@ -53,9 +53,9 @@ def test_events_below_the_process_level_are_dropped_before_any_observer(monkeypa
 
 
 def test_our_loggers_events_carry_what_twisteds_would():
-    from twisted.logger import LogPublisher, formatEvent  # noqa: PLC0415
+    from twisted.logger import LogPublisher, formatEvent
 
-    from mediaproxy.log import Logger  # noqa: PLC0415
+    from mediaproxy.log import Logger
 
     events = []
     publisher = LogPublisher(events.append)

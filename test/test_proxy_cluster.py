@@ -30,7 +30,7 @@ def _relay_to_both(deployment: Deployment, first: Deployment, second: Deployment
     path.write_text("\n".join(lines) + "\n")
 
 
-def _call_ids(database) -> list[str]:  # noqa: ANN001
+def _call_ids(database) -> list[str]:
     try:
         return sorted(call_id for (call_id,) in sqlite3.connect(database).execute("SELECT call_id FROM media_sessions"))
     except sqlite3.OperationalError:

@@ -581,8 +581,8 @@ def test_empty_and_odd_datagrams_are_harmless():
 
 def test_lost_destroy_events_are_made_up_for():
     """A conntrack event overflow: entries that vanished meanwhile still end their streams."""
-    from mediaproxy.relay.plane.conntrack import Counters, Flow  # noqa: PLC0415
-    from mediaproxy.relay.plane.kernel import KernelForwarder  # noqa: PLC0415
+    from mediaproxy.relay.plane.conntrack import Counters, Flow
+    from mediaproxy.relay.plane.kernel import KernelForwarder
 
     class Table:
         mark = 1
@@ -927,14 +927,14 @@ def test_a_kept_session_names_every_field_the_models_have():
 
 def test_the_allocator_can_be_asked_to_give_memory_back():
     """glibc's malloc_trim is found (the statistics pulls' high-water mark is given back with it)."""
-    from mediaproxy import heap  # noqa: PLC0415
+    from mediaproxy import heap
 
     assert heap._trim is not None
     heap.give_back()
 
 
 def test_shared_values_are_held_once_and_the_table_is_bounded():
-    from mediaproxy.relay.model.shared import SharedValues  # noqa: PLC0415
+    from mediaproxy.relay.model.shared import SharedValues
 
     shared = SharedValues(2)
     first = "".join(["user-", "agent"])  # equal texts that are different objects

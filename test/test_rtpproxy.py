@@ -416,7 +416,7 @@ def test_a_dispatcher_killed_mid_call_answers_the_modules_next_commands_as_befor
 
 
 def _accounted(path):
-    import sqlite3  # noqa: PLC0415
+    import sqlite3
 
     try:
         with sqlite3.connect(path) as connection:

@@ -168,7 +168,7 @@ def test_a_failed_sync_in_the_pool_is_said_and_the_state_written_again(tmp_path,
 
 
 def test_only_a_reactor_runs_the_sync_in_threads():
-    from twisted.internet import reactor  # noqa: PLC0415
+    from twisted.internet import reactor
 
     assert statefile.in_threads(Clock()) is None
     assert callable(statefile.in_threads(reactor))

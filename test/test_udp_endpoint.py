@@ -12,10 +12,10 @@ from mediaproxy.relay.plane.udp import UDPBinder
 class Reactor:
     """The reactor as the socket poller sees it: a reader is added and removed."""
 
-    def addReader(self, reader):  # noqa: N802
+    def addReader(self, reader):
         pass
 
-    def removeReader(self, reader):  # noqa: N802
+    def removeReader(self, reader):
         pass
 
 

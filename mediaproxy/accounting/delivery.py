@@ -57,7 +57,7 @@ class ThreadRunner:
     not hold up the dispatcher's shutdown (its record stays spooled and is sent after the restart).
     """
 
-    def __init__(self, reactor, name: str) -> None:  # noqa: ANN001
+    def __init__(self, reactor, name: str) -> None:
         self.reactor = reactor
         self.jobs: queue.SimpleQueue = queue.SimpleQueue()
         self.thread = threading.Thread(target=self._work, name=name, daemon=True)
@@ -94,7 +94,7 @@ def _fire(result: defer.Deferred, outcome: object) -> None:
 class DeliveryQueue:
     """Moves records from a spool to a backend; ``status()`` tells how far behind it is."""
 
-    def __init__(self, name: str, backend: Backend, spool: Spool, clock, run: Callable[..., defer.Deferred]) -> None:  # noqa: ANN001
+    def __init__(self, name: str, backend: Backend, spool: Spool, clock, run: Callable[..., defer.Deferred]) -> None:
         self.name = name
         self.backend = backend
         self.spool = spool
@@ -239,7 +239,7 @@ class DeliveryQueue:
         self.backoff = MIN_BACKOFF
         self._next()
 
-    def _failed(self, failure, entry: Entry, record: SessionRecord) -> None:  # noqa: ANN001
+    def _failed(self, failure, entry: Entry, record: SessionRecord) -> None:
         self.in_flight = None
         if failure.check(RecordRejected):
             self._set_aside(entry, failure.getErrorMessage(), record)

@@ -20,7 +20,7 @@ log = Logger(namespace="accounting")
 STOP_TIMEOUT = 5.0
 
 
-def spool_directory(configuration, runtime_dir: str, backend: str) -> str:  # noqa: ANN001
+def spool_directory(configuration, runtime_dir: str, backend: str) -> str:
     return os.path.join(runtime_dir, configuration.dispatcher.spool_dir, backend)
 
 
@@ -28,7 +28,7 @@ def spool_directory(configuration, runtime_dir: str, backend: str) -> str:  # no
 class AccountingPlugin(PluginBase):
     """Spools each ended call's record and hands it to its backend in a worker thread."""
 
-    def __init__(self, name: str, backend: Backend, directory: str, reactor, run: Callable[..., defer.Deferred] | None = None) -> None:  # noqa: ANN001
+    def __init__(self, name: str, backend: Backend, directory: str, reactor, run: Callable[..., defer.Deferred] | None = None) -> None:
         self.name = name
         self.backend = backend
         self.directory = directory
@@ -52,7 +52,7 @@ class AccountingPlugin(PluginBase):
             self.run(prepare).addErrback(self._not_prepared)
         self.queue.start()
 
-    def _not_prepared(self, failure) -> None:  # noqa: ANN001
+    def _not_prepared(self, failure) -> None:
         log.warn(
             "{name} accounting is not reachable at start-up ({error}); records wait in the spool",
             name=self.name,
@@ -66,7 +66,7 @@ class AccountingPlugin(PluginBase):
         return self.queue.status()
 
     @defer.inlineCallbacks
-    def stop(self):  # noqa: ANN201
+    def stop(self):
         """Wait (a bounded time) for the record in flight, then close the backend in its thread."""
         if self.queue is not None:
             for step in (self.queue.stop, lambda: self.run(self.backend.close)):
@@ -84,7 +84,7 @@ class AccountingPlugin(PluginBase):
             self.runner = None
 
 
-def plugin_for(name: str, configuration, context, make_backend: Callable[[], Backend]) -> AccountingPlugin | None:  # noqa: ANN001
+def plugin_for(name: str, configuration, context, make_backend: Callable[[], Backend]) -> AccountingPlugin | None:
     """The accounting plugin ``name`` when ``[Dispatcher] accounting`` lists it, else None."""
     if name not in configuration.dispatcher.accounting:
         return None

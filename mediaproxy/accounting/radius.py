@@ -181,7 +181,7 @@ def attributes(record: SessionRecord) -> list[tuple[str, object]]:
 SIP_TAGS = "ATTRIBUTE\tSip-To-Tag\t104\tstring\nATTRIBUTE\tSip-From-Tag\t105\tstring\n"
 
 
-def load_dictionary(main: str, additional: str):  # noqa: ANN201
+def load_dictionary(main: str, additional: str):
     """pyrad's Dictionary of the client's main dictionary and ours, whatever radiusclient,
     radcli or FreeRADIUS wrote them for (radius_dictionary translates their types)."""
     from pyrad.dictionary import Dictionary  # noqa: PLC0415 - pyrad is only needed with RADIUS accounting

@@ -52,14 +52,14 @@ SEARCH_COLUMNS = (
 )
 
 
-def table_class(config, connection, search_columns: bool = True) -> type:  # noqa: ANN001
+def table_class(config, connection, search_columns: bool = True) -> type:
     """An SQLObject class for the configured table and column names, private to one connection;
     without ``search_columns``, only the original four (a table the database user cannot extend)."""
 
     class sqlmeta:  # noqa: N801 - SQLObject's own spelling
         table = config.sessions_table
         registry = f"mediaproxy-accounting-{next(_registries)}"
-        cacheValues = False  # noqa: N815
+        cacheValues = False
 
     attributes = {
         "sqlmeta": sqlmeta,
@@ -107,14 +107,14 @@ def search_values(record: SessionRecord) -> dict:
     }
 
 
-def _info_column(config, connection):  # noqa: ANN001, ANN202
+def _info_column(config, connection):
     if connection.dbName == "sqlite":
         # SQLObject would base64-encode a BLOB on SQLite; JSON text keeps json_extract() usable
         return sqlobject.StringCol(dbName=config.info_column, sqlType="BLOB")
     return sqlobject.BLOBCol(dbName=config.info_column, length=2**24 - 1)
 
 
-def connect(dburi: str):  # noqa: ANN201
+def connect(dburi: str):
     """An SQLObject connection (nothing is contacted yet); StartupError on a bad URI or missing driver."""
     if not dburi:
         raise StartupError("Database accounting is enabled, but the database URI is not specified")
@@ -163,7 +163,7 @@ def _without_password(dburi: str) -> str:
 
 
 class SQLBackend:
-    def __init__(self, config) -> None:  # noqa: ANN001
+    def __init__(self, config) -> None:
         self.config = config
         # drivers' deprecation notices about how SQLObject calls them are not the operator's business
         warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"sqlobject\.")

@@ -8,7 +8,7 @@ from mediaproxy import configuration, process, tls
 from mediaproxy.log import LogControl
 
 
-def prepare(program: str, description: str, argv: list[str] | None, role: str, level_of, extra=None, needs_tls=None):  # noqa: ANN001, ANN201
+def prepare(program: str, description: str, argv: list[str] | None, role: str, level_of, extra=None, needs_tls=None):
     """Parse the command line, load config.ini and TLS files; exit 78 (EX_CONFIG) with one line on failure.
 
     ``needs_tls(options)`` may say that this run does without the TLS files (credentials None).

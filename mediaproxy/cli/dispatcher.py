@@ -23,12 +23,12 @@ def main(argv: list[str] | None = None) -> int:
     if config.path:
         log.info("Configuration read from {path}", path=config.path)
 
-    def build(reactor):  # noqa: ANN001, ANN202
+    def build(reactor):
         from mediaproxy.dispatcher.service import DispatcherService  # noqa: PLC0415 - after daemonising
 
         return DispatcherService(config, credentials, options.runtime_dir, reactor)
 
-    def signals(root):  # noqa: ANN001, ANN202
+    def signals(root):
         from twisted.internet import reactor  # noqa: PLC0415
 
         def terminate() -> None:

@@ -32,14 +32,14 @@ def main(argv: list[str] | None = None) -> int:
     if config.path:
         log.info("Configuration read from {path}", path=config.path)
 
-    def build(reactor):  # noqa: ANN001, ANN202
+    def build(reactor):
         from mediaproxy.relay.service import RelayService, raise_file_limit  # noqa: PLC0415 - after daemonising
 
         limit = raise_file_limit(config.relay.port_range)
         log.debug("Open-file limit is {limit}", limit=limit)
         return RelayService(config, credentials, reactor, state_dir=options.runtime_dir)
 
-    def signals(root):  # noqa: ANN001, ANN202
+    def signals(root):
         from twisted.internet import reactor  # noqa: PLC0415
 
         def hard_stop() -> None:
@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     return process.Program(options, log_control).run(build, signals)
 
 
-def cleanup(config, runtime_dir: str) -> int:  # noqa: ANN001
+def cleanup(config, runtime_dir: str) -> int:
     """What a clean stop does to the host, for a relay that crashed (the package runs it on removal)."""
     from mediaproxy.relay.plane import host  # noqa: PLC0415
     from mediaproxy.relay.service import HOST_CHANGES_FILE, SESSIONS_FILE  # noqa: PLC0415

@@ -29,7 +29,7 @@ class ControlProtocol(protocol.Protocol):
     def connectionMade(self) -> None:  # noqa: N802
         self.factory.connections.add(self)
 
-    def connectionLost(self, reason) -> None:  # noqa: N802, ANN001
+    def connectionLost(self, reason) -> None:  # noqa: N802
         self.factory.connections.discard(self)
         self.queue.clear()
         self.factory.connection_idle()
@@ -84,13 +84,13 @@ class ControlProtocol(protocol.Protocol):
 class ControlFactory(protocol.Factory):
     noisy = False
 
-    def __init__(self, dispatcher, refusals: Refusals | None = None) -> None:  # noqa: ANN001
+    def __init__(self, dispatcher, refusals: Refusals | None = None) -> None:
         self.dispatcher = dispatcher
         self.refusals = refusals or Refusals(dispatcher.clock)
         self.connections: set[ControlProtocol] = set()
         self._drained: defer.Deferred | None = None
 
-    def buildProtocol(self, addr) -> ControlProtocol:  # noqa: N802, ANN001
+    def buildProtocol(self, addr) -> ControlProtocol:  # noqa: N802
         return ControlProtocol(self)
 
     def drain(self) -> defer.Deferred:

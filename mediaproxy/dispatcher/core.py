@@ -39,7 +39,7 @@ def _give_back(result: object) -> object:
 
 @implementer(IDispatcherView)
 class Dispatcher:
-    def __init__(self, clock, registry: RelayRegistry, plugins: PluginSet, runtime_dir: str, config) -> None:  # noqa: ANN001
+    def __init__(self, clock, registry: RelayRegistry, plugins: PluginSet, runtime_dir: str, config) -> None:
         self.clock = clock
         self.registry = registry
         registry.listener = self
@@ -93,13 +93,13 @@ class Dispatcher:
         log.debug("Proxy {command} answered {reply!r} in {ms:.2f} ms", command=command, reply=reply, ms=seconds * 1000)
         return reply
 
-    def _unexpected(self, failure, request: ProxyRequest) -> str:  # noqa: ANN001
+    def _unexpected(self, failure, request: ProxyRequest) -> str:
         log.failure(
             "Unexpected failure handling {command} for {call_id}", failure, command=request.command, call_id=request.headers.get("call_id")
         )
         return "error"
 
-    def _route(self, request: ProxyRequest):  # noqa: ANN202
+    def _route(self, request: ProxyRequest):
         call_id = request.call_id
         entry = self.table.get(call_id)
         if entry is not None and entry.removal is not None:
@@ -136,7 +136,7 @@ class Dispatcher:
         entry.answered = invite
 
     @defer.inlineCallbacks
-    def _to_known_relay(self, request: ProxyRequest, entry: CallEntry):  # noqa: ANN202
+    def _to_known_relay(self, request: ProxyRequest, entry: CallEntry):
         link = self.registry.get(entry.relay_ip)
         if link is None:
             log.warn(
@@ -163,7 +163,7 @@ class Dispatcher:
         return self._update_reply(request, payload, entry.relay_ip)
 
     @defer.inlineCallbacks
-    def _to_new_relay(self, request: ProxyRequest):  # noqa: ANN202
+    def _to_new_relay(self, request: ProxyRequest):
         for link in self.registry.candidates(request.headers.get("media_relay")):
             try:
                 payload = yield link.send_command(request.command, request.encode_headers())
@@ -184,7 +184,7 @@ class Dispatcher:
         return "error"
 
     @defer.inlineCallbacks
-    def _locate_and_update(self, request: ProxyRequest):  # noqa: ANN202
+    def _locate_and_update(self, request: ProxyRequest):
         """An in-dialog update for a call this dispatcher does not know (a re-INVITE or an answer
         that took another proxy of a cluster): it goes to the relay that has the call. The call
         stays its creator's (expiry and accounting); only a call no relay has gets a new relay."""
@@ -279,7 +279,7 @@ class Dispatcher:
         self.table.pop(call_id)
         self._account_removed(payload, call_id, entry)
 
-    def _remove_failed(self, failure, call_id: str, entry: CallEntry) -> None:  # noqa: ANN001
+    def _remove_failed(self, failure, call_id: str, entry: CallEntry) -> None:
         if self.table.get(call_id) is not entry:
             return
         if failure.check(RelayTimeout):
@@ -295,7 +295,7 @@ class Dispatcher:
             self._send_remove(call_id, entry)
 
     @defer.inlineCallbacks
-    def _locate_and_remove(self, request: ProxyRequest):  # noqa: ANN202
+    def _locate_and_remove(self, request: ProxyRequest):
         """A remove for a call this dispatcher does not know: another proxy may have set it up on a
         relay we share. The relay that has it answers with its statistics; the others say error."""
         links = self.registry.accepted()
@@ -378,7 +378,7 @@ class Dispatcher:
         report.page_end(self.clock.seconds())
         self.last_known.finish(ip, report)
 
-    def _reconcile_failed(self, failure, ip: str) -> None:  # noqa: ANN001
+    def _reconcile_failed(self, failure, ip: str) -> None:
         log.warn("Could not get the sessions of relay {ip}: {error}", ip=ip, error=failure.getErrorMessage())
 
     def relay_down(self, ip: str) -> None:
@@ -498,7 +498,7 @@ class Dispatcher:
     # -- control (the management interface's commands)
 
     @defer.inlineCallbacks
-    def terminate(self, call_id: str):  # noqa: ANN201 - a Deferred firing with what was done
+    def terminate(self, call_id: str):  # a Deferred firing with what was done
         """End a call now: through the proxy when it has a dialog (both parties get a BYE and the
         proxy's remove accounts it). Where it has none, or the proxy does not end it within
         TERMINATE_DEADLINE (refused, no answer, not reachable), its session on the relay is
@@ -583,7 +583,7 @@ class Dispatcher:
 
     # -- management
 
-    def _gather(self, fetch) -> defer.Deferred:  # noqa: ANN001
+    def _gather(self, fetch) -> defer.Deferred:
         links = list(self.registry.relays.values())
         return defer.DeferredList([fetch(link) for link in links], consumeErrors=True).addCallback(
             lambda results: [(link.ip, ok, value) for link, (ok, value) in zip(links, results)]

@@ -17,7 +17,7 @@ log = Logger(namespace="dispatcher")
 
 
 class Recent:
-    def __init__(self, fetch: Callable[[], defer.Deferred], clock, max_age: float, what: str) -> None:  # noqa: ANN001
+    def __init__(self, fetch: Callable[[], defer.Deferred], clock, max_age: float, what: str) -> None:
         self.fetch = fetch
         self.clock = clock
         self.max_age = max_age
@@ -44,7 +44,7 @@ class Recent:
         self.fetched_at = self.clock.seconds()
         self._release()
 
-    def _failed(self, failure) -> None:  # noqa: ANN001
+    def _failed(self, failure) -> None:
         log.warn("Could not get {what}: {error}", what=self.what, error=failure.getErrorMessage())
         self._release()
 

@@ -66,7 +66,7 @@ class RelayLink(BoundedLineReceiver):
             self.accepted = True
             self.registry.relay_connected(self)
 
-    def connectionLost(self, reason) -> None:  # noqa: N802, ANN001
+    def connectionLost(self, reason) -> None:  # noqa: N802
         self.registry.verifier.forget(self.transport)
         self._cancel_recover_timer()
         pending, self.pending = self.pending, {}
@@ -117,7 +117,9 @@ class RelayLink(BoundedLineReceiver):
         return deferred
 
     @defer.inlineCallbacks
-    def fetch_sessions(self, call_id: str | None = None, each_record=None, each_page=None):  # noqa: ANN001, ANN201 - a Deferred firing with a statistics.SessionList
+    def fetch_sessions(
+        self, call_id: str | None = None, each_record=None, each_page=None
+    ):  # a Deferred firing with a statistics.SessionList
         """All the relay's sessions, or those of call ``call_id``: page by page from a relay of
         ours, in one answer from the original (which lists everything; filtered here). With
         ``each_record``, each record goes to it as it is read, ``each_page()`` is called at the
@@ -215,14 +217,14 @@ class RelayFactory(protocol.Factory):
     def __init__(self, registry: RelayRegistry) -> None:
         self.registry = registry
 
-    def buildProtocol(self, addr) -> RelayLink:  # noqa: N802, ANN001
+    def buildProtocol(self, addr) -> RelayLink:  # noqa: N802
         return RelayLink(self.registry)
 
 
 class RelayRegistry:
     """Which relay is connected from which IP; the dispatcher core reacts to its events."""
 
-    def __init__(self, clock, verifier, relay_timeout: int, relay_recover_interval: int, rng: random.Random | None = None) -> None:  # noqa: ANN001
+    def __init__(self, clock, verifier, relay_timeout: int, relay_recover_interval: int, rng: random.Random | None = None) -> None:
         self.clock = clock
         self.verifier = verifier
         self.relay_timeout = relay_timeout

@@ -101,7 +101,7 @@ def _media_line(kind: str, ip: str, port: int, asymmetric: bool) -> str:
 class RtpproxyFrontEnd:
     """Answers rtpproxy commands through the dispatcher (``handle`` and its call ``table``)."""
 
-    def __init__(self, dispatcher, refusals: Refusals | None = None) -> None:  # noqa: ANN001
+    def __init__(self, dispatcher, refusals: Refusals | None = None) -> None:
         self.dispatcher = dispatcher
         self.refusals = refusals or Refusals(dispatcher.clock)
         self._busy: dict[str, defer.Deferred] = {}  # call-id → the command being done for it
@@ -150,7 +150,7 @@ class RtpproxyFrontEnd:
         done.callback(reply)
         turn.callback(None)
 
-    def _run(self, command: Command):  # noqa: ANN202 - a reply or a Deferred of one
+    def _run(self, command: Command):  # a reply or a Deferred of one
         try:
             if "6" in command.modifiers:
                 # the relays' media lines and sockets are IPv4; the module forwards the SDP as it is
@@ -186,7 +186,7 @@ class RtpproxyFrontEnd:
 
     # -- U: an offer, one stream at a time
 
-    def _offer(self, command: Command):  # noqa: ANN202
+    def _offer(self, command: Command):
         media = self._media(command.call_id) or CallMedia()
         party = media.party(command.from_tag.value, command.to_tag.value if command.to_tag else None)
         if party is None:
@@ -230,7 +230,7 @@ class RtpproxyFrontEnd:
 
     # -- L: the answer, one stream at a time
 
-    def _answer(self, command: Command):  # noqa: ANN202
+    def _answer(self, command: Command):
         media = self._media(command.call_id)
         if media is None:
             raise CommandError(rtpproxy.NO_SESSION, "an answer for a call with no offer")
@@ -268,7 +268,7 @@ class RtpproxyFrontEnd:
 
     # -- D and Q
 
-    def _delete(self, command: Command):  # noqa: ANN202
+    def _delete(self, command: Command):
         if command.call_id not in self.dispatcher.table and self._recently_deleted(command.call_id):
             log.debug("rtpproxy D for call {call_id}, deleted a moment ago", call_id=command.call_id)
             return rtpproxy.error(rtpproxy.NO_SESSION)
@@ -293,7 +293,7 @@ class RtpproxyFrontEnd:
             self._deleted.popitem(last=False)
         return call_id in self._deleted
 
-    def _query(self, command: Command):  # noqa: ANN202
+    def _query(self, command: Command):
         """rtpproxy's ``<ttl> <packets from the first tag's party> <from the other> <relayed>
         <dropped>`` for the stream ``;N`` names, read from the call's relay."""
         entry = self.dispatcher.table.get(command.call_id)
@@ -307,7 +307,7 @@ class RtpproxyFrontEnd:
             self._queried, self._query_failed, callbackArgs=(command, media), errbackArgs=(command,)
         )
 
-    def _queried(self, listing, command: Command, media: CallMedia | None) -> str:  # noqa: ANN001 - a SessionList
+    def _queried(self, listing, command: Command, media: CallMedia | None) -> str:  # a SessionList
         if not listing.records:
             return rtpproxy.error(rtpproxy.NO_SESSION)
         streams = listing.records[0].streams
@@ -326,7 +326,7 @@ class RtpproxyFrontEnd:
         ttl = QUERY_TTL if stream.status in ("active", "on hold") else 0
         return f"{ttl} {mine} {theirs} {mine + theirs} 0"
 
-    def _query_failed(self, failure, command: Command) -> str:  # noqa: ANN001
+    def _query_failed(self, failure, command: Command) -> str:
         log.warn(
             "rtpproxy Q for call {call_id}: the relay did not answer ({error})", call_id=command.call_id, error=failure.getErrorMessage()
         )

@@ -32,7 +32,7 @@ _PENDING = object()
 class ReplyCache:
     """Replies by (peer, cookie): the same cookie from the same peer gets the same reply."""
 
-    def __init__(self, clock, window: float = REPLY_WINDOW, limit: int = MAX_REPLIES) -> None:  # noqa: ANN001
+    def __init__(self, clock, window: float = REPLY_WINDOW, limit: int = MAX_REPLIES) -> None:
         self.clock = clock
         self.window = window
         self.limit = limit
@@ -73,7 +73,7 @@ class RtpproxyDatagram(protocol.DatagramProtocol):
     """Commands over UDP, from the proxies in ``allowed`` (networks) only: a datagram from
     anywhere else is dropped unanswered (a reply could go to a forged source)."""
 
-    def __init__(self, front: RtpproxyFrontEnd, clock, refusals: Refusals, allowed: tuple = datatypes.LOOPBACK_NETWORKS) -> None:  # noqa: ANN001
+    def __init__(self, front: RtpproxyFrontEnd, clock, refusals: Refusals, allowed: tuple = datatypes.LOOPBACK_NETWORKS) -> None:
         self.front = front
         self.cache = ReplyCache(clock)
         self.refusals = refusals
@@ -136,7 +136,7 @@ class RtpproxyStream(protocol.Protocol):
             self.done = True
             self.transport.loseConnection()
 
-    def connectionLost(self, reason) -> None:  # noqa: N802, ANN001
+    def connectionLost(self, reason) -> None:  # noqa: N802
         self.factory.connections -= 1
 
     def dataReceived(self, data: bytes) -> None:  # noqa: N802
@@ -164,5 +164,5 @@ class RtpproxyStreamFactory(protocol.Factory):
         self.front = front
         self.connections = 0
 
-    def buildProtocol(self, addr) -> RtpproxyStream:  # noqa: N802, ANN001
+    def buildProtocol(self, addr) -> RtpproxyStream:  # noqa: N802
         return RtpproxyStream(self)

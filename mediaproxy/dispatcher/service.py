@@ -44,7 +44,7 @@ class PluginContext:
 
 
 class DispatcherService(service.MultiService):
-    def __init__(self, configuration, credentials: Credentials, runtime_dir: str, reactor, plugin_factories: list | None = None) -> None:  # noqa: ANN001
+    def __init__(self, configuration, credentials: Credentials, runtime_dir: str, reactor, plugin_factories: list | None = None) -> None:
         self.configuration = configuration
         self.config = configuration.dispatcher
         self.credentials = credentials
@@ -80,7 +80,7 @@ class DispatcherService(service.MultiService):
         self._proxies = Listener("proxy socket", self._listen_proxies, after_close=self.control_factory.drain)
         self._proxies.setServiceParent(self)
 
-    def guard(self, factory, name: str, tls=None) -> GuardedFactory:  # noqa: ANN001
+    def guard(self, factory, name: str, tls=None) -> GuardedFactory:
         """``factory`` held to the connection limits of config.ini; with ``tls`` (a context factory)
         it is served over TLS, with a handshake deadline. Listen on the result with listenTCP."""
         config = self.config

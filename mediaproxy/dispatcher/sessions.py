@@ -138,5 +138,5 @@ class CallTable:
             self.state = None
 
 
-def call_table_file(runtime_dir: str, clock) -> StateFile:  # noqa: ANN001
+def call_table_file(runtime_dir: str, clock) -> StateFile:
     return StateFile(os.path.join(runtime_dir, STATE_FILE), "sessions", STATE_VERSION, clock, "the call table")

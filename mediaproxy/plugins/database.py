@@ -15,5 +15,5 @@ class DatabaseAccountingFactory:
     name = "database"
 
     @staticmethod
-    def create(config, context) -> AccountingPlugin | None:  # noqa: ANN001
+    def create(config, context) -> AccountingPlugin | None:
         return plugin_for("database", config, context, lambda: SQLBackend(config.database))

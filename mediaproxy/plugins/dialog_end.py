@@ -121,7 +121,7 @@ class DialogEndPlugin(PluginBase, DatagramProtocol):
     name = "dialog_end"
     noisy = False
 
-    def __init__(self, config, context, timeout: float = TIMEOUT, attempts: int = ATTEMPTS, rng: random.Random | None = None) -> None:  # noqa: ANN001
+    def __init__(self, config, context, timeout: float = TIMEOUT, attempts: int = ATTEMPTS, rng: random.Random | None = None) -> None:
         self.flavour = config.opensips.flavour
         self.target = config.opensips.socket_path
         self.reactor = context.reactor
@@ -244,7 +244,7 @@ class DialogEndPlugin(PluginBase, DatagramProtocol):
             pending.cancel_timers()
         return pending
 
-    def datagramReceived(self, data: bytes, address) -> None:  # noqa: N802, ANN001
+    def datagramReceived(self, data: bytes, address) -> None:  # noqa: N802
         text = data.decode("utf-8", "replace").strip()
         try:
             reply = json.loads(text)
@@ -320,5 +320,5 @@ class DialogEndPluginFactory:
     name = "dialog_end"
 
     @staticmethod
-    def create(config, context) -> DialogEndPlugin:  # noqa: ANN001
+    def create(config, context) -> DialogEndPlugin:
         return DialogEndPlugin(config, context)

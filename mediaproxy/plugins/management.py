@@ -64,7 +64,7 @@ class ManagementProtocol(protocol.Protocol, TimeoutMixin):
         self.transport.registerProducer(self, True)
         self.setTimeout(self.plugin.config.management_idle_timeout)
 
-    def connectionLost(self, reason) -> None:  # noqa: N802, ANN001
+    def connectionLost(self, reason) -> None:  # noqa: N802
         self.setTimeout(None)
         self.plugin.connections.discard(self)
         if self.plugin.verifier is not None:
@@ -150,7 +150,7 @@ class ManagementProtocol(protocol.Protocol, TimeoutMixin):
             self.reading = True
             self.transport.resumeProducing()
 
-    def _run(self, command: str):  # noqa: ANN202
+    def _run(self, command: str):
         dispatcher = self.plugin.dispatcher
         if command == "summary":
             return dispatcher.relay_summaries().addCallback(_dump)
@@ -168,7 +168,7 @@ class ManagementProtocol(protocol.Protocol, TimeoutMixin):
         log.info("Unknown management command {command!r}", command=command[:80])
         return "error"
 
-    def _control(self, name: str, arguments: list[str]):  # noqa: ANN202 - the answer, or a Deferred of it
+    def _control(self, name: str, arguments: list[str]):  # the answer, or a Deferred of it
         """terminate CALL_ID | loglevel LEVEL [RELAY_IP] | drain RELAY_IP | undrain RELAY_IP; each
         answers a JSON object, or error with one log line saying why."""
         peer = self.transport.getPeer().host
@@ -197,7 +197,7 @@ class ManagementProtocol(protocol.Protocol, TimeoutMixin):
             log.warn("Management client {peer}: {name} refused: {error}", peer=peer, name=name, error=error)
             return "error"
 
-    def _refused(self, failure, name: str, peer: str) -> str:  # noqa: ANN001
+    def _refused(self, failure, name: str, peer: str) -> str:
         failure.trap(ValueError, RelayError)
         log.warn("Management client {peer}: {name} refused: {error}", peer=peer, name=name, error=failure.getErrorMessage())
         return "error"
@@ -206,7 +206,7 @@ class ManagementProtocol(protocol.Protocol, TimeoutMixin):
         relays = {item.get("ip", "?"): item.get("refused", {}) for item in summaries}
         return _dump({"dispatcher": self.plugin.refusals.snapshot(), "relays": relays})
 
-    def _failed(self, failure, command: str) -> str:  # noqa: ANN001
+    def _failed(self, failure, command: str) -> str:
         log.failure("Management command {command} failed", failure, command=command)
         return "error"
 
@@ -224,7 +224,7 @@ class ManagementFactory(protocol.Factory):
     def __init__(self, plugin: ManagementPlugin) -> None:
         self.plugin = plugin
 
-    def buildProtocol(self, addr) -> ManagementProtocol:  # noqa: N802, ANN001
+    def buildProtocol(self, addr) -> ManagementProtocol:  # noqa: N802
         return ManagementProtocol(self.plugin)
 
 
@@ -232,7 +232,7 @@ class ManagementFactory(protocol.Factory):
 class ManagementPlugin(PluginBase):
     name = "management"
 
-    def __init__(self, config, context) -> None:  # noqa: ANN001
+    def __init__(self, config, context) -> None:
         self.config = config.dispatcher
         self.context = context
         self.dispatcher = context.dispatcher
@@ -280,5 +280,5 @@ class ManagementPluginFactory:
     name = "management"
 
     @staticmethod
-    def create(config, context) -> ManagementPlugin:  # noqa: ANN001
+    def create(config, context) -> ManagementPlugin:
         return ManagementPlugin(config, context)

@@ -25,12 +25,12 @@ SUMMARY_MAX_AGE = 1.0  # seconds a relay summary serves scrapes
 class DispatcherCollector:
     """Turns the dispatcher's counts and the relays' latest summaries into metric families."""
 
-    def __init__(self, dispatcher, refusals) -> None:  # noqa: ANN001
+    def __init__(self, dispatcher, refusals) -> None:
         self.dispatcher = dispatcher
         self.refusals = refusals
         self.summaries: list[dict] = []
 
-    def collect(self):  # noqa: ANN201 - an iterator of metric families (prometheus_client's collector protocol)
+    def collect(self):  # an iterator of metric families (prometheus_client's collector protocol)
         from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily  # noqa: PLC0415
 
         dispatcher = self.dispatcher
@@ -87,7 +87,7 @@ class DispatcherCollector:
 class MetricsPlugin(PluginBase):
     name = "metrics"
 
-    def __init__(self, config, context) -> None:  # noqa: ANN001
+    def __init__(self, config, context) -> None:
         self.address = config.dispatcher.metrics_listen
         self.context = context
         self.reactor = context.reactor
@@ -124,7 +124,7 @@ class MetricsPluginFactory:
     name = "metrics"
 
     @staticmethod
-    def create(config, context) -> MetricsPlugin | None:  # noqa: ANN001
+    def create(config, context) -> MetricsPlugin | None:
         if config.dispatcher.metrics_listen is None:
             return None
         return MetricsPlugin(config, context)

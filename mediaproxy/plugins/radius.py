@@ -15,7 +15,7 @@ class RadiusAccountingFactory:
     name = "radius"
 
     @staticmethod
-    def create(config, context) -> AccountingPlugin | None:  # noqa: ANN001
+    def create(config, context) -> AccountingPlugin | None:
         return plugin_for(
             "radius", config, context, lambda: RadiusBackend(config.radius.config_file, config.find(config.radius.additional_dictionary))
         )

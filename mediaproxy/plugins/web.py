@@ -56,7 +56,7 @@ class StaticFile(resource.Resource):
         self.body = body
         self.content_type = content_type
 
-    def render_GET(self, request) -> bytes:  # noqa: N802, ANN001
+    def render_GET(self, request) -> bytes:  # noqa: N802
         request.setHeader(b"Content-Type", self.content_type)
         return self.body
 
@@ -70,7 +70,7 @@ class OverviewResource(resource.Resource):
         super().__init__()
         self.plugin = plugin
 
-    def render_GET(self, request):  # noqa: N802, ANN001, ANN201
+    def render_GET(self, request):  # noqa: N802
         query = _argument(request, b"q")
         try:
             limit = int(_argument(request, b"limit") or overview.DEFAULT_LIMIT)
@@ -90,14 +90,14 @@ class OverviewResource(resource.Resource):
         self.plugin.latest.get().addCallback(render).addErrback(self._failed, request)
         return server.NOT_DONE_YET
 
-    def _failed(self, failure, request) -> None:  # noqa: ANN001
+    def _failed(self, failure, request) -> None:
         log.failure("The web page's overview failed", failure)
         if not request.finished and not getattr(request, "_disconnected", False):
             request.setResponseCode(http.INTERNAL_SERVER_ERROR)
             request.finish()
 
 
-def _argument(request, name: bytes) -> str:  # noqa: ANN001
+def _argument(request, name: bytes) -> str:
     values = request.args.get(name) or [b""]
     return values[0].decode("utf-8", "replace")
 
@@ -109,7 +109,7 @@ class Refused(resource.Resource):
         super().__init__()
         self.code, self.text, self.challenge = code, text, challenge
 
-    def render(self, request) -> bytes:  # noqa: ANN001
+    def render(self, request) -> bytes:
         request.setResponseCode(self.code)
         if self.challenge:
             request.setHeader(b"WWW-Authenticate", b'Basic realm="MediaProxy", charset="UTF-8"')
@@ -127,7 +127,7 @@ class Root(resource.Resource):
             self.putChild(name, child)
         self.putChild(b"overview.json", OverviewResource(plugin))
 
-    def getChildWithDefault(self, path: bytes, request):  # noqa: N802, ANN001, ANN201
+    def getChildWithDefault(self, path: bytes, request):  # noqa: N802
         if not getattr(request.channel, "accepted", True):
             return Refused(http.FORBIDDEN, b"certificate refused\n")
         refusal = self.plugin.authenticate(request)
@@ -148,7 +148,7 @@ class VerifiedChannel(http.HTTPChannel):
     def handshakeCompleted(self) -> None:  # noqa: N802
         self.accepted = self.verifier.accept(self.transport)
 
-    def connectionLost(self, reason) -> None:  # noqa: N802, ANN001
+    def connectionLost(self, reason) -> None:  # noqa: N802
         self.verifier.forget(self.transport)
         super().connectionLost(reason)
 
@@ -157,7 +157,7 @@ class VerifiedChannel(http.HTTPChannel):
 class WebPlugin(PluginBase):
     name = "web"
 
-    def __init__(self, config, context) -> None:  # noqa: ANN001
+    def __init__(self, config, context) -> None:
         settings = config.dispatcher
         self.address = settings.web_listen
         self.context = context
@@ -195,7 +195,7 @@ class WebPlugin(PluginBase):
         self._failures: dict[str, tuple[float, int]] = {}
         self.port = None
 
-    def authenticate(self, request) -> resource.Resource | None:  # noqa: ANN001
+    def authenticate(self, request) -> resource.Resource | None:
         """None when the request may go on, else the answer refusing it."""
         if self.passwords is None:
             return None
@@ -255,7 +255,7 @@ class WebPluginFactory:
     name = "web"
 
     @staticmethod
-    def create(config, context) -> WebPlugin | None:  # noqa: ANN001
+    def create(config, context) -> WebPlugin | None:
         if config.dispatcher.web_listen is None:
             return None
         return WebPlugin(config, context)

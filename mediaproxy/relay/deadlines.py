@@ -17,7 +17,7 @@ EARLY = 1e-6
 
 
 class Deadlines:
-    def __init__(self, clock, due: Callable[[object, float], None]) -> None:  # noqa: ANN001 - an IReactorTime
+    def __init__(self, clock, due: Callable[[object, float], None]) -> None:  # an IReactorTime
         self.clock = clock
         self.due = due  # called with (stream, now) when the stream's next deadline has come
         self._heap: list[tuple[float, int, object]] = []
@@ -25,7 +25,7 @@ class Deadlines:
         self._order = itertools.count()
         self._timer = None
 
-    def watch(self, stream) -> None:  # noqa: ANN001 - a model Stream
+    def watch(self, stream) -> None:  # a model Stream
         """Wake for the stream's next deadline (``stream.next_deadline``), if any and earlier than known."""
         when = stream.next_deadline
         if when is None:
@@ -40,7 +40,7 @@ class Deadlines:
             heapq.heapify(self._heap)
         self._arm()
 
-    def forget(self, stream) -> None:  # noqa: ANN001
+    def forget(self, stream) -> None:
         self._at.pop(stream, None)
         if not self._at:
             self._heap.clear()

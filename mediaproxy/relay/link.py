@@ -25,7 +25,7 @@ MAX_OUTSTANDING_PINGS = 3
 class DispatcherLink(BoundedLineReceiver):
     MAX_LENGTH = relaylink.MAX_COMMAND_LINE
 
-    def __init__(self, connector) -> None:  # noqa: ANN001
+    def __init__(self, connector) -> None:
         self.connector = connector
         self.framer = relaylink.CommandFramer()
         self.outstanding_pings = 0
@@ -42,7 +42,7 @@ class DispatcherLink(BoundedLineReceiver):
         self._keepalive.startService()
         self.connector.link_up(self)
 
-    def connectionLost(self, reason) -> None:  # noqa: N802, ANN001
+    def connectionLost(self, reason) -> None:  # noqa: N802
         self.connector.relay.verifier.forget(self.transport)
         if self._keepalive is not None and self._keepalive.running:
             self._keepalive.stopService()
@@ -162,8 +162,8 @@ class DispatcherLink(BoundedLineReceiver):
 class LinkFactory(protocol.Factory):
     noisy = False
 
-    def __init__(self, connector) -> None:  # noqa: ANN001
+    def __init__(self, connector) -> None:
         self.connector = connector
 
-    def buildProtocol(self, addr) -> DispatcherLink:  # noqa: N802, ANN001
+    def buildProtocol(self, addr) -> DispatcherLink:  # noqa: N802
         return DispatcherLink(self.connector)

@@ -31,7 +31,7 @@ class RelayCollector:
 
 
 class MetricsListener(service.Service):
-    def __init__(self, address: NetworkAddress, summary: Callable[[], dict], reactor, refusals: Refusals) -> None:  # noqa: ANN001
+    def __init__(self, address: NetworkAddress, summary: Callable[[], dict], reactor, refusals: Refusals) -> None:
         self.address = address
         self.reactor = reactor
         self.refusals = refusals

@@ -73,7 +73,7 @@ def _kernel_flows(state: object) -> set:
         return set()  # not a session's state: load_session says so when it gets there
 
 
-def raise_file_limit(port_range) -> int:  # noqa: ANN001
+def raise_file_limit(port_range) -> int:
     wanted = port_range.end - port_range.start + 1000
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft >= wanted:
@@ -96,7 +96,7 @@ class _DispatcherEndpoint:
         self.connector = connector
         self.endpoint = endpoint
 
-    def connect(self, factory) -> defer.Deferred:  # noqa: ANN001
+    def connect(self, factory) -> defer.Deferred:
         # the guard goes outside ClientService's protocol proxy, so the TLS layer sees a handshake listener
         attempt = self.endpoint.connect(self.connector.relay.guard(factory))
         # an endpoint answers with the protocol that the given factory built, inside the guard
@@ -156,7 +156,7 @@ class DispatcherConnector:
     def connect(self) -> None:
         self.client.startService()
 
-    def link_up(self, link) -> None:  # noqa: ANN001
+    def link_up(self, link) -> None:
         self.link = link
         self._unreached = 0
         self._connected_at = self.relay.reactor.seconds()
@@ -187,7 +187,7 @@ class DispatcherConnector:
             name=self.name,
         )
 
-    def link_down(self, link, reason) -> None:  # noqa: ANN001
+    def link_down(self, link, reason) -> None:
         """Any connection ended (a link, or a TLS handshake that failed); ClientService reconnects."""
         self._lasted = 0.0
         self._unreached = 0
@@ -199,7 +199,7 @@ class DispatcherConnector:
         if self.retired:
             self.relay.connector_closed(self)
 
-    def connect_failed(self, reason):  # noqa: ANN001, ANN201 - the Failure, passed on to ClientService
+    def connect_failed(self, reason):  # the Failure, passed on to ClientService
         self._lasted = 0.0
         if self.retired:
             return reason  # the attempt was cancelled by retire(): nothing failed
@@ -231,7 +231,7 @@ class DispatcherConnector:
 class RelayService(service.MultiService):
     """The relay: its sessions, a ClientService per dispatcher, and its periodic jobs as child services."""
 
-    def __init__(self, configuration, credentials: Credentials, reactor, resolver=None, state_dir: str | None = None) -> None:  # noqa: ANN001
+    def __init__(self, configuration, credentials: Credentials, reactor, resolver=None, state_dir: str | None = None) -> None:
         self.configuration = configuration
         self.config = configuration.relay
         self.credentials = credentials
@@ -300,7 +300,7 @@ class RelayService(service.MultiService):
         if self.config.metrics_listen is not None:
             MetricsListener(self.config.metrics_listen, self.summary, reactor, self.refusals).setServiceParent(self)
 
-    def guard(self, factory) -> HandshakeGuard:  # noqa: ANN001
+    def guard(self, factory) -> HandshakeGuard:
         # one link per dispatcher, nothing accepted: only the handshake deadline and the failure log matter
         return HandshakeGuard(factory, "dispatcher link", TLS_HANDSHAKE_TIMEOUT, self.refusals, self.reactor)
 
@@ -428,7 +428,7 @@ class RelayService(service.MultiService):
         return self.refresh_dispatchers().addErrback(lambda failure: log.failure("Dispatcher lookups failed", failure))
 
     @defer.inlineCallbacks
-    def refresh_dispatchers(self):  # noqa: ANN201
+    def refresh_dispatchers(self):
         wanted = {}
         for endpoint in self.config.dispatchers:
             if endpoint.is_ip:
@@ -464,7 +464,7 @@ class RelayService(service.MultiService):
             self._check_ready()
 
     @defer.inlineCallbacks
-    def _resolve(self, name: str):  # noqa: ANN201
+    def _resolve(self, name: str):
         resolver = self.resolver or dns_client
         target = name
         try:
@@ -488,7 +488,7 @@ class RelayService(service.MultiService):
 
     # -- sessions and statistics
 
-    def _session_expired(self, session, statistics: dict) -> None:  # noqa: ANN001
+    def _session_expired(self, session, statistics: dict) -> None:
         connector = self.connectors.get(session.dispatcher)
         if connector is not None and not connector.retired:
             connector.expired(statistics)
@@ -510,7 +510,7 @@ class RelayService(service.MultiService):
     def summary(self) -> dict:
         return self.sessions.summary(self.bps_relayed if self.config.traffic_sampling_period else 0)
 
-    def _bind_addresses(self, signaling) -> tuple[str, str]:  # noqa: ANN001
+    def _bind_addresses(self, signaling) -> tuple[str, str]:
         caller = self._address_towards(signaling.caller_ip)
         callee = self._address_towards(signaling.destination_ip) if signaling.destination_ip else caller
         return caller, callee

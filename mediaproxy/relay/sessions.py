@@ -53,7 +53,7 @@ def flow(substream: Substream) -> Flow:
 class SessionManager:
     def __init__(
         self, clock, config, binder, on_expired, relay_ip: str, forwarder=None, bind_addresses=None, idle_timeout: int = 120
-    ) -> None:  # noqa: ANN001, PLR0913
+    ) -> None:
         self.clock = clock
         self.policy = MediaPolicy.from_config(config)
         self.idle_timeout = idle_timeout
@@ -101,20 +101,20 @@ class SessionManager:
         }
 
     @property
-    def binder(self):  # noqa: ANN201 - a plane.interfaces.IBinder
+    def binder(self):  # a plane.interfaces.IBinder
         return self._binder
 
     @binder.setter
-    def binder(self, binder) -> None:  # noqa: ANN001
+    def binder(self, binder) -> None:
         self._binder = binder
         binder.sink = self.drain
 
     @property
-    def forwarder(self):  # noqa: ANN201 - a plane.interfaces.IForwarder
+    def forwarder(self):  # a plane.interfaces.IForwarder
         return self._forwarder
 
     @forwarder.setter
-    def forwarder(self, forwarder) -> None:  # noqa: ANN001
+    def forwarder(self, forwarder) -> None:
         self._forwarder = forwarder
         forwarder.on_gone = self._kernel_entry_gone
 
@@ -425,7 +425,7 @@ class SessionManager:
         heap.give_back()  # the texts squeezed and the last statistics listing's pages
 
     @staticmethod
-    def _take_counts(session: Session, take) -> bool:  # noqa: ANN001 - the forwarder's checkpoint or remove
+    def _take_counts(session: Session, take) -> bool:  # the forwarder's checkpoint or remove
         """Fold what a forwarder that ends with the relay (userspace workers) counted into the
         substreams' own counts, so it is kept; True when anything moved."""
         moved = False
@@ -438,7 +438,7 @@ class SessionManager:
                         moved = True
         return moved
 
-    def restore(self, state, kept: dict) -> int:  # noqa: ANN001 - a statefile.StateFile
+    def restore(self, state, kept: dict) -> int:  # a statefile.StateFile
         """Take back the sessions ``kept`` (what ``state`` loaded; their kernel entries those the
         forwarder kept), then keep every change to them in ``state``; returns how many came back."""
         ports: set[int] = set()

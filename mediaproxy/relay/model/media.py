@@ -53,7 +53,7 @@ class TuplePart:
     def __init__(self, attribute: str, index: int, share: SharedValues | None = None) -> None:
         self.attribute, self.index, self.share = attribute, index, share
 
-    def __get__(self, owner: object, kind: type | None = None):  # noqa: ANN204 - the part's value
+    def __get__(self, owner: object, kind: type | None = None):  # the part's value
         if owner is None:
             return self
         return getattr(owner, self.attribute)[self.index]
@@ -87,7 +87,7 @@ class Party:
     def on_hold(self) -> bool:
         return self.seen and (self.direction in ("sendonly", "inactive") or self.ip == "0.0.0.0")
 
-    def describe(self, entry, signaling_ip: str | None = None) -> None:  # noqa: ANN001 - a MediaEntry
+    def describe(self, entry, signaling_ip: str | None = None) -> None:  # a MediaEntry
         self.ip, self.port, self.direction, self.uses_ice, self.seen = entry.ip, entry.port, entry.direction, entry.uses_ice, True
         self.asymmetric = entry.asymmetric
         if signaling_ip is not None:
@@ -162,7 +162,7 @@ class Side:
     kernel_packets = TuplePart("kernel", 0)
     kernel_bytes = TuplePart("kernel", 1)
 
-    def received(self, data: bytes, source: tuple[str, int]):  # noqa: ANN201 - Session | None
+    def received(self, data: bytes, source: tuple[str, int]):  # Session | None
         """A packet from ``source`` reached this side's socket (its endpoint's receiver is the side
         itself: thousands of sides, so no bound method each)."""
         return self.substream.received(self, self.other, data, source)
@@ -265,7 +265,7 @@ class Substream:
         ip, port = self.stream.local(party)
         return ip, port + (self.kind == "rtcp")
 
-    def received(self, side: Side, other: Side, data: bytes, source: tuple[str, int]):  # noqa: ANN201
+    def received(self, side: Side, other: Side, data: bytes, source: tuple[str, int]):
         """A packet from ``source`` reached ``side``'s socket. Returns the session when the packet
         queued events in its outbox, None when it was only forwarded or dropped (the usual case)."""
         self.activity += 1
@@ -507,7 +507,7 @@ class Stream:
         "end_time", "first_media_time", "caller_port", "callee_port", "local_ips", "rtp", "rtcp",
     )  # fmt: skip
 
-    def __init__(self, session, media_type: str, ports: tuple[int, int], local_ips: tuple[str, str]) -> None:  # noqa: ANN001 - a Session
+    def __init__(self, session, media_type: str, ports: tuple[int, int], local_ips: tuple[str, str]) -> None:  # a Session
         self.session = session  # whose policy and clock are the stream's: thousands of streams, two slots less each
         self.media_type = media_type
         # what each party's SDP said (slots of the stream's own: an object holding the two cost 48 bytes)
@@ -536,7 +536,7 @@ class Stream:
         return self.session.policy
 
     @property
-    def clock(self):  # noqa: ANN201 - an IReactorTime
+    def clock(self):  # an IReactorTime
         return self.session.clock
 
     def party(self, party: str) -> Party:
@@ -589,7 +589,7 @@ class Stream:
             return self.local_ips[0], self.caller_port
         return self.local_ips[1], self.callee_port
 
-    def matches(self, party: str, entry) -> bool:  # noqa: ANN001
+    def matches(self, party: str, entry) -> bool:
         sdp = self.party(party).sdp
         if sdp is None or entry.media_type != self.media_type:
             return False
@@ -600,7 +600,7 @@ class Stream:
             or (ip == entry.ip and entry.port == 0)
         )
 
-    def describe_party(self, party: str, entry, signaling_ip: str | None = None) -> None:  # noqa: ANN001
+    def describe_party(self, party: str, entry, signaling_ip: str | None = None) -> None:
         was_on_hold = self.on_hold
         self.party(party).describe(entry, signaling_ip)
         self.set_asymmetric(party, entry.asymmetric)
@@ -630,7 +630,7 @@ class Stream:
                     side.start_timer(now, self.policy.stream_timeout, NO_TRAFFIC)
         self.session.outbox.append(events.HoldChanged(self, self.on_hold))
 
-    def answer(self, party: str, entry, signaling_ip: str | None = None) -> None:  # noqa: ANN001
+    def answer(self, party: str, entry, signaling_ip: str | None = None) -> None:
         """Apply the answering party's SDP for this stream."""
         old = self.party(party).sdp
         self.describe_party(party, entry, signaling_ip)

@@ -22,7 +22,7 @@ class MediaPolicy:
     advertised_ip: str | None
 
     @classmethod
-    def from_config(cls, config) -> MediaPolicy:  # noqa: ANN001 - a configuration.RelayConfig
+    def from_config(cls, config) -> MediaPolicy:  # a configuration.RelayConfig
         return cls(
             stream_timeout=config.stream_timeout,
             on_hold_timeout=config.on_hold_timeout,

@@ -179,7 +179,7 @@ def kept_ports(state: dict | list) -> set[int]:
 
 
 @_damage_is_value_error
-def load_session(state: dict | list, serial: int, policy: MediaPolicy, clock) -> Session:  # noqa: ANN001
+def load_session(state: dict | list, serial: int, policy: MediaPolicy, clock) -> Session:
     """The session ``state`` describes, without sockets. Raises KeyError, TypeError or ValueError
     for a state that is not a session's."""
     state = named(state)

@@ -66,7 +66,7 @@ class Session:
         "serial", "dialog_id", "_outbox", "key", "kept_packets",
     )  # fmt: skip
 
-    def __init__(self, headers: dict, dispatcher: object, serial: int, policy: MediaPolicy, clock) -> None:  # noqa: ANN001
+    def __init__(self, headers: dict, dispatcher: object, serial: int, policy: MediaPolicy, clock) -> None:
         self.policy = policy
         self.clock = clock
         self.dispatcher = dispatcher

@@ -44,7 +44,7 @@ class NoKernelForwarding:
         return None
 
 
-def choose(config, reactor, idle_timeout: int, binder=None, changes: host.HostChanges | None = None, keep: frozenset = frozenset()):  # noqa: ANN001, ANN201, PLR0913
+def choose(config, reactor, idle_timeout: int, binder=None, changes: host.HostChanges | None = None, keep: frozenset = frozenset()):
     """The forwarder to use; with ``auto`` a host that cannot do kernel forwarding gets userspace and one warning.
 
     What was changed on the host to make kernel forwarding work is noted in ``changes``; the
@@ -77,7 +77,7 @@ def choose(config, reactor, idle_timeout: int, binder=None, changes: host.HostCh
     return forwarder
 
 
-def userspace(config, reactor, idle_timeout: int):  # noqa: ANN001, ANN201
+def userspace(config, reactor, idle_timeout: int):
     """Userspace forwarding: in worker processes (``userspace_workers``; by default one per core
     but one, on a machine with three or more), else in this process alone."""
     workers = config.userspace_workers

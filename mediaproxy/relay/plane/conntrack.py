@@ -47,7 +47,7 @@ class Counters:
     reply_bytes: int = 0
 
 
-def _tuple(source: Address, destination: Address):  # noqa: ANN202
+def _tuple(source: Address, destination: Address):
     from pyroute2.netlink.nfnetlink.nfctsocket import NFCTAttrTuple  # noqa: PLC0415 - pyroute2 only with kernel forwarding
 
     return NFCTAttrTuple(saddr=source[0], daddr=destination[0], proto=socket.IPPROTO_UDP, sport=source[1], dport=destination[1])
@@ -64,7 +64,7 @@ def _nat(address: Address) -> dict:
     }
 
 
-def _counters(message) -> Counters:  # noqa: ANN001
+def _counters(message) -> Counters:
     def read(name: str) -> tuple[int, int]:
         nested = message.get_attr(name)
         if nested is None:
@@ -75,7 +75,7 @@ def _counters(message) -> Counters:  # noqa: ANN001
     return Counters(orig_packets, orig_bytes, reply_packets, reply_bytes)
 
 
-def _orig_key(message) -> tuple[Address, Address] | None:  # noqa: ANN001
+def _orig_key(message) -> tuple[Address, Address] | None:
     tuple_orig = message.get_attr("CTA_TUPLE_ORIG")
     if tuple_orig is None:
         return None

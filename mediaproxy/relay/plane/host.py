@@ -114,7 +114,7 @@ class HostChanges:
                 pass
 
 
-def prepare(fix: bool, mark: int, proc: str = PROC_SYS, run=subprocess.run, changes: HostChanges | None = None) -> list[str]:  # noqa: ANN001
+def prepare(fix: bool, mark: int, proc: str = PROC_SYS, run=subprocess.run, changes: HostChanges | None = None) -> list[str]:
     """Check the host for kernel forwarding, fixing what ``fix`` allows; returns what was changed.
 
     What was changed is also noted in ``changes`` (and its file) for :func:`undo`.
@@ -156,7 +156,7 @@ def prepare(fix: bool, mark: int, proc: str = PROC_SYS, run=subprocess.run, chan
     return changed
 
 
-def undo(changes: HostChanges, proc: str = PROC_SYS, run=subprocess.run) -> list[str]:  # noqa: ANN001
+def undo(changes: HostChanges, proc: str = PROC_SYS, run=subprocess.run) -> list[str]:
     """Undo what ``prepare`` changed; returns what was done, one phrase each.
 
     A sysctl goes back to its old value only while it still has the value the relay gave it and

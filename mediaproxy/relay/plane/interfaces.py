@@ -22,13 +22,13 @@ class IEndpoint(Interface):
         """Take datagrams from ``peer`` alone (the kernel drops the rest); where that cannot be
         done (no route), nothing changes."""
 
-    def unfix() -> None:  # noqa: N805
+    def unfix() -> None:
         """Take datagrams from anywhere again."""
 
     def deliver(data: bytes, source: tuple[str, int]) -> None:  # noqa: N805
         """A datagram for this socket that another process read: to the receiver, as if read here."""
 
-    def close() -> None:  # noqa: N805
+    def close() -> None:
         """Close the socket; nothing more is received."""
 
 
@@ -44,16 +44,16 @@ class IBinder(Interface):
 class IPortPool(Interface):
     """The even ports of ``port_range``, handed out at random and cooled down after use."""
 
-    def allocate(bind) -> tuple:  # noqa: N805, ANN001
+    def allocate(bind) -> tuple:  # noqa: N805
         """(port, bind(port)) for a free pair; PortsExhausted when none binds."""
 
-    def reserve(ports) -> None:  # noqa: N805, ANN001
+    def reserve(ports) -> None:  # noqa: N805
         """Set aside the pairs the sessions kept from the last run will claim."""
 
-    def claim(port: int, bind) -> tuple:  # noqa: N805, ANN001
+    def claim(port: int, bind) -> tuple:  # noqa: N805
         """The same for one given port (a session kept from the last run)."""
 
-    def unreserve() -> None:  # noqa: N805
+    def unreserve() -> None:
         """Free again what was reserved and not claimed."""
 
     def release(port: int) -> None:  # noqa: N805

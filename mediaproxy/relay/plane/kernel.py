@@ -21,7 +21,7 @@ log = Logger(namespace="relay.kernel")
 class DestroyReader(abstract.FileDescriptor):
     """Reads conntrack DESTROY events from netlink in the reactor."""
 
-    def __init__(self, reactor, forwarder: KernelForwarder) -> None:  # noqa: ANN001
+    def __init__(self, reactor, forwarder: KernelForwarder) -> None:
         super().__init__(reactor)
         self.forwarder = forwarder
         self.socket = destroy_socket()
@@ -43,7 +43,7 @@ class DestroyReader(abstract.FileDescriptor):
             for key, counters in destroyed(data, self.forwarder.conntrack.mark):
                 self.forwarder.entry_destroyed(key, counters)
 
-    def connectionLost(self, reason) -> None:  # noqa: N802, ANN001
+    def connectionLost(self, reason) -> None:  # noqa: N802
         if self.socket is not None:
             self.socket.close()
             self.socket = None
@@ -62,7 +62,7 @@ class KernelForwarder:
     name = "kernel"
     keeps_entries = True  # conntrack entries forward on while the relay is away
 
-    def __init__(self, reactor, conntrack: Conntrack, idle_timeout: int) -> None:  # noqa: ANN001
+    def __init__(self, reactor, conntrack: Conntrack, idle_timeout: int) -> None:
         self.reactor = reactor
         self.conntrack = conntrack
         self.idle_timeout = idle_timeout

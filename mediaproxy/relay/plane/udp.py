@@ -39,7 +39,7 @@ READY_PER_WAKEUP = 1024  # sockets served per wake-up; the rest stay ready for t
 class SocketPoller:
     """The relay sockets' own epoll set: the reactor sees one descriptor, ready when any is."""
 
-    def __init__(self, reactor) -> None:  # noqa: ANN001
+    def __init__(self, reactor) -> None:
         self.reactor = reactor
         self.epoll = select.epoll()
         # by descriptor number, so a socket costs one list slot here (descriptors are small and dense)
@@ -86,7 +86,7 @@ class SocketPoller:
                 log.failure("Reading relay socket {fd} failed; it is closed", fd=fd)
                 endpoint.close()
 
-    def connectionLost(self, reason) -> None:  # noqa: N802, ANN001
+    def connectionLost(self, reason) -> None:  # noqa: N802
         pass  # the epoll set is never closed while the relay runs
 
 
@@ -218,17 +218,17 @@ class UDPBinder:
     clash with the entry's reply tuple, and NAT would move it to another source port.
     """
 
-    def __init__(self, reactor, mark: int | None = None) -> None:  # noqa: ANN001
+    def __init__(self, reactor, mark: int | None = None) -> None:
         self.poller = SocketPoller(reactor)
         self.mark = mark
 
     @property
-    def sink(self):  # noqa: ANN201 - callable(owner)
+    def sink(self):  # callable(owner)
         """The session manager's, once it takes this binder."""
         return self.poller.sink
 
     @sink.setter
-    def sink(self, sink) -> None:  # noqa: ANN001
+    def sink(self, sink) -> None:
         self.poller.sink = sink
 
     def __call__(self, ip: str, port: int) -> tuple[UDPEndpoint, UDPEndpoint]:

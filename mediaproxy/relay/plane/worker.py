@@ -55,7 +55,7 @@ class Direction:
 
     def __init__(
         self, inbound: socket.socket, source: tuple, outbound: socket.socket, destination: tuple, counter: int, stray: bytes
-    ) -> None:  # noqa: PLR0913
+    ) -> None:
         self.inbound, self.source, self.outbound, self.destination = inbound, source, outbound, destination
         self.counter = counter  # index of its packets in the shared counters; bytes follow
         self.last = time.monotonic()
@@ -158,7 +158,7 @@ class Worker:
                 os.close(fd)
         return True
 
-    def add(self, slot: int, token: int, fds: list[int], caller: tuple, callee: tuple, timeout: int) -> None:  # noqa: PLR0913
+    def add(self, slot: int, token: int, fds: list[int], caller: tuple, callee: tuple, timeout: int) -> None:
         self.remove(slot)
         caller_side, callee_side = (socket.socket(fileno=fd) for fd in fds)
         base = slot * COUNTERS

@@ -39,7 +39,7 @@ RETIRED = 4096  # a worker dying more often than this is left dead: its substrea
 class WorkerLink(abstract.FileDescriptor):
     """One worker process and the control socket to it, read in the reactor."""
 
-    def __init__(self, reactor, forwarder: WorkerForwarder, number: int) -> None:  # noqa: ANN001
+    def __init__(self, reactor, forwarder: WorkerForwarder, number: int) -> None:
         super().__init__(reactor)
         self.forwarder = forwarder
         self.number = number
@@ -109,7 +109,7 @@ class WorkerLink(abstract.FileDescriptor):
                     self.process.wait()
             self.process = None
 
-    def connectionLost(self, reason) -> None:  # noqa: N802, ANN001
+    def connectionLost(self, reason) -> None:  # noqa: N802
         self.close(wait=False)
 
 
@@ -126,7 +126,7 @@ class WorkerForwarder:
     name = "userspace"  # what the operator sees: the packets are forwarded in userspace, on other cores
     keeps_entries = False  # the workers end with the relay: nothing forwards while it is away
 
-    def __init__(self, reactor, workers: int, slots: int, idle_timeout: int) -> None:  # noqa: ANN001
+    def __init__(self, reactor, workers: int, slots: int, idle_timeout: int) -> None:
         self.reactor = reactor
         self.slots = slots
         self.idle_timeout = idle_timeout

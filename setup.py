@@ -21,8 +21,8 @@ setup(
     scripts=["media-dispatcher", "media-relay"],
     entry_points={
         "console_scripts": [
-            "mediaproxy-gen-certs = mediaproxy.certgen:main",
-            "mediaproxy-demo = mediaproxy.demo:main",
+            "mediaproxy-gen-certs = mediaproxy.net.certgen:main",
+            "mediaproxy-demo = mediaproxy.demo.run:main",
             "media-sessions = mediaproxy.cli.sessions:main",
         ],
     },

@@ -11,8 +11,8 @@ from collections.abc import Callable
 from twisted.internet import defer
 from twisted.web import resource, server
 
-from mediaproxy import httpsite
-from mediaproxy.log import Logger
+from mediaproxy.net import httpsite
+from mediaproxy.runtime.log import Logger
 from mediaproxy.wire.jsontext import number
 
 log = Logger(namespace="metrics")

@@ -13,7 +13,7 @@ from twisted.plugin import IPlugin, getPlugins
 from zope.interface import Attribute, Interface
 
 from mediaproxy.dialogs import Dialog
-from mediaproxy.log import Logger
+from mediaproxy.runtime.log import Logger
 from mediaproxy.wire.statistics import SessionRecord
 
 log = Logger(namespace="plugins")

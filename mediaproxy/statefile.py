@@ -32,7 +32,7 @@ from twisted.internet import threads
 from twisted.internet.defer import Deferred
 from twisted.python.failure import Failure
 
-from mediaproxy.log import Logger
+from mediaproxy.runtime.log import Logger
 
 log = Logger(namespace="statefile")
 

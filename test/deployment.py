@@ -9,7 +9,7 @@ import time
 from netns import in_namespace
 
 from harness import Program, free_port
-from mediaproxy import certgen
+from mediaproxy.net import certgen
 from mediaproxy.testing import remove, update
 
 

@@ -19,14 +19,14 @@ from twisted.internet import defer, protocol, reactor, task
 from twisted.logger import LogLevel, formatEvent, globalLogPublisher
 from twisted.protocols.basic import LineOnlyReceiver
 
-from mediaproxy import certgen
 from mediaproxy.configuration import Configuration, DispatcherConfig, RelayConfig
 from mediaproxy.datatypes import Endpoint, NetworkAddress, PortRange
 from mediaproxy.dispatcher.service import DispatcherService
+from mediaproxy.net import certgen
+from mediaproxy.net.tls import ClientContextFactory, Credentials
 from mediaproxy.plugins.management import ManagementPluginFactory
 from mediaproxy.relay.service import RelayService
 from mediaproxy.testing import ProxyClient
-from mediaproxy.tls import ClientContextFactory, Credentials
 from mediaproxy.wire.statistics import SessionRecord
 from mediaproxy.wire.update import UpdateReply
 

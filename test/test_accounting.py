@@ -15,13 +15,14 @@ from twisted.logger import globalLogPublisher
 from twisted.trial import unittest as trial
 
 from harness import ROOT, LogCollector, program_command
-from mediaproxy import certgen, configuration
+from mediaproxy import configuration
 from mediaproxy.accounting import radius, sql
 from mediaproxy.accounting import spool as spool_module
 from mediaproxy.accounting.delivery import MAX_BACKOFF, BackendUnavailable, DeliveryQueue, RecordRejected, ThreadRunner
 from mediaproxy.accounting.plugin import STOP_TIMEOUT, AccountingPlugin
 from mediaproxy.accounting.spool import Spool, SpoolError, SpoolFull
-from mediaproxy.process import StartupError
+from mediaproxy.net import certgen
+from mediaproxy.runtime.process import StartupError
 from mediaproxy.wire.statistics import SessionRecord
 
 

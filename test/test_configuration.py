@@ -312,7 +312,7 @@ def test_sample_documents_every_option_and_loads(tmp_path):
 @pytest.mark.parametrize("client", ["builtin", "kamailio"])
 def test_demo_runs_a_call_through_the_relay(tmp_path, client):
     result = subprocess.run(
-        [sys.executable, "-m", "mediaproxy.demo", "--directory", str(tmp_path / "demo"), "--seconds", "1", "--client", client],
+        [sys.executable, "-m", "mediaproxy.demo.run", "--directory", str(tmp_path / "demo"), "--seconds", "1", "--client", client],
         capture_output=True,
         text=True,
         timeout=90,

@@ -38,8 +38,9 @@ from netns import (
 from servers import FreeRADIUS
 
 from harness import INSTALLED, ROOT, free_port
-from mediaproxy import demo, demo_sip
 from mediaproxy.cli.sessions import query, tls_context
+from mediaproxy.demo import run as demo
+from mediaproxy.demo import sip as demo_sip
 from mediaproxy.relay.plane.conntrack import Conntrack
 from mediaproxy.testing import remove, update
 

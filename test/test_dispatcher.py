@@ -13,10 +13,10 @@ from twisted.trial import unittest
 from harness import FakeRelay, Stack, collect_logs, free_port, wait_for
 from mediaproxy.datatypes import NetworkAddress
 from mediaproxy.dispatcher.service import DispatcherService
+from mediaproxy.net.tls import ClientContextFactory, Credentials
 from mediaproxy.plugin import PluginBase
 from mediaproxy.plugins.management import ManagementPluginFactory
 from mediaproxy.testing import remove, update
-from mediaproxy.tls import ClientContextFactory, Credentials
 
 AUDIO = "audio:192.0.2.10:6000:sendrecv:ice=no"
 

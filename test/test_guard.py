@@ -13,10 +13,10 @@ from twisted.protocols.tls import TLSMemoryBIOProtocol
 from twisted.trial import unittest
 
 from harness import wait_for
-from mediaproxy import certgen
-from mediaproxy.guard import AdmittedProtocol, DescriptorBudget, GuardedFactory, Limits
-from mediaproxy.ratelimit import Refusals
-from mediaproxy.tls import ContextFactory, Credentials
+from mediaproxy.net import certgen
+from mediaproxy.net.guard import AdmittedProtocol, DescriptorBudget, GuardedFactory, Limits
+from mediaproxy.net.ratelimit import Refusals
+from mediaproxy.net.tls import ContextFactory, Credentials
 
 TLS_LIMITS = Limits(max_connections=100, max_per_address=2, handshake_timeout=5.0)
 

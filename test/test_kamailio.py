@@ -12,8 +12,8 @@ import time
 import pytest
 
 from harness import Program, free_port
-from mediaproxy import certgen
 from mediaproxy.cli import sessions as sessions_cli
+from mediaproxy.net import certgen
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 MODULES = "/usr/lib/x86_64-linux-gnu/kamailio/modules/"

@@ -4,7 +4,7 @@ import io
 
 from twisted.logger import LogLevel, PredicateResult
 
-from mediaproxy.log import ConsoleObserver, LogControl, format_line, quiet_twisted
+from mediaproxy.runtime.log import ConsoleObserver, LogControl, format_line, quiet_twisted
 
 
 def test_toggle_debug_and_back():
@@ -34,7 +34,7 @@ def test_journal_lines_carry_the_priority_on_every_line():
 
 
 def test_events_below_the_process_level_are_dropped_before_any_observer(monkeypatch):
-    from mediaproxy import log
+    from mediaproxy.runtime import log
 
     seen = []
     logger = log.Logger(namespace="relay", observer=seen.append)
@@ -55,7 +55,7 @@ def test_events_below_the_process_level_are_dropped_before_any_observer(monkeypa
 def test_our_loggers_events_carry_what_twisteds_would():
     from twisted.logger import LogPublisher, formatEvent
 
-    from mediaproxy.log import Logger
+    from mediaproxy.runtime.log import Logger
 
     events = []
     publisher = LogPublisher(events.append)

@@ -8,8 +8,8 @@ from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 
 from mediaproxy import __version__
+from mediaproxy.net.ratelimit import Refusals
 from mediaproxy.plugins.management import ManagementProtocol
-from mediaproxy.ratelimit import Refusals
 
 
 def connection() -> tuple[ManagementProtocol, StringTransport]:

@@ -17,8 +17,8 @@ from test_dispatcher_core import answer, commands, link_from, make, set_up_call
 
 from harness import ROOT, free_port
 from mediaproxy.cli import sessions as sessions_cli
+from mediaproxy.net.ratelimit import Refusals
 from mediaproxy.plugins.metrics import DispatcherCollector
-from mediaproxy.ratelimit import Refusals
 from mediaproxy.testing import remove
 from mediaproxy.wire import statistics
 

@@ -13,7 +13,7 @@ from cryptography.hazmat.primitives import serialization
 from deployment import Deployment, Proxy, call, establish, management, rtp_packet, stream_of, udp_endpoint, wait_until
 
 from harness import free_port, program_command
-from mediaproxy import certgen
+from mediaproxy.net import certgen
 from mediaproxy.testing import remove, update
 
 

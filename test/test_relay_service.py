@@ -15,15 +15,16 @@ from twisted.logger import formatEvent, globalLogPublisher
 from twisted.names import dns
 from twisted.python.failure import Failure
 
-from mediaproxy import certgen, heap
 from mediaproxy.configuration import Configuration, RelayConfig
 from mediaproxy.datatypes import endpoint_list
+from mediaproxy.net import certgen
+from mediaproxy.net.tls import Credentials
 from mediaproxy.relay import service as service_module
 from mediaproxy.relay.link import DispatcherLink
 from mediaproxy.relay.model import serialize
 from mediaproxy.relay.service import RelayService
+from mediaproxy.runtime import heap
 from mediaproxy.testing import FakeBinder
-from mediaproxy.tls import Credentials
 from mediaproxy.wire import statistics
 
 UPDATE_C1 = (
@@ -278,8 +279,8 @@ def test_file_limit_error_is_clear(monkeypatch):
     import resource
 
     from mediaproxy.datatypes import PortRange
-    from mediaproxy.process import StartupError
     from mediaproxy.relay.service import raise_file_limit
+    from mediaproxy.runtime.process import StartupError
 
     monkeypatch.setattr(resource, "getrlimit", lambda which: (1024, 1024))
 

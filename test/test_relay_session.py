@@ -927,7 +927,7 @@ def test_a_kept_session_names_every_field_the_models_have():
 
 def test_the_allocator_can_be_asked_to_give_memory_back():
     """glibc's malloc_trim is found (the statistics pulls' high-water mark is given back with it)."""
-    from mediaproxy import heap
+    from mediaproxy.runtime import heap
 
     assert heap._trim is not None
     heap.give_back()

@@ -14,9 +14,9 @@ from twisted.internet import task
 from twisted.logger import formatEvent, globalLogPublisher
 
 from harness import Program, free_port, program_command
-from mediaproxy import certgen
 from mediaproxy import datatypes as dt
-from mediaproxy.systemd import Notifier
+from mediaproxy.net import certgen
+from mediaproxy.runtime.systemd import Notifier
 
 
 class NotifySocket:

@@ -14,8 +14,9 @@ from twisted.logger import globalLogPublisher
 from twisted.trial import unittest
 from zope.interface import implementer
 
-from mediaproxy import certgen, datatypes
-from mediaproxy.tls import ClientContextFactory, ContextFactory, Credentials, PeerVerifier, TLSConfigurationError, hostname_problem
+from mediaproxy import datatypes
+from mediaproxy.net import certgen
+from mediaproxy.net.tls import ClientContextFactory, ContextFactory, Credentials, PeerVerifier, TLSConfigurationError, hostname_problem
 
 
 @implementer(IHandshakeListener)

@@ -18,7 +18,7 @@ from twisted.internet import defer
 from twisted.python import failure
 
 from mediaproxy.accounting.spool import Entry, Spool, SpoolFull
-from mediaproxy.log import Logger
+from mediaproxy.runtime.log import Logger
 from mediaproxy.wire.statistics import SessionRecord
 
 log = Logger(namespace="accounting")

@@ -10,9 +10,9 @@ from zope.interface import implementer
 
 from mediaproxy.accounting.delivery import Backend, DeliveryQueue, ThreadRunner
 from mediaproxy.accounting.spool import Spool, SpoolError
-from mediaproxy.log import Logger
 from mediaproxy.plugin import IAccountingPlugin, PluginBase
-from mediaproxy.process import StartupError
+from mediaproxy.runtime.log import Logger
+from mediaproxy.runtime.process import StartupError
 from mediaproxy.wire.statistics import SessionRecord
 
 log = Logger(namespace="accounting")

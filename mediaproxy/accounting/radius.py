@@ -12,8 +12,8 @@ from dataclasses import dataclass
 
 from mediaproxy.accounting.delivery import BackendUnavailable, RecordRejected
 from mediaproxy.accounting.radius_dictionary import translated
-from mediaproxy.log import Logger
-from mediaproxy.process import StartupError
+from mediaproxy.runtime.log import Logger
+from mediaproxy.runtime.process import StartupError
 from mediaproxy.wire.statistics import SessionRecord
 
 log = Logger(namespace="accounting")

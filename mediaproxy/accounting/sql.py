@@ -20,8 +20,8 @@ from sqlobject.cache import CacheSet
 from sqlobject.col import Col
 
 from mediaproxy.accounting.delivery import BackendUnavailable, RecordRejected
-from mediaproxy.log import Logger
-from mediaproxy.process import StartupError
+from mediaproxy.runtime.log import Logger
+from mediaproxy.runtime.process import StartupError
 from mediaproxy.wire.statistics import SessionRecord
 
 log = Logger(namespace="accounting")

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import sys
 
-from mediaproxy import configuration, process, tls
-from mediaproxy.log import LogControl
+from mediaproxy import configuration
+from mediaproxy.net import tls
+from mediaproxy.runtime import process
+from mediaproxy.runtime.log import LogControl
 
 
 def prepare(program: str, description: str, argv: list[str] | None, role: str, level_of, extra=None, needs_tls=None):

@@ -5,9 +5,9 @@ from __future__ import annotations
 import signal
 import sys
 
-from mediaproxy import process
 from mediaproxy.cli.common import prepare
-from mediaproxy.log import Logger
+from mediaproxy.runtime import process
+from mediaproxy.runtime.log import Logger
 
 log = Logger(namespace="dispatcher")
 

@@ -7,9 +7,9 @@ import os
 import signal
 import sys
 
-from mediaproxy import process
 from mediaproxy.cli.common import prepare
-from mediaproxy.log import Logger
+from mediaproxy.runtime import process
+from mediaproxy.runtime.log import Logger
 
 log = Logger(namespace="relay")
 

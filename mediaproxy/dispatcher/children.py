@@ -8,8 +8,8 @@ from collections.abc import Callable
 from twisted.application import service
 from twisted.internet import defer
 
-from mediaproxy.log import Logger
 from mediaproxy.plugin import IDispatcherPlugin
+from mediaproxy.runtime.log import Logger
 
 log = Logger(namespace="dispatcher")
 

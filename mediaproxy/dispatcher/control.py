@@ -6,8 +6,8 @@ from collections import deque
 
 from twisted.internet import defer, protocol
 
-from mediaproxy.log import Logger
-from mediaproxy.ratelimit import Refusals
+from mediaproxy.net.ratelimit import Refusals
+from mediaproxy.runtime.log import Logger
 from mediaproxy.wire.control import ProxyRequest, RequestError, RequestFramer
 
 log = Logger(namespace="dispatcher.control")

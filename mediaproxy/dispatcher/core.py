@@ -9,15 +9,15 @@ from twisted.internet import defer
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from mediaproxy import heap
 from mediaproxy.dialogs import Dialog, DialogEnding
 from mediaproxy.dispatcher.lastknown import LastKnown, Report
 from mediaproxy.dispatcher.relays import RelayDisconnected, RelayError, RelayLink, RelayRegistry, RelayTimeout
 from mediaproxy.dispatcher.sessions import CallEntry, CallTable, call_table_file
 from mediaproxy.dispatcher.stats import RequestStats
-from mediaproxy.log import Logger
 from mediaproxy.plugin import IDispatcherView, PluginSet
-from mediaproxy.timers import Periodic
+from mediaproxy.runtime import heap
+from mediaproxy.runtime.log import Logger
+from mediaproxy.runtime.timers import Periodic
 from mediaproxy.wire import relaylink, statistics
 from mediaproxy.wire.control import ProxyRequest, encode_lines
 from mediaproxy.wire.update import parse_update_reply

@@ -21,7 +21,7 @@ import zlib
 from collections.abc import Iterator, Mapping
 
 from mediaproxy.dispatcher.sessions import CallEntry
-from mediaproxy.log import Logger
+from mediaproxy.runtime.log import Logger
 from mediaproxy.wire import statistics
 
 log = Logger(namespace="dispatcher.lastknown")

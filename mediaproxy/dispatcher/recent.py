@@ -11,7 +11,7 @@ from collections.abc import Callable
 
 from twisted.internet import defer
 
-from mediaproxy.log import Logger
+from mediaproxy.runtime.log import Logger
 
 log = Logger(namespace="dispatcher")
 

@@ -9,8 +9,8 @@ from twisted.internet import defer, protocol
 from twisted.internet.interfaces import IHandshakeListener
 from zope.interface import implementer
 
-from mediaproxy.lineprotocol import BoundedLineReceiver
-from mediaproxy.log import Logger
+from mediaproxy.net.lineprotocol import BoundedLineReceiver
+from mediaproxy.runtime.log import Logger
 from mediaproxy.wire import relaylink, statistics
 from mediaproxy.wire.lines import OverlongLine
 

@@ -19,8 +19,8 @@ from dataclasses import dataclass, field
 
 from twisted.internet import defer
 
-from mediaproxy.log import Logger
-from mediaproxy.ratelimit import Refusals
+from mediaproxy.net.ratelimit import Refusals
+from mediaproxy.runtime.log import Logger
 from mediaproxy.wire import rtpproxy
 from mediaproxy.wire.control import ProxyRequest, RequestError, parse_request
 from mediaproxy.wire.rtpproxy import Command, CommandError

@@ -14,8 +14,8 @@ from twisted.internet import protocol
 
 from mediaproxy import datatypes
 from mediaproxy.dispatcher.rtpproxy import RtpproxyFrontEnd
-from mediaproxy.log import Logger
-from mediaproxy.ratelimit import Refusals
+from mediaproxy.net.ratelimit import Refusals
+from mediaproxy.runtime.log import Logger
 from mediaproxy.wire import rtpproxy
 from mediaproxy.wire.rtpproxy import CommandError
 

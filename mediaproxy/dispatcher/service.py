@@ -10,18 +10,19 @@ from dataclasses import dataclass
 from twisted.application import service
 from twisted.internet import defer, error
 
-from mediaproxy import __version__, plugin, unixsocket
+from mediaproxy import __version__, plugin
 from mediaproxy.dispatcher.children import Listener, PluginService, start_in_order, stop_in_reverse
 from mediaproxy.dispatcher.control import ControlFactory
 from mediaproxy.dispatcher.core import Dispatcher
 from mediaproxy.dispatcher.relays import RelayFactory, RelayRegistry
 from mediaproxy.dispatcher.rtpproxy import RtpproxyFrontEnd
 from mediaproxy.dispatcher.rtpproxy_listen import RtpproxyDatagram, RtpproxyStreamFactory
-from mediaproxy.guard import DescriptorBudget, GuardedFactory, Limits, raise_descriptor_limit
-from mediaproxy.log import Logger
-from mediaproxy.process import StartupError
-from mediaproxy.ratelimit import Refusals
-from mediaproxy.tls import ContextFactory, Credentials, PeerVerifier
+from mediaproxy.net import unixsocket
+from mediaproxy.net.guard import DescriptorBudget, GuardedFactory, Limits, raise_descriptor_limit
+from mediaproxy.net.ratelimit import Refusals
+from mediaproxy.net.tls import ContextFactory, Credentials, PeerVerifier
+from mediaproxy.runtime.log import Logger
+from mediaproxy.runtime.process import StartupError
 
 log = Logger(namespace="dispatcher")
 

@@ -10,7 +10,7 @@ import os
 from dataclasses import dataclass, field
 
 from mediaproxy.dialogs import Dialog, DialogTags
-from mediaproxy.log import Logger
+from mediaproxy.runtime.log import Logger
 from mediaproxy.statefile import StateFile
 
 log = Logger(namespace="dispatcher.sessions")

@@ -26,10 +26,10 @@ from twisted.internet.protocol import DatagramProtocol
 from twisted.plugin import IPlugin
 from zope.interface import implementer, provider
 
-from mediaproxy import unixsocket
 from mediaproxy.dialogs import Dialog, DialogEnding, DialogTags
-from mediaproxy.log import Logger
+from mediaproxy.net import unixsocket
 from mediaproxy.plugin import IDispatcherPlugin, IDispatcherPluginFactory, PluginBase
+from mediaproxy.runtime.log import Logger
 
 log = Logger(namespace="dialog_end")
 

@@ -17,10 +17,10 @@ from zope.interface import implementer, provider
 
 from mediaproxy import __version__, datatypes
 from mediaproxy.dispatcher.relays import RelayError
-from mediaproxy.log import Logger, level_name, set_level
+from mediaproxy.net.ratelimit import Refusals
+from mediaproxy.net.tls import ContextFactory, PeerVerifier
 from mediaproxy.plugin import IDispatcherPlugin, IDispatcherPluginFactory, PluginBase
-from mediaproxy.ratelimit import Refusals
-from mediaproxy.tls import ContextFactory, PeerVerifier
+from mediaproxy.runtime.log import Logger, level_name, set_level
 from mediaproxy.wire.lines import LineSplitter, OverlongLine
 from mediaproxy.wire.management import CONTROL
 

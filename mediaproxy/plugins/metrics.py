@@ -14,8 +14,8 @@ from zope.interface import implementer, provider
 
 from mediaproxy import metrics
 from mediaproxy.dispatcher.recent import Recent
-from mediaproxy.log import Logger
 from mediaproxy.plugin import IDispatcherPlugin, IDispatcherPluginFactory, PluginBase
+from mediaproxy.runtime.log import Logger
 
 log = Logger(namespace="metrics")
 

@@ -23,12 +23,12 @@ from twisted.plugin import IPlugin
 from twisted.web import http, resource, server
 from zope.interface import implementer, provider
 
-from mediaproxy import httpsite
 from mediaproxy.dispatcher.recent import Recent
-from mediaproxy.log import Logger
+from mediaproxy.net import httpsite
+from mediaproxy.net.tls import ContextFactory, PeerVerifier
 from mediaproxy.plugin import IDispatcherPlugin, IDispatcherPluginFactory, PluginBase
-from mediaproxy.process import StartupError
-from mediaproxy.tls import ContextFactory, PeerVerifier
+from mediaproxy.runtime.log import Logger
+from mediaproxy.runtime.process import StartupError
 from mediaproxy.web import overview
 from mediaproxy.web.passwords import PasswordFile
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import itertools
 from collections import deque
 
-from mediaproxy.log import Logger
+from mediaproxy.runtime.log import Logger
 from mediaproxy.statefile import StateFile
 
 log = Logger(namespace="relay")

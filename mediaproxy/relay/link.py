@@ -8,10 +8,10 @@ from twisted.internet import protocol
 from twisted.internet.interfaces import IHandshakeListener
 from zope.interface import implementer
 
-from mediaproxy.lineprotocol import BoundedLineReceiver
-from mediaproxy.log import Logger, set_level
+from mediaproxy.net.lineprotocol import BoundedLineReceiver
 from mediaproxy.relay.sessions import Halting, UpdateError
-from mediaproxy.timers import Periodic
+from mediaproxy.runtime.log import Logger, set_level
+from mediaproxy.runtime.timers import Periodic
 from mediaproxy.wire import headers as wire_headers
 from mediaproxy.wire import relaylink, statistics
 from mediaproxy.wire.lines import OverlongLine

@@ -12,9 +12,9 @@ from twisted.internet import defer
 
 from mediaproxy import metrics
 from mediaproxy.datatypes import NetworkAddress
-from mediaproxy.guard import DescriptorBudget, GuardedFactory, Limits
-from mediaproxy.log import Logger
-from mediaproxy.ratelimit import Refusals
+from mediaproxy.net.guard import DescriptorBudget, GuardedFactory, Limits
+from mediaproxy.net.ratelimit import Refusals
+from mediaproxy.runtime.log import Logger
 
 log = Logger(namespace="metrics")
 

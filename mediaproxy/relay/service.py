@@ -14,11 +14,10 @@ from twisted.names import client as dns_client
 from twisted.names import dns
 from zope.interface import implementer
 
-from mediaproxy import __version__, heap, statefile
+from mediaproxy import __version__, statefile
 from mediaproxy.datatypes import Endpoint
-from mediaproxy.guard import HandshakeGuard
-from mediaproxy.log import Logger
-from mediaproxy.process import StartupError
+from mediaproxy.net.guard import HandshakeGuard
+from mediaproxy.net.tls import ClientContextFactory, Credentials, PeerVerifier
 from mediaproxy.relay.held import HeldExpiries
 from mediaproxy.relay.link import LinkFactory
 from mediaproxy.relay.model import serialize
@@ -26,8 +25,10 @@ from mediaproxy.relay.monitoring import MetricsListener
 from mediaproxy.relay.plane import choice, host
 from mediaproxy.relay.plane.udp import UDPBinder
 from mediaproxy.relay.sessions import COUNTERS_INTERVAL, SessionManager
-from mediaproxy.timers import Periodic
-from mediaproxy.tls import ClientContextFactory, Credentials, PeerVerifier
+from mediaproxy.runtime import heap
+from mediaproxy.runtime.log import Logger
+from mediaproxy.runtime.process import StartupError
+from mediaproxy.runtime.timers import Periodic
 
 log = Logger(namespace="relay")
 

@@ -12,9 +12,8 @@ import bisect
 import itertools
 from collections.abc import Iterator
 
-from mediaproxy import __version__, heap
-from mediaproxy.log import Logger
-from mediaproxy.ratelimit import Refusals
+from mediaproxy import __version__
+from mediaproxy.net.ratelimit import Refusals
 from mediaproxy.relay.deadlines import Deadlines
 from mediaproxy.relay.model import events, serialize
 from mediaproxy.relay.model.media import CALLEE, CALLER, KERNEL, LAPSED, LEARNING, USERSPACE, Stream, Substream, address_text
@@ -23,6 +22,8 @@ from mediaproxy.relay.model.session import NoPorts, Session, UpdateError
 from mediaproxy.relay.plane.choice import NoKernelForwarding
 from mediaproxy.relay.plane.conntrack import Flow
 from mediaproxy.relay.plane.ports import PortPool, PortsExhausted
+from mediaproxy.runtime import heap
+from mediaproxy.runtime.log import Logger
 from mediaproxy.wire import statistics as records
 from mediaproxy.wire.headers import REMOVE_REQUIRED, UPDATE_REQUIRED
 from mediaproxy.wire.update import UpdateReply

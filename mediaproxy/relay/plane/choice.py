@@ -6,10 +6,10 @@ import os
 
 from zope.interface import implementer
 
-from mediaproxy.log import Logger
-from mediaproxy.process import StartupError
 from mediaproxy.relay.plane import host
 from mediaproxy.relay.plane.interfaces import IForwarder
+from mediaproxy.runtime.log import Logger
+from mediaproxy.runtime.process import StartupError
 
 log = Logger(namespace="relay")
 

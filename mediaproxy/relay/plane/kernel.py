@@ -11,9 +11,9 @@ from __future__ import annotations
 from twisted.internet import abstract
 from zope.interface import implementer
 
-from mediaproxy.log import Logger
 from mediaproxy.relay.plane.conntrack import Conntrack, ConntrackError, Counters, Flow, destroy_socket, destroyed
 from mediaproxy.relay.plane.interfaces import IForwarder
+from mediaproxy.runtime.log import Logger
 
 log = Logger(namespace="relay.kernel")
 

@@ -17,9 +17,9 @@ import socket
 from twisted.internet.interfaces import IReadDescriptor
 from zope.interface import implementer
 
-from mediaproxy.libc import libc
-from mediaproxy.log import Logger
 from mediaproxy.relay.plane.interfaces import IBinder, IEndpoint
+from mediaproxy.runtime.libc import libc
+from mediaproxy.runtime.log import Logger
 
 log = Logger(namespace="relay.forwarding")
 

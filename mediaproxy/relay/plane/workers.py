@@ -26,9 +26,9 @@ from itertools import count
 from twisted.internet import abstract
 from zope.interface import implementer
 
-from mediaproxy.log import Logger
 from mediaproxy.relay.plane.interfaces import IForwarder
 from mediaproxy.relay.plane.worker import ADD, COUNTERS, SLOT, SLOT_BYTES, STRAY
+from mediaproxy.runtime.log import Logger
 
 log = Logger(namespace="relay.workers")
 

@@ -11,8 +11,8 @@ import os
 import socket
 from collections.abc import Mapping
 
-from mediaproxy.log import Logger
-from mediaproxy.timers import Periodic
+from mediaproxy.runtime.log import Logger
+from mediaproxy.runtime.timers import Periodic
 
 log = Logger(namespace="process")
 

@@ -17,7 +17,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from mediaproxy.datatypes import is_hostname
-from mediaproxy.tls import ROLES
+from mediaproxy.net.tls import ROLES
 
 ORGANIZATION = "MediaProxy Test"
 # The role is written in the subject OU, which the daemons check (tls.PeerVerifier), and in the

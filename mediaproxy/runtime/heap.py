@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import ctypes
 
-from mediaproxy.libc import libc
+from mediaproxy.runtime.libc import libc
 
 _trim = getattr(libc, "malloc_trim", None)
 if _trim is not None:

@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from twisted.internet import defer
 
 from mediaproxy import __version__, configuration
-from mediaproxy.log import LogControl, Logger
-from mediaproxy.systemd import Notifier
+from mediaproxy.runtime.log import LogControl, Logger
+from mediaproxy.runtime.systemd import Notifier
 
 log = Logger(namespace="process")
 

@@ -19,8 +19,9 @@ import subprocess
 import sys
 import time
 
-from mediaproxy import certgen, demo_sip
 from mediaproxy.cli.sessions import ManagementError, query
+from mediaproxy.demo import sip as demo_sip
+from mediaproxy.net import certgen
 from mediaproxy.testing import remove, update
 
 CONFIG = """\

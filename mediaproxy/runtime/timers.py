@@ -7,7 +7,7 @@ from collections.abc import Callable
 from twisted.application import service
 from twisted.internet import task
 
-from mediaproxy.log import Logger
+from mediaproxy.runtime.log import Logger
 
 log = Logger(namespace="timers")
 

@@ -6,8 +6,8 @@ import grp
 import os
 
 from mediaproxy.configuration import DispatcherConfig
-from mediaproxy.log import Logger
-from mediaproxy.process import StartupError
+from mediaproxy.runtime.log import Logger
+from mediaproxy.runtime.process import StartupError
 
 log = Logger(namespace="dispatcher")
 

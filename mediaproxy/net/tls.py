@@ -16,9 +16,9 @@ from twisted.internet.interfaces import IOpenSSLContextFactory
 from zope.interface import implementer
 
 from mediaproxy.datatypes import Passport
-from mediaproxy.log import Logger
-from mediaproxy.ratelimit import Refusals
-from mediaproxy.timers import Periodic
+from mediaproxy.net.ratelimit import Refusals
+from mediaproxy.runtime.log import Logger
+from mediaproxy.runtime.timers import Periodic
 
 log = Logger(namespace="tls")
 

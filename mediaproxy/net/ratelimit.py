@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections import Counter
 
-from mediaproxy.log import Logger
+from mediaproxy.runtime.log import Logger
 
 INTERVAL = 60
 # distinct peers remembered; a spoofed flood from many sources must not grow this without bound

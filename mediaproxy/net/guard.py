@@ -20,8 +20,8 @@ from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from zope.interface import implementer
 
-from mediaproxy.log import Logger
-from mediaproxy.ratelimit import Refusals
+from mediaproxy.net.ratelimit import Refusals
+from mediaproxy.runtime.log import Logger
 
 log = Logger(namespace="guard")
 

@@ -1,0 +1,5 @@
+import sys
+
+from mediaproxy.demo.run.run import main
+
+sys.exit(main())

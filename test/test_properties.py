@@ -13,6 +13,7 @@ from twisted.internet.task import Clock
 from mediaproxy import configuration
 from mediaproxy.configuration import RelayConfig
 from mediaproxy.datatypes import PortRange
+from mediaproxy.relay import reports
 from mediaproxy.relay.model import packets, serialize
 from mediaproxy.relay.sessions import SessionManager, UpdateError
 from mediaproxy.testing import FakeBinder
@@ -199,7 +200,7 @@ def test_any_packets_from_anywhere_leave_the_relay_consistent(arrivals):
         packets.codec_name(data)
         binder.by_port[ports[socket_index]].deliver(data, (ip, port))
         clock.advance(0.5)
-    (record,) = manager.statistics()
+    (record,) = reports.statistics(manager)
     statistics.SessionRecord.from_json(record)
     try:
         manager.remove({"call_id": "c", "from_tag": "f"})

@@ -13,6 +13,7 @@ from harness import logged
 from mediaproxy import statefile
 from mediaproxy.configuration import RelayConfig
 from mediaproxy.datatypes import PortRange, network_range_list
+from mediaproxy.relay import reports
 from mediaproxy.relay.model import serialize
 from mediaproxy.relay.model.packets import codec_name, is_stun
 from mediaproxy.relay.model.session import MAX_OFFERS, MAX_STREAMS
@@ -151,7 +152,7 @@ def test_stun_is_queued_until_the_peer_is_known():
     # the callee's probe reveals both parties: the queued probe and the new one are flushed
     assert relay.socket(40002).sent == [(probe, CALLEE_NAT)]
     assert relay.socket(40000).sent == [(probe, CALLER_NAT)]
-    stats = relay.manager.statistics()[0]["streams"][0]
+    stats = reports.statistics(relay.manager)[0]["streams"][0]
     assert stats["post_dial_delay"] is None  # STUN is not media
 
 
@@ -164,7 +165,7 @@ def test_audio_video_with_video_rejected():
     assert offer == f"{RELAY} 40002 40006"
     assert answer == f"{RELAY} 40000 0"
     assert relay.free_pairs == 48  # the video's two pairs are back in the pool
-    assert relay.manager.stream_count() == {"audio": 1}
+    assert reports.stream_count(relay.manager) == {"audio": 1}
     streams = relay.remove()["streams"]
     assert [s["status"] for s in streams] == ["closed", "rejected"]
     assert streams[1]["start_time"] == streams[1]["end_time"]
@@ -174,7 +175,7 @@ def test_answer_with_fewer_streams_rejects_the_rest():
     relay = Relay()
     _, answer = relay.call(caller_media="audio:192.0.2.10:6000:sendrecv:ice=no,video:192.0.2.10:6002:sendrecv:ice=no")
     assert answer == f"{RELAY} 40000 0"
-    assert [s["status"] for s in relay.manager.statistics()[0]["streams"]] == ["active", "rejected"]
+    assert [s["status"] for s in reports.statistics(relay.manager)[0]["streams"]] == ["active", "rejected"]
 
 
 def test_mismatched_media_type_in_answer_is_an_error():
@@ -194,14 +195,14 @@ def test_hold_and_unhold_keep_ports_and_use_the_hold_timer(held):
     relay.socket(40002).deliver(rtp(), CALLEE_NAT)
     assert relay.update(cseq=2, media=held) == f"{RELAY} 40002"
     assert relay.update(kind="reply", cseq=2, to_tag="tt", media="audio:198.51.100.20:7000:recvonly:ice=no") == f"{RELAY} 40000"
-    stream = relay.manager.statistics()[0]["streams"][0]
+    stream = reports.statistics(relay.manager)[0]["streams"][0]
     assert stream["status"] == "on hold"
     relay.clock.advance(200)  # longer than stream_timeout: a held call survives
     assert relay.expired == []
     assert relay.update(cseq=3) == f"{RELAY} 40002"
     relay.update(kind="reply", cseq=3, to_tag="tt", media="audio:198.51.100.20:7000:sendrecv:ice=no")
-    assert relay.manager.statistics()[0]["streams"][0]["status"] == "active"
-    assert len(relay.manager.statistics()[0]["streams"]) == 1
+    assert reports.statistics(relay.manager)[0]["streams"][0]["status"] == "active"
+    assert len(reports.statistics(relay.manager)[0]["streams"]) == 1
     relay.clock.advance(1000)  # both sides had media: no idle timer in userspace after unhold
     assert relay.expired == []
 
@@ -229,7 +230,7 @@ def test_callee_reinvite_with_swapped_tags_and_own_cseq():
         == f"{RELAY} 40000"
     )
     assert relay.update(kind="reply", from_tag="tt", to_tag="ft", cseq=1, media="audio:192.0.2.10:6000:sendrecv:ice=no") == f"{RELAY} 40002"
-    stats = relay.manager.statistics()[0]
+    stats = reports.statistics(relay.manager)[0]
     assert len(stats["streams"]) == 1 and stats["streams"][0]["status"] == "active"
     # the callee hangs up: remove with swapped tags finds the session through to_tag
     assert relay.remove(from_tag="tt", to_tag="ft")["call_id"] == "c1"
@@ -260,7 +261,7 @@ def test_reinvite_moving_a_port_resets_the_party():
     assert len(caller_side.sent) == 1
     callee_side.deliver(rtp(), ("198.51.100.99", 31002))
     assert caller_side.sent[-1] == (rtp(), CALLER_NAT)
-    assert relay.manager.statistics()[0]["streams"][0]["callee_remote"] == "198.51.100.99:31002"
+    assert reports.statistics(relay.manager)[0]["streams"][0]["callee_remote"] == "198.51.100.99:31002"
 
 
 def test_a_settled_side_opens_again_when_its_party_moves_or_its_rtcp_is_learnt_afresh():
@@ -281,7 +282,7 @@ def test_a_settled_side_opens_again_when_its_party_moves_or_its_rtcp_is_learnt_a
         callee_side.deliver(rtp(), ("198.51.100.20", 7002))
         relay.manager.check_idle()
     assert caller_rtcp.peer is None and callee_rtcp.peer is None
-    assert relay.manager.statistics()[0]["streams"][0]["status"] == "active"
+    assert reports.statistics(relay.manager)[0]["streams"][0]["status"] == "active"
 
 
 def test_reinvite_that_moves_without_new_media_times_out():
@@ -297,7 +298,7 @@ def test_late_offer_first_update_is_a_reply():
     assert relay.update(kind="reply", to_tag="tt", media="audio:198.51.100.20:7000:sendrecv:ice=no") == f"{RELAY} 40000"
     # the ACK carries the answer (same cseq, type request)
     assert relay.update(kind="request", to_tag="tt", media="audio:192.0.2.10:6000:sendrecv:ice=no") == f"{RELAY} 40002"
-    stats = relay.manager.statistics()[0]
+    stats = reports.statistics(relay.manager)[0]
     assert stats["start_time"] is not None and stats["streams"][0]["status"] == "active"
 
 
@@ -312,7 +313,7 @@ def test_200_ok_without_sdp_starts_the_call():
     relay.update()
     relay.clock.advance(2)
     relay.update(kind="reply", to_tag="tt", media=None)
-    stats = relay.manager.statistics()[0]
+    stats = reports.statistics(relay.manager)[0]
     assert stats["start_time"] == relay.clock.seconds()
     assert stats["streams"][0]["status"] == "active"
 
@@ -371,7 +372,7 @@ def test_rtcp_timeout_does_not_end_the_stream():
     relay.socket(40002).deliver(rtp(), CALLEE_NAT)
     relay.clock.advance(31)  # RTCP never came
     assert relay.expired == []
-    assert relay.manager.statistics()[0]["streams"][0]["status"] == "active"
+    assert reports.statistics(relay.manager)[0]["streams"][0]["status"] == "active"
 
 
 def test_ports_exhausted_is_an_error_and_leaks_nothing():
@@ -411,7 +412,7 @@ def test_missing_required_header_is_an_error():
 def test_username_from_json_signaling_ip():
     relay = Relay()
     relay.update(signaling_ip='{"signaling_ip": "192.0.2.10", "username": "alice@example.com"}')
-    assert relay.manager.statistics()[0]["username"] == "alice@example.com"
+    assert reports.statistics(relay.manager)[0]["username"] == "alice@example.com"
 
 
 def test_thousand_cycles_leave_no_port_behind():
@@ -451,7 +452,7 @@ def test_summary_counts_alive_streams():
         caller_media="audio:192.0.2.10:6000:sendrecv:ice=no,video:192.0.2.10:6002:sendrecv:ice=no",
         callee_media="audio:198.51.100.20:7000:sendrecv:ice=no,video:198.51.100.20:7002:sendrecv:ice=no",
     )
-    summary = relay.manager.summary(0.0)
+    summary = reports.summary(relay.manager, 0.0)
     assert summary["ip"] == RELAY and summary["session_count"] == 1 and summary["status"] == "active"
     assert summary["stream_count"] == {"audio": 1, "video": 1}
 
@@ -634,7 +635,7 @@ def test_a_source_that_fits_the_sdp_takes_a_stream_back_from_an_earlier_stranger
     assert caller_side.peer == CALLER_SDP and callee_side.peer == CALLEE_SDP
     caller_side.deliver(rtp(0), ATTACKER)
     assert len(callee_side.sent) == 1
-    assert relay.manager.statistics()[0]["streams"][0]["caller_remote"] == "192.0.2.10:6000"
+    assert reports.statistics(relay.manager)[0]["streams"][0]["caller_remote"] == "192.0.2.10:6000"
 
 
 def test_a_natted_party_is_recognised_by_its_signalling_address():
@@ -654,7 +655,7 @@ def test_a_natted_party_is_recognised_by_its_signalling_address():
     assert caller_side.peer == CALLER_NAT and callee_side.peer == CALLEE_NAT
     caller_side.deliver(rtp(0), ATTACKER)
     caller_side.deliver(rtp(0), ("10.0.0.5", 6000))
-    assert relay.manager.statistics()[0]["streams"][0]["caller_remote"] == "192.0.2.99:30000"
+    assert reports.statistics(relay.manager)[0]["streams"][0]["caller_remote"] == "192.0.2.99:30000"
     assert relay.manager.refusals.counts["latch_refused"] == 1  # the kernel dropped them: nothing to refuse
 
 
@@ -690,7 +691,7 @@ def test_the_kernel_entry_waits_for_the_real_party_after_a_stranger():
     assert forwarder.offloaded == []
     relay.socket(40000).deliver(rtp(0), CALLER_SDP)
     assert forwarder.removed == [] and forwarder.offloaded == ["rtp"]
-    assert relay.manager.statistics()[0]["streams"][0]["caller_remote"] == "192.0.2.10:6000"
+    assert reports.statistics(relay.manager)[0]["streams"][0]["caller_remote"] == "192.0.2.10:6000"
 
 
 def test_stun_queue_is_bounded_in_packets_and_bytes_and_cleared():
@@ -766,22 +767,22 @@ def test_metrics_count_paths_traffic_endings_and_ports():
     relay = Relay()
     relay.call()
     relay.update(call_id="c2")  # offered, not answered: learning
-    metrics = relay.manager.metrics()
+    metrics = reports.metrics(relay.manager)
     assert metrics["streams"] == {"learning": 2, "userspace": 0, "kernel": 0, "on hold": 0}
     assert metrics["ports"]["used"] == 4  # two pairs a stream, from the offer on
     caller_side, callee_side = relay.socket(40000), relay.socket(40002)
     caller_side.deliver(rtp(0), CALLER_NAT)
     callee_side.deliver(rtp(8), CALLEE_NAT)
     caller_side.deliver(rtp(0), CALLER_NAT)
-    metrics = relay.manager.metrics()
+    metrics = reports.metrics(relay.manager)
     # the caller's first packet had nowhere to go yet
     assert metrics["streams"]["userspace"] == 1 and metrics["packets_relayed"] == 2
     assert metrics["bytes_relayed"] == 2 * (172 + 28)
     # the listing says each live stream's path; a record of an ended session does not
-    assert [[stream.get("path") for stream in record["streams"]] for record in relay.manager.statistics()] == [["userspace"], []]
+    assert [[stream.get("path") for stream in record["streams"]] for record in reports.statistics(relay.manager)] == [["userspace"], []]
     assert "path" not in relay.remove()["streams"][0]
     relay.clock.advance(120)  # c2 never gets media: no-traffic timeout
-    metrics = relay.manager.metrics()
+    metrics = reports.metrics(relay.manager)
     assert metrics["sessions_ended"] == {"bye": 1, "no-traffic timeout": 1}
     assert metrics["packets_relayed"] == 2  # the ended sessions' counts stay in the totals
     assert metrics["ports"]["used"] == 0 and metrics["ports"]["free"] == relay.manager.pool.total
@@ -813,7 +814,7 @@ def test_the_username_is_the_signalled_one_or_the_from_uris_user():
     relay = Relay()
     relay.call()
     relay.update(call_id="c2", signaling_ip='{"signaling_ip": "127.0.0.1", "username": "carol@example.org"}')
-    usernames = {record["call_id"]: record["username"] for record in relay.manager.statistics()}
+    usernames = {record["call_id"]: record["username"] for record in reports.statistics(relay.manager)}
     assert usernames == {"c1": "alice", "c2": "carol@example.org"}
 
 
@@ -847,16 +848,16 @@ class CheckpointedForwarder(RecordingForwarder):
 def test_worker_counts_are_kept_every_interval_and_at_a_stop_and_shown_as_userspace(tmp_path):
     relay = Relay()
     forwarder = relay.manager.forwarder = CheckpointedForwarder()
-    relay.manager.state = state = statefile.StateFile(
+    relay.manager.keeping.state = state = statefile.StateFile(
         str(tmp_path / "sessions"), "sessions", 1, relay.clock, "the sessions", key_text=serialize.key_text
     )
     state.open(lambda: {}, lambda: 0)
     stream = established(relay)
     owner = stream.rtp
     forwarder.live[owner] = (40, 8000, 30, 6000)
-    record = relay.manager.session_statistics(next(iter(relay.manager.sessions.values())))
+    record = reports.session_statistics(relay.manager, next(iter(relay.manager.sessions.values())))
     assert record.streams[0].path == "userspace"  # not "kernel": the workers forward in userspace
-    assert relay.manager.metrics()["streams"]["userspace"] == 1
+    assert reports.metrics(relay.manager)["streams"]["userspace"] == 1
     relay.manager.keep_counters()
     assert (owner.caller.kernel_packets, owner.callee.kernel_packets) == (40, 30)  # folded into what is kept
     (kept,) = statefile.StateFile(str(tmp_path / "sessions"), "sessions", 1, relay.clock, "the sessions").load().values()

@@ -18,6 +18,7 @@ from mediaproxy import datatypes
 from mediaproxy.dialogs import DialogTags
 from mediaproxy.dispatcher.rtpproxy import RtpproxyFrontEnd
 from mediaproxy.dispatcher.rtpproxy_listen import MAX_IN_FLIGHT, ReplyCache, RtpproxyDatagram, RtpproxyStream, RtpproxyStreamFactory
+from mediaproxy.relay import reports
 from mediaproxy.relay.sessions import UpdateError
 from mediaproxy.wire import headers as wire_headers
 from mediaproxy.wire import relaylink, rtpproxy, statistics
@@ -63,7 +64,7 @@ class Stack:
                 if name == "sessions":  # the dispatcher looking for a call it does not know
                     wanted = relaylink.parse_sessions_request(lines)
                     listing = self.relay.manager.listing(wanted.position or 0, wanted.call_id)
-                    records = [json.dumps(self.relay.manager.session_statistics(session).as_json()) for session in listing]
+                    records = [json.dumps(reports.session_statistics(self.relay.manager, session).as_json()) for session in listing]
                     answer(self.link, seq, statistics.format_page(records, None))
                     continue
                 headers = wire_headers.decode(name, lines)
@@ -459,7 +460,7 @@ def test_a_calls_commands_are_done_one_after_another(tmp_path):
 def _expire(stack, call_id):
     """The relay reports the call's media as gone quiet."""
     (session,) = [session for key, session in stack.relay.manager.sessions.items() if key[0] == call_id]
-    record = stack.relay.manager.session_statistics(session).as_json()
+    record = reports.session_statistics(stack.relay.manager, session).as_json()
     for stream in record["streams"]:
         stream["status"] = "no-traffic timeout"
     stack.link.lineReceived(b"expired " + json.dumps(record).encode())

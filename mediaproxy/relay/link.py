@@ -9,6 +9,7 @@ from twisted.internet.interfaces import IHandshakeListener
 from zope.interface import implementer
 
 from mediaproxy.net.lineprotocol import BoundedLineReceiver
+from mediaproxy.relay import reports
 from mediaproxy.relay.sessions import Halting, UpdateError
 from mediaproxy.runtime.log import Logger, set_level
 from mediaproxy.runtime.timers import Periodic
@@ -139,13 +140,13 @@ class DispatcherLink(BoundedLineReceiver):
         manager = self.connector.relay.sessions
         self.connector.relay.listed()
         if request.position is None:
-            return json.dumps(manager.statistics())
+            return json.dumps(reports.statistics(manager))
         page: list[str] = []
         size = 0
         for session in manager.listing(request.position, request.call_id):
             if size >= statistics.PAGE_BYTES:
                 return statistics.format_page(page, session.serial)
-            record = manager.session_statistics(session)
+            record = reports.session_statistics(manager, session)
             if session.dispatcher == self.connector.key:
                 record.yours = True
             page.append(json.dumps(record.as_json()))

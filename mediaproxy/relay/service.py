@@ -18,13 +18,15 @@ from mediaproxy import __version__, statefile
 from mediaproxy.datatypes import Endpoint
 from mediaproxy.net.guard import HandshakeGuard
 from mediaproxy.net.tls import ClientContextFactory, Credentials, PeerVerifier
+from mediaproxy.relay import reports
 from mediaproxy.relay.held import HeldExpiries
+from mediaproxy.relay.keeping import COUNTERS_INTERVAL
 from mediaproxy.relay.link import LinkFactory
 from mediaproxy.relay.model import serialize
 from mediaproxy.relay.monitoring import MetricsListener
 from mediaproxy.relay.plane import choice, host
 from mediaproxy.relay.plane.udp import UDPBinder
-from mediaproxy.relay.sessions import COUNTERS_INTERVAL, SessionManager
+from mediaproxy.relay.sessions import SessionManager
 from mediaproxy.runtime import heap
 from mediaproxy.runtime.log import Logger
 from mediaproxy.runtime.process import StartupError
@@ -499,7 +501,7 @@ class RelayService(service.MultiService):
 
     def sample_traffic(self) -> None:
         started = self.reactor.seconds()
-        live = self.sessions.relayed_bytes()
+        live = reports.relayed_bytes(self.sessions)
         closed = self.sessions.closed_bytes - self._last_closed_bytes
         self.bps_relayed = 8.0 * (live + closed - self._last_live_bytes) / self.config.traffic_sampling_period
         self._last_live_bytes = live
@@ -509,7 +511,7 @@ class RelayService(service.MultiService):
             log.warn("Traffic sampling took {ms:.1f} ms", ms=spent * 1000)
 
     def summary(self) -> dict:
-        return self.sessions.summary(self.bps_relayed if self.config.traffic_sampling_period else 0)
+        return reports.summary(self.sessions, self.bps_relayed if self.config.traffic_sampling_period else 0)
 
     def _bind_addresses(self, signaling) -> tuple[str, str]:
         caller = self._address_towards(signaling.caller_ip)

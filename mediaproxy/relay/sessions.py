@@ -12,17 +12,17 @@ import bisect
 import itertools
 from collections.abc import Iterator
 
-from mediaproxy import __version__
 from mediaproxy.net.ratelimit import Refusals
+from mediaproxy.relay import reports
 from mediaproxy.relay.deadlines import Deadlines
+from mediaproxy.relay.keeping import Keeping, take_counts
 from mediaproxy.relay.model import events, serialize
-from mediaproxy.relay.model.media import CALLEE, CALLER, KERNEL, LAPSED, LEARNING, USERSPACE, Stream, Substream, address_text
+from mediaproxy.relay.model.media import CALLEE, CALLER, KERNEL, LAPSED, USERSPACE, Stream, Substream, address_text
 from mediaproxy.relay.model.policy import MediaPolicy
 from mediaproxy.relay.model.session import NoPorts, Session, UpdateError
 from mediaproxy.relay.plane.choice import NoKernelForwarding
 from mediaproxy.relay.plane.conntrack import Flow
 from mediaproxy.relay.plane.ports import PortPool, PortsExhausted
-from mediaproxy.runtime import heap
 from mediaproxy.runtime.log import Logger
 from mediaproxy.wire import statistics as records
 from mediaproxy.wire.headers import REMOVE_REQUIRED, UPDATE_REQUIRED
@@ -30,9 +30,6 @@ from mediaproxy.wire.update import UpdateReply
 
 log = Logger(namespace="relay.session")
 media_log = Logger(namespace="relay.media")
-
-# how often sessions whose userspace counters moved are kept (a crash loses at most this much counting)
-COUNTERS_INTERVAL = 60
 
 __all__ = ["Halting", "SessionManager", "UpdateError"]
 
@@ -82,9 +79,7 @@ class SessionManager:
         self.closed_bytes = 0
         self.closed_packets = 0
         self.ended: dict[str, int] = {}  # sessions ended since the start, by end reason
-        self.state = None  # a statefile.StateFile keeping the sessions across restarts, once restored
-        self._changed: set[tuple[str, str]] = set()
-        self._keeping = None  # the call that keeps what changed in this reactor turn
+        self.keeping = Keeping(clock, self.sessions)
         self._handlers = {
             events.Changed: self._on_changed,
             events.OldCseq: self._on_old_cseq,
@@ -215,9 +210,7 @@ class SessionManager:
         session.end(reason)
         self.drain(session)
         self._unregister(session)
-        self._changed.discard(session.key)
-        if self.state is not None:
-            self.state.pop(session.key)
+        self.keeping.forget(session)
         packets, bytes_ = session.relayed()
         self.closed_packets += packets
         self.closed_bytes += bytes_
@@ -337,7 +330,10 @@ class SessionManager:
     def _on_path_changed(self, event: events.PathChanged) -> None:
         # the RTP's path is the stream's (one line per change); RTCP follows it
         (media_log.info if event.substream.kind == "rtp" else media_log.debug)(
-            "{substream}: {old} → {new}", substream=event.substream, old=self.logged_path(event.old), new=self.logged_path(event.new)
+            "{substream}: {old} → {new}",
+            substream=event.substream,
+            old=reports.logged_path(self._forwarder, event.old),
+            new=reports.logged_path(self._forwarder, event.new),
         )
 
     def _on_hold_changed(self, event: events.HoldChanged) -> None:
@@ -389,55 +385,20 @@ class SessionManager:
                 latched=address_text(side.remote),
             )
 
-    # -- kept across restarts
+    # -- kept across restarts (relay/keeping.py)
+
+    @property
+    def state(self):  # the statefile.StateFile the sessions are kept in, once restored
+        return self.keeping.state
 
     def changed(self, session: Session) -> None:
-        """Something no command made changed (a latch, first media, the kernel path): keep it at the
-        end of this reactor turn, so a relay killed right after still finds it (and its kernel entry)."""
-        if self.state is not None and session.key in self.sessions:
-            self._changed.add(session.key)
-            if self._keeping is None:
-                self._keeping = self.clock.callLater(0, self.keep_changed)
+        self.keeping.changed(session)
 
     def keep(self, session: Session) -> None:
-        if self.state is not None and self.sessions.get(session.key) is session:
-            self.state.set(session.key, serialize.dump_session(session))
-            self._changed.discard(session.key)
-            session.kept_packets = session.userspace_packets()
-
-    def keep_changed(self) -> None:
-        self._keeping = None
-        changed, self._changed = self._changed, set()
-        for key in changed:
-            session = self.sessions.get(key)
-            if session is not None:
-                self.keep(session)
+        self.keeping.keep(session)
 
     def keep_counters(self) -> None:
-        """Keep the userspace counters that moved (every COUNTERS_INTERVAL: not worth a write a packet)."""
-        if self.state is None:
-            return
-        checkpoint = self._forwarder.checkpoint
-        for session in self.sessions.values():
-            moved = self._take_counts(session, checkpoint)
-            if moved or session.userspace_packets() != session.kept_packets:
-                self.keep(session)
-        self.state.squeeze()  # what the last minute's commands kept, deflated off their path
-        heap.give_back()  # the texts squeezed and the last statistics listing's pages
-
-    @staticmethod
-    def _take_counts(session: Session, take) -> bool:  # the forwarder's checkpoint or remove
-        """Fold what a forwarder that ends with the relay (userspace workers) counted into the
-        substreams' own counts, so it is kept; True when anything moved."""
-        moved = False
-        for stream in session.streams:
-            for substream in (stream.rtp, stream.rtcp):
-                if substream.path == KERNEL:
-                    counts = take(substream)
-                    if counts is not None and any(counts):
-                        substream.add_kernel_counts(*counts)
-                        moved = True
-        return moved
+        self.keeping.keep_counters(self._forwarder.checkpoint)
 
     def restore(self, state, kept: dict) -> int:  # a statefile.StateFile
         """Take back the sessions ``kept`` (what ``state`` loaded; their kernel entries those the
@@ -458,13 +419,7 @@ class SessionManager:
             self._register(session)
             self._watch(session)
         self.pool.unreserve()
-        self.state = state
-        state.open(
-            lambda: {session.key: serialize.dump_session(session) for session in self.sessions.values()},
-            lambda: len(self.sessions),
-        )
-        for session in self.sessions.values():
-            session.kept_packets = session.userspace_packets()
+        self.keeping.open(state)
         return len(self.sessions)
 
     def _take_back(self, saved: dict) -> Session:
@@ -508,7 +463,7 @@ class SessionManager:
         if not self._forwarder.keeps_entries:
             # worker processes end with the relay: what they counted goes into the kept state
             for session in self.sessions.values():
-                self._take_counts(session, self._forwarder.remove)
+                take_counts(session, self._forwarder.remove)
         self.close_state()  # the whole state, written once more
         self.deadlines.stop()
         for session in self.sessions.values():
@@ -517,81 +472,4 @@ class SessionManager:
                     endpoint.close()
 
     def close_state(self) -> None:
-        self._stop_keeping()
-        if self.state is not None:
-            self.state.close()
-            self.state = None
-
-    def _stop_keeping(self) -> None:
-        if self._keeping is not None and self._keeping.active():
-            self._keeping.cancel()
-        self._keeping = None
-
-    # -- reports
-
-    def statistics(self) -> list[dict]:
-        """Every session's record, in the JSON form of the relay link."""
-        return [self.session_statistics(session).as_json() for session in self.sessions.values()]
-
-    def session_statistics(self, session: Session) -> records.SessionRecord:
-        record = session.statistics(self.live_counters)
-        for stream in record.streams:
-            stream.path = self.shown_path(stream.path)
-        return record
-
-    def logged_path(self, path: str) -> str:
-        shown = self.shown_path(path)
-        return f"{shown} worker" if path == KERNEL and shown != KERNEL else shown
-
-    def shown_path(self, path: str | None) -> str | None:
-        """What an operator is told of a path: an offloaded substream is "kernel" in the model, and
-        "userspace" when userspace workers took it."""
-        return self._forwarder.name if path == KERNEL else path
-
-    def relayed_bytes(self) -> int:
-        """Bytes relayed by the sessions alive now (the kernel's live counters included)."""
-        return sum(session.relayed_bytes(self.live_counters) for session in self.sessions.values())
-
-    def stream_count(self) -> dict[str, int]:
-        counts: dict[str, int] = {}
-        for session in self.sessions.values():
-            for stream in session.streams:
-                if stream.alive:
-                    counts[stream.media_type] = counts.get(stream.media_type, 0) + 1
-        return counts
-
-    def metrics(self) -> dict:
-        """Counts for monitoring (the summary's ``metrics``): alive streams by the path their RTP
-        takes (or on hold), packets and bytes relayed since the start, sessions ended by reason,
-        ports of ``port_range`` in use and free."""
-        streams = {LEARNING: 0, USERSPACE: 0, KERNEL: 0, "on hold": 0}
-        packets, bytes_ = self.closed_packets, self.closed_bytes
-        for session in self.sessions.values():
-            session_packets, session_bytes = session.relayed(self.live_counters)
-            packets += session_packets
-            bytes_ += session_bytes
-            for stream in session.streams:
-                path = self.shown_path(stream.path_taken())
-                if path is not None:
-                    streams[path if path in streams else LEARNING] += 1
-        used = len(self.pool.in_use)
-        return {
-            "streams": streams,
-            "packets_relayed": packets,
-            "bytes_relayed": bytes_,
-            "sessions_ended": dict(self.ended),
-            "ports": {"used": used, "free": self.pool.total - used},
-        }
-
-    def summary(self, bps_relayed: float) -> dict:
-        return {
-            "ip": self.relay_ip,
-            "version": __version__,
-            "status": "halting" if self.halting else "active",
-            "uptime": int(self.clock.seconds() - self.started),
-            "session_count": len(self.sessions),
-            "stream_count": self.stream_count(),
-            "bps_relayed": bps_relayed,
-            "refused": self.refusals.snapshot(),
-            "metrics": self.metrics(),
-        }
+        self.keeping.close()

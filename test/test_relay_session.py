@@ -743,7 +743,7 @@ def test_listing_pages_from_a_serial_and_finds_one_calls_sessions():
     relay.remove("c4", "ft", "")
 
     def listed(position, call_id=None):
-        return [(*session.key, session.serial) for session in relay.manager.listing(position, call_id)]
+        return [(*session.key, session.serial) for session in relay.manager.registry.listing(position, call_id)]
 
     everything = listed(0)
     assert [entry[:2] for entry in everything] == [("c0", "ft"), ("c2", "ft"), ("c3", "ft"), ("c5", "ft"), ("c2", "forked")]
@@ -858,7 +858,7 @@ def test_worker_counts_are_kept_every_interval_and_at_a_stop_and_shown_as_usersp
     record = reports.session_statistics(relay.manager, next(iter(relay.manager.sessions.values())))
     assert record.streams[0].path == "userspace"  # not "kernel": the workers forward in userspace
     assert reports.metrics(relay.manager)["streams"]["userspace"] == 1
-    relay.manager.keep_counters()
+    relay.manager.keeping.keep_counters()
     assert (owner.caller.kernel_packets, owner.callee.kernel_packets) == (40, 30)  # folded into what is kept
     (kept,) = statefile.StateFile(str(tmp_path / "sessions"), "sessions", 1, relay.clock, "the sessions").load().values()
     assert serialize.named(kept)["streams"][0]["rtp"]["caller"]["kernel_packets"] == 40

@@ -63,7 +63,7 @@ class Stack:
                 self.relayed.append((name, lines))
                 if name == "sessions":  # the dispatcher looking for a call it does not know
                     wanted = relaylink.parse_sessions_request(lines)
-                    listing = self.relay.manager.listing(wanted.position or 0, wanted.call_id)
+                    listing = self.relay.manager.registry.listing(wanted.position or 0, wanted.call_id)
                     records = [json.dumps(reports.session_statistics(self.relay.manager, session).as_json()) for session in listing]
                     answer(self.link, seq, statistics.format_page(records, None))
                     continue

@@ -39,9 +39,10 @@ class Keeping:
     """The sessions of ``sessions`` (the manager's registry, by key) kept in a state file, once
     :meth:`open` gave it one."""
 
-    def __init__(self, clock, sessions: Sessions) -> None:  # an IReactorTime
+    def __init__(self, clock, sessions: Sessions, checkpoint: Callable) -> None:  # an IReactorTime
         self.clock = clock
         self.sessions = sessions
+        self.checkpoint = checkpoint  # the forwarder's (IForwarder.checkpoint)
         self.state = None  # a statefile.StateFile, once open
         self._changed: set[tuple[str, str]] = set()
         self._pending = None  # the call that keeps what changed in this reactor turn
@@ -83,13 +84,12 @@ class Keeping:
             if session is not None:
                 self.keep(session)
 
-    def keep_counters(self, checkpoint: Callable) -> None:
-        """Keep the userspace counters that moved (every COUNTERS_INTERVAL: not worth a write a
-        packet); ``checkpoint`` is the forwarder's."""
+    def keep_counters(self) -> None:
+        """Keep the userspace counters that moved (every COUNTERS_INTERVAL: not worth a write a packet)."""
         if self.state is None:
             return
         for session in self.sessions.values():
-            moved = take_counts(session, checkpoint)
+            moved = take_counts(session, self.checkpoint)
             if moved or session.userspace_packets() != session.kept_packets:
                 self.keep(session)
         self.state.squeeze()  # what the last minute's commands kept, deflated off their path

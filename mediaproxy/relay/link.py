@@ -143,7 +143,7 @@ class DispatcherLink(BoundedLineReceiver):
             return json.dumps(reports.statistics(manager))
         page: list[str] = []
         size = 0
-        for session in manager.listing(request.position, request.call_id):
+        for session in manager.registry.listing(request.position, request.call_id):
             if size >= statistics.PAGE_BYTES:
                 return statistics.format_page(page, session.serial)
             record = reports.session_statistics(manager, session)

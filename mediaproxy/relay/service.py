@@ -295,7 +295,7 @@ class RelayService(service.MultiService):
         for job in (
             Periodic("dispatcher lookups", self.config.dns_check_interval, self._refresh_logged, reactor, now=True),
             Periodic("idle checks", self.sessions.idle_check_interval, self.sessions.check_idle, reactor),
-            Periodic("keeping counters", COUNTERS_INTERVAL, self.sessions.keep_counters, reactor),
+            Periodic("keeping counters", COUNTERS_INTERVAL, self.sessions.keeping.keep_counters, reactor),
         ):
             job.setServiceParent(self)
         if self.config.traffic_sampling_period > 0:
@@ -379,14 +379,14 @@ class RelayService(service.MultiService):
         self.stopping = True
         self.sessions.halting = True
         self.verifier.stop()
-        if self.sessions.sessions and self.config.keep_calls_on_stop and self.sessions.state is not None:
+        if self.sessions.sessions and self.config.keep_calls_on_stop and self.sessions.keeping.state is not None:
             log.info("Keeping {count} sessions for the next start", count=len(self.sessions.sessions))
             self.sessions.suspend()
             self.sessions.forwarder.stop(keep_entries=True)
             self.held.close()
         else:
             self.sessions.expire_all()
-            self.sessions.close_state()
+            self.sessions.keeping.close()
             self.held.close()  # with the expiries of dispatchers that are away, reported at the next start
             self.sessions.forwarder.stop()
             for change in host.undo(self.host_changes):

@@ -8,21 +8,20 @@ entries, sockets and ports, the state file, logs and refusal counters.
 
 from __future__ import annotations
 
-import bisect
 import itertools
-from collections.abc import Iterator
 
 from mediaproxy.net.ratelimit import Refusals
-from mediaproxy.relay import reports
+from mediaproxy.relay import eventlog
 from mediaproxy.relay.deadlines import Deadlines
 from mediaproxy.relay.keeping import Keeping, take_counts
 from mediaproxy.relay.model import events, serialize
-from mediaproxy.relay.model.media import CALLEE, CALLER, KERNEL, LAPSED, USERSPACE, Stream, Substream, address_text
+from mediaproxy.relay.model.media import CALLEE, CALLER, KERNEL, LAPSED, USERSPACE, Stream, Substream
 from mediaproxy.relay.model.policy import MediaPolicy
 from mediaproxy.relay.model.session import NoPorts, Session, UpdateError
 from mediaproxy.relay.plane.choice import NoKernelForwarding
 from mediaproxy.relay.plane.conntrack import Flow
 from mediaproxy.relay.plane.ports import PortPool, PortsExhausted
+from mediaproxy.relay.registry import SessionRegistry
 from mediaproxy.runtime.log import Logger
 from mediaproxy.wire import statistics as records
 from mediaproxy.wire.headers import REMOVE_REQUIRED, UPDATE_REQUIRED
@@ -66,34 +65,29 @@ class SessionManager:
         both = (relay_ip, relay_ip)  # one tuple for every stream
         self.bind_addresses = bind_addresses or (lambda signaling: both)
         self.deadlines = Deadlines(clock, self._deadline_due)
-        self.sessions: dict[tuple[str, str], Session] = {}  # in creation order: ascending serials
-        # for the dispatchers' listings: pages start at a serial, lookups name a call
-        self._serials: list[int] = []  # ascending
-        self._ordered: list[Session] = []  # the sessions of _serials, in the same order
-        # call_id → its session, or for the rare call with several (forked), a dict of them by key:
-        # a dict for every call would cost a few hundred bytes each
-        self._by_call: dict[str, Session | dict[tuple[str, str], Session]] = {}
+        self.registry = SessionRegistry()
+        self.sessions = self.registry.sessions  # by key, in creation order: the hot paths read it directly
         self.serials = itertools.count(1)
         self.halting = False
         self.started = clock.seconds()
         self.closed_bytes = 0
         self.closed_packets = 0
         self.ended: dict[str, int] = {}  # sessions ended since the start, by end reason
-        self.keeping = Keeping(clock, self.sessions)
+        self.keeping = Keeping(clock, self.sessions, lambda substream: self._forwarder.checkpoint(substream))
         self._handlers = {
-            events.Changed: self._on_changed,
-            events.OldCseq: self._on_old_cseq,
-            events.Learnt: self._on_learnt,
+            events.Changed: lambda event: self.keeping.changed(event.session),
+            events.OldCseq: eventlog.old_cseq,
+            events.Learnt: eventlog.learnt,
             events.Offload: self._on_offload,
             events.Unload: self._on_unload,
-            events.PathChanged: self._on_path_changed,
-            events.HoldChanged: self._on_hold_changed,
-            events.Moved: self._on_moved,
-            events.Relearning: self._on_relearning,
-            events.IceUnselected: self._on_ice_unselected,
+            events.PathChanged: lambda event: eventlog.path_changed(event, self._forwarder),
+            events.HoldChanged: eventlog.hold_changed,
+            events.Moved: eventlog.moved,
+            events.Relearning: eventlog.relearning,
+            events.IceUnselected: eventlog.ice_unselected,
             events.StreamEnded: self._on_stream_ended,
-            events.SessionExpired: self._on_session_expired,
-            events.Refused: self._on_refused,
+            events.SessionExpired: lambda event: self.session_expired(event.session, event.reason),
+            events.Refused: lambda event: eventlog.refused(event, self.refusals),
         }
 
     @property
@@ -119,17 +113,11 @@ class SessionManager:
 
     # -- commands
 
-    def find(self, call_id: str, from_tag: str, to_tag: str | None) -> Session | None:
-        session = self.sessions.get((call_id, from_tag))
-        if session is None and to_tag:
-            session = self.sessions.get((call_id, to_tag))
-        return session
-
     def update(self, headers: dict, dispatcher: object = None) -> str:
         missing = [name for name in UPDATE_REQUIRED if name not in headers]
         if missing:
             raise UpdateError("update without " + ", ".join(missing))
-        session = self.find(headers["call_id"], headers["from_tag"], headers.get("to_tag"))
+        session = self.registry.find(headers["call_id"], headers["from_tag"], headers.get("to_tag"))
         if session is not None:
             answered = session.start_time is not None
             try:
@@ -137,7 +125,7 @@ class SessionManager:
             finally:
                 self.drain(session)
                 self._watch(session)
-                self.keep(session)
+                self.keeping.keep(session)
                 if not answered and session.start_time is not None:
                     log.info("Session {call_id} answered ({streams} streams)", call_id=session.call_id, streams=len(session.streams))
         if self.halting:
@@ -151,10 +139,10 @@ class SessionManager:
             session.end(records.BYE)
             self.drain(session)
             raise
-        self._register(session)
+        self.registry.add(session)
         self.drain(session)
         self._watch(session)
-        self.keep(session)
+        self.keeping.keep(session)
         log.info("New session {call_id} ({streams} streams)", call_id=session.call_id, streams=len(session.streams))
         return reply
 
@@ -162,54 +150,15 @@ class SessionManager:
         missing = [name for name in REMOVE_REQUIRED if name not in headers]
         if missing:
             raise UpdateError("remove without " + ", ".join(missing))
-        session = self.find(headers["call_id"], headers["from_tag"], headers.get("to_tag"))
+        session = self.registry.find(headers["call_id"], headers["from_tag"], headers.get("to_tag"))
         if session is None:
             raise UpdateError(f"remove for unknown session {headers['call_id']}")
         return self._close(session, records.BYE)
 
-    def _register(self, session: Session) -> None:
-        replaced = self.sessions.get(session.key)
-        if replaced is not None:
-            self._unregister(replaced)
-        self.sessions[session.key] = session
-        self._serials.append(session.serial)  # serials only grow: the list stays sorted
-        self._ordered.append(session)
-        of_call = self._by_call.get(session.call_id)
-        if of_call is None:
-            self._by_call[session.call_id] = session
-        elif isinstance(of_call, dict):
-            of_call[session.key] = session
-        else:
-            self._by_call[session.call_id] = {of_call.key: of_call, session.key: session}
-
-    def _unregister(self, session: Session) -> None:
-        if self.sessions.pop(session.key, None) is None:
-            return
-        index = bisect.bisect_left(self._serials, session.serial)
-        del self._serials[index]
-        del self._ordered[index]
-        of_call = self._by_call[session.call_id]
-        if not isinstance(of_call, dict):
-            del self._by_call[session.call_id]
-            return
-        del of_call[session.key]
-        if len(of_call) == 1:
-            (self._by_call[session.call_id],) = of_call.values()
-
-    def listing(self, position: int, call_id: str | None = None) -> Iterator[Session]:
-        """The sessions from serial ``position`` on, in serial order; only ``call_id``'s when given.
-        Finds where to start without walking the sessions before it."""
-        if call_id is not None:
-            of_call = self._by_call.get(call_id)
-            found = [] if of_call is None else of_call.values() if isinstance(of_call, dict) else [of_call]
-            return (session for session in found if session.serial >= position)
-        start = bisect.bisect_left(self._serials, position)
-        return itertools.islice(self._ordered, start, None)
-
     def _close(self, session: Session, reason: str) -> dict:
         session.end(reason)
         self.drain(session)
-        self._unregister(session)
+        self.registry.discard(session)
         self.keeping.forget(session)
         packets, bytes_ = session.relayed()
         self.closed_packets += packets
@@ -296,25 +245,7 @@ class SessionManager:
                     stream.rtp.check_idle(now, self.idle_timeout)
             self.drain(session)
 
-    # -- the model's events
-
-    def _on_changed(self, event: events.Changed) -> None:
-        self.changed(event.session)
-
-    def _on_old_cseq(self, event: events.OldCseq) -> None:
-        log.info("Got old CSeq {cseq} for call {call_id}; ignoring its SDP", cseq=event.cseq, call_id=event.session.call_id)
-
-    def _on_learnt(self, event: events.Learnt) -> None:
-        replaced = event.replaced
-        # taking a stream from another source is worth an operator's attention; learning is not
-        (media_log.info if replaced else media_log.debug)(
-            "{substream} {party} learnt at {ip}:{port}{replacing}",
-            substream=event.substream,
-            party=event.party,
-            ip=event.address[0],
-            port=event.address[1],
-            replacing=f", replacing {address_text(replaced)} that fits the signalling less" if replaced else "",
-        )
+    # -- the model's events (those that only say something in the log: relay/eventlog.py)
 
     def _on_offload(self, event: events.Offload) -> None:
         substream = event.substream
@@ -327,29 +258,6 @@ class SessionManager:
         if final is not None:
             event.substream.add_kernel_counts(*final)
 
-    def _on_path_changed(self, event: events.PathChanged) -> None:
-        # the RTP's path is the stream's (one line per change); RTCP follows it
-        (media_log.info if event.substream.kind == "rtp" else media_log.debug)(
-            "{substream}: {old} → {new}",
-            substream=event.substream,
-            old=reports.logged_path(self._forwarder, event.old),
-            new=reports.logged_path(self._forwarder, event.new),
-        )
-
-    def _on_hold_changed(self, event: events.HoldChanged) -> None:
-        media_log.info("{stream} is {state}", stream=event.stream, state="on hold" if event.on_hold else "off hold")
-
-    def _on_moved(self, event: events.Moved) -> None:
-        ip, port = event.address
-        media_log.info("{party} of {stream} moved to {ip}:{port}", party=event.party, stream=event.stream, ip=ip, port=port)
-
-    def _on_relearning(self, event: events.Relearning) -> None:
-        media_log.debug("{substream} expired ({reason}); will learn it afresh", substream=event.substream, reason=event.reason)
-
-    def _on_ice_unselected(self, event: events.IceUnselected) -> None:
-        if not event.probed:
-            media_log.info("ICE stream {stream} expired and neither side sent a STUN binding request", stream=event.stream)
-
     def _on_stream_ended(self, event: events.StreamEnded) -> None:
         stream = event.stream
         for endpoint in stream.endpoints():
@@ -357,48 +265,9 @@ class SessionManager:
         self.pool.release(stream.caller_port)
         self.pool.release(stream.callee_port)
         self.deadlines.forget(stream)
-        if stream.status not in ("closed", "rejected"):
-            media_log.info("{stream} ended: {status}", stream=stream, status=stream.status)
-
-    def _on_session_expired(self, event: events.SessionExpired) -> None:
-        self.session_expired(event.session, event.reason)
-
-    def _on_refused(self, event: events.Refused) -> None:
-        if event.kind == "stun_queue_full":
-            self.refusals.refuse(
-                event.kind,
-                event.peer,
-                media_log,
-                "STUN from {peer} for {stream} dropped: the queue waiting for the other party is full",
-                stream=str(event.substream.stream),
-            )
-        else:
-            side = event.substream.side(event.detail)
-            self.refusals.refuse(
-                event.kind,
-                event.peer,
-                media_log,
-                "Packets from {peer} to {stream} ignored: the {party} is latched to {latched}",
-                level="info",
-                stream=str(event.substream.stream),
-                party=event.detail,
-                latched=address_text(side.remote),
-            )
+        eventlog.stream_ended(stream)
 
     # -- kept across restarts (relay/keeping.py)
-
-    @property
-    def state(self):  # the statefile.StateFile the sessions are kept in, once restored
-        return self.keeping.state
-
-    def changed(self, session: Session) -> None:
-        self.keeping.changed(session)
-
-    def keep(self, session: Session) -> None:
-        self.keeping.keep(session)
-
-    def keep_counters(self) -> None:
-        self.keeping.keep_counters(self._forwarder.checkpoint)
 
     def restore(self, state, kept: dict) -> int:  # a statefile.StateFile
         """Take back the sessions ``kept`` (what ``state`` loaded; their kernel entries those the
@@ -416,7 +285,7 @@ class SessionManager:
             except (OSError, PortsExhausted, KeyError, TypeError, ValueError, AttributeError) as error:
                 log.error("Cannot take back session {key} kept from the last run: {error}", key=key, error=error)
                 continue
-            self._register(session)
+            self.registry.add(session)
             self._watch(session)
         self.pool.unreserve()
         self.keeping.open(state)
@@ -464,12 +333,9 @@ class SessionManager:
             # worker processes end with the relay: what they counted goes into the kept state
             for session in self.sessions.values():
                 take_counts(session, self._forwarder.remove)
-        self.close_state()  # the whole state, written once more
+        self.keeping.close()  # the whole state, written once more
         self.deadlines.stop()
         for session in self.sessions.values():
             for stream in session.streams:
                 for endpoint in stream.endpoints():
                     endpoint.close()
-
-    def close_state(self) -> None:
-        self.keeping.close()

@@ -14,6 +14,7 @@ from mediaproxy.dialogs import DialogEnding
 from mediaproxy.dispatcher.core import Dispatcher
 from mediaproxy.dispatcher.relays import RelayLink, RelayRegistry, RelayTimeout
 from mediaproxy.dispatcher.sessions import CallEntry
+from mediaproxy.dispatcher.view import DispatcherView
 from mediaproxy.plugin import PluginBase, PluginSet
 from mediaproxy.testing import remove, update
 from mediaproxy.wire import statistics
@@ -505,10 +506,10 @@ def test_terminate_ends_the_dialog_or_removes_the_session_with_its_tags(tmp_path
     set_up_call(dispatcher, link, transport, "with-dialog", "7:8")
     set_up_call(dispatcher, link, transport, "without")
     done = []
-    dispatcher.terminate("with-dialog").addCallback(done.append)
+    DispatcherView(dispatcher).terminate("with-dialog").addCallback(done.append)
     assert done == [{"done": "dialog ended through the proxy", "proxy": "OK"}] and dispatcher.recorder.ended == [("with-dialog", "7:8")]
     assert commands(transport) == []  # the proxy's BYEs and remove follow; nothing goes to the relay now
-    dispatcher.terminate("without").addCallback(done.append)
+    DispatcherView(dispatcher).terminate("without").addCallback(done.append)
     ((name, seq, lines),) = commands(transport)
     assert (name, lines) == ("sessions", ["page: 0", "call_id: without"])
     answer(link, seq, statistics.format_page([json.dumps(record("without", to_tag="tt"))], None))
@@ -519,7 +520,7 @@ def test_terminate_ends_the_dialog_or_removes_the_session_with_its_tags(tmp_path
     (accounted,) = dispatcher.recorder.records
     assert (accounted["call_id"], accounted["end_reason"]) == ("without", "terminated") and "without" not in dispatcher.table
     failed = []
-    dispatcher.terminate("nobody").addErrback(failed.append)
+    DispatcherView(dispatcher).terminate("nobody").addErrback(failed.append)
     assert failed and failed[0].check(ValueError)
     dispatcher.stop()
 
@@ -530,7 +531,7 @@ def terminate_through_a_proxy_that(dispatcher, link, transport, answers):
     dispatcher.recorder.proxy_answers = answers
     set_up_call(dispatcher, link, transport, "stuck", "7:8")
     done = []
-    dispatcher.terminate("stuck").addCallback(done.append)
+    DispatcherView(dispatcher).terminate("stuck").addCallback(done.append)
     return done
 
 

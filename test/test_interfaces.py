@@ -7,6 +7,7 @@ from mediaproxy.accounting.plugin import AccountingPlugin
 from mediaproxy.configuration import DispatcherConfig
 from mediaproxy.dispatcher.core import Dispatcher
 from mediaproxy.dispatcher.relays import RelayRegistry
+from mediaproxy.dispatcher.view import DispatcherView
 from mediaproxy.plugin import IAccountingPlugin, IDispatcherPlugin, IDispatcherView, PluginSet
 from mediaproxy.plugins.dialog_end import DialogEndPlugin
 from mediaproxy.plugins.management import ManagementPlugin
@@ -22,7 +23,7 @@ def test_the_dispatcher_core_provides_what_plugins_read(tmp_path):
     clock = Clock()
     config = DispatcherConfig(statistics_pull_interval=0)
     registry = RelayRegistry(clock, None, config.relay_timeout, config.relay_recover_interval)
-    dispatcher = Dispatcher(clock, registry, PluginSet([]), str(tmp_path), config)
+    dispatcher = DispatcherView(Dispatcher(clock, registry, PluginSet([]), str(tmp_path), config))
     assert verifyObject(IDispatcherView, dispatcher)
     assert dispatcher.call_count() == 0 and dispatcher.connected_relays() == [] and dispatcher.accounting_status() == []
 

@@ -17,6 +17,7 @@ from test_dispatcher_core import answer, commands, link_from, make, set_up_call
 
 from harness import ROOT, free_port
 from mediaproxy.cli import sessions as sessions_cli
+from mediaproxy.dispatcher.view import DispatcherView
 from mediaproxy.net.ratelimit import Refusals
 from mediaproxy.plugins.metrics import DispatcherCollector
 from mediaproxy.testing import remove
@@ -40,7 +41,7 @@ def test_families_from_the_dispatcher_and_the_relays_summaries(tmp_path):
     set_up_call(dispatcher, link, transport, "a")
     refusals = Refusals(clock)
     refusals.count("bad proxy request")
-    collector = DispatcherCollector(dispatcher, refusals)
+    collector = DispatcherCollector(DispatcherView(dispatcher), refusals)
     collector.summaries = [
         {
             "ip": "192.0.2.1",

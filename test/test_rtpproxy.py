@@ -18,6 +18,7 @@ from mediaproxy import datatypes
 from mediaproxy.dialogs import DialogTags
 from mediaproxy.dispatcher.rtpproxy import RtpproxyFrontEnd
 from mediaproxy.dispatcher.rtpproxy_listen import MAX_IN_FLIGHT, ReplyCache, RtpproxyDatagram, RtpproxyStream, RtpproxyStreamFactory
+from mediaproxy.dispatcher.view import DispatcherView
 from mediaproxy.relay import reports
 from mediaproxy.relay.sessions import UpdateError
 from mediaproxy.wire import headers as wire_headers
@@ -492,7 +493,7 @@ def test_the_operators_terminate_ends_an_rtpproxy_call_through_the_proxy(tmp_pat
     stack.execute("Uc0 c7 192.0.2.10 6000 a;1")
     stack.execute("Lc0 c7 198.51.100.20 7000 a;1 b;1")
     done = []
-    stack.dispatcher.terminate("c7").addCallback(done.append)
+    DispatcherView(stack.dispatcher).terminate("c7").addCallback(done.append)
     assert done == [{"done": "dialog ended through the proxy", "proxy": "OK"}]
     assert stack.dispatcher.recorder.ended == [("c7", DialogTags("a", "b"))]
 

@@ -17,6 +17,7 @@ from mediaproxy.dispatcher.core import Dispatcher
 from mediaproxy.dispatcher.relays import RelayFactory, RelayRegistry
 from mediaproxy.dispatcher.rtpproxy import RtpproxyFrontEnd
 from mediaproxy.dispatcher.rtpproxy_listen import RtpproxyDatagram, RtpproxyStreamFactory
+from mediaproxy.dispatcher.view import DispatcherView
 from mediaproxy.net import unixsocket
 from mediaproxy.net.guard import DescriptorBudget, GuardedFactory, Limits, raise_descriptor_limit
 from mediaproxy.net.ratelimit import Refusals
@@ -60,7 +61,14 @@ class DispatcherService(service.MultiService):
         self.control_factory = ControlFactory(self.dispatcher, self.refusals)
         self.socket_gid = unixsocket.group_id(self.config.socket_group)
         context = PluginContext(
-            self.dispatcher, reactor, credentials, runtime_dir, self.config.socket_mode, self.socket_gid, self.guard, self.refusals
+            DispatcherView(self.dispatcher),
+            reactor,
+            credentials,
+            runtime_dir,
+            self.config.socket_mode,
+            self.socket_gid,
+            self.guard,
+            self.refusals,
         )
         factories = plugin.discover() if plugin_factories is None else plugin_factories
         service.MultiService.__init__(self)

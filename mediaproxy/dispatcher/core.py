@@ -6,14 +6,13 @@ import time
 
 from twisted.application import service
 from twisted.internet import defer
-from twisted.python.failure import Failure
 
-from mediaproxy.dispatcher.lastknown import LastKnown, Report
+from mediaproxy.dispatcher.lastknown import LastKnown
+from mediaproxy.dispatcher.pulls import StatisticsPulls
 from mediaproxy.dispatcher.relays import RelayDisconnected, RelayError, RelayLink, RelayRegistry, RelayTimeout
 from mediaproxy.dispatcher.sessions import CallEntry, CallTable, call_table_file
 from mediaproxy.dispatcher.stats import RequestStats
 from mediaproxy.plugin import PluginSet
-from mediaproxy.runtime import heap
 from mediaproxy.runtime.log import Logger
 from mediaproxy.runtime.timers import Periodic
 from mediaproxy.wire import statistics
@@ -25,12 +24,6 @@ log = Logger(namespace="dispatcher")
 EXPIRED_CHECK_INTERVAL = 600
 # how long an rtpproxy call whose dialog the proxy was asked to end waits for a D (see cleanup)
 RTPPROXY_EXPIRED_KEPT = 60
-
-
-def _give_back(result: object) -> object:
-    """After a statistics pull: the pages its parsed listings took go back to the system, once for all relays."""
-    heap.give_back()
-    return result
 
 
 class Dispatcher:
@@ -48,8 +41,9 @@ class Dispatcher:
         self.stats = RequestStats()
         self.timers = service.MultiService()
         Periodic("expired call checks", EXPIRED_CHECK_INTERVAL, self.cleanup_expired_sessions, clock).setServiceParent(self.timers)
+        self.pulls = StatisticsPulls(clock, registry, self.table, self.last_known)
         if config.statistics_pull_interval:
-            Periodic("statistics pulls", config.statistics_pull_interval, self.pull_statistics, clock).setServiceParent(self.timers)
+            Periodic("statistics pulls", config.statistics_pull_interval, self.pulls.pull_all, clock).setServiceParent(self.timers)
 
     # -- life cycle
 
@@ -377,7 +371,7 @@ class Dispatcher:
             log.warn("Took back {count} calls from relay {ip} that the call table had lost", count=adopted, ip=ip)
         report = self.last_known.start(ip)
         for record in listing.records:
-            self._remember(report, record)
+            self.pulls.remember(report, record)
         report.page_end(self.clock.seconds())
         self.last_known.finish(ip, report)
 
@@ -454,46 +448,3 @@ class Dispatcher:
                 count=len(stale),
                 after=self.config.cleanup_expired_sessions_after,
             )
-
-    # -- statistics kept for relays that may be lost
-
-    def pull_statistics(self) -> defer.Deferred:
-        links = self.registry.accepted()
-        return defer.DeferredList([self._pull(link) for link in links], consumeErrors=True).addCallback(_give_back)
-
-    def _pull(self, link: RelayLink) -> defer.Deferred:
-        # our live calls on the relay; each it lists is taken out, and what is left it no longer has
-        unlisted = {
-            call_id: entry for call_id, entry in self.table.of_relay(link.ip) if entry.removal is None and entry.expire_time is None
-        }
-        report = self.last_known.start(link.ip)
-
-        def listed(record: statistics.SessionRecord) -> None:
-            unlisted.pop(record.call_id, None)
-            self._remember(report, record)
-
-        def failed(failure: Failure) -> Failure:
-            self.last_known.abandon(link.ip, report)
-            return failure
-
-        pulled = link.fetch_sessions(each_record=listed, each_page=lambda: report.page_end(self.clock.seconds()))
-        pulled.addCallbacks(lambda _: self.last_known.finish(link.ip, report), failed)
-        return pulled.addCallback(lambda _: self._pulled(unlisted, link.ip))
-
-    def _remember(self, report: Report, record: statistics.SessionRecord) -> None:
-        """Keep in ``report`` a record that is of a call of ours, answered."""
-        if record.call_id in self.table and record.start_time is not None:
-            report.add(record)
-
-    def _pulled(self, unlisted: dict[str, CallEntry], ip: str) -> None:
-        """A live call of ours that its relay no longer has, with no expiry from it (which would
-        have come first on the link), was removed through another proxy's dispatcher, which
-        accounted it: forget it here."""
-        gone = [
-            call_id
-            for call_id, entry in unlisted.items()
-            if self.table.get(call_id) is entry and entry.removal is None and entry.expire_time is None
-        ]
-        for call_id in gone:
-            self.table.pop(call_id)
-            log.info("Call {call_id} is no longer on relay {ip}: it was removed through another dispatcher", call_id=call_id, ip=ip)

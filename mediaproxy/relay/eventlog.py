@@ -6,7 +6,8 @@ from __future__ import annotations
 from mediaproxy.net.ratelimit import Refusals
 from mediaproxy.relay import reports
 from mediaproxy.relay.model import events
-from mediaproxy.relay.model.media import Stream, address_text
+from mediaproxy.relay.model.media import address_text
+from mediaproxy.relay.model.stream import Stream
 from mediaproxy.runtime.log import Logger
 
 log = Logger(namespace="relay.session")

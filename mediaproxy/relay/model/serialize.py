@@ -14,9 +14,10 @@ import functools
 from collections.abc import Callable
 from typing import ParamSpec, TypeVar
 
-from mediaproxy.relay.model.media import ALIVE, CALLEE, CALLER, KERNEL, LAPSED, LEARNING, PATHS, Side, Stream, Substream
+from mediaproxy.relay.model.media import ALIVE, CALLEE, CALLER, KERNEL, LAPSED, LEARNING, PATHS, Side, Substream
 from mediaproxy.relay.model.policy import MediaPolicy
 from mediaproxy.relay.model.session import Session, shared_pair, shared_text
+from mediaproxy.relay.model.stream import Stream
 from mediaproxy.wire.headers import SignalingInfo
 
 P = ParamSpec("P")

@@ -141,15 +141,27 @@ def _text(value: object) -> str:
     return str(value).encode("utf-8")[:MAX_STRING].decode("utf-8", "ignore")
 
 
+def _media_info(record: SessionRecord) -> str:
+    if record.all_streams_ice:
+        return "ICE session"
+    return "timeout" if record.timed_out else ""
+
+
+def _octets(streams: list) -> list[tuple[str, int]]:
+    return [
+        ("Acct-Input-Octets", sum(int(stream.caller_bytes) for stream in streams)),
+        ("Acct-Output-Octets", sum(int(stream.callee_bytes) for stream in streams)),
+    ]
+
+
+def _applications(streams: list) -> list[str]:
+    """The media types of the streams that lasted (a stream that never started is not one)."""
+    return sorted({stream.media_type for stream in streams if stream.start_time != stream.end_time})
+
+
 def attributes(record: SessionRecord) -> list[tuple[str, object]]:
     """The Accounting-Request attributes for one call's statistics record, in order."""
     streams = record.streams
-    if record.all_streams_ice:
-        info = "ICE session"
-    elif record.timed_out:
-        info = "timeout"
-    else:
-        info = ""
     values: list[tuple[str, object]] = [
         ("Acct-Status-Type", "Update"),
         ("User-Name", _text(record.username or "mediaproxy@default")),
@@ -157,18 +169,16 @@ def attributes(record: SessionRecord) -> list[tuple[str, object]]:
         ("Sip-From-Tag", _text(record.from_tag)),
         ("Sip-To-Tag", _text(record.to_tag or "")),
         ("Acct-Session-Time", int(record.duration)),
-        ("Acct-Input-Octets", sum(int(stream.caller_bytes) for stream in streams)),
-        ("Acct-Output-Octets", sum(int(stream.callee_bytes) for stream in streams)),
+        *_octets(streams),
     ]
     if streams:
         # the original sends nothing at all for a call without streams; we leave out only this
         values.append(("NAS-IP-Address", streams[0].caller_local.rpartition(":")[0]))
-    applications = sorted({stream.media_type for stream in streams if stream.start_time != stream.end_time})
     values += [
         ("Sip-User-Agents", _text(f"{record.caller_ua}+{record.callee_ua}")),
-        ("Sip-Applications", _text(", ".join(applications))),
+        ("Sip-Applications", _text(", ".join(_applications(streams)))),
         ("Media-Codecs", _text(", ".join(stream.caller_codec for stream in streams))),
-        ("Media-Info", info),
+        ("Media-Info", _media_info(record)),
     ]
     delays = [stream.post_dial_delay for stream in streams if stream.post_dial_delay is not None]
     if delays:

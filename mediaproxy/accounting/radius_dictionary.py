@@ -66,18 +66,22 @@ def _read(path: str, lines: list[str], depth: int, including: tuple[str, ...]) -
         if len(lines) >= MAX_LINES:
             raise DictionaryError(f"{path}: the dictionaries have more than {MAX_LINES} lines")
         fields = line.split("#", 1)[0].split()
-        if not fields:
-            continue
-        keyword = fields[0]
-        if keyword in ("$INCLUDE", "$INCLUDE-"):
-            if len(fields) < 2:
-                raise DictionaryError(f"{path}:{number}: $INCLUDE without a file")
-            target = fields[1] if os.path.isabs(fields[1]) else os.path.join(os.path.dirname(path), fields[1])
-            if keyword == "$INCLUDE-" and not os.path.exists(target):
-                continue  # FreeRADIUS's optional include
-            _read(os.path.normpath(target), lines, depth + 1, (*including, f"{path}:{number}"))
-        elif keyword == "ATTRIBUTE" and len(fields) >= 4:
-            fields[3] = TYPES.get(fields[3].lower(), FALLBACK_TYPE)
-            lines.append("\t".join(fields) + "\n")
-        else:
-            lines.append("\t".join(fields) + "\n")
+        if fields and fields[0] in ("$INCLUDE", "$INCLUDE-"):
+            _include(path, number, fields, lines, depth, including)
+        elif fields:
+            lines.append("\t".join(_translated(fields)) + "\n")
+
+
+def _include(path: str, number: int, fields: list[str], lines: list[str], depth: int, including: tuple[str, ...]) -> None:
+    if len(fields) < 2:
+        raise DictionaryError(f"{path}:{number}: $INCLUDE without a file")
+    target = fields[1] if os.path.isabs(fields[1]) else os.path.join(os.path.dirname(path), fields[1])
+    if fields[0] == "$INCLUDE-" and not os.path.exists(target):
+        return  # FreeRADIUS's optional include
+    _read(os.path.normpath(target), lines, depth + 1, (*including, f"{path}:{number}"))
+
+
+def _translated(fields: list[str]) -> list[str]:
+    if fields[0] == "ATTRIBUTE" and len(fields) >= 4:
+        fields[3] = TYPES.get(fields[3].lower(), FALLBACK_TYPE)
+    return fields

@@ -121,24 +121,23 @@ def relay_rows(summary: list[dict]) -> list[list[str]]:
 
 
 def session_rows(sessions: list[SessionRecord]) -> list[list[str]]:
-    rows = []
-    for session in sessions:
-        streams = session.streams
-        codecs = ", ".join(f"{s.media_type} {s.caller_codec}/{s.callee_codec}" for s in streams) or "-"
-        caller_bytes = sum(s.caller_bytes for s in streams)
-        callee_bytes = sum(s.callee_bytes for s in streams)
-        status = ", ".join(sorted({s.status for s in streams})) or ("ringing" if session.start_time is None else "-")
-        rows.append(
-            [
-                session.call_id,
-                f"{session.from_uri or '?'} -> {session.to_uri or '?'}",
-                human_duration(session.duration),
-                codecs,
-                f"{human_bytes(caller_bytes)} / {human_bytes(callee_bytes)}",
-                status,
-            ]
-        )
-    return rows
+    return [_session_row(session) for session in sessions]
+
+
+def _session_row(session: SessionRecord) -> list[str]:
+    streams = session.streams
+    codecs = ", ".join(f"{s.media_type} {s.caller_codec}/{s.callee_codec}" for s in streams) or "-"
+    caller_bytes = sum(s.caller_bytes for s in streams)
+    callee_bytes = sum(s.callee_bytes for s in streams)
+    status = ", ".join(sorted({s.status for s in streams})) or ("ringing" if session.start_time is None else "-")
+    return [
+        session.call_id,
+        f"{session.from_uri or '?'} -> {session.to_uri or '?'}",
+        human_duration(session.duration),
+        codecs,
+        f"{human_bytes(caller_bytes)} / {human_bytes(callee_bytes)}",
+        status,
+    ]
 
 
 def accounting_rows(backends: list[dict]) -> list[list[str]]:
@@ -176,8 +175,7 @@ def render(summary: list[dict] | None, sessions: list[SessionRecord] | None, out
         )
 
 
-def main(argv: list[str] | None = None, out: TextIO | None = None) -> int:
-    out = out or sys.stdout
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="media-sessions", description="Show the relays and calls of a MediaProxy dispatcher (its management interface)."
     )
@@ -198,31 +196,44 @@ def main(argv: list[str] | None = None, out: TextIO | None = None) -> int:
     parser.add_argument("--certs", help="directory with ca.pem, client.crt and client.key (default: certs_path of config.ini)")
     parser.add_argument("--config-dir", help=f"where config.ini is, searched before {configuration.SYSTEM_CONFIG_DIR}")
     parser.add_argument("--json", action="store_true", help="print the raw JSON answers, for scripts")
+    return parser
+
+
+def _commands(parser: argparse.ArgumentParser, args: argparse.Namespace) -> list[str]:
+    """The management commands to send for what was asked (a usage error exits)."""
+    if args.what in CONTROL:
+        if not CONTROL[args.what].accepts(args.arguments):
+            parser.error(f"{args.what} takes {CONTROL[args.what].usage}")
+        return [" ".join([args.what, *args.arguments])]
+    if args.arguments:
+        parser.error(f"{args.what} takes no arguments")
+    return {"all": ["summary", "accounting", "sessions"], "summary": ["summary", "accounting"]}.get(args.what, [args.what])
+
+
+def _where(args: argparse.Namespace) -> tuple[str, int, object]:
+    """Host, port and TLS context (or None) of the management interface: the options, else the
+    dispatcher's own config.ini."""
+    config = configuration.load(configuration.search_path(args.config_dir))
+    listen = config.dispatcher.listen_management
+    host = args.host or ("127.0.0.1" if listen.host == "0.0.0.0" else listen.host)
+    context = None
+    if not args.no_tls and (args.certs or config.dispatcher.management_use_tls):
+        certs = args.certs or config.find(config.tls.certs_path) or config.tls.certs_path
+        context = tls_context(certs)
+    return host, args.port or listen.port, context
+
+
+def main(argv: list[str] | None = None, out: TextIO | None = None) -> int:
+    out = out or sys.stdout
+    parser = _parser()
     args = parser.parse_args(argv)
     if args.what == "web-password":
         if len(args.arguments) != 1:
             parser.error("web-password takes USER")
         return web_password(args.arguments[0], out)
-    if args.what in CONTROL:
-        if not CONTROL[args.what].accepts(args.arguments):
-            parser.error(f"{args.what} takes {CONTROL[args.what].usage}")
-        commands = [" ".join([args.what, *args.arguments])]
-    elif args.arguments:
-        parser.error(f"{args.what} takes no arguments")
-    else:
-        commands = {"all": ["summary", "accounting", "sessions"], "summary": ["summary", "accounting"]}.get(args.what, [args.what])
+    commands = _commands(parser, args)
     try:
-        # the dispatcher's own config.ini says where and how its management interface listens
-        config = configuration.load(configuration.search_path(args.config_dir))
-        listen = config.dispatcher.listen_management
-        host = args.host or ("127.0.0.1" if listen.host == "0.0.0.0" else listen.host)
-        port = args.port or listen.port
-        context = None
-        if not args.no_tls and (args.certs or config.dispatcher.management_use_tls):
-            certs = args.certs
-            if certs is None:
-                certs = config.find(config.tls.certs_path) or config.tls.certs_path
-            context = tls_context(certs)
+        host, port, context = _where(args)
         answers = dict(zip(commands, query(host, port, commands, context)))
         if args.what in CONTROL:
             (answer,) = answers.values()

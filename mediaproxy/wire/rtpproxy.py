@@ -96,19 +96,23 @@ def parse(text: str) -> Command:
         raise CommandError(SYNTAX, "an empty command")
     head, arguments = words[0], words[1:]
     kind = head[:2].upper() if head[:2].upper() == "VF" else head[:1].upper()
-    if kind == "V":
-        if head.upper() != "V" or arguments:
-            raise CommandError(SYNTAX, f"version query {_show(text)} has extra words")
-        return Command("V")
-    if kind == "VF":
-        if head.upper() != "VF" or len(arguments) != 1:
-            raise CommandError(SYNTAX, f"capability query {_show(text)} is not 'VF <date>'")
-        return Command("VF", argument=arguments[0])
+    if kind in ("V", "VF"):
+        return _version(kind, head, arguments, text)
     if kind in ("U", "L"):
         return _update(kind, head[1:], arguments, text)
     if kind in ("D", "Q"):
         return _delete_or_query(kind, head[1:], arguments, text)
     raise CommandError(SYNTAX, f"command {_show(head)} is not one the rtpproxy module sends (V, VF, U, L, D, Q)")
+
+
+def _version(kind: str, head: str, arguments: list[str], text: str) -> Command:
+    if kind == "V":
+        if head.upper() != "V" or arguments:
+            raise CommandError(SYNTAX, f"version query {_show(text)} has extra words")
+        return Command("V")
+    if head.upper() != "VF" or len(arguments) != 1:
+        raise CommandError(SYNTAX, f"capability query {_show(text)} is not 'VF <date>'")
+    return Command("VF", argument=arguments[0])
 
 
 def _update(kind: str, modifiers: str, arguments: list[str], text: str) -> Command:
@@ -164,25 +168,39 @@ def _modifiers(text: str) -> tuple[set[str], tuple[int, ...], int | None]:
         index += 1
         if letter in _FLAGS:
             flags.add(letter)
-        elif letter in ("C", "Z"):
-            end = index
-            while end < len(text) and (text[end].isdigit() or (letter == "C" and text[end] == ",")):
-                end += 1
-            value, index = text[index:end], end
-            if letter == "Z":
-                repacketize = ascii_decimal(value, max_digits=5)
-                if repacketize is None:
-                    raise CommandError(SYNTAX, f"Z modifier without milliseconds in {_show(text)}")
-            else:
-                numbers = [ascii_decimal(number, max_digits=3) for number in value.split(",")]
-                if not value or any(number is None or number > 127 for number in numbers):
-                    raise CommandError(SYNTAX, f"codec list {_show(value)} is not payload types")
-                codecs = tuple(numbers)
+        elif letter == "Z":
+            value, index = _digits(text, index, ",")
+            repacketize = _milliseconds(value, text)
+        elif letter == "C":
+            value, index = _digits(text, index)
+            codecs = _payload_types(value)
         else:
             raise CommandError(SYNTAX, f"modifier {_show(letter)} is not supported (A, S, I, E, 6, Z, c)")
     if "A" in flags and "S" in flags:
         raise CommandError(SYNTAX, "both asymmetric (A) and symmetric (S)")
     return flags, codecs, repacketize
+
+
+def _digits(text: str, start: int, stop_at: str = "") -> tuple[str, int]:
+    """A modifier's value: the digits (and commas, unless ``stop_at`` names them) from ``start``."""
+    end = start
+    while end < len(text) and (text[end].isdigit() or (text[end] == "," and "," not in stop_at)):
+        end += 1
+    return text[start:end], end
+
+
+def _milliseconds(value: str, text: str) -> int:
+    repacketize = ascii_decimal(value, max_digits=5)
+    if repacketize is None:
+        raise CommandError(SYNTAX, f"Z modifier without milliseconds in {_show(text)}")
+    return repacketize
+
+
+def _payload_types(value: str) -> tuple[int, ...]:
+    numbers = [ascii_decimal(number, max_digits=3) for number in value.split(",")]
+    if not value or any(number is None or number > 127 for number in numbers):
+        raise CommandError(SYNTAX, f"codec list {_show(value)} is not payload types")
+    return tuple(numbers)
 
 
 def _tag(text: str) -> Tag:

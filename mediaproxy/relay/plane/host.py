@@ -122,20 +122,31 @@ def prepare(fix: bool, mark: int, proc: str = PROC_SYS, run=subprocess.run, chan
     changes = changes if changes is not None else HostChanges()
     if _read("net/netfilter/nf_conntrack_max", proc) is None:
         raise KernelSetupError("the kernel has no connection tracking (modprobe nf_conntrack)")
-    changed = []
-    for setting in SETTINGS:
-        if _read(setting, proc) == "1":
-            continue
-        name = setting.replace("/", ".")
-        if not fix:
-            raise KernelSetupError(f"{name} must be 1 (sysctl -w {name}=1, or fix_kernel_settings = yes)")
-        changes.sysctls.setdefault(setting, _read(setting, proc) or "0")
-        changes.save()
-        try:
-            _write(setting, "1", proc)
-        except OSError as error:
-            raise KernelSetupError(f"cannot set {name}=1: {error.strerror}") from None
-        changed.append(f"{name}=1")
+    changed = [done for setting in SETTINGS if (done := _sysctl_on(setting, fix, proc, changes))]
+    table = _table_loaded(fix, mark, run, changes)
+    if table:
+        changed.append(table)
+    return changed
+
+
+def _sysctl_on(setting: str, fix: bool, proc: str, changes: HostChanges) -> str | None:
+    """``setting`` at 1, set so if ``fix`` (noted in ``changes``); what was changed, or None."""
+    if _read(setting, proc) == "1":
+        return None
+    name = setting.replace("/", ".")
+    if not fix:
+        raise KernelSetupError(f"{name} must be 1 (sysctl -w {name}=1, or fix_kernel_settings = yes)")
+    changes.sysctls.setdefault(setting, _read(setting, proc) or "0")
+    changes.save()
+    try:
+        _write(setting, "1", proc)
+    except OSError as error:
+        raise KernelSetupError(f"cannot set {name}=1: {error.strerror}") from None
+    return f"{name}=1"
+
+
+def _table_loaded(fix: bool, mark: int, run, changes: HostChanges) -> str | None:  # run: subprocess.run
+    """The relay's nftables table in place, loaded if ``fix``; what was changed, or None."""
     nft = shutil.which("nft")
     table = table_name(mark)
     wanted = ruleset(mark)
@@ -143,7 +154,7 @@ def prepare(fix: bool, mark: int, proc: str = PROC_SYS, run=subprocess.run, chan
         raise KernelSetupError(f"nft is not installed (apt-get install nftables); the relay needs this table:\n{wanted}")
     listed = run([nft, "list", "table", "ip", table], capture_output=True, text=True)
     if listed.returncode == 0 and f"meta mark {mark:#010x} notrack" in listed.stdout and "type nat hook postrouting" in listed.stdout:
-        return changed
+        return None
     if not fix:
         raise KernelSetupError(f"the nftables table ip {table} is missing or outdated; load it with nft -f:\n{wanted}")
     changes.table = table
@@ -152,8 +163,7 @@ def prepare(fix: bool, mark: int, proc: str = PROC_SYS, run=subprocess.run, chan
     result = run([nft, "-f", "-"], input=f"table ip {table}\ndelete table ip {table}\n{wanted}", capture_output=True, text=True)
     if result.returncode != 0:
         raise KernelSetupError(f"cannot load the nftables table ip {table}: {result.stderr.strip()}")
-    changed.append(f"nftables table ip {table}")
-    return changed
+    return f"nftables table ip {table}"
 
 
 def undo(changes: HostChanges, proc: str = PROC_SYS, run=subprocess.run) -> list[str]:
@@ -176,16 +186,21 @@ def undo(changes: HostChanges, proc: str = PROC_SYS, run=subprocess.run) -> list
         listed = run([nft, "list", "tables", "ip"], capture_output=True, text=True)
         others = re.findall(r"^table ip (mediaproxy_\w+)$", listed.stdout, re.MULTILINE)
     for setting, original in changes.sysctls.items():
-        name = setting.replace("/", ".")
-        if others:
-            done.append(f"left {name}=1 for the relay table(s) {', '.join(others)}")
-            continue
-        if _read(setting, proc) != "1":
-            continue  # someone else changed it since; theirs to keep
-        try:
-            _write(setting, original, proc)
-            done.append(f"{name}={original} again")
-        except OSError as error:
-            done.append(f"could not set {name} back to {original}: {error.strerror}")
+        said = _sysctl_back(setting, original, others, proc)
+        if said:
+            done.append(said)
     changes.forget()
     return done
+
+
+def _sysctl_back(setting: str, original: str, others: list[str], proc: str) -> str | None:
+    name = setting.replace("/", ".")
+    if others:
+        return f"left {name}=1 for the relay table(s) {', '.join(others)}"
+    if _read(setting, proc) != "1":
+        return None  # someone else changed it since; theirs to keep
+    try:
+        _write(setting, original, proc)
+    except OSError as error:
+        return f"could not set {name} back to {original}: {error.strerror}"
+    return f"{name}={original} again"

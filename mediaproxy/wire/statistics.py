@@ -253,15 +253,20 @@ def scan_sessions(text: str, each: Callable[[SessionRecord], object]) -> int | N
         return None
     if not text.startswith("{", index):
         raise ValueError(_NEITHER)
+    following, index = _scan_page(text, index, each)
+    if following is not None and (isinstance(following, bool) or not isinstance(following, int) or following < 0):
+        raise ValueError("the next page of sessions is not a position")
+    return following
+
+
+def _scan_page(text: str, index: int, each: Callable[[SessionRecord], object]) -> tuple[object, int]:
+    """The page object at ``text[index]``: its records to ``each``; returns its ``next`` (as
+    given) and the index after it, which must be the end of the answer."""
     following = None
     listed = False
     index = _skip(text, index + 1)
     while not text.startswith("}", index):
-        name, index = jsontext.decode_at(text, index, 0)
-        index = _skip(text, index)
-        if not isinstance(name, str) or not text.startswith(":", index):
-            raise ValueError(_NEITHER)
-        index = _skip(text, index + 1)
+        name, index = _member_name(text, index)
         if name == "sessions":
             if listed or not text.startswith("[", index):
                 raise ValueError(_NEITHER)
@@ -271,18 +276,31 @@ def scan_sessions(text: str, each: Callable[[SessionRecord], object]) -> int | N
             value, index = jsontext.decode_at(text, index, MAX_DEPTH + 1)
             if name == "next":
                 following = value
-        index = _skip(text, index)
-        if text.startswith(",", index):
-            index = _skip(text, index + 1)
-            if text.startswith("}", index):
-                raise ValueError(_NEITHER)  # a trailing comma
-        elif not text.startswith("}", index):
-            raise ValueError(_NEITHER)
+        index = _after_member(text, index)
     if not listed or _skip(text, index + 1) != len(text):
         raise ValueError(_NEITHER)
-    if following is not None and (isinstance(following, bool) or not isinstance(following, int) or following < 0):
-        raise ValueError("the next page of sessions is not a position")
-    return following
+    return following, index
+
+
+def _member_name(text: str, index: int) -> tuple[str, int]:
+    """A member's name and the index of its value."""
+    name, index = jsontext.decode_at(text, index, 0)
+    index = _skip(text, index)
+    if not isinstance(name, str) or not text.startswith(":", index):
+        raise ValueError(_NEITHER)
+    return name, _skip(text, index + 1)
+
+
+def _after_member(text: str, index: int) -> int:
+    """Past the comma after a member (none before the closing brace); at the brace itself."""
+    index = _skip(text, index)
+    if text.startswith(",", index):
+        index = _skip(text, index + 1)
+        if text.startswith("}", index):
+            raise ValueError(_NEITHER)  # a trailing comma
+    elif not text.startswith("}", index):
+        raise ValueError(_NEITHER)
+    return index
 
 
 def _skip(text: str, index: int) -> int:

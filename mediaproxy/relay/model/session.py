@@ -126,15 +126,7 @@ class Session:
         kind = headers["type"]
         downstream = (not is_caller) != (kind == "request")
         party = CALLER if downstream else CALLEE
-        to_tag = headers.get("to_tag")
-        if is_caller and to_tag and self.to_tag is None:
-            self.to_tag = to_tag
-        if self.dialog_id is None and headers.get("dialog_id"):
-            self.dialog_id = headers["dialog_id"]
-        if party == CALLER and self.caller_ua is None:
-            self.caller_ua = shared_text(headers["user_agent"])
-        elif party == CALLEE and self.callee_ua is None:
-            self.callee_ua = shared_text(headers["user_agent"])
+        self._note(headers, is_caller, party)
         cseq = headers["cseq"]
         pair = (cseq, self.pair[1]) if is_caller else (self.pair[0], cseq)
         media = headers.get("media")
@@ -149,18 +141,25 @@ class Session:
             self.outbox.append(events.OldCseq(self, cseq))
         return self._reply(0 if is_caller else 1, cseq, downstream, media is not None)
 
+    def _note(self, headers: dict, is_caller: bool, party: str) -> None:
+        """What a message tells of the dialog once: the callee's tag, the dialog id, each party's user agent."""
+        to_tag = headers.get("to_tag")
+        if is_caller and to_tag and self.to_tag is None:
+            self.to_tag = to_tag
+        if self.dialog_id is None and headers.get("dialog_id"):
+            self.dialog_id = headers["dialog_id"]
+        if party == CALLER and self.caller_ua is None:
+            self.caller_ua = shared_text(headers["user_agent"])
+        elif party == CALLEE and self.callee_ua is None:
+            self.callee_ua = shared_text(headers["user_agent"])
+
     def _offer(self, pair: tuple[int, int], party: str, media: list, source_ip: str | None, open_stream: OpenStream) -> None:
         current = [stream for stream in self.offered(self.pair) if stream.alive]
         offered: list[Stream] = []
         created: list[Stream] = []
         try:
             for entry in media:
-                stream = next((s for s in current if s not in offered and s.matches(party, entry)), None)
-                if stream is None:
-                    if len(self.streams) + len(created) >= MAX_STREAMS:
-                        raise TooManyStreams(f"call {self.call_id} has opened {MAX_STREAMS} streams, the most a call may")
-                    stream = open_stream(self, entry.media_type)
-                    created.append(stream)
+                stream = self._stream_for(current, offered, created, party, entry, open_stream)
                 stream.describe_party(party, entry, source_ip)
                 if entry.port == 0:
                     stream.close("closed")
@@ -169,6 +168,22 @@ class Session:
             for stream in created:
                 stream.close("closed")
             raise UpdateError(f"cannot relay call {self.call_id}: {error}") from None
+        self._offered(pair, current, offered, created)
+
+    def _stream_for(
+        self, current: list, offered: list, created: list, party: str, entry, open_stream: OpenStream
+    ) -> Stream:  # a MediaEntry
+        """The stream of the offer before that ``entry`` describes again, else a new one (in ``created``)."""
+        stream = next((s for s in current if s not in offered and s.matches(party, entry)), None)
+        if stream is None:
+            if len(self.streams) + len(created) >= MAX_STREAMS:
+                raise TooManyStreams(f"call {self.call_id} has opened {MAX_STREAMS} streams, the most a call may")
+            stream = open_stream(self, entry.media_type)
+            created.append(stream)
+        return stream
+
+    def _offered(self, pair: tuple[int, int], current: list, offered: list, created: list) -> None:
+        """The offer made: remembered at ``pair``; the streams no remembered offer keeps are closed."""
         kept = tuple(offered)
         if created:
             self.streams = kept if not self.streams and len(created) == len(kept) else (*self.streams, *created)
@@ -196,13 +211,8 @@ class Session:
         return ()
 
     def _answer(self, party: str, media: list | None, source_ip: str | None) -> None:
-        now = self.clock.seconds()
-        if self.start_time is None:
-            self.start_time = now
         offered = self.offered(self.pair)
-        for stream in offered:
-            if stream.start_time is None:
-                stream.start_time = now
+        self._started(offered)
         if media is None:
             return  # a 200 OK without SDP confirms the offer as it stands
         for stream, entry in zip(offered, media):
@@ -211,12 +221,23 @@ class Session:
         for stream in offered[len(media) :]:
             stream.close("rejected")
         for stream, entry in zip(offered, media):
-            if not stream.alive:
-                continue
-            if entry.port == 0:
-                stream.close("rejected")
-            else:
-                stream.answer(party, entry, source_ip)
+            if stream.alive:
+                if entry.port == 0:
+                    stream.close("rejected")
+                else:
+                    stream.answer(party, entry, source_ip)
+        self._close_previous(offered)
+
+    def _started(self, offered: tuple[Stream, ...]) -> None:
+        now = self.clock.seconds()
+        if self.start_time is None:
+            self.start_time = now
+        for stream in offered:
+            if stream.start_time is None:
+                stream.start_time = now
+
+    def _close_previous(self, offered: tuple[Stream, ...]) -> None:
+        """The answered offer replaces the one before: its streams that this one left out are closed."""
         if self.previous_pair is not None:
             for stream in self.offered(self.previous_pair):
                 if stream not in offered:

@@ -105,9 +105,26 @@ class SignalingInfo:
     username: str | None = None
 
 
+# values seen lately (a proxy sends its few addresses call after call): checking an address is
+# the costliest part of decoding an update; bounded, as a value may be anything a peer sends
+_SIGNALING_SEEN: dict[str, SignalingInfo] = {}
+_SIGNALING_SEEN_MAX = 4096
+
+
 def parse_signaling_ip(value: str) -> SignalingInfo:
     """The three forms of ``signaling_ip``: a JSON object, ``SRC_DST``, or a plain IP. Every
     address in it must be an IP address (the relay trusts media from it, see latching)."""
+    known = _SIGNALING_SEEN.get(value)
+    if known is not None:
+        return known
+    parsed = _parse_signaling_ip(value)
+    if len(_SIGNALING_SEEN) >= _SIGNALING_SEEN_MAX:
+        _SIGNALING_SEEN.clear()
+    _SIGNALING_SEEN[value] = parsed
+    return parsed
+
+
+def _parse_signaling_ip(value: str) -> SignalingInfo:
     if value.startswith("{"):
         try:
             decoded = jsontext.loads(value, max_depth=2)

@@ -10,7 +10,7 @@ from twisted.internet import defer
 from mediaproxy.dispatcher.lastknown import LastKnown
 from mediaproxy.dispatcher.pulls import StatisticsPulls
 from mediaproxy.dispatcher.relays import RelayDisconnected, RelayError, RelayLink, RelayRegistry, RelayTimeout
-from mediaproxy.dispatcher.sessions import CallEntry, CallTable, call_table_file
+from mediaproxy.dispatcher.sessions import ANSWERED, REOFFERED, SET_UP, TERMINATED, CallEntry, CallTable, call_table_file
 from mediaproxy.dispatcher.stats import RequestStats
 from mediaproxy.plugin import PluginSet
 from mediaproxy.runtime.log import Logger
@@ -99,8 +99,7 @@ class Dispatcher:
         if entry is not None and entry.expire_time is None:
             if request.command == "remove":
                 return self._remove(request, entry)
-            if request.headers.get("type") == "reply" and request.headers.get("media") is not None:
-                self._log_answer(request, entry)
+            self._note_phase(request, entry)
             return self._to_known_relay(request, entry)
         if request.command == "update":
             if request.headers.get("to_tag") is not None:
@@ -114,15 +113,19 @@ class Dispatcher:
         return self._locate_and_remove(request)
 
     @staticmethod
-    def _log_answer(request: ProxyRequest, entry: CallEntry) -> None:
-        invite = (request.headers["from_tag"], request.headers["cseq"])
-        if entry.answered == invite:
-            return  # the 200 after a 183 with SDP: the same answer
-        if entry.answered is None:
+    def _note_phase(request: ProxyRequest, entry: CallEntry) -> None:
+        """One line for the call's answer, one for each re-INVITE's (a 183's SDP and the 200's are one answer)."""
+        if request.headers.get("media") is None:
+            return
+        if request.headers.get("type") == "request":
+            if entry.phase == ANSWERED:
+                entry.phase = REOFFERED
+        elif entry.phase == SET_UP:
+            entry.phase = ANSWERED
             log.info("Call {call_id} answered (relay {ip})", call_id=request.call_id, ip=entry.relay_ip)
-        else:
+        elif entry.phase == REOFFERED:
+            entry.phase = ANSWERED
             log.info("Call {call_id}: re-INVITE answered (relay {ip})", call_id=request.call_id, ip=entry.relay_ip)
-        entry.answered = invite
 
     @defer.inlineCallbacks
     def _to_known_relay(self, request: ProxyRequest, entry: CallEntry):
@@ -253,11 +256,11 @@ class Dispatcher:
         self._send_remove(request.call_id, entry)
         return "removed"
 
-    def remove_session(self, call_id: str, entry: CallEntry, removal: list[str], end_reason: str) -> None:
-        """Remove the call's session on its relay ourselves (no proxy asked), accounting it with
-        ``end_reason``; ``removal`` is the remove's header lines."""
+    def terminate_session(self, call_id: str, entry: CallEntry, removal: list[str]) -> None:
+        """Remove the call's session on its relay ourselves for the operator (no proxy asked),
+        accounted as "terminated"; ``removal`` is the remove's header lines."""
         entry.removal = removal
-        entry.end_reason = end_reason
+        entry.phase = TERMINATED
         self.table.set(call_id, entry)
         self._send_remove(call_id, entry)
 
@@ -313,7 +316,7 @@ class Dispatcher:
         except ValueError as error:
             log.error("Relay {ip} sent undecodable statistics for call {call_id}: {error}", ip=entry.relay_ip, call_id=call_id, error=error)
             return
-        self._account(record, entry, entry.end_reason or statistics.BYE)
+        self._account(record, entry, statistics.TERMINATED if entry.phase == TERMINATED else statistics.BYE)
 
     def _account(self, record: statistics.SessionRecord, entry: CallEntry, end_reason: str) -> None:
         record.dialog_id = entry.dialog_id or record.dialog_id

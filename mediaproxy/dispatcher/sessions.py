@@ -19,6 +19,13 @@ STATE_FILE = "dispatcher_state"
 STATE_VERSION = 1
 
 
+# A call's phase: set up, then answered (its first answer logged; a 183 and the 200 after it are
+# one answer), re-offered by a re-INVITE (whose answer gets a line of its own), or terminated
+# by the operator (its session removed by the dispatcher, accounted as "terminated")
+SET_UP, ANSWERED, REOFFERED, TERMINATED = "set up", "answered", "re-offered", "terminated"
+PHASES = (SET_UP, ANSWERED, REOFFERED, TERMINATED)
+
+
 @dataclass(slots=True)  # one per call: no per-instance dict
 class CallEntry:
     relay_ip: str
@@ -26,12 +33,10 @@ class CallEntry:
     expire_time: float | None = None
     removal: list[str] | None = None  # the header lines of a remove answered but not yet done by the relay
     rtpproxy: dict | None = None  # what the rtpproxy front end keeps of a call it set up (its CallMedia)
-    end_reason: str | None = None  # of a removal the dispatcher made itself (operator's terminate), else bye
+    # where the call is in its dialog (one of PHASES: shared strings, one slot a call)
+    phase: str = field(default="set up", compare=False)
     # the number of the relay reports begun when it was set up (lastknown): not kept, as reports are not
     report: int = field(default=0, compare=False)
-    # the (from_tag, cseq) of the INVITE whose answer was last logged: its 183 and 200 are one answer,
-    # another INVITE's (a re-INVITE) gets a line of its own; not kept either
-    answered: tuple[str, int] | None = field(default=None, compare=False)
 
     def as_json(self) -> dict:
         """As journalled: a call of the mediaproxy module's in the format of earlier versions."""
@@ -39,8 +44,8 @@ class CallEntry:
         item = {"relay_ip": self.relay_ip, "dialog_id": self.dialog_id, "expire_time": self.expire_time, "removal": self.removal}
         if self.rtpproxy is not None:
             item["rtpproxy"] = self.rtpproxy
-        if self.end_reason is not None:
-            item["end_reason"] = self.end_reason
+        if self.phase == TERMINATED:
+            item["end_reason"] = TERMINATED
         return item
 
     def dialog(self) -> Dialog | None:
@@ -62,7 +67,7 @@ class CallEntry:
             _number_or_none(item.get("expire_time")),
             [str(line) for line in removal] if isinstance(removal, list) else None,
             item.get("rtpproxy") if isinstance(item.get("rtpproxy"), dict) else None,
-            _text_or_none(item.get("end_reason")),
+            phase=TERMINATED if item.get("end_reason") == TERMINATED else SET_UP,
         )
 
 

@@ -75,7 +75,7 @@ class DispatcherView:
         record = listing.records[0]
         log.info("Call {call_id} terminated by the operator: its session on relay {ip} is removed", call_id=call_id, ip=entry.relay_ip)
         removal = [f"call_id: {call_id}", f"from_tag: {record.from_tag}", f"to_tag: {record.to_tag or ''}"]
-        self.core.remove_session(call_id, entry, removal, statistics.TERMINATED)
+        self.core.terminate_session(call_id, entry, removal)
         done = {"done": "session removed"}
         return done if answer is None else {**done, "proxy": answer}
 

@@ -351,20 +351,8 @@ class Dispatcher:
         present = {record.call_id for record in listing.records}
         log.info("Relay {ip} has {count} sessions", ip=ip, count=len(present))
         for call_id, entry in self.table.of_relay(ip):
-            if call_id not in known:
-                continue  # set up since the question was asked
-            if entry.removal is not None:
-                if call_id in present:
-                    self._send_remove(call_id, entry)
-                else:
-                    self.table.pop(call_id)
-                    log.warn("Call {call_id} was removed while relay {ip} was away, and it no longer has it", call_id=call_id, ip=ip)
-            elif entry.expire_time is None and call_id not in present:
-                log.warn("Call {call_id} is no longer on relay {ip}; its statistics are probably lost", call_id=call_id, ip=ip)
-                self.table.pop(call_id)
-                dialog = entry.dialog()
-                if dialog:
-                    self.plugins.end_dialog(call_id, dialog)
+            if call_id in known:  # not set up since the question was asked
+                self._reconcile_call(call_id, entry, ip, call_id in present)
         adopted = 0
         for record in listing.records:
             if record.yours and record.call_id not in self.table:
@@ -377,6 +365,20 @@ class Dispatcher:
             self.pulls.remember(report, record)
         report.page_end(self.clock.seconds())
         self.last_known.finish(ip, report)
+
+    def _reconcile_call(self, call_id: str, entry: CallEntry, ip: str, present: bool) -> None:
+        if entry.removal is not None:
+            if present:
+                self._send_remove(call_id, entry)
+            else:
+                self.table.pop(call_id)
+                log.warn("Call {call_id} was removed while relay {ip} was away, and it no longer has it", call_id=call_id, ip=ip)
+        elif entry.expire_time is None and not present:
+            log.warn("Call {call_id} is no longer on relay {ip}; its statistics are probably lost", call_id=call_id, ip=ip)
+            self.table.pop(call_id)
+            dialog = entry.dialog()
+            if dialog:
+                self.plugins.end_dialog(call_id, dialog)
 
     def _reconcile_failed(self, failure, ip: str) -> None:
         log.warn("Could not get the sessions of relay {ip}: {error}", ip=ip, error=failure.getErrorMessage())

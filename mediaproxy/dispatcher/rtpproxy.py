@@ -98,6 +98,17 @@ def _media_line(kind: str, ip: str, port: int, asymmetric: bool) -> str:
     return f"{text}:asymmetric=yes" if asymmetric else text
 
 
+def _standing(media: CallMedia, party: int) -> tuple[list, list]:
+    """What an offer of ``party`` starts from: the streams as offered and as answered so far."""
+    if media.offerer is None or media.offerer == party:
+        return media.offered, media.answered
+    # the other party offers now (a callee's re-INVITE): its answer was its last word on each
+    # stream, and the former offer is now the answer standing for those not yet answered
+    baseline = [[kind, *(entry or ["0.0.0.0", 0, False])] for (kind, *_), entry in zip(media.offered, media.answered)]
+    answered = [[ip, port, asymmetric] for _, ip, port, asymmetric in media.offered]
+    return baseline, answered
+
+
 class RtpproxyFrontEnd:
     """Answers rtpproxy commands through the dispatcher (``handle`` and its call ``table``)."""
 
@@ -192,13 +203,7 @@ class RtpproxyFrontEnd:
         if party is None:
             raise CommandError(rtpproxy.NO_SESSION, f"tag {command.from_tag.value!r} is neither party's {media.tags}")
         number = command.from_tag.medianum
-        if media.offerer is None or media.offerer == party:
-            baseline, answered = media.offered, media.answered
-        else:
-            # the other party offers now (a callee's re-INVITE): its answer was its last word on each
-            # stream, and the former offer is now the answer standing for those not yet answered
-            baseline = [[kind, *(entry or ["0.0.0.0", 0, False])] for (kind, *_), entry in zip(media.offered, media.answered)]
-            answered = [[ip, port, asymmetric] for _, ip, port, asymmetric in media.offered]
+        baseline, answered = _standing(media, party)
         if len(baseline) < number - 1:
             raise CommandError(rtpproxy.NO_SESSION, f"offer of media {number} without the {number - 1} before it")
         # the offer is always every stream the call has: the module names them one by one, and a
@@ -231,16 +236,7 @@ class RtpproxyFrontEnd:
     # -- L: the answer, one stream at a time
 
     def _answer(self, command: Command):
-        media = self._media(command.call_id)
-        if media is None:
-            raise CommandError(rtpproxy.NO_SESSION, "an answer for a call with no offer")
-        if command.to_tag is None:
-            raise CommandError(rtpproxy.SYNTAX, "an answer without the answerer's tag")
-        offerer = media.party(command.from_tag.value, command.to_tag.value)
-        if offerer is None or offerer != media.offerer:
-            raise CommandError(rtpproxy.NO_SESSION, f"tag {command.from_tag.value!r} did not make the call's current offer")
-        if media.party(command.to_tag.value) != 1 - offerer:
-            raise CommandError(rtpproxy.NO_SESSION, f"tag {command.to_tag.value!r} is not the other party's")
+        media, offerer = self._answered_offer(command)
         number = command.to_tag.medianum
         if number > len(media.offered):
             raise CommandError(rtpproxy.NO_SESSION, f"answer for media {number}; the offer has {len(media.offered)}")
@@ -256,6 +252,20 @@ class RtpproxyFrontEnd:
         if request is None:
             return rtpproxy.error(rtpproxy.SYNTAX)
         return self.dispatcher.handle(request).addCallback(self._answered, command, media, number)
+
+    def _answered_offer(self, command: Command) -> tuple[CallMedia, int]:
+        """The call an L answers and its offerer (0 or 1); CommandError when it answers none."""
+        media = self._media(command.call_id)
+        if media is None:
+            raise CommandError(rtpproxy.NO_SESSION, "an answer for a call with no offer")
+        if command.to_tag is None:
+            raise CommandError(rtpproxy.SYNTAX, "an answer without the answerer's tag")
+        offerer = media.party(command.from_tag.value, command.to_tag.value)
+        if offerer is None or offerer != media.offerer:
+            raise CommandError(rtpproxy.NO_SESSION, f"tag {command.from_tag.value!r} did not make the call's current offer")
+        if media.party(command.to_tag.value) != 1 - offerer:
+            raise CommandError(rtpproxy.NO_SESSION, f"tag {command.to_tag.value!r} is not the other party's")
+        return media, offerer
 
     def _answered(self, reply: str, command: Command, media: CallMedia, number: int) -> str:
         port, ip = self._port(reply, command, number)

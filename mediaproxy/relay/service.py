@@ -431,17 +431,8 @@ class RelayService(service.MultiService):
         return self.refresh_dispatchers().addErrback(lambda failure: log.failure("Dispatcher lookups failed", failure))
 
     @defer.inlineCallbacks
-    def refresh_dispatchers(self):
-        wanted = {}
-        for endpoint in self.config.dispatchers:
-            if endpoint.is_ip:
-                wanted[(endpoint.host, endpoint.port)] = endpoint
-                continue
-            ip = yield self._resolve(endpoint.host)
-            if ip is None:
-                log.error("Could resolve neither SRV nor A record for dispatcher {name}", name=endpoint.host)
-                continue
-            wanted[(ip, endpoint.port)] = endpoint
+    def refresh_dispatchers(self) -> defer.Deferred:
+        wanted = yield self._wanted_dispatchers()
         if self.stopping:
             return
         self._wanted = frozenset(wanted)
@@ -456,15 +447,33 @@ class RelayService(service.MultiService):
                 connector.retire()
         if not self._resolved_once:
             self._resolved_once = True
-            for key in self.held.dispatchers():
-                if key not in wanted:
-                    log.warn(
-                        "{count} expiries are held for dispatcher {host}:{port}, which is not configured; they are sent if it comes back",
-                        count=self.held.count(key),
-                        host=key[0],
-                        port=key[1],
-                    )
+            self._warn_of_held(wanted)
             self._check_ready()
+
+    @defer.inlineCallbacks
+    def _wanted_dispatchers(self) -> defer.Deferred:
+        """(ip, port) → configured endpoint of every dispatcher that resolves now."""
+        wanted = {}
+        for endpoint in self.config.dispatchers:
+            if endpoint.is_ip:
+                wanted[(endpoint.host, endpoint.port)] = endpoint
+                continue
+            ip = yield self._resolve(endpoint.host)
+            if ip is None:
+                log.error("Could resolve neither SRV nor A record for dispatcher {name}", name=endpoint.host)
+                continue
+            wanted[(ip, endpoint.port)] = endpoint
+        return wanted
+
+    def _warn_of_held(self, wanted: dict) -> None:
+        for key in self.held.dispatchers():
+            if key not in wanted:
+                log.warn(
+                    "{count} expiries are held for dispatcher {host}:{port}, which is not configured; they are sent if it comes back",
+                    count=self.held.count(key),
+                    host=key[0],
+                    port=key[1],
+                )
 
     @defer.inlineCallbacks
     def _resolve(self, name: str):

@@ -166,6 +166,29 @@ def _wait(condition: Callable[[], bool], what: str, timeout: float) -> None:
         time.sleep(0.1)
 
 
+def _write_scenario(sip: str, sip_port: int, callee_port: int, dispatcher_socket: str, caller, callee, seconds: float) -> None:
+    """Kamailio's configuration and the two sipp scenarios, into ``sip``."""
+    files = {
+        "kamailio.cfg": KAMAILIO_CFG.format(
+            sip_port=sip_port, modules=modules_directory(), dispatcher_socket=dispatcher_socket, callee_port=callee_port
+        ),
+        "caller.xml": CALLER.format(sdp=SDP.format(port=caller.getsockname()[1]), talk_ms=int((seconds + 3) * 1000)),
+        "callee.xml": CALLEE.format(sdp=SDP.format(port=callee.getsockname()[1])),
+    }
+    for name, text in files.items():
+        with open(os.path.join(sip, name), "w") as file:
+            file.write(text)
+
+
+def _answered(sessions: list, found: dict) -> bool:
+    """Whether sipp's call is up on the relay; its session goes into ``found``."""
+    for session in sessions:
+        if session["start_time"] is not None and session["streams"] and "sipp" in session["caller_ua"]:
+            found.update(session)
+            return True
+    return False
+
+
 def call(
     directory: str, dispatcher_socket: str, sessions: Callable[[], list], seconds: float, endpoints, talk, user: str | None = None
 ) -> dict:
@@ -179,16 +202,7 @@ def call(
     sip_port, callee_port, caller_port = _free_udp_port(), _free_udp_port(), _free_udp_port()
     sip = os.path.join(directory, "sip")
     os.makedirs(os.path.join(sip, "kamailio-run"), exist_ok=True)
-    files = {
-        "kamailio.cfg": KAMAILIO_CFG.format(
-            sip_port=sip_port, modules=modules_directory(), dispatcher_socket=dispatcher_socket, callee_port=callee_port
-        ),
-        "caller.xml": CALLER.format(sdp=SDP.format(port=caller.getsockname()[1]), talk_ms=int((seconds + 3) * 1000)),
-        "callee.xml": CALLEE.format(sdp=SDP.format(port=callee.getsockname()[1])),
-    }
-    for name, text in files.items():
-        with open(os.path.join(sip, name), "w") as file:
-            file.write(text)
+    _write_scenario(sip, sip_port, callee_port, dispatcher_socket, caller, callee, seconds)
     processes = []
 
     def start(command: list[str], log_name: str) -> subprocess.Popen:
@@ -213,15 +227,7 @@ def call(
         callee_sipp = start(["sipp", "-sf", "callee.xml", "-p", str(callee_port), *common], "sipp-callee.log")
         caller_sipp = start(["sipp", "-sf", "caller.xml", "-p", str(caller_port), *common, f"127.0.0.1:{sip_port}"], "sipp-caller.log")
         found: dict = {}
-
-        def answered() -> bool:
-            for session in sessions():
-                if session["start_time"] is not None and session["streams"] and "sipp" in session["caller_ua"]:
-                    found.update(session)
-                    return True
-            return False
-
-        _wait(answered, "the SIP call was not answered through the relay (see the logs in " + sip + ")", 15)
+        _wait(lambda: _answered(sessions(), found), "the SIP call was not answered through the relay (see the logs in " + sip + ")", 15)
         stream = found["streams"][0]
         print(f"sipp's INVITE and 200 OK were rewritten by Kamailio to the relay: {stream['callee_local']} / {stream['caller_local']}")
         caller_side = stream["caller_local"].rsplit(":", 1)

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from mediaproxy.relay.model import serialize
-from mediaproxy.relay.model.media import KERNEL
+from mediaproxy.relay.model.paths import KERNEL
 from mediaproxy.relay.model.session import Session
 from mediaproxy.runtime import heap
 

@@ -4,7 +4,7 @@ dispatcher's statistics listing, the summary (with its metrics), and how a path 
 from __future__ import annotations
 
 from mediaproxy import __version__
-from mediaproxy.relay.model.media import KERNEL, LEARNING, USERSPACE
+from mediaproxy.relay.model.paths import KERNEL, LEARNING, USERSPACE
 from mediaproxy.relay.model.session import Session
 from mediaproxy.wire import statistics as records
 

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from mediaproxy.relay.model import events, packets
+from mediaproxy.relay.model.paths import IP_UDP_OVERHEAD, KERNEL, LAPSED, LEARNING, USERSPACE
 from mediaproxy.relay.model.shared import SharedValues
 from mediaproxy.wire.statistics import UNSELECTED_ICE
 
@@ -24,11 +25,6 @@ CALLER, CALLEE = "caller", "callee"
 ALIVE = ("active", "on hold")
 # a stream's status when a timer or the kernel ended it (the original's words)
 NO_TRAFFIC, ON_HOLD_TIMEOUT, CONNTRACK_TIMEOUT = "no-traffic timeout", "on hold timeout", "conntrack timeout"
-# a substream's path; always one of these very objects (the packet path compares identities)
-LEARNING, USERSPACE, KERNEL, LAPSED = "learning", "userspace", "kernel", "lapsed"
-PATHS = (LEARNING, USERSPACE, KERNEL, LAPSED)
-# conntrack counts whole IP packets; userspace counts the same way so both paths report alike
-IP_UDP_OVERHEAD = 28
 # how well a source fits what signalling says about a party (Party.match): a latch's level
 NO_FIT, IP_FIT, EXACT_FIT = 0, 1, 2
 
@@ -169,7 +165,8 @@ class Side:
     def received(self, data: bytes, source: tuple[str, int]):  # Session | None
         """A packet from ``source`` reached this side's socket (its endpoint's receiver is the side
         itself: thousands of sides, so no bound method each)."""
-        return self.substream.received(self, self.other, data, source)
+        substream = self.substream
+        return substream.path.received(substream, self, self.other, data, source)
 
     def trusted(self, now: float, latch_window: int) -> bool:
         """Whether media may go to the latched source: at once for one that fits the party's
@@ -269,51 +266,21 @@ class Substream:
         ip, port = self.stream.local(party)
         return ip, port + (self.kind == "rtcp")
 
-    def received(self, side: Side, other: Side, data: bytes, source: tuple[str, int]):
-        """A packet from ``source`` reached ``side``'s socket. Returns the session when the packet
-        queued events in its outbox, None when it was only forwarded or dropped (the usual case)."""
-        self.activity += 1
-        if side.remote == source:
-            if not side.in_use:
-                return None  # the party's obsolete address after it moved
-            if (
-                side.got_rtp
-                and other.in_use
-                and other.latch[0]  # NO_FIT (0): a provisional latch, see Side.trusted
-                and self.every_packet
-                and self.path is not LAPSED
-                and not other.asymmetric
-                and data
-                and data[0] >= 0x80
-            ):
-                # the steady state, every packet of a call forwarded in userspace: keep it short
-                # (RTP and RTCP start with version 2, 0b10, so this is never STUN)
-                other.endpoint.send(data, other.remote)
-                side.packets += 1
-                side.bytes += len(data) + IP_UDP_OVERHEAD
-                return None
-        elif side.in_use and not self._takes_over(side, source):
+    # -- what the path's received (model/paths.py) hands on
+
+    def new_source(self, side: Side, other: Side, data: bytes, source: tuple[str, int]):  # Session
+        """A packet from elsewhere than ``side``'s latched address: it may take the side (or be refused)."""
+        if side.in_use and not self._takes_over(side, source):
             return self.stream.session  # refused: counted and logged
-        else:
-            self._latch(side, source)
-        stream = self.stream
-        policy = stream.policy
+        self._latch(side, source)
+        return self.known_source(side, other, data, source)
+
+    def known_source(self, side: Side, other: Side, data: bytes, source: tuple[str, int]):  # Session
+        """A packet from ``side``'s party that the fast path did not forward: STUN, its first
+        media, media that hands the substream to the kernel, or one to send in userspace."""
         if packets.is_stun(data):
-            if packets.is_stun_binding_request(data):
-                side.got_stun_probing = True
-            if not other.queue_stun(data, policy.stun_queue_packets, policy.stun_queue_bytes):
-                stream.session.outbox.append(events.Refused("stun_queue_full", source[0], self))
-            destination = self.destination(other)
-            if destination is not None:
-                self._flush_stun(other, destination)
-            return stream.session
-        offload = False
-        if not side.got_rtp:
-            offload = self._first_media(side, data)
-        elif self.path == LAPSED and self.caller.in_use and self.callee.in_use:
-            offload = True
-        elif self.path is LEARNING and self.caller.got_rtp and self.callee.got_rtp and self.caller.in_use and self.callee.in_use:
-            offload = True  # a provisional latch held it back (below) and may have matured since
+            return self._stun(side, other, data, source)
+        offload = self._first_media(side, data) if not side.got_rtp else self.path.resumes(self)
         if offload and not self._both_trusted():
             # the kernel (or a worker) would forward to the latched addresses: not to a stranger's
             offload = False
@@ -322,18 +289,34 @@ class Substream:
             # elsewhere than it sends from, so its streams stay in userspace
             offload = False
             self.set_path(USERSPACE)
+        self._forward(side, other, data)
+        session = self.stream.session
+        if offload:
+            # queued after the send: the packet left before the entry exists, so the two cannot clash
+            session.outbox.append(events.Offload(self))
+        return session
+
+    def _stun(self, side: Side, other: Side, data: bytes, source: tuple[str, int]):  # Session
+        policy = self.stream.policy
+        if packets.is_stun_binding_request(data):
+            side.got_stun_probing = True
+        if not other.queue_stun(data, policy.stun_queue_packets, policy.stun_queue_bytes):
+            self.stream.session.outbox.append(events.Refused("stun_queue_full", source[0], self))
         destination = self.destination(other)
         if destination is not None:
-            every = policy.transmit_every
+            self._flush_stun(other, destination)
+        return self.stream.session
+
+    def _forward(self, side: Side, other: Side, data: bytes) -> None:
+        """Send ``data`` on in userspace, where ``other`` has a destination (1 in ``transmit_every``)."""
+        destination = self.destination(other)
+        if destination is not None:
+            every = self.stream.policy.transmit_every
             if every == 1 or other.send_counter % every == 0:
                 other.endpoint.send(data, destination)
                 side.packets += 1
                 side.bytes += len(data) + IP_UDP_OVERHEAD
             other.send_counter += 1
-        if offload:
-            # queued after the send: the packet left before the entry exists, so the two cannot clash
-            stream.session.outbox.append(events.Offload(self))
-        return stream.session
 
     def _takes_over(self, side: Side, source: tuple[str, int]) -> bool:
         """Whether ``source`` may replace the latched address of ``side``.

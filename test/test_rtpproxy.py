@@ -569,8 +569,8 @@ def test_an_ended_dialogs_call_is_forgotten_at_the_next_check_without_a_d(tmp_pa
     stack.execute("Lc0 c11 198.51.100.20 7000 a;1 b;1")
     _expire(stack, "c11")
     assert stack.dispatcher.table.get("c11").expire_time is not None
-    stack.dispatcher.cleanup_expired_sessions()
+    stack.dispatcher.endings.cleanup_expired()
     assert "c11" in stack.dispatcher.table  # a D may still come
     stack.clock.advance(61)
-    stack.dispatcher.cleanup_expired_sessions()
+    stack.dispatcher.endings.cleanup_expired()
     assert "c11" not in stack.dispatcher.table and len(stack.dispatcher.recorder.records) == 1

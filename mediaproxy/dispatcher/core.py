@@ -7,6 +7,7 @@ import time
 from twisted.application import service
 from twisted.internet import defer
 
+from mediaproxy.dispatcher.endings import Endings
 from mediaproxy.dispatcher.lastknown import LastKnown
 from mediaproxy.dispatcher.pulls import StatisticsPulls
 from mediaproxy.dispatcher.relays import RelayDisconnected, RelayError, RelayLink, RelayRegistry, RelayTimeout
@@ -22,8 +23,25 @@ from mediaproxy.wire.update import parse_update_reply
 log = Logger(namespace="dispatcher")
 
 EXPIRED_CHECK_INTERVAL = 600
-# how long an rtpproxy call whose dialog the proxy was asked to end waits for a D (see cleanup)
-RTPPROXY_EXPIRED_KEPT = 60
+
+
+def note_phase(request: ProxyRequest, entry: CallEntry) -> None:
+    """One line for the call's answer, one for each re-INVITE's (a 183's SDP and the 200's are one answer)."""
+    if request.headers.get("media") is None:
+        return
+    if request.headers.get("type") == "request":
+        if entry.phase == ANSWERED:
+            entry.phase = REOFFERED
+    elif entry.phase == SET_UP:
+        entry.phase = ANSWERED
+        log.info("Call {call_id} answered (relay {ip})", call_id=request.call_id, ip=entry.relay_ip)
+    elif entry.phase == REOFFERED:
+        entry.phase = ANSWERED
+        log.info("Call {call_id}: re-INVITE answered (relay {ip})", call_id=request.call_id, ip=entry.relay_ip)
+
+
+def _listing_failed(failure, ip: str) -> None:  # a Failure
+    log.warn("Could not get the sessions of relay {ip}: {error}", ip=ip, error=failure.getErrorMessage())
 
 
 class Dispatcher:
@@ -35,12 +53,12 @@ class Dispatcher:
         self.config = config
         self.table = CallTable()
         self.state_file = call_table_file(runtime_dir, clock)
-        self.dead_relay_timers: dict[str, object] = {}
         self.last_known = LastKnown()  # what a call's record says when its relay is lost for good
         self.stopped = False
         self.stats = RequestStats()
         self.timers = service.MultiService()
-        Periodic("expired call checks", EXPIRED_CHECK_INTERVAL, self.cleanup_expired_sessions, clock).setServiceParent(self.timers)
+        self.endings = Endings(clock, self.table, plugins, self.last_known, config)
+        Periodic("expired call checks", EXPIRED_CHECK_INTERVAL, self.endings.cleanup_expired, clock).setServiceParent(self.timers)
         self.pulls = StatisticsPulls(clock, registry, self.table, self.last_known)
         if config.statistics_pull_interval:
             Periodic("statistics pulls", config.statistics_pull_interval, self.pulls.pull_all, clock).setServiceParent(self.timers)
@@ -53,16 +71,13 @@ class Dispatcher:
             log.info("Restored {count} calls from {path}", count=restored, path=self.state_file.path)
         for ip in self.table.relay_ips():
             if self.registry.get(ip) is None:
-                self._start_dead_relay_timer(ip)
+                self.endings.relay_away(ip)
         self.timers.startService()
 
     def stop(self) -> None:
         self.stopped = True
         self.timers.stopService()
-        for timer in self.dead_relay_timers.values():
-            if timer.active():
-                timer.cancel()
-        self.dead_relay_timers.clear()
+        self.endings.stop()
         self.table.close()
 
     # -- proxy requests
@@ -99,7 +114,7 @@ class Dispatcher:
         if entry is not None and entry.expire_time is None:
             if request.command == "remove":
                 return self._remove(request, entry)
-            self._note_phase(request, entry)
+            note_phase(request, entry)
             return self._to_known_relay(request, entry)
         if request.command == "update":
             if request.headers.get("to_tag") is not None:
@@ -111,21 +126,6 @@ class Dispatcher:
             log.info("Call {call_id} removed after its dialog was ended", call_id=call_id)
             return "removed"
         return self._locate_and_remove(request)
-
-    @staticmethod
-    def _note_phase(request: ProxyRequest, entry: CallEntry) -> None:
-        """One line for the call's answer, one for each re-INVITE's (a 183's SDP and the 200's are one answer)."""
-        if request.headers.get("media") is None:
-            return
-        if request.headers.get("type") == "request":
-            if entry.phase == ANSWERED:
-                entry.phase = REOFFERED
-        elif entry.phase == SET_UP:
-            entry.phase = ANSWERED
-            log.info("Call {call_id} answered (relay {ip})", call_id=request.call_id, ip=entry.relay_ip)
-        elif entry.phase == REOFFERED:
-            entry.phase = ANSWERED
-            log.info("Call {call_id}: re-INVITE answered (relay {ip})", call_id=request.call_id, ip=entry.relay_ip)
 
     @defer.inlineCallbacks
     def _to_known_relay(self, request: ProxyRequest, entry: CallEntry):
@@ -277,7 +277,7 @@ class Dispatcher:
         if self.table.get(call_id) is not entry:
             return  # accounted meanwhile (its expiry crossed the remove)
         self.table.pop(call_id)
-        self._account_removed(payload, call_id, entry)
+        self.endings.account_removed(payload, call_id, entry)
 
     def _remove_failed(self, failure, call_id: str, entry: CallEntry) -> None:
         if self.table.get(call_id) is not entry:
@@ -304,46 +304,18 @@ class Dispatcher:
             if not ok:
                 continue
             log.info("Call {call_id}, unknown here, was found and removed on relay {ip}", call_id=request.call_id, ip=link.ip)
-            self._account_removed(payload, request.call_id, CallEntry(link.ip, request.headers.get("dialog_id")))
+            self.endings.account_removed(payload, request.call_id, CallEntry(link.ip, request.headers.get("dialog_id")))
             return "removed"
         log.warn("remove for unknown call {call_id}: none of {count} relays has it", call_id=request.call_id, count=len(links))
         return "error"
 
-    def _account_removed(self, payload: str, call_id: str, entry: CallEntry) -> None:
-        """Account the statistics a relay answered a remove with."""
-        try:
-            record = statistics.parse_record(payload)
-        except ValueError as error:
-            log.error("Relay {ip} sent undecodable statistics for call {call_id}: {error}", ip=entry.relay_ip, call_id=call_id, error=error)
-            return
-        self._account(record, entry, statistics.TERMINATED if entry.phase == TERMINATED else statistics.BYE)
-
-    def _account(self, record: statistics.SessionRecord, entry: CallEntry, end_reason: str) -> None:
-        record.dialog_id = entry.dialog_id or record.dialog_id
-        record.end_reason = end_reason
-        record.timed_out = end_reason in statistics.MEDIA_TIMEOUTS
-        record.relay = entry.relay_ip
-        record.username = record.username or statistics.uri_user(record.from_uri)  # an original relay leaves it null
-        log.info(
-            "Call {call_id} ended ({reason}) after {duration}s on relay {ip}; {traffic}",
-            call_id=record.call_id,
-            reason=end_reason,
-            duration=record.duration,
-            ip=entry.relay_ip,
-            traffic=record.traffic(),
-        )
-        if record.start_time is not None:
-            self.plugins.session_ended(record)
-
     # -- relay events
 
     def relay_up(self, ip: str) -> None:
-        timer = self.dead_relay_timers.pop(ip, None)
-        if timer is not None and timer.active():
-            timer.cancel()
+        self.endings.relay_back(ip)
         link = self.registry.get(ip)
         known = {call_id for call_id, _ in self.table.of_relay(ip)}
-        link.fetch_sessions().addCallbacks(self._reconcile, self._reconcile_failed, callbackArgs=(ip, known), errbackArgs=(ip,))
+        link.fetch_sessions().addCallbacks(self._reconcile, _listing_failed, callbackArgs=(ip, known), errbackArgs=(ip,))
 
     def _reconcile(self, listing: statistics.SessionList, ip: str, known: set[str]) -> None:
         """A relay (re)connected: its removes that waited go now; calls it no longer has are over;
@@ -380,76 +352,10 @@ class Dispatcher:
             if dialog:
                 self.plugins.end_dialog(call_id, dialog)
 
-    def _reconcile_failed(self, failure, ip: str) -> None:
-        log.warn("Could not get the sessions of relay {ip}: {error}", ip=ip, error=failure.getErrorMessage())
-
     def relay_down(self, ip: str) -> None:
         if not self.stopped:
-            self._start_dead_relay_timer(ip)
-
-    def _start_dead_relay_timer(self, ip: str) -> None:
-        if ip not in self.dead_relay_timers:
-            grace = min(self.config.lost_relay_grace, self.config.cleanup_dead_relays_after)
-            self.dead_relay_timers[ip] = self.clock.callLater(grace, self._relay_lost, ip, grace)
-
-    def _relay_lost(self, ip: str, grace: int) -> None:
-        """A relay stayed away: its calls end, each with the last statistics it reported."""
-        self.dead_relay_timers.pop(ip, None)
-        calls = self.table.of_relay(ip)
-        if calls:
-            log.error("Relay {ip} stayed away for {after}s; ending its {count} calls", ip=ip, after=grace, count=len(calls))
-        known = self.last_known.take(ip, dict(calls))
-        for call_id, entry in calls:
-            self.table.pop(call_id)
-            record = known.get(call_id)
-            if record is not None:
-                self._account(record, entry, statistics.BYE if entry.removal is not None else statistics.RELAY_LOST)
-            dialog = entry.dialog()
-            if dialog and entry.removal is None and entry.expire_time is None:
-                self.plugins.end_dialog(call_id, dialog)
+            self.endings.relay_away(ip)
 
     def expired(self, ip: str, text: str) -> None:
-        try:
-            record = statistics.parse_record(text)
-        except ValueError as error:
-            log.error("Relay {ip} sent an undecodable expired message: {error}; skipped it", ip=ip, error=error)
-            return
-        call_id = record.call_id
-        entry = self.table.get(call_id)
-        if entry is None:
-            log.error("Relay {ip} reported unknown call {call_id} as expired", ip=ip, call_id=call_id)
-            return
-        if entry.relay_ip != ip:
-            log.info(
-                "Ignoring expiry of call {call_id} from relay {ip}: the call is on {owner}", call_id=call_id, ip=ip, owner=entry.relay_ip
-            )
-            return
-        reason = statistics.expiry_reason(record)
-        record.all_streams_ice = reason == statistics.UNSELECTED_ICE
-        log.info("Call {call_id} expired on relay {ip} ({reason})", call_id=call_id, ip=ip, reason=reason)
-        self._account(record, entry, reason)
-        ends_dialog = reason != statistics.UNSELECTED_ICE and entry.removal is None
-        dialog = entry.dialog()
-        if dialog and record.start_time is not None and ends_dialog:
-            self.table.mark_expired(call_id, self.clock.seconds())
-            self.plugins.end_dialog(call_id, dialog)
-        else:
-            self.table.pop(call_id)
-
-    def cleanup_expired_sessions(self) -> None:
-        now = self.clock.seconds()
-        # the rtpproxy module sends no D when the dialog module BYEs both parties (its BYEs skip
-        # the script): such a call is forgotten once a D from the script could have come
-        for call_id in self.table.expired_before(now - RTPPROXY_EXPIRED_KEPT):
-            if self.table.get(call_id).rtpproxy is not None:
-                self.table.pop(call_id)
-        deadline = now - self.config.cleanup_expired_sessions_after
-        stale = self.table.expired_before(deadline)
-        for call_id in stale:
-            self.table.pop(call_id)
-        if stale:
-            log.warn(
-                "Removed {count} calls whose dialogs were ended more than {after}s ago without a remove",
-                count=len(stale),
-                after=self.config.cleanup_expired_sessions_after,
-            )
+        """A relay's expiry of a call (the relay registry's listener)."""
+        self.endings.expired(ip, text)

@@ -207,20 +207,24 @@ def optional_rtpproxy_socket(text: str) -> RtpproxySocket | None:
         raise ValueError("expected udp:HOST[:PORT], udp6:[HOST][:PORT] or unix:/path")
     if kind == "unix":
         return RtpproxySocket("unix", rest)
-    if kind == "udp6":
-        host, _, port = rest[1:].partition("]") if rest.startswith("[") else (rest, "", "")
-        port = port.removeprefix(":")
-        try:
-            host = str(ipaddress.IPv6Address(host))
-        except ValueError:
-            raise ValueError(f"{host!r} is not an IPv6 address (udp6:[::1]:7722)") from None
-    else:
-        host, _, port = rest.partition(":")
-        try:
-            host = str(ipaddress.IPv4Address(host))
-        except ValueError:
-            raise ValueError(f"{host!r} is not an IPv4 address (udp:127.0.0.1:7722)") from None
+    host, port = _udp6_host_port(rest) if kind == "udp6" else _udp_host_port(rest)
     return RtpproxySocket(kind, host, _port(port) if port else RTPPROXY_PORT)
+
+
+def _udp6_host_port(rest: str) -> tuple[str, str]:
+    host, _, port = rest[1:].partition("]") if rest.startswith("[") else (rest, "", "")
+    try:
+        return str(ipaddress.IPv6Address(host)), port.removeprefix(":")
+    except ValueError:
+        raise ValueError(f"{host!r} is not an IPv6 address (udp6:[::1]:7722)") from None
+
+
+def _udp_host_port(rest: str) -> tuple[str, str]:
+    host, _, port = rest.partition(":")
+    try:
+        return str(ipaddress.IPv4Address(host)), port
+    except ValueError:
+        raise ValueError(f"{host!r} is not an IPv4 address (udp:127.0.0.1:7722)") from None
 
 
 @dataclass(frozen=True)

@@ -61,12 +61,7 @@ class CallMedia:
 
     @classmethod
     def from_json(cls, item: dict) -> CallMedia:
-        tags, cseqs = item["tags"], item["cseqs"]
-        if len(tags) != 2 or len(cseqs) != 2 or not all(isinstance(number, int) for number in cseqs):
-            raise ValueError("tags and cseqs are not pairs")
-        offerer = item["offerer"]
-        if offerer not in (None, 0, 1):
-            raise ValueError(f"offerer {offerer!r} is not 0 or 1")
+        tags, cseqs, offerer = _checked_pairs(item)
         return cls(
             [None if tag is None else str(tag) for tag in tags],
             list(cseqs),
@@ -87,6 +82,17 @@ class CallMedia:
         if self.tags[1] is None:
             self.tags[1] = tag
         return 1 if tag == self.tags[1] else None
+
+
+def _checked_pairs(item: dict) -> tuple[list, list, int | None]:
+    """A kept call's tags, CSeqs and offerer, or ValueError naming what is wrong with them."""
+    tags, cseqs = item["tags"], item["cseqs"]
+    if len(tags) != 2 or len(cseqs) != 2 or not all(isinstance(number, int) for number in cseqs):
+        raise ValueError("tags and cseqs are not pairs")
+    offerer = item["offerer"]
+    if offerer not in (None, 0, 1):
+        raise ValueError(f"offerer {offerer!r} is not 0 or 1")
+    return tags, cseqs, offerer
 
 
 def media_type(codecs: tuple) -> str:

@@ -49,6 +49,44 @@ def flow(substream: Substream) -> Flow:
     )
 
 
+def take_back(saved: dict, serial: int, policy: MediaPolicy, clock, pool: PortPool, binder, forwarder) -> Session:  # IBinder, IForwarder
+    """A kept session, its live streams' ports claimed and bound again and its kernel entries
+    (those the forwarder kept at start) taken back."""
+    session = serialize.load_session(saved, serial, policy, clock)
+    claimed: list[tuple] = []  # (port, endpoints) bound so far, undone if a later one fails
+    try:
+        for stream in session.streams:
+            if not stream.alive:
+                continue
+            caller_ip, callee_ip = stream.local_ips
+            caller = pool.claim(stream.caller_port, lambda port, ip=caller_ip: binder(ip, port))
+            claimed.append(caller)
+            callee = pool.claim(stream.callee_port, lambda port, ip=callee_ip: binder(ip, port))
+            claimed.append(callee)
+            stream.attach(caller[1], callee[1])
+    except Exception:
+        for port, endpoints in claimed:
+            for endpoint in endpoints:
+                endpoint.close()
+            pool.release(port)
+        raise
+    for stream in session.streams:
+        if stream.alive:
+            for substream in (stream.rtp, stream.rtcp):
+                _adopt(substream, forwarder)
+    session.outbox.clear()  # nothing to carry out: this is how it was
+    return session
+
+
+def _adopt(substream: Substream, forwarder) -> None:  # an IForwarder
+    if substream.caller.remote is None or substream.callee.remote is None:
+        return
+    if forwarder.adopt(substream, flow(substream)):
+        substream.adopted()
+    elif substream.path == KERNEL:
+        substream.path = LAPSED  # the entry lapsed while the relay was away: media that comes now goes back
+
+
 class SessionManager:
     def __init__(
         self, clock, config, binder, on_expired, relay_ip: str, forwarder=None, bind_addresses=None, idle_timeout: int = 120
@@ -121,19 +159,25 @@ class SessionManager:
             raise UpdateError("update without " + ", ".join(missing))
         session = self.registry.find(headers["call_id"], headers["from_tag"], headers.get("to_tag"))
         if session is not None:
-            answered = session.start_time is not None
-            try:
-                return session.update(headers, self._open_stream)
-            finally:
-                self.drain(session)
-                self._watch(session)
-                self.keeping.keep(session)
-                if not answered and session.start_time is not None:
-                    log.info("Session {call_id} answered ({streams} streams)", call_id=session.call_id, streams=len(session.streams))
+            return self._update(session, headers)
         if self.halting:
             raise Halting()
         if headers["type"] == "reply" and headers.get("media") is None:
             return UpdateReply(None).format()
+        return self._new_session(headers, dispatcher)
+
+    def _update(self, session: Session, headers: dict) -> str:
+        answered = session.start_time is not None
+        try:
+            return session.update(headers, self._open_stream)
+        finally:
+            self.drain(session)
+            self._watch(session)
+            self.keeping.keep(session)
+            if not answered and session.start_time is not None:
+                log.info("Session {call_id} answered ({streams} streams)", call_id=session.call_id, streams=len(session.streams))
+
+    def _new_session(self, headers: dict, dispatcher: object) -> str:
         session = Session(headers, dispatcher, next(self.serials), self.policy, self.clock)
         try:
             reply = session.update(headers, self._open_stream)
@@ -283,7 +327,7 @@ class SessionManager:
         self.pool.reserve(ports)
         for key, saved in kept.items():
             try:
-                session = self._take_back(saved)
+                session = take_back(saved, next(self.serials), self.policy, self.clock, self.pool, self.binder, self._forwarder)
             except (OSError, PortsExhausted, KeyError, TypeError, ValueError, AttributeError) as error:
                 log.error("Cannot take back session {key} kept from the last run: {error}", key=key, error=error)
                 continue
@@ -292,42 +336,6 @@ class SessionManager:
         self.pool.unreserve()
         self.keeping.open(state)
         return len(self.sessions)
-
-    def _take_back(self, saved: dict) -> Session:
-        """A kept session, its live streams' ports claimed and bound again and its kernel entries
-        (those the forwarder kept at start) taken back."""
-        session = serialize.load_session(saved, next(self.serials), self.policy, self.clock)
-        claimed: list[tuple] = []  # (port, endpoints) bound so far, undone if a later one fails
-        try:
-            for stream in session.streams:
-                if not stream.alive:
-                    continue
-                caller_ip, callee_ip = stream.local_ips
-                caller = self.pool.claim(stream.caller_port, lambda port, ip=caller_ip: self.binder(ip, port))
-                claimed.append(caller)
-                callee = self.pool.claim(stream.callee_port, lambda port, ip=callee_ip: self.binder(ip, port))
-                claimed.append(callee)
-                stream.attach(caller[1], callee[1])
-        except Exception:
-            for port, endpoints in claimed:
-                for endpoint in endpoints:
-                    endpoint.close()
-                self.pool.release(port)
-            raise
-        for stream in session.streams:
-            if stream.alive:
-                for substream in (stream.rtp, stream.rtcp):
-                    self._adopt(substream)
-        session.outbox.clear()  # nothing to carry out: this is how it was
-        return session
-
-    def _adopt(self, substream: Substream) -> None:
-        if substream.caller.remote is None or substream.callee.remote is None:
-            return
-        if self._forwarder.adopt(substream, flow(substream)):
-            substream.adopted()
-        elif substream.path == KERNEL:
-            substream.path = LAPSED  # the entry lapsed while the relay was away: media that comes now goes back
 
     def suspend(self) -> None:
         """The relay stops and will start again: keep everything, close the sockets, end nothing."""

@@ -86,16 +86,7 @@ class RequestFramer:
             self._problem = self._problem or f"line longer than {raw.limit} bytes"
             return None
         if not raw:
-            if not self._lines and self._problem is None:
-                return None
-            lines, problem = self._lines, self._problem
-            self._lines, self._problem = [], None
-            if problem is not None:
-                return RequestError(problem)
-            try:
-                return parse_request(lines)
-            except RequestError as error:
-                return error
+            return self._end()
         if self._problem is not None:
             return None
         try:
@@ -110,3 +101,16 @@ class RequestFramer:
             return None
         self._lines.append(line)
         return None
+
+    def _end(self) -> ProxyRequest | RequestError | None:
+        """The empty line: the request so far, or the problem it had (nothing for a stray empty line)."""
+        if not self._lines and self._problem is None:
+            return None
+        lines, problem = self._lines, self._problem
+        self._lines, self._problem = [], None
+        if problem is not None:
+            return RequestError(problem)
+        try:
+            return parse_request(lines)
+        except RequestError as error:
+            return error

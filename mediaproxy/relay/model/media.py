@@ -380,20 +380,24 @@ class Substream:
         return self.caller.got_rtp and self.callee.got_rtp and self.caller.in_use and self.callee.in_use
 
     def destination(self, side: Side) -> tuple[str, int] | None:
+        """Where media for ``side``'s party goes: its latched address once trusted; an asymmetric
+        party's SDP address; else (not learnt, or held provisional) the SDP address where it is
+        reachable (a stranger there would be the party itself), else nowhere."""
         if side.asymmetric:
-            party = self.stream.party(side.party)
-            if party.ip is None or party.ip == "0.0.0.0" or not party.port:
-                return None
-            return party.ip, party.port + (self.kind == "rtcp")
+            return self._signalled(side)
         if side.in_use and (side.latch[0] != NO_FIT or side.trusted(self.stream.clock.seconds(), self.stream.policy.latch_window)):
             return side.remote
-        # not learnt, or held provisional: the SDP address where it is reachable (a stranger
-        # there would be the party itself), else nothing
         if self.kind == "rtp":
             party = self.stream.party(side.party)
             if party.ip is not None and party.port and self.stream.policy.routable(party.ip):
                 return party.ip, party.port
         return None
+
+    def _signalled(self, side: Side) -> tuple[str, int] | None:
+        party = self.stream.party(side.party)
+        if party.ip is None or party.ip == "0.0.0.0" or not party.port:
+            return None
+        return party.ip, party.port + (self.kind == "rtcp")
 
     # -- the path, as the kernel forwarder reports it
 

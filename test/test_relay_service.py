@@ -311,7 +311,7 @@ def test_auto_detect_interfaces_binds_towards_caller_and_destination():
 
 def test_the_dispatcher_name_is_verified_only_when_asked_and_configured_by_name():
     from mediaproxy.datatypes import Endpoint
-    from mediaproxy.relay.service import DispatcherConnector
+    from mediaproxy.relay.connector import DispatcherConnector
 
     named, by_ip = Endpoint("dispatcher.example.com", 25060), Endpoint("192.0.2.1", 25060)
     checking, _ = make_relay(verify_dispatcher_name=True)

@@ -15,10 +15,11 @@ from mediaproxy.relay import eventlog
 from mediaproxy.relay.deadlines import Deadlines
 from mediaproxy.relay.keeping import Keeping, take_counts
 from mediaproxy.relay.model import events, serialize
-from mediaproxy.relay.model.media import CALLEE, CALLER, Substream
+from mediaproxy.relay.model.media import Substream
 from mediaproxy.relay.model.paths import KERNEL, LAPSED, USERSPACE
 from mediaproxy.relay.model.policy import MediaPolicy
 from mediaproxy.relay.model.session import NoPorts, Session, UpdateError
+from mediaproxy.relay.model.sides import CALLEE, CALLER
 from mediaproxy.relay.model.stream import Stream
 from mediaproxy.relay.plane.choice import NoKernelForwarding
 from mediaproxy.relay.plane.conntrack import Flow

@@ -14,10 +14,11 @@ import functools
 from collections.abc import Callable
 from typing import ParamSpec, TypeVar
 
-from mediaproxy.relay.model.media import ALIVE, CALLEE, CALLER, Side, Substream
+from mediaproxy.relay.model.media import ALIVE, Substream
 from mediaproxy.relay.model.paths import KERNEL, LAPSED, LEARNING, PATHS
 from mediaproxy.relay.model.policy import MediaPolicy
 from mediaproxy.relay.model.session import Session, shared_pair, shared_text
+from mediaproxy.relay.model.sides import CALLEE, CALLER, Side
 from mediaproxy.relay.model.stream import Stream
 from mediaproxy.wire.headers import SignalingInfo
 

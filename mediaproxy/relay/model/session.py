@@ -5,9 +5,10 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from mediaproxy.relay.model import events
-from mediaproxy.relay.model.media import ALIVE, CALLEE, CALLER, LiveCounters, _no_kernel
+from mediaproxy.relay.model.media import ALIVE, LiveCounters, _no_kernel
 from mediaproxy.relay.model.policy import MediaPolicy
 from mediaproxy.relay.model.shared import SharedValues
+from mediaproxy.relay.model.sides import CALLEE, CALLER
 from mediaproxy.relay.model.stream import Stream
 from mediaproxy.wire import statistics as records
 from mediaproxy.wire.headers import SignalingInfo

@@ -4,23 +4,9 @@ ports, and its life: offered → active ⇄ on hold → ended (its status says w
 from __future__ import annotations
 
 from mediaproxy.relay.model import events
-from mediaproxy.relay.model.media import (
-    ALIVE,
-    CALLEE,
-    CALLER,
-    KERNEL,
-    LEARNING,
-    NO_TRAFFIC,
-    ON_HOLD_TIMEOUT,
-    USERSPACE,
-    LiveCounters,
-    Party,
-    Side,
-    Substream,
-    _no_kernel,
-    address_text,
-)
+from mediaproxy.relay.model.media import ALIVE, KERNEL, LEARNING, USERSPACE, LiveCounters, Substream, _no_kernel, address_text
 from mediaproxy.relay.model.policy import MediaPolicy
+from mediaproxy.relay.model.sides import CALLEE, CALLER, NO_TRAFFIC, ON_HOLD_TIMEOUT, Party, Side
 from mediaproxy.wire.statistics import StreamRecord
 
 

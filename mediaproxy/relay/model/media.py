@@ -36,6 +36,13 @@ def _no_kernel(substream: Substream) -> None:
     return None
 
 
+def _flush_stun(side: Side, destination: tuple[str, int]) -> None:
+    """The STUN that waited for ``side``'s party goes to it now."""
+    queue, side.stun_queue = side.stun_queue or (), None
+    for packet in queue:
+        side.endpoint.send(packet, destination)
+
+
 class Substream:
     """RTP or RTCP of one stream: packets from one side go out of the other side's socket."""
 
@@ -105,7 +112,7 @@ class Substream:
             self.stream.session.outbox.append(events.Refused("stun_queue_full", source[0], self))
         destination = self.destination(other)
         if destination is not None:
-            self._flush_stun(other, destination)
+            _flush_stun(other, destination)
         return self.stream.session
 
     def _forward(self, side: Side, other: Side, data: bytes) -> None:
@@ -154,19 +161,13 @@ class Substream:
         stream.session.outbox += (events.Changed(stream.session), events.Learnt(self, side.party, source, replaced))
         if side.stun_queue and side.latch[0] != NO_FIT:
             # connectivity checks that waited for this party can go now, not at its next check
-            self._flush_stun(side, source)
+            _flush_stun(side, source)
 
     def settle(self, now: float) -> None:
         """Settle each side whose latch nobody can take any more (Side.settle)."""
         window = self.stream.policy.latch_window
         self.caller.settle(now, window)
         self.callee.settle(now, window)
-
-    @staticmethod
-    def _flush_stun(side: Side, destination: tuple[str, int]) -> None:
-        queue, side.stun_queue = side.stun_queue or (), None
-        for packet in queue:
-            side.endpoint.send(packet, destination)
 
     def _first_media(self, side: Side, data: bytes) -> bool:
         """Note the side's first media packet; True when the substream can now go to the kernel."""

@@ -78,7 +78,7 @@ def set_ups(calls: int, directory: str | None, rate: int) -> float:
             manager.clock.advance(statefile.SYNC_DELAY)  # the relay's fsync timer
     manager.clock.advance(statefile.SYNC_DELAY)
     spent = time.perf_counter() - started
-    manager.close_state()
+    manager.keeping.close()
     return spent / calls * 1e6
 
 
@@ -92,7 +92,7 @@ def at_size(sessions: int, directory: str) -> tuple[float, float, int]:
         set_up(manager, number)
     manager.clock.advance(statefile.SYNC_DELAY)
     started = time.perf_counter()
-    manager.state.compact()
+    manager.keeping.state.compact()
     compacted = (time.perf_counter() - started) * 1e3
     size = os.path.getsize(os.path.join(directory, "relay_sessions"))
     manager.suspend()  # as a stopping relay that keeps its calls

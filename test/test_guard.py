@@ -55,6 +55,17 @@ class AdmissionTests(Credentialled):
         self.assertEqual(factory.refusals.counts["address_full"], 1)
         self.assertEqual(budget.used, 3)
 
+    def test_a_listener_factory_that_answers_none_gets_no_tls_layer_around_nothing(self):
+        class Nobody(protocol.Factory):
+            def buildProtocol(self, addr):
+                return None
+
+        clock = Clock()
+        budget = DescriptorBudget(0, 1000)
+        factory = GuardedFactory(Nobody(), "relay listener", TLS_LIMITS, budget, Refusals(clock), clock, self.tls)
+        self.assertIsNone(factory.buildProtocol(address()))
+        self.assertEqual((budget.used, factory.count), (0, 0))
+
     def test_a_closed_connection_gives_its_slot_back(self):
         factory, budget = self.guarded()
         connections = [factory.buildProtocol(address()) for _ in range(2)]

@@ -94,6 +94,11 @@ def peer_of(addr) -> str:  # an IAddress
     return getattr(addr, "host", None) or "local"
 
 
+def refuse(refusals: Refusals, listener: str, kind: str, peer: str, text: str, **fields: object) -> None:
+    """Count a refusal by ``listener`` of a connection from ``peer``; one log line per peer and period."""
+    refusals.refuse(kind, peer, log, "{listener}: connection from {peer} " + text, listener=listener, **fields)
+
+
 # -- the TLS handshake, watched from inside the TLS layer
 
 
@@ -154,7 +159,7 @@ class HandshakeGuard(WrappingFactory):
         return None if wrapped is None else self.protocol(self, wrapped, peer_of(addr))
 
     def refuse(self, kind: str, peer: str, text: str, **fields: object) -> None:
-        self.refusals.refuse(kind, peer, log, "{listener}: connection from {peer} " + text, listener=self.name, **fields)
+        refuse(self.refusals, self.name, kind, peer, text, **fields)
 
 
 def tls_failure_text(reason) -> str:  # a Failure
@@ -189,10 +194,12 @@ class GuardedFactory(WrappingFactory):
     noisy = False
 
     def __init__(self, wrapped, name: str, limits: Limits, budget: DescriptorBudget, refusals: Refusals, clock, tls=None) -> None:
+        self.tls = None
         if tls is not None:
             if limits.handshake_timeout is None:
                 raise ValueError(f"{name}: a TLS listener needs a handshake timeout")
-            wrapped = TLSMemoryBIOFactory(tls, False, HandshakeGuard(wrapped, name, limits.handshake_timeout, refusals, clock))
+            self.tls = TLSMemoryBIOFactory(tls, False, HandshakeGuard(wrapped, name, limits.handshake_timeout, refusals, clock))
+            wrapped = self.tls
         WrappingFactory.__init__(self, wrapped)
         self.name = name
         self.limits = limits
@@ -216,13 +223,21 @@ class GuardedFactory(WrappingFactory):
         if peer != "local" and self.by_peer[peer] >= self.limits.max_per_address:
             self.refuse("address_full", peer, "refused: {count} connections from this address already", count=self.by_peer[peer])
             return None
-        wrapped = self.wrappedFactory.buildProtocol(addr)
+        wrapped = self._protocol_for(addr)
         if wrapped is None:
             return None
         self.count += 1
         self.by_peer[peer] += 1
         self.budget.take(self.name)
         return self.protocol(self, wrapped, peer)
+
+    def _protocol_for(self, addr) -> object | None:  # an IAddress
+        """The listener's protocol, inside TLS where it has TLS; None (the port closes the socket)
+        when the listener's factory has none for it: never a TLS layer around no protocol."""
+        if self.tls is None:
+            return self.wrappedFactory.buildProtocol(addr)
+        inner = self.tls.wrappedFactory.buildProtocol(addr)
+        return None if inner is None else self.tls.protocol(self.tls, inner)
 
     def release(self, peer: str) -> None:
         self.count -= 1
@@ -232,4 +247,4 @@ class GuardedFactory(WrappingFactory):
             del self.by_peer[peer]
 
     def refuse(self, kind: str, peer: str, text: str, **fields: object) -> None:
-        self.refusals.refuse(kind, peer, log, "{listener}: connection from {peer} " + text, listener=self.name, **fields)
+        refuse(self.refusals, self.name, kind, peer, text, **fields)

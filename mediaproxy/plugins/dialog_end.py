@@ -26,6 +26,7 @@ from twisted.internet.protocol import DatagramProtocol
 from twisted.plugin import IPlugin
 from zope.interface import implementer, provider
 
+from mediaproxy.datatypes import ascii_decimal
 from mediaproxy.dialogs import Dialog, DialogEnding, DialogTags
 from mediaproxy.net import unixsocket
 from mediaproxy.plugin import IDispatcherPlugin, IDispatcherPluginFactory, PluginBase
@@ -41,10 +42,8 @@ ATTEMPTS = 3
 def opensips_dialog_id(dialog_id: str) -> str:
     """The dialog as OpenSIPS 3.1+ prints it (``dlg_list``'s ``ID``) from the decimal id its
     mediaproxy module sends: ``16862941634365`` → ``65f.d3f55a53``; another form as it is."""
-    if not (dialog_id.isascii() and dialog_id.isdigit() and len(dialog_id) <= 20):
-        return dialog_id
-    number = int(dialog_id)
-    if number >= 2**64:
+    number = ascii_decimal(dialog_id, max_digits=20)
+    if number is None or number >= 2**64:
         return dialog_id
     return f"{_reverse_hex(number >> 32)}.{_reverse_hex(number & 0xFFFFFFFF)}"
 
@@ -160,12 +159,9 @@ class DialogEndPlugin(PluginBase, DatagramProtocol):
         # OpenSIPS takes the id as the one string it gave us, whatever its form; only Kamailio's
         # integers need the H:I split
         if self.flavour == "kamailio" and not _is_kamailio_dialog(dialog):
-            log.error(
-                "Cannot end the dialog of call {call_id}: dialog_id {dialog_id!r} is not H:I, as Kamailio's dlg.end_dlg needs",
-                call_id=call_id,
-                dialog_id=dialog,
-            )
-            outcome.callback(DialogEnding(False, f"dialog_id {dialog!r} is not H:I, as Kamailio's dlg.end_dlg needs"))
+            problem = f"dialog_id {dialog!r} is not H:I, as Kamailio's dlg.end_dlg needs"
+            log.error("Cannot end the dialog of call {call_id}: {problem}", call_id=call_id, problem=problem)
+            outcome.callback(DialogEnding(False, problem))
             return outcome
         targets = () if self.flavour == "kamailio" else opensips_targets(call_id, dialog)
         pending = _Pending(call_id, dialog, targets, outcome)

@@ -44,6 +44,15 @@ class PluginContext:
     guard: Callable[[object, str, object], GuardedFactory] | None = None
     refusals: Refusals | None = None
 
+    def listen(self, factory, name: str, address, tls=None) -> object:  # an IListeningPort
+        """A plugin's TCP listener at ``address`` (a NetworkAddress), over TLS with ``tls`` (a
+        context factory): guarded like the dispatcher's own where the context has the guard."""
+        if self.guard is not None:
+            return self.reactor.listenTCP(address.port, self.guard(factory, name, tls), interface=address.host)
+        if tls is not None:
+            return self.reactor.listenSSL(address.port, factory, tls, interface=address.host)
+        return self.reactor.listenTCP(address.port, factory, interface=address.host)
+
 
 class DispatcherService(service.MultiService):
     def __init__(self, configuration, credentials: Credentials, runtime_dir: str, reactor, plugin_factories: list | None = None) -> None:

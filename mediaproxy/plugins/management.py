@@ -115,8 +115,6 @@ class ManagementProtocol(protocol.Protocol, TimeoutMixin):
         self.backlog.clear()
 
     def lineLengthExceeded(self, line: bytes) -> None:  # noqa: N802
-        if self.closing:
-            return
         log.warn(
             "Management client {peer} sent a line longer than {limit} bytes; closing",
             peer=self.transport.getPeer().host,
@@ -125,9 +123,7 @@ class ManagementProtocol(protocol.Protocol, TimeoutMixin):
         self.sendLine(b"error")
         self.close()
 
-    def lineReceived(self, raw: bytes) -> None:  # noqa: N802
-        if self.closing or self.quitting:
-            return
+    def lineReceived(self, raw: bytes) -> None:  # noqa: N802 - only dataReceived calls it, and not once closing or quitting
         self.resetTimeout()
         command = raw.decode("utf-8", "replace").strip()
         self.quitting = command in QUIT
@@ -254,13 +250,7 @@ class ManagementPlugin(PluginBase):
         address = self.config.listen_management
         factory = ManagementFactory(self)
         tls = ContextFactory(self.context.credentials) if self.verifier is not None else None
-        reactor = self.context.reactor
-        if self.context.guard is not None:
-            self.port = reactor.listenTCP(address.port, self.context.guard(factory, "management", tls), interface=address.host)
-        elif tls is not None:
-            self.port = reactor.listenSSL(address.port, factory, tls, interface=address.host)
-        else:
-            self.port = reactor.listenTCP(address.port, factory, interface=address.host)
+        self.port = self.context.listen(factory, "management", address, tls)
         if self.verifier is not None:
             self.verifier.start()
         log.info("Management interface listening on {address} ({kind})", address=str(address), kind="TLS" if self.verifier else "plain TCP")

@@ -109,8 +109,7 @@ class MetricsPlugin(PluginBase):
 
     def start(self) -> None:
         site = metrics.site(self.registry, self.refresh)
-        factory = site if self.context.guard is None else self.context.guard(site, "metrics")
-        self.port = self.reactor.listenTCP(self.address.port, factory, interface=self.address.host)
+        self.port = self.context.listen(site, "metrics", self.address)
         log.info("Prometheus metrics at http://{address}/metrics", address=str(self.address))
 
     def stop(self) -> defer.Deferred | None:

@@ -231,12 +231,7 @@ class WebPlugin(PluginBase):
             # Site builds each connection's channel from this class (instead of its HTTP/2-capable one)
             site.protocol = type("Channel", (VerifiedChannel,), {"verifier": self.verifier})
         tls = ContextFactory(self.context.credentials) if self.verifier is not None else None
-        if self.context.guard is not None:
-            self.port = self.reactor.listenTCP(self.address.port, self.context.guard(site, "web page", tls), interface=self.address.host)
-        elif tls is not None:
-            self.port = self.reactor.listenSSL(self.address.port, site, tls, interface=self.address.host)
-        else:
-            self.port = self.reactor.listenTCP(self.address.port, site, interface=self.address.host)
+        self.port = self.context.listen(site, "web page", self.address, tls)
         if self.verifier is not None:
             self.verifier.start()
         scheme = "https" if self.verifier is not None else "http"

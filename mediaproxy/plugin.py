@@ -117,7 +117,8 @@ def discover() -> list:
 
 
 class PluginSet:
-    """Calls every plugin, containing each one's failures so the others and the media path go on."""
+    """Calls every plugin, containing each one's failures so the others and the media path go on
+    (each starts and stops as a child of the dispatcher's service: dispatcher/children.py)."""
 
     def __init__(self, plugins: list) -> None:
         self.plugins = plugins
@@ -146,18 +147,3 @@ class PluginSet:
     def accounting_status(self) -> list[dict]:
         """The spool backlog of each accounting plugin (those that have one)."""
         return [plugin.accounting_status() for plugin in self.plugins if IAccountingPlugin.providedBy(plugin)]
-
-    @defer.inlineCallbacks
-    def start(self):
-        for plugin in self.plugins:
-            yield plugin.start()
-            log.info("Plugin {plugin} started", plugin=plugin.name)
-
-    def stop(self) -> defer.Deferred:
-        results = []
-        for plugin in reversed(self.plugins):
-            try:
-                results.append(defer.maybeDeferred(plugin.stop))
-            except Exception:  # noqa: BLE001
-                log.failure("Plugin {plugin} failed to stop", plugin=plugin.name)
-        return defer.DeferredList(results, consumeErrors=True)

@@ -146,8 +146,8 @@ class Substream:
         return False
 
     def _both_trusted(self) -> bool:
-        now, window = self.stream.clock.seconds(), self.stream.policy.latch_window
-        return self.caller.trusted(now, window) and self.callee.trusted(now, window)
+        clock, window = self.stream.clock, self.stream.policy.latch_window
+        return self.caller.trusted(clock, window) and self.callee.trusted(clock, window)
 
     def _latch(self, side: Side, source: tuple[str, int]) -> None:
         stream = self.stream
@@ -187,7 +187,7 @@ class Substream:
         reachable (a stranger there would be the party itself), else nowhere."""
         if side.asymmetric:
             return self._signalled(side)
-        if side.in_use and (side.latch[0] != NO_FIT or side.trusted(self.stream.clock.seconds(), self.stream.policy.latch_window)):
+        if side.in_use and side.trusted(self.stream.clock, self.stream.policy.latch_window):
             return side.remote
         if self.kind == "rtp":
             party = self.stream.party(side.party)

@@ -149,12 +149,13 @@ class Side:
         substream = self.substream
         return substream.path.received(substream, self, self.other, data, source)
 
-    def trusted(self, now: float, latch_window: int) -> bool:
+    def trusted(self, clock, latch_window: int) -> bool:  # an IReactorTime
         """Whether media may go to the latched source: at once for one that fits the party's
         SDP or signalling address, else (a stranger, perhaps) only once ``latch_window`` seconds
-        passed without a better one taking the side (RTP Bleed: a blind sprayer gets nothing)."""
+        passed without a better one taking the side (RTP Bleed: a blind sprayer gets nothing).
+        The clock is read only for such a stranger."""
         level, latched_at = self.latch
-        return level != NO_FIT or now - latched_at > latch_window
+        return level != NO_FIT or clock.seconds() - latched_at > latch_window
 
     def start_timer(self, now: float, seconds: int, reason: str) -> None:
         self.set_timer(now + seconds, seconds, reason)
